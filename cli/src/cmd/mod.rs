@@ -1,0 +1,8 @@
+//! One module per top-level subcommand; each exposes `Args` and `run(Args)`.
+
+pub mod events;
+pub mod logs;
+pub mod node;
+pub mod run;
+pub mod store;
+pub mod swarm;

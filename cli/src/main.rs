@@ -9,7 +9,11 @@ mod cmd;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "shoal", version, about = "A local-first event-stream node for the shop floor")]
+#[command(
+    name = "shoal",
+    version,
+    about = "A local-first event-stream node for the shop floor"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,0 +1,725 @@
+//! Per-source event logs: the [`Writer`] (append, import, pack, put blocks, GC) and the
+//! [`Reader`] (streaming and filtered reads, blocks by CID, missing blocks).
+//!
+//! Each source's current tree is pinned by the alias `source/<id>`. The writer builds new tree
+//! nodes with banyan into an in-memory staging area, then writes those blocks and moves the
+//! alias in ONE SQLite transaction, so a crash leaves either the old or the new tree, never a
+//! mix. Appends use `extend_unpacked` (a new leaf joined by one branch: cost independent of the
+//! tree size); `pack` later rewrites the unsealed tail into full leaves, compressed harder, and
+//! the replaced blocks become garbage for `gc`.
+//!
+//! Reads never hold a SQLite read transaction across blocks: each block fetch is its own short
+//! statement, so checkpoints always make progress and the WAL stays bounded. The price: a query
+//! walking a root that has since been replaced relies on GC's grace period (retired roots stay
+//! alive for `gc_grace`) for its blocks to stay present.
+//!
+//! Import check (replication): the new tree must be complete, its count must exceed the
+//! current one, and its event at the current last offset must equal ours (key and payload);
+//! every new event is decoded once before the alias moves. Checking the whole old prefix would
+//! cost O(log size) per import; the signed head (engine) vouches for the rest.
+
+use crate::{
+    blocks,
+    cid::{self, Cid, DAG_CBOR},
+    error::{Error, Result},
+    event::{Event, EventFilter, NewEvent, SharedStr, SourceId},
+    gc::{self, GcStats},
+    offset::OffsetMap,
+    schema::{self, now_secs},
+    store::StoreConfig,
+    tree::{self, EventQuery, EventTree, Key, SqliteReader, Stager, Staging, Value},
+};
+use banyan::{index::NodeInfo, store::BranchCache, FilteredChunk, StreamBuilder, Tree};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::value::RawValue;
+use std::{
+    collections::HashMap,
+    ops::RangeInclusive,
+    sync::{Arc, Mutex},
+};
+
+/// Alias name prefix of source trees.
+pub(crate) const SOURCE_ALIAS_PREFIX: &str = "source/";
+
+pub(crate) type Forest = banyan::Forest<EventTree, SqliteReader>;
+type Builder = StreamBuilder<EventTree, Value>;
+
+/// Result of an append.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// The source's new tree root.
+    pub root: Cid,
+    /// Offset of the first appended event.
+    pub first: u64,
+    /// Offset of the last appended event.
+    pub last: u64,
+    /// Blocks written by this append (for the inline gossip fast path).
+    pub new_blocks: Vec<(Cid, Vec<u8>)>,
+}
+
+/// Result of an import: the offsets that became available.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Imported {
+    pub first: u64,
+    pub last: u64,
+}
+
+/// Result of packing a source's tree.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    /// Root after packing (unchanged if it was packed already).
+    pub root: Option<Cid>,
+    /// False when the tree was packed already and nothing was written.
+    pub changed: bool,
+    /// Blocks written.
+    pub blocks_written: usize,
+}
+
+/// One source as the store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceInfo {
+    pub source: SourceId,
+    pub root: Cid,
+    /// Number of events (highest offset + 1).
+    pub count: u64,
+    /// Highest offset.
+    pub last_offset: u64,
+    /// Bytes of the tree as banyan accounts them (compressed leaves + branch nodes).
+    pub bytes: u64,
+}
+
+fn lock(conn: &Mutex<Connection>) -> Result<std::sync::MutexGuard<'_, Connection>> {
+    conn.lock()
+        .map_err(|_| Error::Tree("connection lock poisoned".into()))
+}
+
+fn alias_root(conn: &Mutex<Connection>, source: &SourceId) -> Result<Option<Cid>> {
+    blocks::alias_get(&*lock(conn)?, &source.alias())
+}
+
+fn load_tree(forest: &Forest, root: &Cid) -> Result<Tree<EventTree, Value>> {
+    forest
+        .load_tree(tree::secrets(), cid::to_ipld(root)?)
+        .map_err(Error::from_tree)
+}
+
+fn info_of(source: &SourceId, root: Cid, tree: &Tree<EventTree, Value>) -> Option<SourceInfo> {
+    let index = tree.index()?;
+    let count = index.count();
+    Some(SourceInfo {
+        source: source.clone(),
+        root,
+        count,
+        last_offset: count.checked_sub(1)?,
+        bytes: index.value_bytes() + index.key_bytes(),
+    })
+}
+
+/// The writer: the one owner of the write connection and of every local tree.
+pub struct Writer {
+    conn: Arc<Mutex<Connection>>,
+    forest: Forest,
+    config: StoreConfig,
+    /// Current trees of sources appended to, so an append needs no root reload.
+    builders: HashMap<SourceId, Builder>,
+    written_since_checkpoint: u64,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    pub(crate) fn new(
+        conn: Connection,
+        config: StoreConfig,
+        cache: BranchCache<EventTree>,
+    ) -> Result<Writer> {
+        let conn = Arc::new(Mutex::new(conn));
+        let forest = Forest::new(SqliteReader::new(conn.clone()), cache);
+        Ok(Writer {
+            conn,
+            forest,
+            config,
+            builders: HashMap::new(),
+            written_since_checkpoint: 0,
+        })
+    }
+
+    /// A reader over the writer's own connection (sees everything the writer committed).
+    pub fn reader(&self) -> Reader {
+        Reader {
+            conn: self.conn.clone(),
+            forest: self.forest.clone(),
+        }
+    }
+
+    /// Appends `events` to `source`'s log: builds the new tree and, in one SQLite transaction,
+    /// writes its blocks and moves the source's alias. On error nothing changed.
+    pub fn append(&mut self, source: &SourceId, events: Vec<NewEvent>) -> Result<Appended> {
+        if events.is_empty() {
+            return Err(Error::Invalid("append of an empty batch".into()));
+        }
+        let n = events.len() as u64;
+        // Taken out of the cache: on any error it is dropped and reloaded from the alias.
+        let mut builder = self.take_builder(source)?;
+        let first = builder.count();
+        let staging = Staging::default();
+        let mut txn = self
+            .forest
+            .transaction(|r| (r.with_staging(staging.clone()), Stager(staging.clone())));
+        txn.extend_unpacked(&mut builder, to_entries(events))
+            .map_err(Error::from_tree)?;
+        if builder.level() > self.config.tree.max_unpacked_depth as i32 {
+            // Keep reads fast without relying on the background packer.
+            let root = builder
+                .link()
+                .ok_or_else(|| Error::Tree("empty tree".into()))?;
+            let mut packer: Builder = txn
+                .load_stream_builder(tree::secrets(), self.config.tree.pack(), root)
+                .map_err(Error::from_tree)?;
+            txn.pack(&mut packer).map_err(Error::from_tree)?;
+            let root = packer
+                .link()
+                .ok_or_else(|| Error::Tree("empty tree".into()))?;
+            builder = txn
+                .load_stream_builder(tree::secrets(), self.config.tree.append(), root)
+                .map_err(Error::from_tree)?;
+        }
+        let root = builder
+            .link()
+            .ok_or_else(|| Error::Tree("append produced an empty tree".into()))?;
+        let root = cid::from_ipld(&root)?;
+        let new_blocks = drain(&staging)?;
+        self.commit(&new_blocks, Some((&source.alias(), &root)))?;
+        self.builders.insert(source.clone(), builder);
+        Ok(Appended {
+            root,
+            first,
+            last: first + n - 1,
+            new_blocks,
+        })
+    }
+
+    /// Stores blocks received from outside, each hash-verified (and dag-cbor checked) before
+    /// it is written, all in one transaction. On error nothing was stored.
+    pub fn put_blocks(&mut self, blocks: &[(Cid, Vec<u8>)]) -> Result<()> {
+        for (cid, data) in blocks {
+            cid::verify(cid, data)?;
+        }
+        self.commit(blocks, None)
+    }
+
+    /// Makes `root` the tree of `source` (replication). All its blocks must be present. The new
+    /// tree must extend the current one (see the module doc). Moves the alias atomically.
+    pub fn import(&mut self, source: &SourceId, root: Cid) -> Result<Imported> {
+        let not_extending = |reason: String| Error::NotExtending {
+            source_id: source.to_string(),
+            root: Box::new(root),
+            reason,
+        };
+        if root.codec() != DAG_CBOR {
+            return Err(not_extending("a tree root is a dag-cbor block".into()));
+        }
+        let missing = self.reader().missing_blocks(&root)?;
+        if let Some(first) = missing.first() {
+            return Err(Error::MissingBlock(*first));
+        }
+        let current = alias_root(&self.conn, source)?;
+        if current == Some(root) {
+            return Err(not_extending("it is the current tree".into()));
+        }
+        let forest = self.forest.clone();
+        let new = guarded(root, || load_tree(&forest, &root))?;
+        let new_count = new.count();
+        let old_count = match current {
+            None => 0,
+            Some(current) => {
+                let old = load_tree(&self.forest, &current)?;
+                let old_count = old.count();
+                if new_count <= old_count {
+                    return Err(not_extending(format!(
+                        "it holds {new_count} events, the current tree {old_count}"
+                    )));
+                }
+                if old_count > 0 {
+                    let at = old_count - 1;
+                    let ours = self.forest.get(&old, at).map_err(Error::from_tree)?;
+                    let theirs = guarded(root, || forest.get(&new, at).map_err(Error::from_tree))?;
+                    if ours.is_none() || ours != theirs {
+                        return Err(not_extending(format!("event {at} differs")));
+                    }
+                }
+                old_count
+            }
+        };
+        if new_count == 0 {
+            return Err(not_extending("it is empty".into()));
+        }
+        // Decode every new event once, so a malformed tree never becomes a source's tree.
+        let reader = self.reader();
+        guarded(root, || {
+            for event in reader.events_of_tree(
+                source,
+                root,
+                new.clone(),
+                old_count..=new_count - 1,
+                &EventFilter::all(),
+                false,
+            )? {
+                event?;
+            }
+            Ok(())
+        })?;
+        self.commit(&[], Some((&source.alias(), &root)))?;
+        self.builders.remove(source);
+        Ok(Imported {
+            first: old_count,
+            last: new_count - 1,
+        })
+    }
+
+    /// Packs `source`'s tree: the unsealed tail is rewritten into full leaves (zstd at the pack
+    /// level) and branches; sealed subtrees are reused. Replaced blocks become garbage.
+    pub fn pack(&mut self, source: &SourceId) -> Result<Packed> {
+        let Some(root) = alias_root(&self.conn, source)? else {
+            return Ok(Packed {
+                root: None,
+                changed: false,
+                blocks_written: 0,
+            });
+        };
+        let staging = Staging::default();
+        let mut txn = self
+            .forest
+            .transaction(|r| (r.with_staging(staging.clone()), Stager(staging.clone())));
+        // Loaded with the real config so sealing is judged as when the tree was built.
+        let mut packer: Builder = txn
+            .load_stream_builder(
+                tree::secrets(),
+                self.config.tree.pack(),
+                cid::to_ipld(&root)?,
+            )
+            .map_err(Error::from_tree)?;
+        if self
+            .forest
+            .is_packed(&packer.snapshot())
+            .map_err(Error::from_tree)?
+        {
+            return Ok(Packed {
+                root: Some(root),
+                changed: false,
+                blocks_written: 0,
+            });
+        }
+        txn.pack(&mut packer).map_err(Error::from_tree)?;
+        let new_root = packer
+            .link()
+            .ok_or_else(|| Error::Tree("pack produced an empty tree".into()))?;
+        let new_root = cid::from_ipld(&new_root)?;
+        let blocks = drain(&staging)?;
+        self.commit(&blocks, Some((&source.alias(), &new_root)))?;
+        self.builders.remove(source);
+        Ok(Packed {
+            root: Some(new_root),
+            changed: new_root != root,
+            blocks_written: blocks.len(),
+        })
+    }
+
+    /// Packs every source whose tree is not packed.
+    pub fn pack_all(&mut self) -> Result<Vec<(SourceId, Packed)>> {
+        let sources = self.reader().sources()?;
+        let mut out = Vec::new();
+        for info in sources {
+            let packed = self.pack(&info.source)?;
+            if packed.changed {
+                out.push((info.source, packed));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes at most `budget` unreachable blocks (see `gc.rs`).
+    pub fn gc(&mut self, budget: usize) -> Result<GcStats> {
+        let grace = self.config.gc_grace;
+        let stats = gc::collect(&mut *lock(&self.conn)?, grace, budget)?;
+        if stats.blocks_deleted > 0 {
+            self.written_since_checkpoint += stats.bytes_freed;
+            self.maybe_checkpoint()?;
+        }
+        Ok(stats)
+    }
+
+    /// Pins `cid` under `name` (e.g. a blob), or unpins with `None`. Names starting with
+    /// `source/` are reserved for source trees.
+    pub fn set_alias(&mut self, name: &str, cid: Option<&Cid>) -> Result<()> {
+        if name.starts_with(SOURCE_ALIAS_PREFIX) {
+            return Err(Error::Invalid(format!("alias {name}: reserved prefix")));
+        }
+        let conn = lock(&self.conn)?;
+        blocks::alias_set(&conn, name, cid, now_secs())
+    }
+
+    /// Stores a small value under `key` (durable like an append).
+    pub fn meta_set(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        lock(&self.conn)?
+            .prepare_cached(schema::META_SET)?
+            .execute(params![key, value])?;
+        Ok(())
+    }
+
+    /// Checkpoints the WAL into the database and truncates it. Call periodically (e.g. when
+    /// idle): it waits for readers briefly and gives up (PASSIVE) rather than blocking.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        let conn = lock(&self.conn)?;
+        // TRUNCATE needs no reader on an old snapshot; fall back to PASSIVE when busy.
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy != 0 {
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        }
+        self.written_since_checkpoint = 0;
+        Ok(())
+    }
+
+    fn maybe_checkpoint(&mut self) -> Result<()> {
+        if self.written_since_checkpoint >= self.config.checkpoint_after_bytes {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    fn take_builder(&mut self, source: &SourceId) -> Result<Builder> {
+        if let Some(b) = self.builders.remove(source) {
+            return Ok(b);
+        }
+        match alias_root(&self.conn, source)? {
+            Some(root) => self
+                .forest
+                .load_stream_builder(
+                    tree::secrets(),
+                    self.config.tree.append(),
+                    cid::to_ipld(&root)?,
+                )
+                .map_err(Error::from_tree),
+            None => Ok(StreamBuilder::new(
+                self.config.tree.append(),
+                tree::secrets(),
+            )),
+        }
+    }
+
+    /// Writes `blocks` (trusted or already verified) and moves one alias, in one transaction.
+    fn commit(&mut self, blocks: &[(Cid, Vec<u8>)], alias: Option<(&str, &Cid)>) -> Result<()> {
+        let now = now_secs();
+        let mut bytes = 0u64;
+        {
+            let mut conn = lock(&self.conn)?;
+            let tx = conn.transaction()?;
+            for (cid, data) in blocks {
+                blocks::put_trusted(&tx, cid, data, now)?;
+                bytes += data.len() as u64;
+            }
+            if let Some((name, root)) = alias {
+                blocks::alias_set(&tx, name, Some(root), now)?;
+            }
+            tx.commit()?;
+        }
+        self.written_since_checkpoint += bytes;
+        self.maybe_checkpoint()
+    }
+}
+
+/// Runs `f` on a tree that came from a peer, turning a panic inside banyan (it asserts on some
+/// malformed shapes) into a `Corrupt` error instead of taking the node down.
+fn guarded<T>(root: Cid, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(Error::Corrupt {
+            cid: root,
+            reason: "malformed tree".into(),
+        })
+    })
+}
+
+fn drain(staging: &Staging) -> Result<Vec<(Cid, Vec<u8>)>> {
+    Ok(staging
+        .lock()
+        .map_err(|_| Error::Tree("staging poisoned".into()))?
+        .drain())
+}
+
+/// Keys and values for banyan, with names and tags interned across the batch.
+fn to_entries(events: Vec<NewEvent>) -> Vec<(Key, Value)> {
+    let mut strings: HashMap<String, SharedStr> = HashMap::new();
+    let mut intern = |s: String| -> SharedStr {
+        if let Some(shared) = strings.get(&s) {
+            return shared.clone();
+        }
+        let shared = SharedStr::from(s.as_str());
+        strings.insert(s, shared.clone());
+        shared
+    };
+    events
+        .into_iter()
+        .map(|e| {
+            let key = Key {
+                lamport: e.lamport,
+                time: e.timestamp,
+                semantics: intern(e.semantics),
+                name: intern(e.name),
+                tags: e.tags.into_iter().map(&mut intern).collect(),
+            };
+            (key, String::from(Box::<str>::from(e.payload)))
+        })
+        .collect()
+}
+
+/// A read handle: its own read-only connection (shared by clones).
+#[derive(Clone)]
+pub struct Reader {
+    pub(crate) conn: Arc<Mutex<Connection>>,
+    pub(crate) forest: Forest,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader").finish_non_exhaustive()
+    }
+}
+
+fn no_extra(_: &NodeInfo<EventTree, SqliteReader>) {}
+
+impl Reader {
+    pub(crate) fn new(
+        conn: Connection,
+        _config: StoreConfig,
+        cache: BranchCache<EventTree>,
+    ) -> Self {
+        let conn = Arc::new(Mutex::new(conn));
+        let forest = Forest::new(SqliteReader::new(conn.clone()), cache);
+        Reader { conn, forest }
+    }
+
+    /// Every source with a tree, ordered by source id.
+    pub fn sources(&self) -> Result<Vec<SourceInfo>> {
+        let aliases = blocks::aliases_with_prefix(&*lock(&self.conn)?, SOURCE_ALIAS_PREFIX)?;
+        let mut out = Vec::with_capacity(aliases.len());
+        for (name, root) in aliases {
+            let source = SourceId::new(&name[SOURCE_ALIAS_PREFIX.len()..]);
+            let tree = load_tree(&self.forest, &root)?;
+            out.extend(info_of(&source, root, &tree));
+        }
+        Ok(out)
+    }
+
+    /// One source, if the store has a tree for it.
+    pub fn source(&self, source: &SourceId) -> Result<Option<SourceInfo>> {
+        let Some(root) = alias_root(&self.conn, source)? else {
+            return Ok(None);
+        };
+        let tree = load_tree(&self.forest, &root)?;
+        Ok(info_of(source, root, &tree))
+    }
+
+    /// Highest offset of every source.
+    pub fn offsets(&self) -> Result<OffsetMap> {
+        Ok(self
+            .sources()?
+            .into_iter()
+            .map(|i| (i.source, i.last_offset))
+            .collect())
+    }
+
+    /// Streams the events of `source` in `range` (inclusive offsets; clamped to what exists)
+    /// that match `filter`, in ascending offset order or descending with `reverse`. Memory is
+    /// bounded by one leaf. The tree is the one current when this is called.
+    pub fn events(
+        &self,
+        source: &SourceId,
+        range: RangeInclusive<u64>,
+        filter: &EventFilter,
+        reverse: bool,
+    ) -> Result<EventIter> {
+        let Some(root) = alias_root(&self.conn, source)? else {
+            return Ok(EventIter::empty());
+        };
+        let tree = load_tree(&self.forest, &root)?;
+        self.events_of_tree(source, root, tree, range, filter, reverse)
+    }
+
+    /// Like [`Reader::events`] but over the tree at `root` (not necessarily the current one).
+    pub fn events_at(
+        &self,
+        source: &SourceId,
+        root: &Cid,
+        range: RangeInclusive<u64>,
+        filter: &EventFilter,
+        reverse: bool,
+    ) -> Result<EventIter> {
+        let tree = load_tree(&self.forest, root)?;
+        self.events_of_tree(source, *root, tree, range, filter, reverse)
+    }
+
+    fn events_of_tree(
+        &self,
+        source: &SourceId,
+        root: Cid,
+        tree: Tree<EventTree, Value>,
+        range: RangeInclusive<u64>,
+        filter: &EventFilter,
+        reverse: bool,
+    ) -> Result<EventIter> {
+        let count = tree.count();
+        if count == 0 || filter.is_empty() || range.is_empty() || *range.start() >= count {
+            return Ok(EventIter::empty());
+        }
+        let (lo, hi) = (*range.start(), (*range.end()).min(count - 1));
+        let query = EventQuery::new(lo..=hi, filter.clone());
+        let chunks: ChunkIter = if reverse {
+            Box::new(
+                self.forest
+                    .iter_filtered_chunked_reverse(&tree, query, &no_extra),
+            )
+        } else {
+            Box::new(self.forest.iter_filtered_chunked(&tree, query, &no_extra))
+        };
+        Ok(EventIter {
+            chunks: Some(chunks),
+            buf: Vec::new().into_iter(),
+            reverse,
+            source: source.clone(),
+            root,
+            lo,
+            hi,
+        })
+    }
+
+    /// The bytes of a block, if present.
+    pub fn get_block(&self, cid: &Cid) -> Result<Option<Vec<u8>>> {
+        blocks::get(&*lock(&self.conn)?, cid)
+    }
+
+    /// Is the block present?
+    pub fn has_block(&self, cid: &Cid) -> Result<bool> {
+        blocks::has(&*lock(&self.conn)?, cid)
+    }
+
+    /// CIDs of the DAG under `root` (root included) that are absent. Empty = complete. Links
+    /// below an absent block are unknown until it arrives: ask again after fetching.
+    pub fn missing_blocks(&self, root: &Cid) -> Result<Vec<Cid>> {
+        blocks::missing(&*lock(&self.conn)?, root)
+    }
+
+    /// The CID pinned under an alias name.
+    pub fn alias(&self, name: &str) -> Result<Option<Cid>> {
+        blocks::alias_get(&*lock(&self.conn)?, name)
+    }
+
+    /// A value stored with [`Writer::meta_set`].
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(lock(&self.conn)?
+            .prepare_cached(schema::META_GET)?
+            .query_row(params![key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub(crate) fn load_tree(&self, root: &Cid) -> Result<Tree<EventTree, Value>> {
+        load_tree(&self.forest, root)
+    }
+}
+
+type ChunkIter =
+    Box<dyn Iterator<Item = anyhow::Result<FilteredChunk<(u64, Key, Value), ()>>> + Send>;
+
+/// Streaming iterator of events; holds at most one leaf's matches in memory.
+pub struct EventIter {
+    chunks: Option<ChunkIter>,
+    buf: std::vec::IntoIter<(u64, Key, Value)>,
+    reverse: bool,
+    source: SourceId,
+    root: Cid,
+    lo: u64,
+    hi: u64,
+}
+
+impl std::fmt::Debug for EventIter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventIter")
+            .field("source", &self.source)
+            .field("range", &(self.lo..=self.hi))
+            .field("reverse", &self.reverse)
+            .finish()
+    }
+}
+
+impl EventIter {
+    fn empty() -> Self {
+        EventIter {
+            chunks: None,
+            buf: Vec::new().into_iter(),
+            reverse: false,
+            source: SourceId::new(""),
+            root: cid::cid_of(cid::RAW, b""),
+            lo: 0,
+            hi: 0,
+        }
+    }
+
+    fn to_event(&self, (offset, key, value): (u64, Key, Value)) -> Result<Event> {
+        let payload = RawValue::from_string(value).map_err(|e| Error::Corrupt {
+            cid: self.root,
+            reason: format!("payload of event {offset} is not JSON: {e}"),
+        })?;
+        Ok(Event {
+            source: self.source.clone(),
+            offset,
+            lamport: key.lamport,
+            timestamp: key.time,
+            semantics: key.semantics.to_string(),
+            name: key.name.to_string(),
+            tags: key.tags.iter().map(|t| t.to_string()).collect(),
+            payload,
+        })
+    }
+}
+
+impl Iterator for EventIter {
+    type Item = Result<Event>;
+
+    fn next(&mut self) -> Option<Result<Event>> {
+        loop {
+            let item = if self.reverse {
+                self.buf.next_back()
+            } else {
+                self.buf.next()
+            };
+            if let Some(item) = item {
+                return Some(self.to_event(item));
+            }
+            let chunk = match self.chunks.as_mut()?.next() {
+                None => {
+                    self.chunks = None;
+                    return None;
+                }
+                Some(Err(e)) => {
+                    self.chunks = None;
+                    return Some(Err(Error::from_tree(e)));
+                }
+                Some(Ok(chunk)) => chunk,
+            };
+            // Past the requested range: stop instead of walking the rest of the tree.
+            let past = if self.reverse {
+                chunk.range.end <= self.lo
+            } else {
+                chunk.range.start > self.hi
+            };
+            if past && chunk.data.is_empty() {
+                self.chunks = None;
+                return None;
+            }
+            self.buf = chunk.data.into_iter();
+        }
+    }
+}

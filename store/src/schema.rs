@@ -1,0 +1,174 @@
+//! All SQL of the store: the schema, connection settings and every statement text.
+//!
+//! Tables:
+//! - `cids(id, cid)`: every CID the store knows, present or only referenced. Ids are stable
+//!   handles so `refs` and `aliases` stay small.
+//! - `blocks(id, data)`: the bytes of present blocks (`id` = `cids.id`).
+//! - `refs(parent, child)`: links of each present dag-cbor block, extracted once at put time,
+//!   so reachability (GC, missing blocks, verify) is pure SQL and never decodes a block.
+//! - `aliases(name, id)`: named pins (one per source's current tree, later one per blob).
+//! - `retired(id, at)`: roots an alias moved away from, kept alive for a grace period so a
+//!   query still walking an old root does not lose its blocks to GC.
+//! - `meta(key, value)`: a small key/value store for the engine (lamport clock, ...).
+//!
+//! Invariant: a `refs` row exists only for a present parent block, and `cids.added` is the
+//! time (seconds) the row or its block was last written; GC never deletes rows younger than
+//! its grace period, so blocks put just before an import are not collected in between.
+
+use crate::error::Result;
+use rusqlite::Connection;
+use std::time::Duration;
+
+/// Schema version, in `PRAGMA user_version`.
+pub(crate) const VERSION: i64 = 1;
+
+const CREATE: &str = r#"
+CREATE TABLE IF NOT EXISTS cids (
+    id    INTEGER PRIMARY KEY,
+    cid   BLOB NOT NULL UNIQUE,
+    added INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blocks (
+    id   INTEGER PRIMARY KEY,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refs (
+    parent INTEGER NOT NULL,
+    child  INTEGER NOT NULL,
+    PRIMARY KEY (parent, child)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS aliases (
+    name TEXT PRIMARY KEY,
+    id   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS retired (
+    id INTEGER NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS retired_at ON retired(at);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
+"#;
+
+/// Durability of a committed transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=NORMAL` in WAL mode: a commit is written to the WAL file (write(2)) before
+    /// COMMIT returns, so it survives the process being killed (kill -9, panic, OOM kill): the
+    /// kernel still holds the written pages. Only an OS crash or power loss can lose the most
+    /// recent commits, and even then the database stays consistent. One fsync per checkpoint
+    /// instead of one per commit: this is what makes single-event appends fast.
+    #[default]
+    Process,
+    /// `synchronous=FULL`: the WAL is fsynced at every commit, so commits also survive power
+    /// loss, at the price of one fsync per transaction.
+    PowerLoss,
+}
+
+/// Settings for the write connection.
+pub(crate) fn configure_writer(
+    conn: &Connection,
+    durability: Durability,
+    wal_limit: u64,
+) -> Result<()> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    // WAL: readers (queries, the inspector) never block the writer nor each other.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let sync = match durability {
+        Durability::Process => "NORMAL",
+        Durability::PowerLoss => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    // After a checkpoint resets the WAL, truncate it to this size: keeps the file bounded even
+    // after one huge transaction (the anchor system's WAL grew to gigabytes).
+    conn.pragma_update(None, "journal_size_limit", wal_limit as i64)?;
+    // Automatic PASSIVE checkpoints every ~4 MB of WAL (1000 pages of 4 KiB), the default made
+    // explicit; the writer also checkpoints after big writes (see `log.rs`).
+    conn.pragma_update(None, "wal_autocheckpoint", 1000)?;
+    conn.pragma_update(None, "foreign_keys", false)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "cache_size", -16384)?; // 16 MiB page cache
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > VERSION {
+        return Err(crate::error::Error::Invalid(format!(
+            "store schema version {version} is newer than this build understands ({VERSION}); \
+             use a newer shoal"
+        )));
+    }
+    conn.execute_batch(CREATE)?;
+    conn.pragma_update(None, "user_version", VERSION)?;
+    Ok(())
+}
+
+/// Settings for a read connection.
+pub(crate) fn configure_reader(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "cache_size", -8192)?; // 8 MiB page cache
+    Ok(())
+}
+
+pub(crate) const CID_ID: &str = "SELECT id FROM cids WHERE cid = ?1";
+pub(crate) const CID_INSERT: &str = "INSERT INTO cids (cid, added) VALUES (?1, ?2) \
+     ON CONFLICT(cid) DO UPDATE SET added = excluded.added RETURNING id";
+pub(crate) const CID_BY_ID: &str = "SELECT cid FROM cids WHERE id = ?1";
+pub(crate) const BLOCK_INSERT: &str = "INSERT OR IGNORE INTO blocks (id, data) VALUES (?1, ?2)";
+pub(crate) const BLOCK_GET: &str =
+    "SELECT blocks.data FROM cids JOIN blocks ON blocks.id = cids.id WHERE cids.cid = ?1";
+pub(crate) const BLOCK_HAS: &str =
+    "SELECT 1 FROM cids JOIN blocks ON blocks.id = cids.id WHERE cids.cid = ?1";
+pub(crate) const REF_INSERT: &str = "INSERT OR IGNORE INTO refs (parent, child) VALUES (?1, ?2)";
+pub(crate) const ALIAS_GET: &str =
+    "SELECT cids.cid FROM aliases JOIN cids ON cids.id = aliases.id WHERE aliases.name = ?1";
+pub(crate) const ALIAS_ID: &str = "SELECT id FROM aliases WHERE name = ?1";
+pub(crate) const ALIAS_SET: &str = "INSERT INTO aliases (name, id) VALUES (?1, ?2) \
+     ON CONFLICT(name) DO UPDATE SET id = excluded.id";
+pub(crate) const ALIAS_DELETE: &str = "DELETE FROM aliases WHERE name = ?1";
+pub(crate) const ALIAS_LIST: &str = "SELECT aliases.name, cids.cid FROM aliases \
+     JOIN cids ON cids.id = aliases.id WHERE aliases.name >= ?1 AND aliases.name < ?2 \
+     ORDER BY aliases.name";
+pub(crate) const RETIRED_INSERT: &str = "INSERT INTO retired (id, at) VALUES (?1, ?2)";
+pub(crate) const RETIRED_EXPIRE: &str = "DELETE FROM retired WHERE at <= ?1";
+pub(crate) const META_GET: &str = "SELECT value FROM meta WHERE key = ?1";
+pub(crate) const META_SET: &str = "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+     ON CONFLICT(key) DO UPDATE SET value = excluded.value";
+
+/// Every id reachable from `?1` (a cid id), the root included.
+pub(crate) const REACHABLE_FROM: &str = "WITH RECURSIVE reach(id) AS ( \
+        SELECT ?1 \
+        UNION SELECT refs.child FROM refs JOIN reach ON refs.parent = reach.id) \
+     SELECT reach.id, cids.cid, blocks.id IS NOT NULL, length(blocks.data) \
+     FROM reach JOIN cids ON cids.id = reach.id LEFT JOIN blocks ON blocks.id = reach.id";
+
+/// CIDs reachable from `?1` whose block is absent.
+pub(crate) const MISSING_FROM: &str = "WITH RECURSIVE reach(id) AS ( \
+        SELECT ?1 \
+        UNION SELECT refs.child FROM refs JOIN reach ON refs.parent = reach.id) \
+     SELECT cids.cid FROM reach JOIN cids ON cids.id = reach.id \
+     WHERE NOT EXISTS (SELECT 1 FROM blocks WHERE blocks.id = reach.id)";
+
+/// Garbage: ids not reachable from any alias nor from a root retired after `?1`, and not
+/// written after `?1` (`?1` = now − grace, in seconds); at most `?2` of them.
+pub(crate) const GARBAGE: &str = "WITH RECURSIVE live(id) AS ( \
+        SELECT id FROM aliases \
+        UNION SELECT id FROM retired WHERE at > ?1 \
+        UNION SELECT refs.child FROM refs JOIN live ON refs.parent = live.id) \
+     SELECT cids.id, length(blocks.data) FROM cids LEFT JOIN blocks ON blocks.id = cids.id \
+     WHERE cids.added <= ?1 AND cids.id NOT IN (SELECT id FROM live) LIMIT ?2";
+pub(crate) const GC_DELETE_BLOCK: &str = "DELETE FROM blocks WHERE id = ?1";
+pub(crate) const GC_DELETE_REFS: &str = "DELETE FROM refs WHERE parent = ?1";
+pub(crate) const GC_DELETE_CID: &str = "DELETE FROM cids WHERE id = ?1";
+
+pub(crate) const COUNT_BLOCKS: &str = "SELECT count(*), coalesce(sum(length(data)), 0) FROM blocks";
+pub(crate) const COUNT_CIDS: &str = "SELECT count(*) FROM cids";
+pub(crate) const ALL_ALIASES: &str =
+    "SELECT aliases.name, cids.cid FROM aliases JOIN cids ON cids.id = aliases.id ORDER BY 1";
+
+/// Seconds since the Unix epoch, for `added` / `retired.at`.
+pub(crate) fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,129 @@
+//! Banyan tree types for event logs: [`EventTree`] ([`TreeTypes`]), keys, summaries, the
+//! query, the tree configuration, and the glue between banyan and the block store.
+//!
+//! One tree per source. Each leaf holds up to [`TreeConfig::max_leaf_count`] payloads (JSON
+//! text as dag-cbor strings, zstd-compressed); the keys of a leaf live columnar in its parent
+//! branch ([`KeySeq`]), and higher branches hold one [`Summary`] per child, so queries skip
+//! subtrees by looking only at branch nodes. Blocks are banyan's format: a dag-cbor
+//! `[cipher_offset, [links...], bytes]` whose bytes are the zstd-compressed node, encrypted
+//! with banyan's stream cipher under the all-zero key (shoal does not use banyan's encryption;
+//! every node uses the same key so any node can read any tree).
+//!
+//! Invariant: the link type is a CIDv1 dag-cbor SHA2-256 of the block's bytes, so banyan's
+//! links are exactly the store's CIDs.
+
+mod glue;
+mod key;
+mod query;
+mod summary;
+
+pub(crate) use glue::{SqliteReader, Stager, Staging};
+pub use key::{Key, KeySeq};
+pub use query::EventQuery;
+pub use summary::{Bloom, NameSet, Summary, SummarySeq, TagSet, MAX_EXACT_NAMES, MAX_EXACT_TAGS};
+
+use crate::error::{Error, Result};
+use banyan::{Config, Secrets, TreeTypes};
+
+/// Banyan tree types of an event log.
+#[derive(Debug, Clone)]
+pub struct EventTree;
+
+impl TreeTypes for EventTree {
+    type Key = Key;
+    type Summary = Summary;
+    type KeySeq = KeySeq;
+    type SummarySeq = SummarySeq;
+    type Link = libipld::Cid;
+}
+
+/// The value stored per event: its payload's JSON text.
+pub(crate) type Value = String;
+
+/// The secrets every shoal tree uses (banyan's encryption is not used: all-zero keys).
+pub(crate) fn secrets() -> Secrets {
+    Secrets::default()
+}
+
+/// Shape of event trees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeConfig {
+    /// Most events in one leaf.
+    pub max_leaf_count: usize,
+    /// A leaf is full (sealed) once its compressed size reaches this many bytes (≤ 1 MiB).
+    pub target_leaf_size: usize,
+    /// A leaf is full once its uncompressed size reaches this many bytes (≤ 16 MiB); also
+    /// the bound that stops decompression bombs.
+    pub max_uncompressed_leaf_size: usize,
+    /// Children of a branch.
+    pub max_branches: usize,
+    /// zstd level for appends: fast, since appends are on the publish path.
+    pub zstd_level_append: i32,
+    /// zstd level for packing: strong, since packing runs in the background.
+    pub zstd_level_pack: i32,
+    /// Append packs the tree itself when the chain of unpacked appends is deeper than this,
+    /// so reads stay fast even if nobody calls `pack`.
+    pub max_unpacked_depth: u32,
+}
+
+impl Default for TreeConfig {
+    fn default() -> Self {
+        Self {
+            max_leaf_count: 16 * 1024,
+            target_leaf_size: 512 * 1024,
+            max_uncompressed_leaf_size: 1024 * 1024,
+            max_branches: 32,
+            zstd_level_append: 3,
+            zstd_level_pack: 10,
+            max_unpacked_depth: 64,
+        }
+    }
+}
+
+impl TreeConfig {
+    /// Tiny leaves and branches: interesting tree shapes from few events. Tests only.
+    pub fn debug() -> Self {
+        Self {
+            max_leaf_count: 10,
+            target_leaf_size: 10_000,
+            max_uncompressed_leaf_size: 16 * 1024 * 1024,
+            max_branches: 4,
+            zstd_level_append: 1,
+            zstd_level_pack: 3,
+            max_unpacked_depth: 16,
+        }
+    }
+
+    fn banyan(&self, zstd_level: i32) -> Config {
+        Config {
+            max_summary_branches: self.max_branches,
+            max_key_branches: self.max_branches,
+            max_leaf_count: self.max_leaf_count,
+            target_leaf_size: self.target_leaf_size,
+            max_uncompressed_leaf_size: self.max_uncompressed_leaf_size,
+            zstd_level,
+        }
+    }
+
+    /// Config used by appends.
+    pub(crate) fn append(&self) -> Config {
+        self.banyan(self.zstd_level_append)
+    }
+
+    /// Config used by packing.
+    pub(crate) fn pack(&self) -> Config {
+        self.banyan(self.zstd_level_pack)
+    }
+
+    /// Checks the settings are ones banyan accepts.
+    pub fn validate(&self) -> Result<()> {
+        for c in [self.append(), self.pack()] {
+            c.validate()
+                .map_err(|e| Error::Invalid(format!("tree config: {e}")))?;
+        }
+        if self.max_leaf_count == 0 {
+            return Err(Error::Invalid("tree config: max_leaf_count is 0".into()));
+        }
+        Ok(())
+    }
+}

@@ -4,7 +4,9 @@
 //! `main` parses arguments, runs the chosen command and prints the error chain once; a broken
 //! pipe (e.g. `shoal events query | head`) counts as success.
 
+mod client;
 mod cmd;
+mod output;
 
 use clap::{Parser, Subcommand};
 

@@ -26,7 +26,7 @@ use serde_json::value::RawValue;
 use shoal_store::console::{ConsoleReader, ConsoleWriter, LogEntry, NewLogEntry};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use shoal_store::console::DEFAULT_RETENTION;
+pub use shoal_store::console::{Error as StoreError, DEFAULT_RETENTION};
 
 /// File name of the console log inside the data dir.
 pub const CONSOLE_FILE: &str = "console.sqlite3";

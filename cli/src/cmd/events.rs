@@ -1,9 +1,290 @@
-//! `shoal events` (being built).
+//! `shoal events offsets|publish|query|subscribe`: the event service of a running node, over its
+//! HTTP API (`--node`, default the local API).
+//!
+//! Publish takes one event from arguments (`<semantics> <name> <payload-json> [--tag T]...`) or
+//! many as NDJSON (`--file FILE`, `--file -` or no arguments for stdin), sent in batches; each
+//! batch is one request, stored whole or not at all. Query and subscribe print what the node
+//! streams; subscribe runs until interrupted (Ctrl-C) or the node goes away.
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::io::BufRead;
+
+use crate::client::{Client, DEFAULT_NODE};
+use crate::output::{Format, Out, Progress};
 
 /// Arguments of `shoal events`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// URL of the node's events API.
+    #[arg(long, global = true, default_value = DEFAULT_NODE, env = "SHOAL_NODE")]
+    node: String,
+    /// Machine-readable output: NDJSON for streams, JSON otherwise.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`shoal events` is not built yet")
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Highest offset stored per source.
+    Offsets,
+    /// Publish one event from arguments, or many as NDJSON from a file or stdin.
+    Publish(PublishArgs),
+    /// Stored events within bounds, in the chosen order; ends after the last one.
+    Query(QueryArgs),
+    /// Stored events above a lower bound, then new ones as they come; runs until interrupted.
+    Subscribe(SubscribeArgs),
+}
+
+#[derive(clap::Args)]
+struct PublishArgs {
+    /// Stream semantics of the event (with NAME and PAYLOAD; omit all three to read NDJSON).
+    #[arg(requires_all = ["name", "payload"])]
+    semantics: Option<String>,
+    /// Stream name of the event.
+    name: Option<String>,
+    /// Payload as JSON text, e.g. '{"temp":21.5}' or '"text"'.
+    payload: Option<String>,
+    /// A tag for the event (repeatable); with NDJSON input, added to every event.
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// NDJSON file of events (`{"semantics","name","payload","tags"?}` per line); `-` = stdin.
+    #[arg(long, short, conflicts_with = "semantics")]
+    file: Option<String>,
+    /// Events per request when publishing NDJSON (each request is stored whole or not at all).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    batch: u64,
+}
+
+#[derive(clap::Args)]
+struct FilterArgs {
+    /// Only events of this semantics.
+    #[arg(long)]
+    semantics: Option<String>,
+    /// Only events of this stream name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Only events of this source.
+    #[arg(long)]
+    source: Option<String>,
+    /// Subscriptions as a JSON list, e.g. '[{"semantics":"a"},{"name":"b"}]' (instead of the
+    /// three flags above).
+    #[arg(long, conflicts_with_all = ["semantics", "name", "source"])]
+    subscriptions: Option<String>,
+    /// Exclusive lower bound, an offset map as JSON, e.g. '{"<source>":41}'.
+    #[arg(long)]
+    from: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct QueryArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Inclusive upper bound, an offset map as JSON; default: everything stored now.
+    #[arg(long)]
+    to: Option<String>,
+    /// Order of the result.
+    #[arg(long, default_value = "lamport",
+          value_parser = ["lamport", "lamport-reverse", "source-ordered"])]
+    order: String,
+}
+
+#[derive(clap::Args)]
+struct SubscribeArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: Args) -> Result<()> {
+    let client = Client::new(&args.node)?;
+    let format = Format::from_json_flag(args.json);
+    match args.command {
+        Command::Offsets => {
+            let offsets = client.get_json("/api/v1/events/offsets").await?;
+            let mut out = Out::new(format, false);
+            out.offsets(&offsets)?;
+            out.flush()
+        }
+        Command::Publish(p) => publish(&client, format, p).await,
+        Command::Query(q) => query(&client, format, q).await,
+        Command::Subscribe(s) => subscribe(&client, format, s).await,
+    }
+}
+
+async fn publish(client: &Client, format: Format, args: PublishArgs) -> Result<()> {
+    let mut out = Out::new(format, false);
+    if let (Some(semantics), Some(name), Some(payload)) = (args.semantics, args.name, args.payload)
+    {
+        let payload: Value = serde_json::from_str(&payload).with_context(|| {
+            format!("PAYLOAD `{payload}` is not JSON; quote text as JSON, e.g. '\"hello\"'")
+        })?;
+        let mut event = json!({"semantics": semantics, "name": name, "payload": payload});
+        if !args.tags.is_empty() {
+            event["tags"] = json!(args.tags);
+        }
+        let stamps = send_batch(client, vec![event]).await?;
+        out.published(&stamps, 1)?;
+        return out.flush();
+    }
+    let input: Box<dyn BufRead> = match args.file.as_deref() {
+        None | Some("-") => Box::new(std::io::stdin().lock()),
+        Some(path) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(path).with_context(|| format!("cannot open {path}"))?,
+        )),
+    };
+    let source = match args.file.as_deref() {
+        None | Some("-") => "stdin".to_string(),
+        Some(path) => path.to_string(),
+    };
+    let batch_size = usize::try_from(args.batch).unwrap_or(1000);
+    let mut batch = Vec::with_capacity(batch_size.min(10_000));
+    let mut total = 0usize;
+    for (i, line) in input.lines().enumerate() {
+        let line = line.with_context(|| format!("cannot read {source}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut event: Value = serde_json::from_str(&line)
+            .with_context(|| format!("{source} line {}: not JSON", i + 1))?;
+        let Some(obj) = event.as_object_mut() else {
+            bail!(
+                "{source} line {}: expected an object {{\"semantics\",\"name\",\"payload\"}}",
+                i + 1
+            );
+        };
+        if !args.tags.is_empty() {
+            let mut tags: Vec<Value> = obj
+                .get("tags")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            tags.extend(args.tags.iter().map(|t| json!(t)));
+            obj.insert("tags".into(), Value::Array(tags));
+        }
+        batch.push(event);
+        if batch.len() >= batch_size {
+            total += flush_batch(client, &mut out, &mut batch, total).await?;
+        }
+    }
+    if !batch.is_empty() {
+        total += flush_batch(client, &mut out, &mut batch, total).await?;
+    }
+    if total == 0 {
+        bail!("no events in {source}: expected one JSON object per line");
+    }
+    out.flush()
+}
+
+/// Sends one batch, printing its stamps; says how many were stored before a failure.
+async fn flush_batch(
+    client: &Client,
+    out: &mut Out,
+    batch: &mut Vec<Value>,
+    stored_before: usize,
+) -> Result<usize> {
+    let events = std::mem::take(batch);
+    let n = events.len();
+    let stamps = send_batch(client, events).await.with_context(|| {
+        format!(
+            "{stored_before} events were stored before this batch of {n} failed (it stored none)"
+        )
+    })?;
+    out.published(&stamps, n)?;
+    Ok(n)
+}
+
+async fn send_batch(client: &Client, events: Vec<Value>) -> Result<Vec<Value>> {
+    let answer = client
+        .post_json("/api/v1/events/publish", &json!({ "data": events }))
+        .await?;
+    Ok(answer["data"].as_array().cloned().unwrap_or_default())
+}
+
+/// The `subscriptions` list and `lowerBound` of a query or subscription.
+fn filter_body(f: &FilterArgs) -> Result<(Value, Option<Value>)> {
+    let subscriptions = match &f.subscriptions {
+        Some(text) => {
+            let v: Value = serde_json::from_str(text)
+                .context("--subscriptions is not JSON (expected a list of filters)")?;
+            if !v.is_array() {
+                bail!("--subscriptions must be a JSON list, e.g. '[{{\"semantics\":\"a\"}}]'");
+            }
+            v
+        }
+        None => {
+            let mut one = serde_json::Map::new();
+            for (k, v) in [
+                ("semantics", &f.semantics),
+                ("name", &f.name),
+                ("source", &f.source),
+            ] {
+                if let Some(v) = v {
+                    one.insert(k.into(), json!(v));
+                }
+            }
+            json!([one])
+        }
+    };
+    let lower = f
+        .from
+        .as_deref()
+        .map(|t| offset_map("--from", t))
+        .transpose()?;
+    Ok((subscriptions, lower))
+}
+
+fn offset_map(flag: &str, text: &str) -> Result<Value> {
+    let v: Value = serde_json::from_str(text).with_context(|| {
+        format!("{flag} is not JSON: expected an offset map, e.g. '{{\"<source>\":41}}'")
+    })?;
+    if !v.is_object() {
+        bail!("{flag} must be an offset map (a JSON object), e.g. '{{\"<source>\":41}}'");
+    }
+    Ok(v)
+}
+
+async fn query(client: &Client, format: Format, args: QueryArgs) -> Result<()> {
+    let (subscriptions, lower) = filter_body(&args.filter)?;
+    let upper = match args.to.as_deref() {
+        Some(t) => offset_map("--to", t)?,
+        None => client.get_json("/api/v1/events/offsets").await?,
+    };
+    let mut body =
+        json!({"upperBound": upper, "subscriptions": subscriptions, "order": args.order});
+    if let Some(lower) = lower {
+        body["lowerBound"] = lower;
+    }
+    let mut lines = client.post_lines("/api/v1/events/query", &body).await?;
+    let mut out = Out::new(format, false);
+    let mut progress = Progress::new();
+    while let Some(line) = lines.next_line().await? {
+        out.event(&line)?;
+        progress.tick();
+    }
+    progress.finish();
+    out.flush()
+}
+
+async fn subscribe(client: &Client, format: Format, args: SubscribeArgs) -> Result<()> {
+    let (subscriptions, lower) = filter_body(&args.filter)?;
+    let mut body = json!({ "subscriptions": subscriptions });
+    if let Some(lower) = lower {
+        body["lowerBound"] = lower;
+    }
+    let mut lines = client.post_lines("/api/v1/events/subscribe", &body).await?;
+    let mut out = Out::new(format, true);
+    while let Some(line) = lines.next_line().await? {
+        out.event(&line)?;
+    }
+    bail!("the node closed the subscription (it may have shut down)")
 }

@@ -1,3 +1,5 @@
 //! placeholder
 
 pub mod console;
+pub mod exchange;
+pub mod head;

@@ -1,1 +1,65 @@
-//! placeholder
+//! shoal-api: the HTTP face of a node (API.md), on warp.
+//!
+//! Principal items:
+//! - [`routes`]: every events and node endpoint, with errors in API.md's format;
+//! - [`HttpServer`] (`server.rs`): binds an address and serves a filter with `TCP_NODELAY` and
+//!   streaming bodies; the console and Pond store APIs use it too;
+//! - [`ApiConfig`]: the API's limits.
+//!
+//! One file per route group (`events.rs`, `node.rs`); `error.rs` is the only place status codes
+//! and `errorCode`s are chosen; `ndjson.rs` streams; `body.rs` reads bounded JSON bodies. No
+//! business logic here: requests map onto `shoal_engine` calls.
+
+pub mod body;
+pub mod error;
+pub mod events;
+pub mod ndjson;
+pub mod node;
+pub mod server;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use shoal_engine::{Config, NodeHandle};
+use warp::reply::Response;
+use warp::Filter;
+
+pub use error::ApiError;
+pub use server::HttpServer;
+
+/// Limits of the HTTP API.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiConfig {
+    /// Largest JSON body accepted (413 above).
+    pub max_body_bytes: u64,
+    /// Silence after which a subscription sends a keep-alive `\n`.
+    pub keepalive: Duration,
+}
+
+impl ApiConfig {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            max_body_bytes: config.max_body_bytes,
+            keepalive: config.keepalive,
+        }
+    }
+}
+
+/// Events and node endpoints of `node`, every rejection turned into an API error.
+pub fn routes(
+    node: NodeHandle,
+    config: ApiConfig,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    events::routes(node.events(), config)
+        .or(node::routes(node))
+        .unify()
+        .recover(error::recover)
+        .unify()
+}
+
+/// Binds the events/node API on `node`'s configured `api-addr`.
+pub async fn serve(node: NodeHandle) -> std::io::Result<HttpServer> {
+    let config = ApiConfig::from_config(node.config());
+    let addr = node.config().api_addr;
+    HttpServer::bind(addr, routes(node, config)).await
+}

@@ -4,38 +4,13 @@
 //! `main` parses arguments, runs the chosen command and prints the error chain once; a broken
 //! pipe (e.g. `shoal events query | head`) counts as success.
 
+mod args;
 mod client;
 mod cmd;
 mod output;
 
-use clap::{Parser, Subcommand};
-
-#[derive(Parser)]
-#[command(
-    name = "shoal",
-    version,
-    about = "A local-first event-stream node for the shop floor"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run a node in the foreground.
-    Run(cmd::run::Args),
-    /// Swarm keys.
-    Swarm(cmd::swarm::Args),
-    /// Publish, query and subscribe to events on a running node.
-    Events(cmd::events::Args),
-    /// Information about a running node.
-    Node(cmd::node::Args),
-    /// Read a node's console log.
-    Logs(cmd::logs::Args),
-    /// Inspect a data dir's store (read-only; works while a node uses it).
-    Store(cmd::store::Args),
-}
+use args::{Cli, Command};
+use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

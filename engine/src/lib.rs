@@ -1,5 +1,27 @@
-//! placeholder
+//! shoal-engine: the node without its HTTP face.
+//!
+//! Principal types:
+//! - [`Node`] (`node.rs`): starts identity, store, writer and (later) swarm; owns their tasks;
+//!   [`Node::shutdown`] flushes everything. Its module doc draws the task graph.
+//! - [`EventService`] (`events/`): publish (group commit), query (three orders), subscribe
+//!   (stored then live, no gap, no duplicate), offsets; the one path by which local and
+//!   replicated events reach subscribers ([`SourceUpdate`] on one broadcast).
+//! - [`Config`] / [`Settings`] (`config.rs`): every setting, resolved flag > env > file > default.
+//! - [`Identity`] (`identity.rs`): the ed25519 key in the data dir; its `PeerId` is the source id.
+//!
+//! The engine knows nothing of HTTP: the `shoal-api` crate maps requests onto these types.
 
+pub mod config;
 pub mod console;
-pub mod exchange;
-pub mod head;
+pub mod events;
+pub mod identity;
+pub mod node;
+
+pub use config::{Config, ConfigError, Settings};
+pub use events::{
+    EventService, EventStream, EventsError, Filter, Order, PublishEvent, Published, Query,
+    SourceUpdate, Stamp, StreamSelector, Subscription,
+};
+pub use identity::{Identity, IdentityError};
+pub use node::{NetworkState, Node, NodeError, NodeHandle, NodeInfo, PeerInfo};
+pub use shoal_store::{Event, OffsetMap, SourceId};

@@ -1,9 +1,147 @@
-//! `shoal run` (being built).
+//! `shoal run`: runs a node in the foreground until SIGINT/SIGTERM.
+//!
+//! Settings: flags here, `SHOAL_<FLAG>` environment variables and `<data-dir>/shoal.toml`
+//! (flag > env > file > default), validated in one step by `shoal_engine::config`.
+//! Once every server is bound, exactly one line goes to stdout:
+//! `shoal ready source=<id> api=<addr> swarm=<multiaddr>` — scripts wait for it. Logs go to
+//! stderr (`RUST_LOG` filters them, default `info`).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use shoal_engine::{Config, Node, Settings};
 
 /// Arguments of `shoal run`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Data directory (key, store, shoal.toml); created if missing. [default: ./shoal-data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Events, blobs and node API address. [default: 127.0.0.1:4454]
+    #[arg(long, value_name = "IP:PORT")]
+    api_addr: Option<String>,
+    /// Console (logging) API address. [default: 127.0.0.1:4457]
+    #[arg(long, value_name = "IP:PORT")]
+    console_addr: Option<String>,
+    /// WebSocket store API address for Pond apps. [default: 127.0.0.1:4243]
+    #[arg(long, value_name = "IP:PORT")]
+    store_addr: Option<String>,
+    /// libp2p listen address (repeatable). [default: /ip4/0.0.0.0/tcp/4001]
+    #[arg(long, value_name = "MULTIADDR")]
+    swarm_addr: Vec<String>,
+    /// Bootstrap peer, e.g. /ip4/127.0.0.1/tcp/4002/p2p/<id> (repeatable).
+    #[arg(long, value_name = "MULTIADDR")]
+    peer: Vec<String>,
+    /// Pre-shared swarm key file; nodes with other keys cannot connect.
+    #[arg(long, value_name = "FILE")]
+    swarm_key: Option<PathBuf>,
+    /// Disable LAN discovery (mDNS).
+    #[arg(long)]
+    no_mdns: bool,
+    /// Largest JSON request body accepted, in bytes. [default: 16777216]
+    #[arg(long, value_name = "BYTES")]
+    max_body_bytes: Option<u64>,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`shoal run` is not built yet")
+impl Args {
+    /// The flag layer: only what was given (so env and file can fill the rest).
+    fn settings(self) -> Settings {
+        Settings {
+            data_dir: self.data_dir,
+            api_addr: self.api_addr,
+            console_addr: self.console_addr,
+            store_addr: self.store_addr,
+            swarm_addr: (!self.swarm_addr.is_empty()).then_some(self.swarm_addr),
+            peer: (!self.peer.is_empty()).then_some(self.peer),
+            swarm_key: self.swarm_key,
+            no_mdns: self.no_mdns.then_some(true),
+            max_body_bytes: self.max_body_bytes,
+            ..Settings::default()
+        }
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    init_logging();
+    let config = resolve(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("shoal")
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(serve(config));
+    // Everything was flushed inside `serve`; do not wait for idle blocking threads.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// flag > env > file > default.
+fn resolve(args: Args) -> anyhow::Result<Config> {
+    let upper = args
+        .settings()
+        .or(Settings::from_env(|k| std::env::var(k).ok())?);
+    let data_dir = upper
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| Config::default().data_dir);
+    let file = Settings::from_file(&data_dir)?;
+    Ok(upper.or(file).resolve()?)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let api_addr = config.api_addr;
+    let node = Node::start(config)
+        .await
+        .context("cannot start the node")?;
+    let api = match shoal_api::serve(node.handle()).await {
+        Ok(api) => api,
+        Err(e) => {
+            node.shutdown().await;
+            return Err(e).with_context(|| {
+                format!("cannot listen on {api_addr}: is another node running? --api-addr sets the address")
+            });
+        }
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "shoal ready source={} api={} swarm={}",
+            node.source(),
+            api.local_addr(),
+            node.swarm_addr()
+        );
+        let _ = out.flush();
+    }
+    tracing::info!(api = %api.local_addr(), "serving");
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    // Subscriptions end first, so the server's grace period is not spent on them.
+    node.signal_shutdown();
+    api.shutdown().await;
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
 }

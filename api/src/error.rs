@@ -1,0 +1,191 @@
+//! The one place where HTTP status codes and `errorCode`s are chosen.
+//!
+//! Every error leaves the API as `{"error": "<message>", "errorCode": "<CODE>"}` (API.md):
+//! errors of our handlers ([`ApiError`]), engine errors (`From<EventsError>`), and warp's own
+//! rejections (unknown path, wrong method, oversized or unreadable body) through [`recover`].
+//! A 500 means a bug or a storage failure, never bad input.
+
+use std::convert::Infallible;
+
+use serde::Serialize;
+use shoal_engine::EventsError;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Reply;
+
+/// An error answer.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 400: malformed JSON or a missing/invalid field (the message names the field).
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "ERR_BAD_REQUEST", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "ERR_NOT_FOUND", message)
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "ERR_METHOD_NOT_ALLOWED",
+            "method not allowed on this endpoint",
+        )
+    }
+
+    /// 413: the body is over `limit` bytes.
+    pub fn payload_too_large(limit: u64) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "ERR_PAYLOAD_TOO_LARGE",
+            format!("request body larger than the limit of {limit} bytes"),
+        )
+    }
+
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ERR_SERVICE_OVERLOADED",
+            message,
+        )
+    }
+
+    pub fn storage_full(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INSUFFICIENT_STORAGE, "ERR_STORAGE_FULL", message)
+    }
+
+    /// 500: a bug or a failing disk; never for bad input.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "ERR_INTERNAL", message)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl warp::reject::Reject for ApiError {}
+
+
+/// Engine errors, with `prefix` naming where in the request an invalid field sits (e.g. `data`
+/// for a publish body).
+pub fn from_events(e: EventsError, prefix: &str) -> ApiError {
+    match e {
+        EventsError::Invalid {
+            index,
+            field,
+            reason,
+        } => {
+            let location = match index {
+                Some(i) => format!("{prefix}[{i}].{field}"),
+                None => field.to_string(),
+            };
+            ApiError::bad_request(format!("{location}: {reason}"))
+        }
+        EventsError::StorageFull(m) => ApiError::storage_full(m),
+        EventsError::ShuttingDown => ApiError::overloaded("the node is shutting down; retry"),
+        EventsError::Storage(m) => ApiError::internal(m),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Body<'a> {
+    error: &'a str,
+    error_code: &'a str,
+}
+
+impl Reply for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = %self.status, code = self.code, message = %self.message, "request failed");
+        }
+        let body = Body {
+            error: &self.message,
+            error_code: self.code,
+        };
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let mut resp = Response::new(json.into());
+        *resp.status_mut() = self.status;
+        resp.headers_mut().insert(
+            warp::http::header::CONTENT_TYPE,
+            warp::http::HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+}
+
+/// Turns any rejection into the API's error format.
+pub async fn recover(rejection: warp::Rejection) -> Result<Response, Infallible> {
+    Ok(from_rejection(&rejection).into_response())
+}
+
+fn from_rejection(r: &warp::Rejection) -> ApiError {
+    use warp::reject;
+    if let Some(e) = r.find::<ApiError>() {
+        return e.clone();
+    }
+    if r.is_not_found() {
+        return ApiError::not_found("no such endpoint");
+    }
+    if r.find::<reject::MethodNotAllowed>().is_some() {
+        return ApiError::method_not_allowed();
+    }
+    if r.find::<reject::PayloadTooLarge>().is_some() {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "ERR_PAYLOAD_TOO_LARGE",
+            "request body too large",
+        );
+    }
+    if let Some(e) = r.find::<reject::InvalidHeader>() {
+        return ApiError::bad_request(format!("invalid header {}", e.name()));
+    }
+    if let Some(e) = r.find::<reject::MissingHeader>() {
+        return ApiError::bad_request(format!("missing header {}", e.name()));
+    }
+    if r.find::<reject::InvalidQuery>().is_some() {
+        return ApiError::bad_request("invalid query string");
+    }
+    if let Some(e) = r.find::<warp::body::BodyDeserializeError>() {
+        return ApiError::bad_request(format!("malformed JSON body: {e}"));
+    }
+    if r.find::<reject::LengthRequired>().is_some() {
+        // Our body filter never asks for a length; keep the format if some route does.
+        return ApiError::bad_request("a content-length header is required");
+    }
+    if r.find::<reject::UnsupportedMediaType>().is_some() {
+        return ApiError::bad_request("unsupported content type");
+    }
+    ApiError::internal(format!("unhandled rejection: {r:?}"))
+}

@@ -1,0 +1,152 @@
+//! The HTTP server under every shoal endpoint (events/node API, console, Pond store API).
+//!
+//! Our own accept loop instead of `warp::serve`, for two reasons:
+//! - `TCP_NODELAY` on every accepted socket: a response written in two parts otherwise stalls
+//!   ~40 ms on Nagle + delayed ACK, and one-event-per-request clients crawl;
+//! - streaming bodies: warp 0.4 cannot build one, so replies from `ndjson.rs` carry their body
+//!   stream in a [`StreamSlot`] extension that this server installs as the body.
+//!
+//! Shutdown: [`HttpServer::shutdown`] stops accepting, lets in-flight requests finish for a
+//! grace period, then closes what is left (long-lived streams end earlier anyway, when the node
+//! signals shutdown).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tower_service::Service;
+use warp::Filter;
+
+use crate::ndjson::{BoxError, StreamSlot};
+
+/// How long in-flight requests may take to finish after shutdown starts.
+const GRACE: Duration = Duration::from_secs(3);
+
+type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A bound, running server.
+pub struct HttpServer {
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpServer {
+    /// Binds `addr` and serves `filter` on it. Fails if the address cannot be bound.
+    pub async fn bind<F>(addr: SocketAddr, filter: F) -> std::io::Result<HttpServer>
+    where
+        F: Filter<Extract = (warp::reply::Response,), Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, filter, stopped));
+        Ok(HttpServer {
+            local_addr,
+            stop,
+            task,
+        })
+    }
+
+    /// The address actually bound (the port is concrete even if 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, waits up to the grace period for open requests, then closes them.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn accept_loop<F>(listener: TcpListener, filter: F, mut stopped: watch::Receiver<bool>)
+where
+    F: Filter<Extract = (warp::reply::Response,), Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    loop {
+        // Reap finished connection tasks so the set does not grow with the node's uptime.
+        while connections.try_join_next().is_some() {}
+        let accepted = tokio::select! {
+            _ = stopped.changed() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Typically out of file descriptors: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, %peer, "cannot set TCP_NODELAY");
+        }
+        let svc = warp::service(filter.clone());
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let mut svc = svc.clone();
+            async move {
+                let resp = match svc.call(req).await {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                };
+                Ok::<_, Infallible>(with_stream_body(resp))
+            }
+        });
+        let builder =
+            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        let conn = graceful.watch(
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                .into_owned(),
+        );
+        connections.spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("closing connections still open after the grace period");
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+}
+
+/// Installs a reply's streaming body, if it has one; else passes warp's body through.
+fn with_stream_body(resp: warp::reply::Response) -> hyper::Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    let stream = parts
+        .extensions
+        .remove::<StreamSlot>()
+        .and_then(|slot| slot.take());
+    let body: Body = match stream {
+        Some(stream) => StreamBody::new(stream.map_ok(Frame::data)).boxed_unsync(),
+        None => body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+    };
+    hyper::Response::from_parts(parts, body)
+}

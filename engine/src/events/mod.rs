@@ -1,0 +1,584 @@
+//! The event service: publish, query, subscribe, offsets — the one entry point every front end
+//! (HTTP API, Pond store API, CLI) and the swarm go through.
+//!
+//! Parts, one module each:
+//! - [`writer`]: the single writer task (group commit, imports), the only code that appends;
+//! - [`lamport`]: the clock;
+//! - [`query`]: bounded, ordered reads on read-only connections;
+//! - [`subscribe`]: stored-then-live streams fed by the writer's update broadcast.
+//!
+//! This module owns the request types and their validation (so every front end rejects the same
+//! inputs with the same reasons) and [`EventStream`], the bounded stream queries and
+//! subscriptions hand out. It knows nothing of HTTP or peers.
+
+pub mod lamport;
+pub mod query;
+pub mod subscribe;
+pub mod writer;
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use serde_json::value::RawValue;
+use shoal_store::{Event, EventFilter, OffsetMap, Selector, SourceId, Store};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::config::EventsConfig;
+pub use lamport::LamportClock;
+pub use writer::{Stamp, SourceUpdate};
+
+/// Longest `semantics` or `name`, in bytes (API.md).
+pub const MAX_NAME_BYTES: usize = 1024;
+/// Most tags per event (API.md).
+pub const MAX_TAGS: usize = 64;
+
+/// Why an event-service call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EventsError {
+    /// Bad input; nothing was stored. `index` is the event's position in a publish batch.
+    #[error("{}{field}: {reason}", index.map(|i| format!("[{i}].")).unwrap_or_default())]
+    Invalid {
+        index: Option<usize>,
+        field: &'static str,
+        reason: String,
+    },
+    /// The disk is full; nothing of the failed batch was stored.
+    #[error("storage full: {0}")]
+    StorageFull(String),
+    /// The store failed. For a publish: the batch was not stored (the transaction rolled back).
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// The node is shutting down. For a publish: the batch may or may not have been stored.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+impl From<shoal_store::Error> for EventsError {
+    fn from(e: shoal_store::Error) -> Self {
+        if e.is_full() {
+            EventsError::StorageFull(e.to_string())
+        } else {
+            EventsError::Storage(e.to_string())
+        }
+    }
+}
+
+fn invalid(index: Option<usize>, field: &'static str, reason: impl Into<String>) -> EventsError {
+    EventsError::Invalid {
+        index,
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// One event to publish, as an app gives it.
+#[derive(Debug, Clone)]
+pub struct PublishEvent {
+    pub semantics: String,
+    pub name: String,
+    /// Any order, duplicates allowed: the service sorts and dedups.
+    pub tags: Vec<String>,
+    /// Any JSON; whitespace is stripped before storing.
+    pub payload: Box<RawValue>,
+    /// `None` = now (the v1 API); Pond's `persistEvents` keeps the client's timestamp.
+    pub timestamp: Option<u64>,
+}
+
+impl PublishEvent {
+    /// Checks the API.md rules and normalises tags and payload. `index` names the event in
+    /// error messages.
+    fn validate(&mut self, index: usize) -> Result<(), EventsError> {
+        let i = Some(index);
+        check_name(i, "semantics", &self.semantics)?;
+        check_name(i, "name", &self.name)?;
+        if self.tags.iter().any(|t| t.is_empty()) {
+            return Err(invalid(i, "tags", "a tag must not be empty"));
+        }
+        self.tags.sort_unstable();
+        self.tags.dedup();
+        if self.tags.len() > MAX_TAGS {
+            return Err(invalid(
+                i,
+                "tags",
+                format!("at most {MAX_TAGS} tags per event, got {}", self.tags.len()),
+            ));
+        }
+        if let Some(compact) = compact_json(self.payload.get()) {
+            self.payload = RawValue::from_string(compact)
+                .map_err(|e| invalid(i, "payload", e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+fn check_name(index: Option<usize>, field: &'static str, value: &str) -> Result<(), EventsError> {
+    if value.trim().is_empty() {
+        return Err(invalid(
+            index,
+            field,
+            "must contain at least one non-whitespace character",
+        ));
+    }
+    if value.len() > MAX_NAME_BYTES {
+        return Err(invalid(
+            index,
+            field,
+            format!("at most {MAX_NAME_BYTES} bytes, got {}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// `json` without whitespace outside strings, or `None` if it has none (the common case: no
+/// copy). The input is valid JSON (it parsed as a `RawValue`), so this only drops bytes.
+fn compact_json(json: &str) -> Option<String> {
+    let bytes = json.as_bytes();
+    let mut in_string = false;
+    let mut escaped = false;
+    let needs = bytes.iter().any(|&b| {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            false
+        } else {
+            match b {
+                b'"' => {
+                    in_string = true;
+                    false
+                }
+                b' ' | b'\n' | b'\r' | b'\t' => true,
+                _ => false,
+            }
+        }
+    });
+    if !needs {
+        return None;
+    }
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if !matches!(c, ' ' | '\n' | '\r' | '\t') {
+            if c == '"' {
+                in_string = true;
+            }
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
+/// The answer to a publish: where each event went, in request order.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub source: SourceId,
+    pub stamps: Vec<Stamp>,
+}
+
+/// One alternative of a query filter: every field given must equal the event's, and the event
+/// must carry every listed tag.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamSelector {
+    pub semantics: Option<String>,
+    pub name: Option<String>,
+    pub source: Option<SourceId>,
+    pub tags: Vec<String>,
+}
+
+/// Events matching any of the selectors. An empty list matches nothing;
+/// `vec![StreamSelector::default()]` matches everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter(pub Vec<StreamSelector>);
+
+impl Filter {
+    /// Everything.
+    pub fn all() -> Self {
+        Filter(vec![StreamSelector::default()])
+    }
+
+    /// The store filter for one source, `None` when nothing of `source` can match (its reads
+    /// are skipped entirely).
+    pub fn for_source(&self, source: &SourceId) -> Option<EventFilter> {
+        let selectors: Vec<Selector> = self
+            .0
+            .iter()
+            .filter(|s| s.source.as_ref().is_none_or(|src| src == source))
+            .map(|s| Selector {
+                semantics: s.semantics.clone(),
+                name: s.name.clone(),
+                tags: s.tags.clone(),
+            })
+            .collect();
+        if selectors.is_empty() {
+            return None;
+        }
+        if selectors.iter().any(|s| *s == Selector::default()) {
+            // One catch-all alternative: let the store skip filtering altogether.
+            return Some(EventFilter::all());
+        }
+        Some(EventFilter::selectors(selectors))
+    }
+
+    /// Does `event` match? (Live events are filtered in memory with the same rules.)
+    pub fn matches(&self, event: &Event) -> bool {
+        self.0.iter().any(|s| {
+            s.source.as_ref().is_none_or(|src| *src == event.source)
+                && s.semantics.as_deref().is_none_or(|x| x == event.semantics)
+                && s.name.as_deref().is_none_or(|x| x == event.name)
+                && s.tags.iter().all(|t| event.tags.iter().any(|have| have == t))
+        })
+    }
+}
+
+/// Result order of a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Ascending `(lamport, source, offset)`.
+    Lamport,
+    /// Descending `(lamport, source, offset)`.
+    LamportReverse,
+    /// Per source ascending offset, sources in ascending id order.
+    SourceOrdered,
+}
+
+/// A bounded read of stored events.
+#[derive(Debug, Clone)]
+pub struct Query {
+    /// Exclusive: events with offset above the bound; absent source = from the start.
+    pub lower: OffsetMap,
+    /// Inclusive; `None` = everything stored now. With `Some`, absent sources contribute nothing.
+    pub upper: Option<OffsetMap>,
+    pub filter: Filter,
+    pub order: Order,
+}
+
+/// Stored then live events.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// Exclusive lower bound; absent source = from the start.
+    pub lower: OffsetMap,
+    pub filter: Filter,
+}
+
+/// Chunks of events travel between a reader thread and the consumer; bounded by
+/// [`EventsConfig::read_chunks_buffered`].
+pub(crate) type ChunkSender = mpsc::Sender<Result<Vec<Event>, EventsError>>;
+
+/// A stream of events from a query or subscription. Memory is bounded: the producer waits when
+/// the consumer does not read. Dropping it cancels the producer.
+pub struct EventStream {
+    rx: mpsc::Receiver<Result<Vec<Event>, EventsError>>,
+    current: std::vec::IntoIter<Event>,
+}
+
+impl EventStream {
+    pub(crate) fn new(rx: mpsc::Receiver<Result<Vec<Event>, EventsError>>) -> Self {
+        Self {
+            rx,
+            current: Vec::new().into_iter(),
+        }
+    }
+
+    /// The rest of the current chunk, or the next chunk: for consumers that send arrays.
+    pub async fn next_chunk(&mut self) -> Option<Result<Vec<Event>, EventsError>> {
+        let rest: Vec<Event> = self.current.by_ref().collect();
+        if !rest.is_empty() {
+            return Some(Ok(rest));
+        }
+        self.rx.recv().await
+    }
+}
+
+impl Stream for EventStream {
+    type Item = Result<Event, EventsError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(event) = self.current.next() {
+                return Poll::Ready(Some(Ok(event)));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(chunk))) => self.current = chunk.into_iter(),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Handle on the event service; cheap to clone.
+#[derive(Clone)]
+pub struct EventService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    source: SourceId,
+    store: Arc<Store>,
+    commands: mpsc::Sender<writer::Command>,
+    updates: broadcast::Sender<Arc<SourceUpdate>>,
+    offsets: watch::Receiver<OffsetMap>,
+    clock: Arc<LamportClock>,
+    config: EventsConfig,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl EventService {
+    pub(crate) fn new(
+        source: SourceId,
+        store: Arc<Store>,
+        handles: writer::Handles,
+        config: EventsConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                source,
+                store,
+                commands: handles.commands,
+                updates: handles.updates,
+                offsets: handles.offsets,
+                clock: handles.clock,
+                config,
+                shutdown,
+            }),
+        }
+    }
+
+    /// This node's source id.
+    pub fn source(&self) -> &SourceId {
+        &self.inner.source
+    }
+
+    /// Appends `events` (1 or more) as one batch: all stored or none. Returns once the batch is
+    /// committed. Dropping the future after it was queued does not cancel the append: the batch
+    /// may still be stored.
+    pub async fn publish(&self, mut events: Vec<PublishEvent>) -> Result<Published, EventsError> {
+        if events.is_empty() {
+            return Err(invalid(None, "data", "at least one event is required"));
+        }
+        for (i, e) in events.iter_mut().enumerate() {
+            e.validate(i)?;
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(writer::Command::Append { events, reply }).await?;
+        let stamps = rx.await.map_err(|_| EventsError::ShuttingDown)??;
+        Ok(Published {
+            source: self.inner.source.clone(),
+            stamps,
+        })
+    }
+
+    /// Highest stored offset per source (local and replicated).
+    pub fn offsets(&self) -> OffsetMap {
+        self.inner.offsets.borrow().clone()
+    }
+
+    /// Follows [`Self::offsets`]: changes after every commit (Pond's `requestPresent`).
+    pub fn offsets_watch(&self) -> watch::Receiver<OffsetMap> {
+        self.inner.offsets.clone()
+    }
+
+    /// Every committed update, local and replicated, in commit order. A receiver that falls
+    /// more than [`EventsConfig::update_channel`] updates behind gets `Lagged` and must re-read
+    /// from the store.
+    pub fn updates(&self) -> broadcast::Receiver<Arc<SourceUpdate>> {
+        self.inner.updates.subscribe()
+    }
+
+    /// Raises the Lamport clock past a lamport seen from a peer.
+    pub fn observe_lamport(&self, lamport: u64) {
+        self.inner.clock.observe(lamport);
+    }
+
+    /// Highest lamport used or seen.
+    pub fn lamport(&self) -> u64 {
+        self.inner.clock.current()
+    }
+
+    /// Stored events within bounds, in the requested order; never waits for new events.
+    pub fn query(&self, query: Query) -> EventStream {
+        query::spawn(self.reads(), query)
+    }
+
+    /// Stored events above `lower`, then every new matching event as it is committed.
+    /// Ends when the node shuts down or the stream is dropped.
+    pub fn subscribe(&self, subscription: Subscription) -> EventStream {
+        subscribe::spawn(self.reads(), self.updates(), subscription)
+    }
+
+    /// Replication: moves `source` to the tree `root` whose blocks are all stored already (see
+    /// `shoal_store::Writer::import`), then tells subscribers. Safe to drop: the import either
+    /// happens entirely or not at all.
+    pub async fn import(
+        &self,
+        source: SourceId,
+        root: shoal_store::Cid,
+    ) -> Result<shoal_store::Imported, EventsError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(writer::Command::Import {
+            source,
+            root,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| EventsError::ShuttingDown)?
+    }
+
+    /// Runs `f` on the writer thread with exclusive use of the store's write connection (block
+    /// puts, gc, pack, console or snapshot tables). `f` must not move a source's alias: that
+    /// is [`Self::import`]'s job, because subscribers must hear of it.
+    pub async fn with_writer<T, F>(&self, f: F) -> Result<T, EventsError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut shoal_store::Writer) -> T + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job: writer::Job = Box::new(move |w| {
+            let _ = reply.send(f(w));
+        });
+        self.send(writer::Command::Run(job)).await?;
+        rx.await.map_err(|_| EventsError::ShuttingDown)
+    }
+
+    /// A read-only connection for ad-hoc reads (use it in `spawn_blocking`).
+    pub fn reader(&self) -> Result<shoal_store::Reader, EventsError> {
+        Ok(self.inner.store.reader()?)
+    }
+
+    async fn send(&self, command: writer::Command) -> Result<(), EventsError> {
+        self.inner
+            .commands
+            .send(command)
+            .await
+            .map_err(|_| EventsError::ShuttingDown)
+    }
+
+    fn reads(&self) -> Reads {
+        Reads {
+            store: self.inner.store.clone(),
+            offsets: self.inner.offsets.clone(),
+            config: self.inner.config.clone(),
+            shutdown: self.inner.shutdown.clone(),
+        }
+    }
+}
+
+/// What a query or subscription needs to read: a way to open read connections, the current
+/// offsets, the chunk bounds, and the node's shutdown signal.
+#[derive(Clone)]
+pub(crate) struct Reads {
+    pub store: Arc<Store>,
+    pub offsets: watch::Receiver<OffsetMap>,
+    pub config: EventsConfig,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Per-source inclusive offset range to read.
+pub(crate) type Plan = BTreeMap<SourceId, (u64, u64, EventFilter)>;
+
+/// The ranges (lower, min(upper, present)] per source with a non-empty filter.
+pub(crate) fn plan(
+    present: &OffsetMap,
+    lower: &OffsetMap,
+    upper: Option<&OffsetMap>,
+    filter: &Filter,
+) -> Plan {
+    let mut plan = Plan::new();
+    for (source, have) in present.iter() {
+        let to = match upper {
+            None => have,
+            Some(upper) => match upper.get(source) {
+                Some(u) => u.min(have),
+                None => continue,
+            },
+        };
+        let from = match lower.get(source) {
+            Some(l) => match l.checked_add(1) {
+                Some(f) => f,
+                None => continue,
+            },
+            None => 0,
+        };
+        if from > to {
+            continue;
+        }
+        if let Some(f) = filter.for_source(source) {
+            if !f.is_empty() {
+                plan.insert(source.clone(), (from, to, f));
+            }
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_keeps_strings() {
+        assert_eq!(compact_json(r#"{"a":1}"#), None);
+        assert_eq!(
+            compact_json("{ \"a b\" : [1, \"x \\\" y\" ]\n}").as_deref(),
+            Some(r#"{"a b":[1,"x \" y"]}"#)
+        );
+    }
+
+    #[test]
+    fn validation_names_fields() {
+        let mut e = PublishEvent {
+            semantics: " ".into(),
+            name: "n".into(),
+            tags: vec![],
+            payload: RawValue::from_string("null".into()).unwrap(),
+            timestamp: None,
+        };
+        let err = e.validate(2).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "[2].semantics: must contain at least one non-whitespace character"
+        );
+        e.semantics = "s".into();
+        e.tags = vec!["b".into(), "a".into(), "b".into()];
+        e.validate(0).unwrap();
+        assert_eq!(e.tags, vec!["a", "b"]);
+        e.tags = (0..65).map(|i| i.to_string()).collect();
+        assert!(e.validate(0).unwrap_err().to_string().contains("tags"));
+        e.tags = vec![String::new()];
+        assert!(e.validate(0).is_err());
+        e.tags = vec![];
+        e.name = "x".repeat(1025);
+        assert!(e.validate(0).unwrap_err().to_string().contains("name"));
+    }
+
+    #[test]
+    fn plan_bounds() {
+        let a = SourceId::new("a");
+        let b = SourceId::new("b");
+        let present: OffsetMap = [(a.clone(), 10), (b.clone(), 5)].into_iter().collect();
+        let lower: OffsetMap = [(a.clone(), 3)].into_iter().collect();
+        let upper: OffsetMap = [(a.clone(), 20)].into_iter().collect();
+        let p = plan(&present, &lower, Some(&upper), &Filter::all());
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[&a].0, p[&a].1), (4, 10));
+        let p = plan(&present, &lower, None, &Filter::all());
+        assert_eq!((p[&b].0, p[&b].1), (0, 5));
+        assert!(plan(&present, &lower, None, &Filter(vec![])).is_empty());
+    }
+}

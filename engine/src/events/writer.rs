@@ -1,0 +1,365 @@
+//! The writer: the one thread that owns the store's write connection and every append.
+//!
+//! Commands arrive over a bounded mpsc ([`Command`]). The loop takes one command (blocking),
+//! then drains whatever else is already queued, up to [`EventsConfig::max_commit_events`]
+//! events: that is group commit. It never waits for more work than is queued, so a lone
+//! publish is committed at once. Consecutive appends in a drained batch become ONE store
+//! append (one transaction, one tree append); then every waiter is answered.
+//!
+//! After each commit, in this order: the offsets watch is raised, one `Arc<SourceUpdate>` is
+//! sent on the update broadcast, the waiters are answered. The broadcast is the single path by
+//! which subscribers (and the swarm) learn of new events, local ([`Command::Append`]) or
+//! replicated ([`Command::Import`]). Raising the offsets first means a subscriber that reads the
+//! offsets after subscribing to the broadcast cannot miss a commit (see `subscribe.rs`).
+//!
+//! It runs on its own OS thread, not a tokio worker: SQLite calls block, and a dedicated thread
+//! needs neither `spawn_blocking` per batch nor a hop back. It knows nothing of HTTP or peers.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use shoal_store::{Cid, Event, NewEvent, OffsetMap, SourceId, Writer};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use super::lamport::{self, LamportClock};
+use super::{EventsError, PublishEvent};
+use crate::config::EventsConfig;
+
+/// Where one published event went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub offset: u64,
+    pub lamport: u64,
+    pub timestamp: u64,
+}
+
+/// Events `first..=last` of `source` became available (one commit).
+#[derive(Debug)]
+pub struct SourceUpdate {
+    pub source: SourceId,
+    pub first: u64,
+    pub last: u64,
+    /// The events themselves when the batch is small enough to share (see
+    /// [`EventsConfig::inline_update_bytes`]); `None` = read them from the store.
+    pub events: Option<Arc<[Event]>>,
+    /// The source's new tree root.
+    pub root: Cid,
+    /// Appended here (`true`) or imported from a peer.
+    pub local: bool,
+    /// Lamport and timestamp of the last event (local appends; 0 for imports).
+    pub lamport: u64,
+    pub timestamp: u64,
+    /// Blocks the append created (local appends small enough to inline; else empty): the
+    /// swarm's gossip fast path.
+    pub new_blocks: Arc<[(Cid, Vec<u8>)]>,
+}
+
+/// A job run with the write connection (see `EventService::with_writer`).
+pub type Job = Box<dyn FnOnce(&mut Writer) + Send>;
+
+/// What the writer does.
+pub enum Command {
+    /// Validated events of one publish request.
+    Append {
+        events: Vec<PublishEvent>,
+        reply: oneshot::Sender<Result<Vec<Stamp>, EventsError>>,
+    },
+    /// Replication: move `source` to `root` (all blocks present).
+    Import {
+        source: SourceId,
+        root: Cid,
+        reply: oneshot::Sender<Result<shoal_store::Imported, EventsError>>,
+    },
+    /// Anything else that needs the write connection.
+    Run(Job),
+    /// Finish what is queued before this, persist the clock, close, then reply.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The channel ends the rest of the engine keeps.
+pub(crate) struct Handles {
+    pub commands: mpsc::Sender<Command>,
+    pub updates: broadcast::Sender<Arc<SourceUpdate>>,
+    pub offsets: watch::Receiver<OffsetMap>,
+    pub clock: Arc<LamportClock>,
+}
+
+/// Starts the writer thread on `writer`. `offsets` and `clock` are what the store holds now.
+pub(crate) fn spawn(
+    writer: Writer,
+    source: SourceId,
+    offsets: OffsetMap,
+    clock: Arc<LamportClock>,
+    config: EventsConfig,
+) -> std::io::Result<(Handles, std::thread::JoinHandle<()>)> {
+    let (commands, rx) = mpsc::channel(config.command_queue.max(1));
+    let (updates, _) = broadcast::channel(config.update_channel.max(1));
+    let (offsets_tx, offsets_rx) = watch::channel(offsets);
+    let persisted = clock.current();
+    let state = State {
+        writer,
+        source,
+        clock: clock.clone(),
+        offsets: offsets_tx,
+        updates: updates.clone(),
+        config,
+        last_timestamp: 0,
+        lamport_covered: persisted,
+    };
+    let thread = std::thread::Builder::new()
+        .name("shoal-writer".into())
+        .spawn(move || state.run(rx))?;
+    Ok((
+        Handles {
+            commands,
+            updates,
+            offsets: offsets_rx,
+            clock,
+        },
+        thread,
+    ))
+}
+
+struct State {
+    writer: Writer,
+    source: SourceId,
+    clock: Arc<LamportClock>,
+    offsets: watch::Sender<OffsetMap>,
+    updates: broadcast::Sender<Arc<SourceUpdate>>,
+    config: EventsConfig,
+    /// Timestamps of local events never go backwards, even if the wall clock does.
+    last_timestamp: u64,
+    /// Highest lamport that is durable (persisted meta or a stored event).
+    lamport_covered: u64,
+}
+
+/// Waiters of one group commit, with how many events each brought.
+type Waiters = Vec<(usize, oneshot::Sender<Result<Vec<Stamp>, EventsError>>)>;
+
+impl State {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut pending: Option<Command> = None;
+        loop {
+            let first = match pending.take() {
+                Some(c) => c,
+                None => match rx.blocking_recv() {
+                    Some(c) => c,
+                    // Every sender is gone: the node was dropped without shutdown.
+                    None => {
+                        self.persist_clock();
+                        return;
+                    }
+                },
+            };
+            match first {
+                Command::Append { events, reply } => {
+                    // Group commit: take the appends already queued, up to the cap.
+                    let mut count = events.len();
+                    let mut batch = events;
+                    let mut waiters: Waiters = vec![(count, reply)];
+                    while count < self.config.max_commit_events {
+                        match rx.try_recv() {
+                            Ok(Command::Append { events, reply }) => {
+                                count += events.len();
+                                waiters.push((events.len(), reply));
+                                batch.extend(events);
+                            }
+                            // Anything else runs after this commit, in queue order.
+                            Ok(other) => {
+                                pending = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.append(batch, waiters);
+                }
+                Command::Import {
+                    source,
+                    root,
+                    reply,
+                } => {
+                    let _ = reply.send(self.import(source, root));
+                }
+                Command::Run(job) => job(&mut self.writer),
+                Command::Shutdown(reply) => {
+                    self.persist_clock();
+                    drop(self);
+                    let _ = reply.send(());
+                    return;
+                }
+            }
+            if pending.is_none() && rx.is_empty() {
+                // Idle: a good moment to make lamports seen from peers durable.
+                if self.clock.current() > self.lamport_covered {
+                    self.persist_clock();
+                }
+            }
+        }
+    }
+
+    fn now_micros(&mut self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        self.last_timestamp = self.last_timestamp.max(now);
+        self.last_timestamp
+    }
+
+    fn append(&mut self, batch: Vec<PublishEvent>, waiters: Waiters) {
+        let n = batch.len() as u64;
+        let first_lamport = self.clock.reserve(n);
+        let now = self.now_micros();
+        let payload_bytes: usize = batch.iter().map(|e| e.payload.get().len()).sum();
+        let share = payload_bytes <= self.config.inline_update_bytes;
+        let next_offset = self
+            .offsets
+            .borrow()
+            .get(&self.source)
+            .map_or(0, |o| o + 1);
+        let mut shared: Vec<Event> = Vec::with_capacity(if share { batch.len() } else { 0 });
+        let events: Vec<NewEvent> = batch
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let new = NewEvent {
+                    semantics: e.semantics,
+                    name: e.name,
+                    tags: e.tags,
+                    lamport: first_lamport + i as u64,
+                    timestamp: e.timestamp.unwrap_or(now),
+                    payload: e.payload,
+                };
+                if share {
+                    shared.push(Event {
+                        source: self.source.clone(),
+                        offset: next_offset + i as u64,
+                        lamport: new.lamport,
+                        timestamp: new.timestamp,
+                        semantics: new.semantics.clone(),
+                        name: new.name.clone(),
+                        tags: new.tags.clone(),
+                        payload: new.payload.clone(),
+                    });
+                }
+                new
+            })
+            .collect();
+        let timestamps: Vec<u64> = events.iter().map(|e| e.timestamp).collect();
+        let last_timestamp = timestamps.last().copied().unwrap_or(now);
+        match self.writer.append(&self.source, events) {
+            Ok(appended) => {
+                if appended.first != next_offset || appended.last + 1 - appended.first != n {
+                    // The store and our offsets disagree: the shared events would carry wrong
+                    // offsets, so let subscribers read the store instead.
+                    tracing::error!(
+                        expected = next_offset,
+                        first = appended.first,
+                        last = appended.last,
+                        "store assigned unexpected offsets"
+                    );
+                    shared.clear();
+                }
+                self.lamport_covered = self.lamport_covered.max(first_lamport + n - 1);
+                self.offsets
+                    .send_modify(|o| {
+                    o.update(self.source.clone(), appended.last);
+                });
+                let inline_bytes: usize = appended.new_blocks.iter().map(|(_, b)| b.len()).sum();
+                let new_blocks: Arc<[(Cid, Vec<u8>)]> =
+                    if inline_bytes <= self.config.inline_update_bytes {
+                        appended.new_blocks.into()
+                    } else {
+                        Arc::new([])
+                    };
+                let update = SourceUpdate {
+                    source: self.source.clone(),
+                    first: appended.first,
+                    last: appended.last,
+                    events: (share && !shared.is_empty()).then(|| shared.into()),
+                    root: appended.root,
+                    local: true,
+                    lamport: first_lamport + n - 1,
+                    timestamp: last_timestamp,
+                    new_blocks,
+                };
+                // No receivers is fine (no subscriber, no swarm yet).
+                let _ = self.updates.send(Arc::new(update));
+                let mut i = 0usize;
+                for (count, reply) in waiters {
+                    let stamps = (i..i + count)
+                        .map(|j| Stamp {
+                            offset: appended.first + j as u64,
+                            lamport: first_lamport + j as u64,
+                            timestamp: timestamps[j],
+                        })
+                        .collect();
+                    i += count;
+                    // A waiter that went away still had its events stored.
+                    let _ = reply.send(Ok(stamps));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, events = n, "append failed; nothing stored");
+                self.clock.unreserve(first_lamport, n);
+                let err = EventsError::from(e);
+                for (_, reply) in waiters {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    fn import(
+        &mut self,
+        source: SourceId,
+        root: Cid,
+    ) -> Result<shoal_store::Imported, EventsError> {
+        if source == self.source {
+            // Only this node appends to its own log; a peer's copy of it is never newer.
+            return Err(EventsError::Invalid {
+                index: None,
+                field: "source",
+                reason: "cannot import this node's own source".into(),
+            });
+        }
+        let imported = self.writer.import(&source, root)?;
+        let known = self.offsets.borrow().get(&source);
+        if known.is_some_and(|k| k >= imported.last) {
+            return Ok(imported);
+        }
+        self.offsets
+            .send_modify(|o| {
+                o.update(source.clone(), imported.last);
+            });
+        let update = SourceUpdate {
+            source,
+            first: imported.first,
+            last: imported.last,
+            events: None,
+            root,
+            local: false,
+            lamport: 0,
+            timestamp: 0,
+            new_blocks: Arc::new([]),
+        };
+        let _ = self.updates.send(Arc::new(update));
+        Ok(imported)
+    }
+
+    fn persist_clock(&mut self) {
+        let value = self.clock.current();
+        if value <= self.lamport_covered {
+            return;
+        }
+        match self
+            .writer
+            .meta_set(lamport::META_KEY, &LamportClock::encode(value))
+        {
+            Ok(()) => self.lamport_covered = value,
+            // Not fatal: stored events still bound the clock on restart.
+            Err(e) => tracing::warn!(error = %e, "cannot persist the lamport clock"),
+        }
+    }
+}

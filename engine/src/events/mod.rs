@@ -461,6 +461,12 @@ impl EventService {
         Ok(self.inner.store.reader()?)
     }
 
+    /// Commands waiting for the writer (tests use it to line up a group commit).
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.inner.commands.max_capacity() - self.inner.commands.capacity()
+    }
+
     async fn send(&self, command: writer::Command) -> Result<(), EventsError> {
         self.inner
             .commands
@@ -528,57 +534,4 @@ pub(crate) fn plan(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn compact_keeps_strings() {
-        assert_eq!(compact_json(r#"{"a":1}"#), None);
-        assert_eq!(
-            compact_json("{ \"a b\" : [1, \"x \\\" y\" ]\n}").as_deref(),
-            Some(r#"{"a b":[1,"x \" y"]}"#)
-        );
-    }
-
-    #[test]
-    fn validation_names_fields() {
-        let mut e = PublishEvent {
-            semantics: " ".into(),
-            name: "n".into(),
-            tags: vec![],
-            payload: RawValue::from_string("null".into()).unwrap(),
-            timestamp: None,
-        };
-        let err = e.validate(2).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "[2].semantics: must contain at least one non-whitespace character"
-        );
-        e.semantics = "s".into();
-        e.tags = vec!["b".into(), "a".into(), "b".into()];
-        e.validate(0).unwrap();
-        assert_eq!(e.tags, vec!["a", "b"]);
-        e.tags = (0..65).map(|i| i.to_string()).collect();
-        assert!(e.validate(0).unwrap_err().to_string().contains("tags"));
-        e.tags = vec![String::new()];
-        assert!(e.validate(0).is_err());
-        e.tags = vec![];
-        e.name = "x".repeat(1025);
-        assert!(e.validate(0).unwrap_err().to_string().contains("name"));
-    }
-
-    #[test]
-    fn plan_bounds() {
-        let a = SourceId::new("a");
-        let b = SourceId::new("b");
-        let present: OffsetMap = [(a.clone(), 10), (b.clone(), 5)].into_iter().collect();
-        let lower: OffsetMap = [(a.clone(), 3)].into_iter().collect();
-        let upper: OffsetMap = [(a.clone(), 20)].into_iter().collect();
-        let p = plan(&present, &lower, Some(&upper), &Filter::all());
-        assert_eq!(p.len(), 1);
-        assert_eq!((p[&a].0, p[&a].1), (4, 10));
-        let p = plan(&present, &lower, None, &Filter::all());
-        assert_eq!((p[&b].0, p[&b].1), (0, 5));
-        assert!(plan(&present, &lower, None, &Filter(vec![])).is_empty());
-    }
-}
+mod tests;

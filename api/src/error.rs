@@ -65,7 +65,11 @@ impl ApiError {
     }
 
     pub fn storage_full(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INSUFFICIENT_STORAGE, "ERR_STORAGE_FULL", message)
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "ERR_STORAGE_FULL",
+            message,
+        )
     }
 
     /// 500: a bug or a failing disk; never for bad input.
@@ -95,7 +99,6 @@ impl std::fmt::Display for ApiError {
 impl std::error::Error for ApiError {}
 
 impl warp::reject::Reject for ApiError {}
-
 
 /// Engine errors, with `prefix` naming where in the request an invalid field sits (e.g. `data`
 /// for a publish body).

@@ -54,7 +54,13 @@ pub fn routes(
         .and(with())
         .and(body::limited(limit))
         .map(move |events: EventService, body: Bytes| subscribe(&events, &body, keepalive));
-    offsets.or(publish).unify().or(query).unify().or(subscribe).unify()
+    offsets
+        .or(publish)
+        .unify()
+        .or(query)
+        .unify()
+        .or(subscribe)
+        .unify()
 }
 
 fn offsets(events: &EventService) -> Response {
@@ -272,11 +278,9 @@ pub fn parse_query(body: &[u8]) -> Result<Query, ApiError> {
             "lamport" => Order::Lamport,
             "lamport-reverse" => Order::LamportReverse,
             "source-ordered" => Order::SourceOrdered,
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "order: unknown order `{other}` (one of lamport, lamport-reverse, source-ordered)"
-                )))
-            }
+            other => return Err(ApiError::bad_request(format!(
+                "order: unknown order `{other}` (one of lamport, lamport-reverse, source-ordered)"
+            ))),
         },
         None | Some(Value::Null) => {
             return Err(ApiError::bad_request(
@@ -307,15 +311,14 @@ pub fn parse_subscribe(body: &[u8]) -> Result<Subscription, ApiError> {
 }
 
 fn query(events: &EventService, body: &[u8]) -> Response {
-    reply_result(parse_query(body).map(|q| {
-        ndjson::response(events.query(q), encode_event, None)
-    }))
+    reply_result(parse_query(body).map(|q| ndjson::response(events.query(q), encode_event, None)))
 }
 
 fn subscribe(events: &EventService, body: &[u8], keepalive: std::time::Duration) -> Response {
-    reply_result(parse_subscribe(body).map(|s| {
-        ndjson::response(events.subscribe(s), encode_event, Some(keepalive))
-    }))
+    reply_result(
+        parse_subscribe(body)
+            .map(|s| ndjson::response(events.subscribe(s), encode_event, Some(keepalive))),
+    )
 }
 
 /// Writes the v1 envelope of `e` (without the newline). The payload is written as stored.
@@ -364,12 +367,18 @@ mod tests {
         assert!(msg(parse_publish(b"{}")).starts_with("data: missing"));
         assert!(msg(parse_publish(br#"{"data":{}}"#)).starts_with("data: must be an array"));
         assert!(msg(parse_publish(br#"{"data":[1]}"#)).starts_with("data[0]: must be an object"));
-        assert!(msg(parse_publish(br#"{"data":[{"name":"n","payload":1}]}"#))
-            .starts_with("data[0].semantics: missing"));
-        assert!(msg(parse_publish(br#"{"data":[{"semantics":"s","name":3,"payload":1}]}"#))
-            .starts_with("data[0].name: must be a string"));
-        assert!(msg(parse_publish(br#"{"data":[{"semantics":"s","name":"n"}]}"#))
-            .starts_with("data[0].payload: missing"));
+        assert!(
+            msg(parse_publish(br#"{"data":[{"name":"n","payload":1}]}"#))
+                .starts_with("data[0].semantics: missing")
+        );
+        assert!(msg(parse_publish(
+            br#"{"data":[{"semantics":"s","name":3,"payload":1}]}"#
+        ))
+        .starts_with("data[0].name: must be a string"));
+        assert!(
+            msg(parse_publish(br#"{"data":[{"semantics":"s","name":"n"}]}"#))
+                .starts_with("data[0].payload: missing")
+        );
         let ok = parse_publish(
             br#"{"data":[{"semantics":"s","name":"n","payload":null,"extra":1,"tags":["a"]}]}"#,
         )
@@ -380,8 +389,10 @@ mod tests {
 
     #[test]
     fn query_errors_name_fields() {
-        assert!(msg(parse_query(br#"{"subscriptions":[],"order":"lamport"}"#))
-            .starts_with("upperBound: missing"));
+        assert!(
+            msg(parse_query(br#"{"subscriptions":[],"order":"lamport"}"#))
+                .starts_with("upperBound: missing")
+        );
         assert!(msg(parse_query(
             br#"{"upperBound":{},"subscriptions":[],"order":"random"}"#
         ))

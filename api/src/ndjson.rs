@@ -161,10 +161,14 @@ mod tests {
         assert_eq!(bytes, b"1\n2\n3\n");
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn idle_stream_sends_keepalive() {
         let items = futures::stream::pending::<Result<i32, String>>();
-        let resp = response(items, |_: &i32, _: &mut Vec<u8>| {}, Some(Duration::from_secs(5)));
+        let resp = response(
+            items,
+            |_: &i32, _: &mut Vec<u8>| {},
+            Some(Duration::from_millis(20)),
+        );
         let slot = resp.extensions().get::<StreamSlot>().unwrap().clone();
         let mut body = slot.take().unwrap();
         let line = tokio::time::timeout(Duration::from_secs(60), body.next())

@@ -28,6 +28,8 @@ pub fn routes(
     let info = warp::path!("api" / "v1" / "node" / "info")
         .and(warp::get())
         .and(with())
-        .then(|node: NodeHandle| async move { warp::reply::json(&node.info().await).into_response() });
+        .then(
+            |node: NodeHandle| async move { warp::reply::json(&node.info().await).into_response() },
+        );
     id.or(info).unify()
 }

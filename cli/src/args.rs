@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use crate::cmd;
 
 #[derive(Parser)]
-#[command(name = "shoal", version, about = "A local-first event-stream node for the shop floor")]
+#[command(
+    name = "shoal",
+    version,
+    about = "A local-first event-stream node for the shop floor"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -139,21 +139,22 @@ impl Settings {
                 value: v,
             }),
         };
-        let multiaddrs = |key: &'static str, v: Option<Vec<String>>, default: Vec<Multiaddr>| {
-            match v {
+        let multiaddrs =
+            |key: &'static str, v: Option<Vec<String>>, default: Vec<Multiaddr>| match v {
                 None => Ok(default),
                 Some(list) => list
                     .into_iter()
                     .map(|s| {
                         s.parse::<Multiaddr>().map_err(|e| ConfigError::Invalid {
                             key,
-                            reason: format!("{e} (expected a multiaddr, e.g. /ip4/0.0.0.0/tcp/4001)"),
+                            reason: format!(
+                                "{e} (expected a multiaddr, e.g. /ip4/0.0.0.0/tcp/4001)"
+                            ),
                             value: s,
                         })
                     })
                     .collect::<Result<Vec<_>, _>>(),
-            }
-        };
+            };
         let max_body_bytes = self.max_body_bytes.unwrap_or(d.max_body_bytes);
         if max_body_bytes == 0 {
             return Err(ConfigError::Invalid {
@@ -162,9 +163,7 @@ impl Settings {
                 reason: "must be at least 1".into(),
             });
         }
-        let max_commit_events = self
-            .max_commit_events
-            .unwrap_or(d.events.max_commit_events);
+        let max_commit_events = self.max_commit_events.unwrap_or(d.events.max_commit_events);
         if max_commit_events == 0 {
             return Err(ConfigError::Invalid {
                 key: "max-commit-events",
@@ -384,7 +383,8 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("api-addr"), "{err}");
-        let err = Settings::from_env(|k| (k == "SHOAL_NO_MDNS").then(|| "maybe".into())).unwrap_err();
+        let err =
+            Settings::from_env(|k| (k == "SHOAL_NO_MDNS").then(|| "maybe".into())).unwrap_err();
         assert!(err.to_string().contains("SHOAL_NO_MDNS"), "{err}");
         let err = toml::from_str::<Settings>("unknown-key = 1").unwrap_err();
         assert!(err.to_string().contains("unknown-key"), "{err}");

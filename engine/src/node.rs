@@ -281,7 +281,13 @@ impl NodeHandle {
     }
 }
 
-type Opened = (Identity, Store, shoal_store::Writer, OffsetMap, LamportClock);
+type Opened = (
+    Identity,
+    Store,
+    shoal_store::Writer,
+    OffsetMap,
+    LamportClock,
+);
 
 fn open(config: &Config) -> Result<Opened, NodeError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {

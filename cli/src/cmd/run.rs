@@ -102,9 +102,7 @@ fn resolve(args: Args) -> anyhow::Result<Config> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let api_addr = config.api_addr;
-    let node = Node::start(config)
-        .await
-        .context("cannot start the node")?;
+    let node = Node::start(config).await.context("cannot start the node")?;
     let api = match shoal_api::serve(node.handle()).await {
         Ok(api) => api,
         Err(e) => {

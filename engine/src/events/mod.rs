@@ -28,7 +28,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::config::EventsConfig;
 pub use lamport::LamportClock;
-pub use writer::{Stamp, SourceUpdate};
+pub use writer::{SourceUpdate, Stamp};
 
 /// Longest `semantics` or `name`, in bytes (API.md).
 pub const MAX_NAME_BYTES: usize = 1024;
@@ -107,8 +107,8 @@ impl PublishEvent {
             ));
         }
         if let Some(compact) = compact_json(self.payload.get()) {
-            self.payload = RawValue::from_string(compact)
-                .map_err(|e| invalid(i, "payload", e.to_string()))?;
+            self.payload =
+                RawValue::from_string(compact).map_err(|e| invalid(i, "payload", e.to_string()))?;
         }
         Ok(())
     }
@@ -239,7 +239,9 @@ impl Filter {
             s.source.as_ref().is_none_or(|src| *src == event.source)
                 && s.semantics.as_deref().is_none_or(|x| x == event.semantics)
                 && s.name.as_deref().is_none_or(|x| x == event.name)
-                && s.tags.iter().all(|t| event.tags.iter().any(|have| have == t))
+                && s.tags
+                    .iter()
+                    .all(|t| event.tags.iter().any(|have| have == t))
         })
     }
 }

@@ -22,7 +22,9 @@ use shoal_store::{Event, OffsetMap};
 use tokio::sync::{broadcast, mpsc};
 
 use super::query::{read, Sink};
-use super::{plan, ChunkSender, EventStream, Filter, Order, Plan, Reads, SourceUpdate, Subscription};
+use super::{
+    plan, ChunkSender, EventStream, Filter, Order, Plan, Reads, SourceUpdate, Subscription,
+};
 
 /// Starts a subscription. `updates` must have been subscribed before this call's snapshot of
 /// the offsets, which happens inside.

@@ -188,7 +188,10 @@ async fn queued_publishes_share_one_commit() {
                 .unwrap()
                 .unwrap();
             commits.push(u.last - u.first + 1);
-            assert_eq!(u.events.as_ref().map(|e| e.len() as u64), Some(u.last - u.first + 1));
+            assert_eq!(
+                u.events.as_ref().map(|e| e.len() as u64),
+                Some(u.last - u.first + 1)
+            );
         }
         assert_eq!(commits, expected_commits, "cap {cap}");
         node.shutdown().await;
@@ -202,7 +205,11 @@ async fn lamport_survives_restart_and_observation() {
     let source = node.source().clone();
     let p = node
         .events()
-        .publish(vec![ev("s", "n", "1"), ev("s", "n", "2"), ev("s", "n", "3")])
+        .publish(vec![
+            ev("s", "n", "1"),
+            ev("s", "n", "2"),
+            ev("s", "n", "3"),
+        ])
         .await
         .unwrap();
     assert_eq!(
@@ -214,7 +221,11 @@ async fn lamport_survives_restart_and_observation() {
     // Restart: same source, clock above the stored events.
     let node = start(dir.path(), |_| {}).await;
     assert_eq!(node.source(), &source);
-    let p = node.events().publish(vec![ev("s", "n", "4")]).await.unwrap();
+    let p = node
+        .events()
+        .publish(vec![ev("s", "n", "4")])
+        .await
+        .unwrap();
     assert_eq!(p.stamps[0].lamport, 4);
     assert_eq!(p.stamps[0].offset, 3);
     // A lamport seen from a peer raises the clock, and that survives a restart too.
@@ -222,7 +233,11 @@ async fn lamport_survives_restart_and_observation() {
     node.shutdown().await;
 
     let node = start(dir.path(), |_| {}).await;
-    let p = node.events().publish(vec![ev("s", "n", "5")]).await.unwrap();
+    let p = node
+        .events()
+        .publish(vec![ev("s", "n", "5")])
+        .await
+        .unwrap();
     assert_eq!(p.stamps[0].lamport, 101);
     node.shutdown().await;
 }
@@ -355,11 +370,19 @@ fn check_exact(got: &[Event], from: &BTreeMap<String, u64>, to: &BTreeMap<String
     let mut next: BTreeMap<String, u64> = from.clone();
     for e in got {
         let n = next.entry(e.source.to_string()).or_insert(0);
-        assert_eq!(e.offset, *n, "gap or duplicate at {}:{}", e.source, e.offset);
+        assert_eq!(
+            e.offset, *n,
+            "gap or duplicate at {}:{}",
+            e.source, e.offset
+        );
         *n += 1;
     }
     for (s, last) in to {
-        assert_eq!(next.get(s).copied().unwrap_or(0), last + 1, "source {s} incomplete");
+        assert_eq!(
+            next.get(s).copied().unwrap_or(0),
+            last + 1,
+            "source {s} incomplete"
+        );
     }
 }
 
@@ -388,7 +411,9 @@ async fn subscribe_catches_up_then_goes_live_without_gap_or_duplicate() {
                 tokio::spawn(async move {
                     for i in 0..25 {
                         let n = 1 + (i % 3);
-                        let batch = (0..n).map(|j| ev("s", "n", &format!("\"{p}-{i}-{j}\""))).collect();
+                        let batch = (0..n)
+                            .map(|j| ev("s", "n", &format!("\"{p}-{i}-{j}\"")))
+                            .collect();
                         events.publish(batch).await.unwrap();
                     }
                 })
@@ -408,13 +433,19 @@ async fn subscribe_catches_up_then_goes_live_without_gap_or_duplicate() {
         let to: BTreeMap<String, u64> = present.iter().map(|(s, o)| (s.to_string(), o)).collect();
         check_exact(&got, &from, &to);
         // Nothing more is pending: a new event is the very next one delivered.
-        events.publish(vec![ev("s", "n", "\"last\"")]).await.unwrap();
+        events
+            .publish(vec![ev("s", "n", "\"last\"")])
+            .await
+            .unwrap();
         let next = take(&mut sub, 1).await;
         assert_eq!(next[0].offset, total_local);
         assert_eq!(next[0].payload.get(), "\"last\"");
         node.shutdown().await;
         // Shutdown ends the subscription.
-        assert!(tokio::time::timeout(WAIT, sub.next()).await.unwrap().is_none());
+        assert!(tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap()
+            .is_none());
     }
 }
 
@@ -440,7 +471,13 @@ async fn stalled_subscriber_does_not_block_publishing() {
     tokio::time::timeout(WAIT, async {
         for i in 0..200u64 {
             let batch = (0..10)
-                .map(|j| ev("s", if j % 2 == 0 { "even" } else { "odd" }, &(i * 10 + j).to_string()))
+                .map(|j| {
+                    ev(
+                        "s",
+                        if j % 2 == 0 { "even" } else { "odd" },
+                        &(i * 10 + j).to_string(),
+                    )
+                })
                 .collect();
             events.publish(batch).await.unwrap();
         }

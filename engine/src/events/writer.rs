@@ -213,11 +213,7 @@ impl State {
         let now = self.now_micros();
         let payload_bytes: usize = batch.iter().map(|e| e.payload.get().len()).sum();
         let share = payload_bytes <= self.config.inline_update_bytes;
-        let next_offset = self
-            .offsets
-            .borrow()
-            .get(&self.source)
-            .map_or(0, |o| o + 1);
+        let next_offset = self.offsets.borrow().get(&self.source).map_or(0, |o| o + 1);
         let mut shared: Vec<Event> = Vec::with_capacity(if share { batch.len() } else { 0 });
         let events: Vec<NewEvent> = batch
             .into_iter()
@@ -262,8 +258,7 @@ impl State {
                     shared.clear();
                 }
                 self.lamport_covered = self.lamport_covered.max(first_lamport + n - 1);
-                self.offsets
-                    .send_modify(|o| {
+                self.offsets.send_modify(|o| {
                     o.update(self.source.clone(), appended.last);
                 });
                 let inline_bytes: usize = appended.new_blocks.iter().map(|(_, b)| b.len()).sum();
@@ -329,10 +324,9 @@ impl State {
         if known.is_some_and(|k| k >= imported.last) {
             return Ok(imported);
         }
-        self.offsets
-            .send_modify(|o| {
-                o.update(source.clone(), imported.last);
-            });
+        self.offsets.send_modify(|o| {
+            o.update(source.clone(), imported.last);
+        });
         let update = SourceUpdate {
             source,
             first: imported.first,

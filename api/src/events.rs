@@ -278,9 +278,11 @@ pub fn parse_query(body: &[u8]) -> Result<Query, ApiError> {
             "lamport" => Order::Lamport,
             "lamport-reverse" => Order::LamportReverse,
             "source-ordered" => Order::SourceOrdered,
-            other => return Err(ApiError::bad_request(format!(
+            other => {
+                return Err(ApiError::bad_request(format!(
                 "order: unknown order `{other}` (one of lamport, lamport-reverse, source-ordered)"
-            ))),
+            )))
+            }
         },
         None | Some(Value::Null) => {
             return Err(ApiError::bad_request(

@@ -14,6 +14,8 @@
 pub mod config;
 pub mod console;
 pub mod events;
+pub mod exchange;
+pub mod head;
 pub mod identity;
 pub mod node;
 

@@ -16,6 +16,7 @@ pub mod console;
 pub mod events;
 pub mod exchange;
 pub mod head;
+pub mod swarm;
 pub mod identity;
 pub mod node;
 

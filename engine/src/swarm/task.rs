@@ -1,0 +1,562 @@
+//! The swarm task: owns the `Swarm`, the block [`Fetcher`] and the tables of heads; selects
+//! over finished local work (served `Want`s), commands, swarm events and timers, in that order
+//! (finish local work before taking new peer work).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self as rr, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{gossipsub, identify, mdns, ping, Multiaddr, PeerId, Swarm};
+use tokio::sync::{mpsc, Semaphore};
+
+use super::behaviour::{self, Behaviour, BehaviourEvent};
+use super::{gossip, Command, Config, Error, Event, PeerInfo, Shared};
+use crate::exchange::wire::source_hash;
+use crate::exchange::{self, BlockSource, DigestEntry, Fetcher, Request, Response};
+use crate::head::SignedHead;
+
+/// Blocking reads for peers' `Want`s running at once.
+const SERVE_CONCURRENCY: usize = 4;
+/// Heads per digest answer (the response must stay under its size cap).
+const MAX_HEADS_PER_ANSWER: usize = 1000;
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+struct Bootstrap {
+    addr: Multiaddr,
+    peer: Option<PeerId>,
+    backoff: Duration,
+    next: Instant,
+}
+
+pub(super) struct Task {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    shared: Arc<Mutex<Shared>>,
+    blocks: Arc<dyn BlockSource>,
+    served_tx: mpsc::Sender<(ResponseChannel<Response>, Response)>,
+    served_rx: mpsc::Receiver<(ResponseChannel<Response>, Response)>,
+    serve_limit: Arc<Semaphore>,
+    fetcher: Fetcher<OutboundRequestId>,
+    /// Best verified head seen per source.
+    known: HashMap<PeerId, SignedHead>,
+    /// Heads whose trees are stored here (what digests are answered with).
+    stored: HashMap<PeerId, SignedHead>,
+    topic: gossipsub::IdentTopic,
+    bootstrap: Vec<Bootstrap>,
+    digest_interval: Duration,
+    /// Whether any listen address was requested.
+    listening: bool,
+}
+
+impl Task {
+    pub(super) fn new(
+        config: Config,
+        blocks: Arc<dyn BlockSource>,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<Event>,
+        shared: Arc<Mutex<Shared>>,
+    ) -> Result<Self, Error> {
+        let key = config.keypair.clone();
+        let transport = behaviour::transport(&key, config.swarm_key)?;
+        let behaviour = Behaviour::new(&key, config.mdns)?;
+        let swarm_cfg = libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(Duration::from_secs(3600));
+        let mut swarm = Swarm::new(transport, behaviour, key.public().to_peer_id(), swarm_cfg);
+        let topic = gossipsub::IdentTopic::new(gossip::TOPIC);
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic)
+            .map_err(|e| Error::Build(super::BuildError::Gossipsub(e.to_string())))?;
+        for addr in &config.listen {
+            swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        let now = Instant::now();
+        let bootstrap = config
+            .peers
+            .iter()
+            .map(|addr| Bootstrap {
+                addr: addr.clone(),
+                peer: addr.iter().find_map(|p| match p {
+                    Protocol::P2p(id) => Some(id),
+                    _ => None,
+                }),
+                backoff: BACKOFF_MIN,
+                next: now,
+            })
+            .collect();
+        let (served_tx, served_rx) = mpsc::channel(64);
+        Ok(Self {
+            swarm,
+            commands,
+            events,
+            shared,
+            blocks,
+            served_tx,
+            served_rx,
+            serve_limit: Arc::new(Semaphore::new(SERVE_CONCURRENCY)),
+            fetcher: Fetcher::default(),
+            known: HashMap::new(),
+            stored: HashMap::new(),
+            topic,
+            bootstrap,
+            digest_interval: config.digest_interval,
+            listening: !config.listen.is_empty(),
+        })
+    }
+
+    fn shared(&self, f: impl FnOnce(&mut Shared)) {
+        match self.shared.lock() {
+            Ok(mut g) => f(&mut g),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// Drives the swarm until it reports its first listen address (bounded wait).
+    pub(super) async fn wait_listening(&mut self) -> Result<(), Error> {
+        if !self.listening {
+            return Ok(());
+        }
+        let deadline = tokio::time::sleep(Duration::from_secs(10));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => {
+                    let listening = matches!(ev, SwarmEvent::NewListenAddr { .. });
+                    self.on_swarm_event(ev);
+                    if listening {
+                        return Ok(());
+                    }
+                }
+                _ = &mut deadline => {
+                    return Err(Error::Listen {
+                        addr: Multiaddr::empty(),
+                        reason: "no listen address within 10 s".into(),
+                    })
+                }
+            }
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut digest = tokio::time::interval(self.digest_interval);
+        digest.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut redial = tokio::time::interval(Duration::from_millis(500));
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                biased;
+                Some((channel, response)) = self.served_rx.recv() => {
+                    // The requester may have gone away; nothing to do then.
+                    let _ = self.swarm.behaviour_mut().exchange.send_response(channel, response);
+                }
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                _ = tick.tick(), if self.fetcher.sessions() > 0 => {}
+                _ = digest.tick() => self.send_digests(),
+                _ = redial.tick() => self.redial(),
+            }
+            if self.fetcher.sessions() > 0 {
+                self.pump_fetches();
+            }
+        }
+        tracing::debug!("swarm task stopped");
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Publish { head, blocks } => {
+                let data = gossip::encode(&head, &blocks);
+                self.remember_known(&head);
+                self.stored.insert(head.head.source, head);
+                let topic = self.topic.clone();
+                if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
+                    // No subscribed peer yet is normal; digests catch them up later.
+                    tracing::debug!(error = %e, "gossip publish failed");
+                }
+            }
+            Command::Stored(head) => {
+                self.remember_known(&head);
+                let newer = self
+                    .stored
+                    .get(&head.head.source)
+                    .is_none_or(|s| s.head.offset < head.head.offset);
+                if newer {
+                    self.stored.insert(head.head.source, head);
+                }
+            }
+            Command::Fetch {
+                cids,
+                preferred,
+                reply,
+            } => {
+                self.fetcher.add(cids, reply, preferred);
+            }
+            Command::Dial(addr) => {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    tracing::warn!(%addr, error = %e, "dial failed");
+                }
+            }
+        }
+    }
+
+    /// Raises the known offset of a head's source; true if it is news.
+    fn remember_known(&mut self, head: &SignedHead) -> bool {
+        let source = head.head.source;
+        let news = self
+            .known
+            .get(&source)
+            .is_none_or(|k| k.head.offset < head.head.offset);
+        if news {
+            self.known.insert(source, head.clone());
+            let offset = head.head.offset;
+            self.shared(|s| {
+                s.known.insert(source, offset);
+            });
+        }
+        news
+    }
+
+    fn pump_fetches(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for planned in self.fetcher.plan(&peers) {
+            let req = Request::Want(planned.cids.clone());
+            let id = self
+                .swarm
+                .behaviour_mut()
+                .exchange
+                .send_request(&planned.peer, req);
+            self.fetcher.sent(id, planned);
+        }
+    }
+
+    fn digest(&self) -> Vec<DigestEntry> {
+        self.stored
+            .iter()
+            .map(|(source, h)| DigestEntry {
+                source_hash: source_hash(source),
+                offset: h.head.offset,
+            })
+            .collect()
+    }
+
+    fn send_digests(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        let digest = self.digest();
+        for peer in peers {
+            self.swarm
+                .behaviour_mut()
+                .exchange
+                .send_request(&peer, Request::Digest(digest.clone()));
+        }
+    }
+
+    /// Heads we store that the digest's sender lacks or is behind on.
+    fn answer_digest(&self, entries: &[DigestEntry]) -> Response {
+        let theirs: HashMap<[u8; 8], u64> =
+            entries.iter().map(|e| (e.source_hash, e.offset)).collect();
+        let heads = self
+            .stored
+            .iter()
+            .filter(|(source, h)| {
+                theirs
+                    .get(&source_hash(source))
+                    .is_none_or(|&o| o < h.head.offset)
+            })
+            .map(|(_, h)| h.clone())
+            .take(MAX_HEADS_PER_ANSWER)
+            .collect();
+        Response::Heads(heads)
+    }
+
+    fn emit(&mut self, head: SignedHead, blocks: Vec<(cid::Cid, Vec<u8>)>, from: PeerId) {
+        if let Err(mpsc::error::TrySendError::Full(_)) =
+            self.events.try_send(Event::Head { head, blocks, from })
+        {
+            tracing::warn!("replication is busy; dropped a head (the next digest brings it back)");
+        }
+    }
+
+    fn redial(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.bootstrap.len() {
+            let connected = self.bootstrap[i]
+                .peer
+                .is_some_and(|p| self.swarm.is_connected(&p));
+            let b = &mut self.bootstrap[i];
+            if connected {
+                b.backoff = BACKOFF_MIN;
+                b.next = now + BACKOFF_MIN;
+                continue;
+            }
+            if now < b.next {
+                continue;
+            }
+            b.next = now + b.backoff;
+            b.backoff = (b.backoff * 2).min(BACKOFF_MAX);
+            let addr = b.addr.clone();
+            tracing::debug!(%addr, "dialling bootstrap peer");
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::debug!(%addr, error = %e, "bootstrap dial failed");
+            }
+        }
+    }
+
+    fn touch_peer(&mut self, peer: PeerId, connected: Option<bool>, addr: Option<Multiaddr>) {
+        self.shared(|s| {
+            let p = s.peers.entry(peer).or_insert_with(|| PeerInfo {
+                peer_id: peer,
+                addrs: vec![],
+                connected: false,
+                last_seen: SystemTime::now(),
+            });
+            p.last_seen = SystemTime::now();
+            if let Some(c) = connected {
+                p.connected = c;
+            }
+            if let Some(a) = addr {
+                if !p.addrs.contains(&a) && p.addrs.len() < 16 {
+                    p.addrs.push(a);
+                }
+            }
+        });
+    }
+
+    fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "swarm listening");
+                self.shared(|s| s.listen.push(address));
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.shared(|s| s.listen.retain(|a| a != &address));
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let addr = endpoint.get_remote_address().clone();
+                if endpoint.is_dialer() {
+                    for b in &mut self.bootstrap {
+                        if b.peer.is_none() && b.addr == addr {
+                            b.peer = Some(peer_id);
+                        }
+                    }
+                }
+                if num_established.get() == 1 {
+                    tracing::info!(peer = %peer_id, %addr, "peer connected");
+                    // Catch up at once instead of waiting for the next digest round.
+                    let digest = self.digest();
+                    self.swarm
+                        .behaviour_mut()
+                        .exchange
+                        .send_request(&peer_id, Request::Digest(digest));
+                }
+                self.touch_peer(peer_id, Some(true), Some(addr));
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                cause,
+                ..
+            } => {
+                let cause = cause.map(|c| c.to_string()).unwrap_or_default();
+                tracing::info!(peer = %peer_id, %cause, "peer disconnected");
+                self.touch_peer(peer_id, Some(false), None);
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, %error, "outgoing connection failed");
+            }
+            SwarmEvent::IncomingConnectionError {
+                error,
+                send_back_addr,
+                ..
+            } => {
+                tracing::debug!(from = %send_back_addr, %error, "incoming connection failed");
+            }
+            SwarmEvent::Behaviour(ev) => self.on_behaviour_event(ev),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, ev: BehaviourEvent) {
+        match ev {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => self.on_gossip(propagation_source, message_id, &message.data),
+            BehaviourEvent::Gossipsub(_) => {}
+            BehaviourEvent::Exchange(ev) => self.on_exchange(ev),
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                for a in info.listen_addrs {
+                    self.touch_peer(peer_id, None, Some(a));
+                }
+            }
+            BehaviourEvent::Identify(_) => {}
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result,
+            }) => match result {
+                Ok(_) => self.touch_peer(peer, None, None),
+                Err(e) => {
+                    tracing::info!(%peer, error = %e, "ping failed; closing the connection");
+                    self.swarm.close_connection(connection);
+                }
+            },
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
+                        continue;
+                    }
+                    tracing::debug!(%peer, %addr, "discovered by mDNS");
+                    let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        tracing::debug!(%peer, error = %e, "dial after mDNS failed");
+                    }
+                }
+            }
+            BehaviourEvent::Mdns(_) => {}
+        }
+    }
+
+    fn on_gossip(&mut self, from: PeerId, id: gossipsub::MessageId, data: &[u8]) {
+        let acceptance = match gossip::decode(data) {
+            Err(e) => {
+                tracing::warn!(peer = %from, error = %e, "dropped invalid gossip");
+                gossipsub::MessageAcceptance::Reject
+            }
+            Ok(m) => {
+                if m.head.head.source == *self.swarm.local_peer_id()
+                    || !self.remember_known(&m.head)
+                {
+                    // Ours, or not newer than what we know: don't forward it again.
+                    gossipsub::MessageAcceptance::Ignore
+                } else {
+                    self.touch_peer(from, None, None);
+                    self.emit(m.head, m.blocks, from);
+                    gossipsub::MessageAcceptance::Accept
+                }
+            }
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &from, acceptance);
+    }
+
+    fn on_exchange(&mut self, ev: rr::Event<Request, Response>) {
+        match ev {
+            rr::Event::Message { peer, message, .. } => match message {
+                rr::Message::Request {
+                    request, channel, ..
+                } => match request {
+                    Request::Want(cids) => self.serve(cids, channel),
+                    Request::Digest(entries) => {
+                        let answer = self.answer_digest(&entries);
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .exchange
+                            .send_response(channel, answer);
+                    }
+                },
+                rr::Message::Response {
+                    request_id,
+                    response,
+                } => match response {
+                    Response::Blocks { blocks, have_not } => {
+                        let report = self.fetcher.on_response(&request_id, blocks, have_not);
+                        if !report.bad_blocks.is_empty() {
+                            tracing::warn!(
+                                %peer,
+                                count = report.bad_blocks.len(),
+                                first = %report.bad_blocks[0],
+                                "peer sent blocks that do not match their CIDs (or were not asked for); dropped"
+                            );
+                        }
+                    }
+                    Response::Heads(heads) => {
+                        self.fetcher.on_failure(&request_id);
+                        self.on_heads(peer, heads);
+                    }
+                },
+            },
+            rr::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "exchange request failed");
+                self.fetcher.on_failure(&request_id);
+            }
+            rr::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound exchange request failed");
+            }
+            rr::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_heads(&mut self, peer: PeerId, heads: Vec<SignedHead>) {
+        let mut seen = HashSet::new();
+        for head in heads {
+            if !seen.insert(head.head.source) {
+                continue;
+            }
+            if let Err(e) = head.verify() {
+                tracing::warn!(%peer, error = %e, "peer sent an invalid head; dropped");
+                continue;
+            }
+            let source = head.head.source;
+            if source == *self.swarm.local_peer_id() {
+                continue;
+            }
+            let behind = self
+                .stored
+                .get(&source)
+                .is_none_or(|s| s.head.offset < head.head.offset);
+            if behind {
+                self.remember_known(&head);
+                self.emit(head, vec![], peer);
+            }
+        }
+    }
+
+    fn serve(&mut self, cids: Vec<cid::Cid>, channel: ResponseChannel<Response>) {
+        let blocks = self.blocks.clone();
+        let tx = self.served_tx.clone();
+        let limit = self.serve_limit.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = limit.acquire_owned().await else {
+                return;
+            };
+            let answer =
+                tokio::task::spawn_blocking(move || exchange::serve_want(&*blocks, &cids)).await;
+            match answer {
+                Ok(resp) => {
+                    let _ = tx.send((channel, resp)).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "serving blocks panicked"),
+            }
+        });
+    }
+}

@@ -16,9 +16,9 @@ pub mod console;
 pub mod events;
 pub mod exchange;
 pub mod head;
-pub mod swarm;
 pub mod identity;
 pub mod node;
+pub mod swarm;
 
 pub use config::{Config, ConfigError, Settings};
 pub use events::{

@@ -1,9 +1,215 @@
-//! `shoal store` (being built).
+//! `shoal store`: the store inspector. Opens a data dir's store file read-only (SQLite WAL
+//! readers never block a running node's writer, so it works while a node uses the dir) and
+//! renders the store library's views: `streams`, `tree`, `events`, `block`, `verify`, `stats`;
+//! `gc` is the one subcommand that writes (it needs the node stopped).
+//!
+//! This module owns only presentation: every number comes from `shoal_store` (`Reader::sources`,
+//! `tree_shape`, `block`, `verify`, `stats`; `Writer::gc`). Human-readable text by default,
+//! `--json` for one JSON document (NDJSON for `events`); `tree --dot` for Graphviz.
+
+mod render;
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context;
+use shoal_store::{Cid, EventFilter, GcStats, SourceId, Store, StoreConfig};
+
+/// Name of the store's SQLite file inside a data dir (the node opens the same file).
+const STORE_FILE: &str = "store.sqlite";
+
+/// Blocks deleted per garbage-collection transaction.
+const GC_STEP: usize = 10_000;
 
 /// Arguments of `shoal store`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The node's data dir (the one given to `shoal run --data-dir`).
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_DATA_DIR",
+        default_value = "./shoal-data",
+        value_name = "DIR"
+    )]
+    data_dir: PathBuf,
+    /// Print JSON instead of text (one document; `events` always prints NDJSON).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`shoal store` is not built yet")
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Every source: root CID, highest offset, event count, bytes.
+    Streams,
+    /// A source's tree: levels, branches and leaves with offset ranges, CIDs, sizes, summaries.
+    Tree {
+        /// The source id (see `shoal store streams`).
+        source: String,
+        /// Print a Graphviz graph (`shoal store tree SRC --dot | dot -Tsvg > tree.svg`).
+        #[arg(long, conflicts_with = "json")]
+        dot: bool,
+    },
+    /// A source's events as NDJSON, in offset order.
+    Events {
+        /// The source id (see `shoal store streams`).
+        source: String,
+        /// First offset (inclusive); default 0.
+        #[arg(long, value_name = "N")]
+        from: Option<u64>,
+        /// Last offset (inclusive); default the highest.
+        #[arg(long, value_name = "M")]
+        to: Option<u64>,
+    },
+    /// One block, decoded: dag-cbor as JSON, raw as length and hex.
+    Block {
+        /// The block's CID (e.g. from `shoal store tree`).
+        cid: String,
+    },
+    /// Check every tree is complete and every block hashes to its CID; exits non-zero naming
+    /// each missing or corrupt block and the tree it belongs to.
+    Verify,
+    /// Blocks and bytes in total; per source bytes per event and compression ratio.
+    Stats,
+    /// Collect unreachable blocks now and say what was freed. The one subcommand that writes:
+    /// stop the node using the data dir first (a running node collects in the background
+    /// anyway). Blocks unpinned less than a minute ago are kept (grace period).
+    Gc,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let path = args.data_dir.join(STORE_FILE);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let json = args.json;
+    match args.command {
+        Command::Streams => {
+            let sources = open(&path)?.sources().context("cannot list the sources")?;
+            render::streams(&mut out, &sources, json)?;
+        }
+        Command::Tree { source, dot } => {
+            let reader = open(&path)?;
+            let source = SourceId::new(source);
+            let shape = reader
+                .tree_shape(&source)
+                .with_context(|| format!("cannot read the tree of {source}"))?
+                .with_context(|| no_such_source(&source))?;
+            if dot {
+                render::tree_dot(&mut out, &shape)?;
+            } else {
+                render::tree(&mut out, &shape, json)?;
+            }
+        }
+        Command::Events { source, from, to } => {
+            events(&mut out, &open(&path)?, SourceId::new(source), from, to)?;
+        }
+        Command::Block { cid } => {
+            let cid: Cid = cid.parse().map_err(|e| {
+                anyhow::anyhow!("`{cid}` is not a CID ({e}): copy one from `shoal store tree`")
+            })?;
+            let block = open(&path)?
+                .block(&cid)
+                .with_context(|| format!("cannot read block {cid}"))?
+                .with_context(|| format!("block {cid} is not in this store"))?;
+            render::block(&mut out, &block, json)?;
+        }
+        Command::Verify => {
+            let report = open(&path)?.verify().context("cannot verify the store")?;
+            render::verify(&mut out, &report, json)?;
+            out.flush()?;
+            if !report.problems.is_empty() {
+                anyhow::bail!(
+                    "{} missing or corrupt block(s): the store is damaged; a node re-fetches \
+                     replicated trees from peers, its own source's lost events cannot be recovered",
+                    report.problems.len()
+                );
+            }
+        }
+        Command::Stats => {
+            let stats = open(&path)?.stats().context("cannot compute the statistics")?;
+            render::stats(&mut out, &stats, json)?;
+        }
+        Command::Gc => {
+            let store = Store::open(&path_checked(&path)?, StoreConfig::default())
+                .with_context(|| format!("cannot open {} for writing", path.display()))?;
+            let mut writer = store
+                .writer()
+                .context("cannot take the store's writer: is a node using this data dir?")?;
+            // Bounded steps (each one transaction) until nothing is left.
+            let mut stats = GcStats::default();
+            loop {
+                let step = writer.gc(GC_STEP).context(
+                    "garbage collection failed: stop the node using this data dir and retry",
+                )?;
+                stats.blocks_deleted += step.blocks_deleted;
+                stats.bytes_freed += step.bytes_freed;
+                stats.cids_deleted += step.cids_deleted;
+                if !step.more {
+                    break;
+                }
+            }
+            render::gc(&mut out, &stats, json)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The store file, or an error saying which data dir has none.
+fn path_checked(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let dir = path.parent().unwrap_or(path);
+    anyhow::bail!(
+        "no store in {}: give the data dir of a node with --data-dir (default ./shoal-data)",
+        dir.display()
+    )
+}
+
+/// A read-only reader on the store file.
+fn open(path: &Path) -> anyhow::Result<shoal_store::Reader> {
+    let store = Store::open_read_only(&path_checked(path)?)
+        .with_context(|| format!("cannot open {} read-only", path.display()))?;
+    store
+        .reader()
+        .with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn no_such_source(source: &SourceId) -> String {
+    format!("no source {source} in this store: `shoal store streams` lists them")
+}
+
+/// Streams a source's events as NDJSON (bounded memory: the store's iterator reads leaf by
+/// leaf).
+fn events(
+    out: &mut impl Write,
+    reader: &shoal_store::Reader,
+    source: SourceId,
+    from: Option<u64>,
+    to: Option<u64>,
+) -> anyhow::Result<()> {
+    let sources = reader.sources().context("cannot list the sources")?;
+    let info = sources
+        .iter()
+        .find(|s| s.source == source)
+        .with_context(|| no_such_source(&source))?;
+    let from = from.unwrap_or(0);
+    let to = to.unwrap_or(info.last_offset).min(info.last_offset);
+    if from > to {
+        return Ok(());
+    }
+    let events = reader
+        .events(&source, from..=to, &EventFilter::default(), false)
+        .with_context(|| format!("cannot read the events of {source}"))?;
+    for event in events {
+        let event = event.with_context(|| format!("cannot read the events of {source}"))?;
+        serde_json::to_writer(&mut *out, &event)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
 }

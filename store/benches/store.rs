@@ -137,7 +137,10 @@ impl Figures {
         println!("-- shoal-store ({n} events, one source)");
         row("append, batches of 1000", &self.append_1000, "events/s");
         row(
-            &format!("append, batches of 100 ({} events)", EVENTS_BATCH_100.min(n)),
+            &format!(
+                "append, batches of 100 ({} events)",
+                EVENTS_BATCH_100.min(n)
+            ),
             &self.append_100,
             "events/s",
         );
@@ -147,9 +150,17 @@ impl Figures {
             "events/s",
         );
         row("pack (after batches of 1000)", &self.pack_seconds, "s");
-        row("on disk before packing (file)", &self.unpacked_bytes, "bytes/ev");
+        row(
+            "on disk before packing (file)",
+            &self.unpacked_bytes,
+            "bytes/ev",
+        );
         row("on disk after pack+gc (file)", &self.file_bytes, "bytes/ev");
-        row("on disk after pack+gc (live pages)", &self.live_bytes, "bytes/ev");
+        row(
+            "on disk after pack+gc (live pages)",
+            &self.live_bytes,
+            "bytes/ev",
+        );
         row("full scan", &self.scan, "events/s");
         row("full scan", &self.scan_seconds, "s");
         row(
@@ -303,9 +314,7 @@ fn store_run(events: &[NewEvent], rare: usize, figures: &mut Figures) -> Result<
         std::hint::black_box(event?);
         count += 1;
     }
-    figures
-        .filtered_seconds
-        .push(start.elapsed().as_secs_f64());
+    figures.filtered_seconds.push(start.elapsed().as_secs_f64());
     check(count, rare, "filtered read")
 }
 
@@ -317,7 +326,11 @@ fn check(got: usize, want: usize, what: &str) -> Result<(), BoxError> {
 }
 
 /// The reference: the same events as one SQLite row each.
-fn sqlite_run(fixtures: &[FixtureEvent], rare: usize, figures: &mut Figures) -> Result<(), BoxError> {
+fn sqlite_run(
+    fixtures: &[FixtureEvent],
+    rare: usize,
+    figures: &mut Figures,
+) -> Result<(), BoxError> {
     let n = fixtures.len() as f64;
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("events.sqlite");

@@ -134,7 +134,10 @@ fn run_child_and_kill(dir: &Path, rng: &mut Rng) -> Option<Commit> {
             let (Some(last), Some(root)) = (parts.next(), parts.next()) else {
                 continue;
             };
-            if tx.send((last.parse().expect("offset"), root.into())).is_err() {
+            if tx
+                .send((last.parse().expect("offset"), root.into()))
+                .is_err()
+            {
                 break;
             }
         }
@@ -179,14 +182,22 @@ fn check_store(dir: &Path, reported: &Commit) -> u64 {
         eprintln!("store root {} is the packed form of {root}", info.root);
     }
     assert!(
-        reader.missing_blocks(&info.root).expect("missing").is_empty(),
+        reader
+            .missing_blocks(&info.root)
+            .expect("missing")
+            .is_empty(),
         "tree {} is incomplete",
         info.root
     );
     let mut expected = events_from(0);
     let mut n = 0u64;
     for event in reader
-        .events(&source(), 0..=info.last_offset, &EventFilter::default(), false)
+        .events(
+            &source(),
+            0..=info.last_offset,
+            &EventFilter::default(),
+            false,
+        )
         .expect("read events")
     {
         let event = event.expect("event");
@@ -224,7 +235,10 @@ fn killed_writer_leaves_a_committed_tree() {
         };
         let now = check_store(dir.path(), &commit);
         assert!(now > count, "round {round}: the store did not grow");
-        eprintln!("round {round}: killed after offset {}, store has {now} events", commit.0);
+        eprintln!(
+            "round {round}: killed after offset {}, store has {now} events",
+            commit.0
+        );
         count = now;
     }
 }

@@ -15,10 +15,8 @@ use std::{
 };
 
 use anyhow::Context;
+use shoal_engine::config::STORE_FILE;
 use shoal_store::{Cid, EventFilter, GcStats, SourceId, Store, StoreConfig};
-
-/// Name of the store's SQLite file inside a data dir (the node opens the same file).
-const STORE_FILE: &str = "store.sqlite";
 
 /// Blocks deleted per garbage-collection transaction.
 const GC_STEP: usize = 10_000;
@@ -130,7 +128,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         Command::Stats => {
-            let stats = open(&path)?.stats().context("cannot compute the statistics")?;
+            let stats = open(&path)?
+                .stats()
+                .context("cannot compute the statistics")?;
             render::stats(&mut out, &stats, json)?;
         }
         Command::Gc => {

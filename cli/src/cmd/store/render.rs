@@ -168,7 +168,10 @@ pub fn tree(out: &mut impl Write, shape: &TreeShape, as_json: bool) -> io::Resul
 pub fn tree_dot(out: &mut impl Write, shape: &TreeShape) -> io::Result<()> {
     writeln!(out, "digraph tree {{")?;
     writeln!(out, "  rankdir=TB;")?;
-    writeln!(out, "  node [shape=box, fontname=\"monospace\", fontsize=10];")?;
+    writeln!(
+        out,
+        "  node [shape=box, fontname=\"monospace\", fontsize=10];"
+    )?;
     writeln!(
         out,
         "  label=\"{} events of {}\\nroot {}\";",
@@ -239,7 +242,11 @@ pub fn verify(out: &mut impl Write, report: &VerifyReport, as_json: bool) -> io:
             ProblemKind::HashMismatch => "corrupt (bytes do not match the CID)".to_string(),
             ProblemKind::Corrupt(reason) => format!("corrupt ({reason})"),
         };
-        writeln!(out, "{what}: block {} in tree {}", problem.cid, problem.alias)?;
+        writeln!(
+            out,
+            "{what}: block {} in tree {}",
+            problem.cid, problem.alias
+        )?;
     }
     let verdict = if report.problems.is_empty() {
         "sound".to_string()

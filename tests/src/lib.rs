@@ -1,1 +1,660 @@
-//! placeholder
+//! The one harness of shoal's black-box tests: real `shoal run` processes on 127.0.0.1 (free
+//! ports, temporary data dirs), talked to over real sockets.
+//!
+//! - [`shoal_bin`] finds the `shoal` binary. Cargo only builds a package's binary for that
+//!   package's own integration tests (`CARGO_BIN_EXE_*`), and `tests/` is another package, so the
+//!   harness runs `cargo build -p shoal --bin shoal` once per test process (a no-op when fresh;
+//!   cargo has released its lock while tests run) into the same target dir and profile as the
+//!   test executable, then uses `<target>/<profile>/shoal`. `SHOAL_BIN=/path/to/shoal` skips the
+//!   build (e.g. to test an installed binary).
+//! - [`Node`] starts one node, waits for its `shoal ready` line (bounded by [`TIMEOUT`]), keeps
+//!   its stderr in `node.log` next to the data dir (printed when a test fails), and kills it
+//!   (SIGKILL) on drop. [`Node::restart`] reuses the data dir.
+//! - HTTP helpers over `reqwest` and [`Ndjson`] for streaming answers; every wait has a timeout.
+//! - [`raw_http`] speaks HTTP/1.1 by hand over TCP, for requests reqwest will not send (a lying
+//!   `Content-Length`).
+//! - [`cli`] runs a `shoal` client command with a timeout.
+
+use std::io::{BufRead, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+
+/// Upper bound of every wait in the tests (generous: a 2-core machine busy with builds).
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `shoal` binary (see the module doc).
+pub fn shoal_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| match find_or_build() {
+        Ok(p) => p,
+        Err(e) => panic!("cannot find or build the shoal binary: {e:#}"),
+    })
+}
+
+fn find_or_build() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("SHOAL_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let exe = std::env::current_exe().context("current_exe")?;
+    let mut dir = exe.parent().context("test executable has no directory")?;
+    if dir.ends_with("deps") {
+        dir = dir.parent().context("deps has no parent")?;
+    }
+    let profile = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("profile dir name")?
+        .to_string();
+    let target_dir = dir.parent().context("profile dir has no parent")?;
+    let bin = dir.join("shoal");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", "shoal", "--bin", "shoal"])
+        .arg("--profile")
+        .arg(if profile == "debug" { "dev" } else { &profile })
+        .env("CARGO_TARGET_DIR", target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    match cmd.status() {
+        Ok(s) if s.success() => {}
+        Ok(s) if bin.exists() => eprintln!("harness: cargo build failed ({s}); using {bin:?}"),
+        Ok(s) => bail!("cargo build -p shoal failed ({s})"),
+        Err(e) if bin.exists() => eprintln!("harness: cannot run cargo ({e}); using {bin:?}"),
+        Err(e) => bail!("cannot run cargo to build shoal: {e}"),
+    }
+    if !bin.exists() {
+        bail!("{bin:?} is missing after the build");
+    }
+    Ok(bin)
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the OS does not hand it out again soon).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// How to start a node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// Extra `shoal run` arguments (e.g. `--max-body-bytes 1024`).
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+impl NodeOptions {
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+}
+
+/// A running `shoal run` process.
+pub struct Node {
+    child: Option<Child>,
+    /// The node's source id, from its ready line.
+    pub source: String,
+    /// Events/node API address, from the ready line.
+    pub api: SocketAddr,
+    /// Console API address (chosen by the harness).
+    pub console: SocketAddr,
+    /// Dialable swarm address, from the ready line.
+    pub swarm: String,
+    /// The temp dir holding `data/` and `node.log`; `None` only while being moved to a restart.
+    dir: Option<tempfile::TempDir>,
+    root: PathBuf,
+    options: NodeOptions,
+    /// A client for tests; requests have no overall timeout (streams), waits use [`TIMEOUT`].
+    pub http: reqwest::Client,
+}
+
+impl Node {
+    /// Starts a node with defaults for tests (loopback, port 0, no mDNS).
+    pub fn start() -> Result<Node> {
+        Node::start_with(NodeOptions::default())
+    }
+
+    pub fn start_with(options: NodeOptions) -> Result<Node> {
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-test-")
+            .tempdir()
+            .context("temp dir")?;
+        Node::spawn(dir, options)
+    }
+
+    fn spawn(dir: tempfile::TempDir, options: NodeOptions) -> Result<Node> {
+        let data = dir.path().join("data");
+        let log_path = dir.path().join("node.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .context("node.log")?;
+        let console: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let mut cmd = Command::new(shoal_bin());
+        cmd.arg("run")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--api-addr", "127.0.0.1:0"])
+            .args(["--console-addr", &console.to_string()])
+            .args(["--store-addr", "127.0.0.1:0"])
+            .args(["--swarm-addr", "/ip4/127.0.0.1/tcp/0"])
+            .arg("--no-mdns")
+            .args(&options.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        for (k, v) in &options.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().context("cannot spawn shoal run")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        // A thread reads stdout for the whole life of the process, so the pipe never fills.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("shoal ready") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = match rx.recv_timeout(TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                bail!("node did not print `shoal ready` within {TIMEOUT:?}; its log:\n{log}");
+            }
+        };
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(String::from))
+                .ok_or_else(|| anyhow!("ready line `{line}` has no {name}="))
+        };
+        let source = field("source")?;
+        let api = field("api")?.parse().context("api= is not IP:PORT")?;
+        let swarm = field("swarm")?;
+        Ok(Node {
+            child: Some(child),
+            source,
+            api,
+            console,
+            swarm,
+            root: dir.path().to_path_buf(),
+            dir: Some(dir),
+            options,
+            http: reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .build()
+                .context("http client")?,
+        })
+    }
+
+    /// The data dir (stays until the `Node` is dropped, across restarts).
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// The node's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("node.log")).unwrap_or_default()
+    }
+
+    /// The OS process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `http://<api>` + path.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.api, path)
+    }
+
+    /// `http://<console>` + path.
+    pub fn console_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.console, path)
+    }
+
+    /// SIGKILL: the process dies at once, flushing nothing.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait (bounded) for a clean exit; returns whether it exited successfully.
+    pub fn stop(&mut self) -> Result<bool> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(true);
+        };
+        let pid = libc::pid_t::try_from(child.id()).context("pid")?;
+        // SAFETY: plain kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.success());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("node did not exit within {TIMEOUT:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the node cleanly (SIGTERM) and starts it again on the same data dir.
+    pub fn restart(mut self) -> Result<Node> {
+        let clean = self.stop()?;
+        if !clean {
+            bail!("node exited unsuccessfully on SIGTERM; log:\n{}", self.log());
+        }
+        self.respawn()
+    }
+
+    /// Starts a new process on the same data dir (after [`Node::kill9`] or [`Node::stop`]).
+    pub fn respawn(mut self) -> Result<Node> {
+        self.kill9();
+        let dir = self.dir.take().context("node has no data dir")?;
+        let options = self.options.clone();
+        drop(self);
+        Node::spawn(dir, options)
+    }
+
+    // ---- HTTP ----
+
+    /// `GET` an API path.
+    pub async fn get(&self, path: &str) -> Result<reqwest::Response> {
+        within(self.http.get(self.url(path)).send()).await
+    }
+
+    /// `POST` JSON to an API path.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<reqwest::Response> {
+        within(self.http.post(self.url(path)).json(body).send()).await
+    }
+
+    /// `POST` raw bytes (no content type) to an API path.
+    pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> Result<reqwest::Response> {
+        within(self.http.post(self.url(path)).body(body).send()).await
+    }
+
+    /// Publishes `events` (`{"semantics","name","payload","tags"?}` each); expects 201 and
+    /// returns the stamps (`{"source","offset","lamport","timestamp"}` each).
+    pub async fn publish(&self, events: &[Value]) -> Result<Vec<Value>> {
+        let resp = self
+            .post("/api/v1/events/publish", &json!({ "data": events }))
+            .await?;
+        let status = resp.status();
+        let body: Value = within(resp.json()).await?;
+        if status.as_u16() != 201 {
+            bail!("publish answered {status}: {body}");
+        }
+        Ok(body["data"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// `GET /api/v1/events/offsets`.
+    pub async fn offsets(&self) -> Result<Value> {
+        let resp = self.get("/api/v1/events/offsets").await?;
+        expect_status(&resp, 200)?;
+        within(resp.json()).await
+    }
+
+    /// Runs a query and collects every event (the stream must end within [`TIMEOUT`]).
+    pub async fn query(&self, body: &Value) -> Result<Vec<Value>> {
+        let resp = self.post("/api/v1/events/query", body).await?;
+        if resp.status().as_u16() != 200 {
+            let status = resp.status();
+            let text = within(resp.text()).await?;
+            bail!("query answered {status}: {text}");
+        }
+        Ndjson::new(resp).collect().await
+    }
+
+    /// Every stored event, in lamport order.
+    pub async fn query_all(&self) -> Result<Vec<Value>> {
+        let upper = self.offsets().await?;
+        self.query(&json!({"upperBound": upper, "subscriptions": [{}], "order": "lamport"}))
+            .await
+    }
+
+    /// Opens a subscription; expects 200.
+    pub async fn subscribe(&self, body: &Value) -> Result<Ndjson> {
+        let resp = self.post("/api/v1/events/subscribe", body).await?;
+        expect_status(&resp, 200)?;
+        Ok(Ndjson::new(resp))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("---- last lines of the node's log ({}) ----", self.source);
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        self.kill9();
+    }
+}
+
+/// `fut`, or an error after [`TIMEOUT`].
+pub async fn within<T, E>(fut: impl std::future::Future<Output = Result<T, E>>) -> Result<T>
+where
+    E: Into<anyhow::Error>,
+{
+    match tokio::time::timeout(TIMEOUT, fut).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => bail!("no answer within {TIMEOUT:?}"),
+    }
+}
+
+/// Fails unless `resp` has `status`.
+pub fn expect_status(resp: &reqwest::Response, status: u16) -> Result<()> {
+    if resp.status().as_u16() != status {
+        bail!("expected {status}, got {} from {}", resp.status(), resp.url());
+    }
+    Ok(())
+}
+
+/// Checks an API error answer: status, `errorCode`, and that the message mentions `mentions`.
+pub async fn expect_error(
+    resp: reqwest::Response,
+    status: u16,
+    code: &str,
+    mentions: &str,
+) -> Result<Value> {
+    let got = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let text = within(resp.text()).await?;
+    if got != status {
+        bail!("expected {status} {code}, got {got}: {text}");
+    }
+    if !ct.starts_with("application/json") {
+        bail!("error answer has content type `{ct}`: {text}");
+    }
+    let body: Value = serde_json::from_str(&text).with_context(|| format!("not JSON: {text}"))?;
+    if body["errorCode"] != code {
+        bail!("expected errorCode {code}: {body}");
+    }
+    let msg = body["error"].as_str().unwrap_or("");
+    if msg.is_empty() || !msg.contains(mentions) {
+        bail!("error message should mention `{mentions}`: {body}");
+    }
+    Ok(body)
+}
+
+/// Lines of an NDJSON answer, read as they arrive; keep-alive (empty) lines are skipped.
+pub struct Ndjson {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+    done: bool,
+    /// Every line read so far ended with `\n` (checked at the end of a finite stream).
+    pub content_type: String,
+}
+
+impl Ndjson {
+    pub fn new(resp: reqwest::Response) -> Ndjson {
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        Ndjson {
+            resp,
+            buf: Vec::new(),
+            done: false,
+            content_type,
+        }
+    }
+
+    /// The next JSON line, `None` at the end of the stream; fails after [`TIMEOUT`].
+    pub async fn next(&mut self) -> Result<Option<Value>> {
+        self.next_within(TIMEOUT).await
+    }
+
+    /// The next JSON line within `limit`; `Err` on timeout (the stream stays usable).
+    pub async fn next_within(&mut self, limit: Duration) -> Result<Option<Value>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                let line = &line[..line.len() - 1];
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let v = serde_json::from_slice(line).with_context(|| {
+                    format!("not a JSON line: {}", String::from_utf8_lossy(line))
+                })?;
+                return Ok(Some(v));
+            }
+            if self.done {
+                if !self.buf.is_empty() {
+                    bail!(
+                        "stream ended with an unterminated line: {}",
+                        String::from_utf8_lossy(&self.buf)
+                    );
+                }
+                return Ok(None);
+            }
+            match tokio::time::timeout_at(deadline, self.resp.chunk()).await {
+                Err(_) => bail!("no line within {limit:?}"),
+                Ok(Ok(Some(chunk))) => self.buf.extend_from_slice(&chunk),
+                Ok(Ok(None)) => self.done = true,
+                Ok(Err(e)) => bail!("stream broke: {e}"),
+            }
+        }
+    }
+
+    /// `n` lines, each within [`TIMEOUT`]; fails if the stream ends first.
+    pub async fn take(&mut self, n: usize) -> Result<Vec<Value>> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            match self.next().await? {
+                Some(v) => out.push(v),
+                None => bail!("stream ended after {} of {n} lines", out.len()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every remaining line; the stream must end within [`TIMEOUT`] of the last line.
+    pub async fn collect(mut self) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        while let Some(v) = self.next().await? {
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    /// Asserts nothing but keep-alives arrives within `quiet` (used only to check that a
+    /// stream does not deliver extra items; never a timing assertion on the node).
+    pub async fn expect_nothing(&mut self, quiet: Duration) -> Result<()> {
+        match self.next_within(quiet).await {
+            Err(_) => Ok(()),
+            Ok(None) => bail!("stream ended"),
+            Ok(Some(v)) => bail!("unexpected line: {v}"),
+        }
+    }
+}
+
+/// A raw HTTP/1.1 exchange over TCP: sends `request` as is, then reads the answer's status line
+/// and headers (and as much body as arrives before the server closes or [`TIMEOUT`]). Returns
+/// `(status, head, body)`. For requests reqwest will not send.
+pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> Result<(u16, String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = within(tokio::net::TcpStream::connect(addr)).await?;
+    within(tcp.write_all(request)).await?;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        // Enough once the head and a JSON error body are in; else read until close.
+        if let Some(head_end) = find(&got, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..head_end]).to_string();
+            let body = &got[head_end + 4..];
+            let length = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            });
+            if length.is_some_and(|n| body.len() >= n) {
+                let status = parse_status(&head)?;
+                return Ok((status, head, String::from_utf8_lossy(body).to_string()));
+            }
+        }
+        match tokio::time::timeout(TIMEOUT, tcp.read(&mut chunk)).await {
+            Err(_) => bail!("no complete answer within {TIMEOUT:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let head_end = find(&got, b"\r\n\r\n").context("connection closed before a response")?;
+    let head = String::from_utf8_lossy(&got[..head_end]).to_string();
+    let status = parse_status(&head)?;
+    Ok((
+        status,
+        head,
+        String::from_utf8_lossy(&got[head_end + 4..]).to_string(),
+    ))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse_status(head: &str) -> Result<u16> {
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad status line in {head}"))
+}
+
+/// Output of a CLI run.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `shoal <args>` with `stdin` as input; killed after [`TIMEOUT`].
+pub fn cli(args: &[&str], stdin: Option<&[u8]>) -> Result<CliOutput> {
+    let mut child = Command::new(shoal_bin())
+        .args(args)
+        .env_remove("SHOAL_NODE")
+        .env_remove("SHOAL_CONSOLE")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawn shoal")?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
+    let mut out = child.stdout.take().context("stdout")?;
+    let mut err = child.stderr.take().context("stderr")?;
+    let out_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("`shoal {}` did not finish within {TIMEOUT:?}", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Ok(CliOutput {
+        status,
+        stdout: out_thread.join().unwrap_or_default(),
+        stderr: err_thread.join().unwrap_or_default(),
+    })
+}
+
+/// A long-running CLI command (e.g. `events subscribe`), read line by line; killed on drop.
+pub struct CliStream {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl CliStream {
+    pub fn spawn(args: &[&str]) -> Result<CliStream> {
+        let mut child = Command::new(shoal_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn shoal")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(CliStream { child, lines: rx })
+    }
+
+    /// The next stdout line within [`TIMEOUT`].
+    pub fn next_line(&self) -> Result<String> {
+        self.lines
+            .recv_timeout(TIMEOUT)
+            .map_err(|e| anyhow!("no line from the CLI within {TIMEOUT:?}: {e}"))
+    }
+}
+
+impl Drop for CliStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A test event.
+pub fn event(semantics: &str, name: &str, payload: Value) -> Value {
+    json!({"semantics": semantics, "name": name, "payload": payload})
+}

@@ -258,7 +258,8 @@ impl Progress {
 
     pub fn tick(&mut self) {
         self.count += 1;
-        if self.enabled && self.count.is_multiple_of(1024) && self.last.elapsed() >= PROGRESS_EVERY {
+        if self.enabled && self.count.is_multiple_of(1024) && self.last.elapsed() >= PROGRESS_EVERY
+        {
             self.last = Instant::now();
             self.shown = true;
             eprint!("\r{} events", self.count);

@@ -262,7 +262,10 @@ impl Node {
     pub fn restart(mut self) -> Result<Node> {
         let clean = self.stop()?;
         if !clean {
-            bail!("node exited unsuccessfully on SIGTERM; log:\n{}", self.log());
+            bail!(
+                "node exited unsuccessfully on SIGTERM; log:\n{}",
+                self.log()
+            );
         }
         self.respawn()
     }
@@ -368,7 +371,11 @@ where
 /// Fails unless `resp` has `status`.
 pub fn expect_status(resp: &reqwest::Response, status: u16) -> Result<()> {
     if resp.status().as_u16() != status {
-        bail!("expected {status}, got {} from {}", resp.status(), resp.url());
+        bail!(
+            "expected {status}, got {} from {}",
+            resp.status(),
+            resp.url()
+        );
     }
     Ok(())
 }
@@ -600,7 +607,10 @@ pub fn cli(args: &[&str], stdin: Option<&[u8]>) -> Result<CliOutput> {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("`shoal {}` did not finish within {TIMEOUT:?}", args.join(" "));
+            bail!(
+                "`shoal {}` did not finish within {TIMEOUT:?}",
+                args.join(" ")
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     };

@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Map, Value};
-use shoal_engine::NodeHandle;
 use shoal_engine::console::{parse_rfc3339, Console, ConsoleError, Entry, Severity, StoreError};
+use shoal_engine::NodeHandle;
 use tokio::sync::watch;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -43,8 +43,9 @@ pub fn routes(
         .and(body::limited(config.max_body_bytes))
         .then(|console: Console, body: Bytes| async move {
             match append(&console, &body).await {
-                Ok(()) => warp::reply::with_status(warp::reply(), StatusCode::CREATED)
-                    .into_response(),
+                Ok(()) => {
+                    warp::reply::with_status(warp::reply(), StatusCode::CREATED).into_response()
+                }
                 Err(e) => e.into_response(),
             }
         });
@@ -52,21 +53,13 @@ pub fn routes(
         .and(warp::get())
         .and(with())
         .and(warp::query::<HashMap<String, String>>())
-        .map(
-            move |console: Console, query: HashMap<String, String>| match read(
-                &console,
-                &query,
-                keepalive,
-                shutdown.clone(),
-            ) {
+        .map(move |console: Console, query: HashMap<String, String>| {
+            match read(&console, &query, keepalive, shutdown.clone()) {
                 Ok(r) => r,
                 Err(e) => e.into_response(),
-            },
-        );
-    post.or(get)
-        .unify()
-        .recover(error::recover)
-        .unify()
+            }
+        });
+    post.or(get).unify().recover(error::recover).unify()
 }
 
 /// Binds the console API of `node` on its configured `console-addr`.

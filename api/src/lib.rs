@@ -11,6 +11,7 @@
 //! business logic here: requests map onto `shoal_engine` calls.
 
 pub mod body;
+pub mod console;
 pub mod error;
 pub mod events;
 pub mod ndjson;

@@ -61,6 +61,8 @@ pub struct Settings {
     pub max_commit_events: Option<usize>,
     /// Seconds of silence after which a subscription sends a keep-alive `\n`.
     pub keepalive_secs: Option<u64>,
+    /// Console log entries kept (the newest; older ones are dropped).
+    pub console_retention: Option<u64>,
 }
 
 impl Settings {
@@ -78,6 +80,7 @@ impl Settings {
             max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
             max_commit_events: self.max_commit_events.or(lower.max_commit_events),
             keepalive_secs: self.keepalive_secs.or(lower.keepalive_secs),
+            console_retention: self.console_retention.or(lower.console_retention),
         }
     }
 
@@ -111,6 +114,9 @@ impl Settings {
                 .transpose()?,
             keepalive_secs: var("SHOAL_KEEPALIVE_SECS")
                 .map(|v| parse_num("SHOAL_KEEPALIVE_SECS", &v))
+                .transpose()?,
+            console_retention: var("SHOAL_CONSOLE_RETENTION")
+                .map(|v| parse_num("SHOAL_CONSOLE_RETENTION", &v))
                 .transpose()?,
         })
     }
@@ -194,6 +200,7 @@ impl Settings {
             data_dir: self.data_dir.unwrap_or(d.data_dir),
             api_addr: addr("api-addr", self.api_addr, d.api_addr)?,
             console_addr: addr("console-addr", self.console_addr, d.console_addr)?,
+            console_retention: self.console_retention.unwrap_or(d.console_retention).max(1),
             store_addr: addr("store-addr", self.store_addr, d.store_addr)?,
             swarm_addrs,
             peers: multiaddrs("peer", self.peer, d.peers)?,
@@ -241,6 +248,8 @@ pub struct Config {
     pub api_addr: SocketAddr,
     /// Console (logging) API.
     pub console_addr: SocketAddr,
+    /// Console log entries kept (the newest).
+    pub console_retention: u64,
     /// WebSocket store API for Pond apps.
     pub store_addr: SocketAddr,
     /// libp2p listen addresses.
@@ -299,6 +308,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./shoal-data"),
             api_addr: SocketAddr::from(([127, 0, 0, 1], 4454)),
             console_addr: SocketAddr::from(([127, 0, 0, 1], 4457)),
+            console_retention: crate::console::DEFAULT_RETENTION,
             store_addr: SocketAddr::from(([127, 0, 0, 1], 4243)),
             swarm_addrs: vec![default_swarm_addr()],
             peers: Vec::new(),

@@ -47,6 +47,8 @@ pub enum NodeError {
     Identity(#[from] IdentityError),
     #[error("cannot open the store: {0}")]
     Store(#[from] shoal_store::Error),
+    #[error("cannot open the console log: {0}")]
+    Console(#[from] crate::console::ConsoleError),
     #[error("cannot start a task: {0}")]
     Spawn(#[source] std::io::Error),
 }
@@ -107,6 +109,7 @@ pub struct NodeHandle {
     network: Arc<watch::Sender<NetworkState>>,
     started: Instant,
     shutdown: watch::Receiver<bool>,
+    console: crate::console::Console,
 }
 
 impl Node {
@@ -129,6 +132,7 @@ impl Node {
         )
         .map_err(NodeError::Spawn)?;
         let commands = handles.commands.clone();
+        let console = crate::console::Console::start(&config.data_dir, config.console_retention)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let events = EventService::new(
             identity.source().clone(),
@@ -147,6 +151,7 @@ impl Node {
                 network: Arc::new(watch::channel(NetworkState::default()).0),
                 started: Instant::now(),
                 shutdown: shutdown_rx,
+                console,
             },
             shutdown,
             commands,
@@ -209,6 +214,11 @@ impl Node {
 }
 
 impl NodeHandle {
+    /// The console service (apps' log entries); clone it freely.
+    pub fn console(&self) -> crate::console::Console {
+        self.console.clone()
+    }
+
     /// The event service (clone it freely).
     pub fn events(&self) -> EventService {
         self.events.clone()

@@ -273,7 +273,11 @@ async fn oversized_bodies_get_413_and_store_nothing() {
 
     // By Content-Length: refused without reading the body (none is sent). Raw HTTP: a client
     // still writing a body the server will not read may see the connection reset instead.
-    for path in ["/api/v1/events/publish", "/api/v1/events/query", "/api/v1/events/subscribe"] {
+    for path in [
+        "/api/v1/events/publish",
+        "/api/v1/events/query",
+        "/api/v1/events/subscribe",
+    ] {
         let req = format!(
             "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             big.len()

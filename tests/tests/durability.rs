@@ -94,7 +94,7 @@ async fn kill9_under_concurrent_publish_loses_no_acknowledged_event() {
     let mut node = node;
     node.kill9();
     for p in publishers {
-        within(async { p.await }).await.unwrap();
+        within(p).await.unwrap();
     }
     let acked = std::mem::take(&mut *acked.lock().unwrap());
 

@@ -42,6 +42,9 @@ pub struct Args {
     /// Largest JSON request body accepted, in bytes. [default: 16777216]
     #[arg(long, value_name = "BYTES")]
     max_body_bytes: Option<u64>,
+    /// Console log entries kept (the newest). [default: 100000]
+    #[arg(long, value_name = "N")]
+    console_retention: Option<u64>,
 }
 
 impl Args {
@@ -57,6 +60,7 @@ impl Args {
             swarm_key: self.swarm_key,
             no_mdns: self.no_mdns.then_some(true),
             max_body_bytes: self.max_body_bytes,
+            console_retention: self.console_retention,
             ..Settings::default()
         }
     }
@@ -112,6 +116,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             });
         }
     };
+    let console_addr = node.config().console_addr;
+    let console = match shoal_api::console::serve_node(node.handle()).await {
+        Ok(console) => console,
+        Err(e) => {
+            api.shutdown().await;
+            node.shutdown().await;
+            return Err(e).with_context(|| {
+                format!("cannot listen on {console_addr}: is another node running? --console-addr sets the address")
+            });
+        }
+    };
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
@@ -129,6 +144,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Subscriptions end first, so the server's grace period is not spent on them.
     node.signal_shutdown();
     api.shutdown().await;
+    console.shutdown().await;
     node.shutdown().await;
     Ok(())
 }

@@ -18,6 +18,7 @@ pub mod exchange;
 pub mod head;
 pub mod identity;
 pub mod node;
+pub mod replication;
 pub mod swarm;
 
 pub use config::{Config, ConfigError, Settings};

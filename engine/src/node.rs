@@ -51,6 +51,8 @@ pub enum NodeError {
     Console(#[from] crate::console::ConsoleError),
     #[error("cannot start a task: {0}")]
     Spawn(#[source] std::io::Error),
+    #[error("cannot start the swarm: {0}")]
+    Replication(#[from] crate::replication::ReplicationError),
 }
 
 /// A peer as the swarm sees it (filled in by the swarm).
@@ -71,6 +73,19 @@ pub struct NetworkState {
     /// Addresses the swarm actually listens on (concrete ports).
     pub listen_addrs: Vec<Multiaddr>,
     pub peers: Vec<PeerInfo>,
+    /// Highest offset per source known from verified heads (may run ahead of what is stored).
+    pub known: std::collections::BTreeMap<SourceId, u64>,
+}
+
+/// Replication progress of one source: stored here vs known from the swarm.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceProgress {
+    pub source: String,
+    /// Highest offset stored here (`None`: nothing yet).
+    pub stored_offset: Option<u64>,
+    /// Highest offset known from gossip (`None`: never heard of it from a peer).
+    pub known_offset: Option<u64>,
 }
 
 /// `GET /api/v1/node/info`. New facts go here as new fields (v1 clients ignore unknown ones).
@@ -88,6 +103,8 @@ pub struct NodeInfo {
     pub events: u64,
     /// Size of the store's files on disk.
     pub store_bytes: u64,
+    /// Per source: offset stored vs known from gossip (what is still to replicate).
+    pub sources: Vec<SourceProgress>,
 }
 
 /// A running node. Owns the writer thread; [`Node::shutdown`] stops it. Front ends keep a
@@ -97,6 +114,8 @@ pub struct Node {
     shutdown: watch::Sender<bool>,
     commands: tokio::sync::mpsc::Sender<writer::Command>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// The swarm and replicator (issue 4).
+    replication: Option<crate::replication::Replication>,
 }
 
 /// What front ends (HTTP, Pond store API, swarm) need of a node; cheap to clone.
@@ -142,7 +161,7 @@ impl Node {
             shutdown_rx.clone(),
         );
         tracing::info!(source = %identity.source(), data_dir = %config.data_dir.display(), "node started");
-        Ok(Node {
+        let mut node = Node {
             handle: NodeHandle {
                 identity,
                 config: Arc::new(config),
@@ -156,7 +175,17 @@ impl Node {
             shutdown,
             commands,
             writer: Some(thread),
-        })
+            replication: None,
+        };
+        // The swarm and replicator (issue 4): returns once the swarm listens.
+        match crate::replication::start(node.handle()).await {
+            Ok(r) => node.replication = Some(r),
+            Err(e) => {
+                node.shutdown().await;
+                return Err(e.into());
+            }
+        }
+        Ok(node)
     }
 
     /// A handle for front ends.
@@ -197,6 +226,9 @@ impl Node {
     /// clock and closes the store. Not cancel-safe: await it to the end.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
+        if let Some(replication) = self.replication.take() {
+            replication.stop().await;
+        }
         let (reply, done) = oneshot::channel();
         if self
             .commands
@@ -287,8 +319,36 @@ impl NodeHandle {
             streams: offsets.len() as u64,
             events: offsets.iter().map(|(_, o)| o + 1).sum(),
             store_bytes,
+            sources: source_progress(&offsets, &network.known),
         }
     }
+}
+
+/// Union of stored and known offsets, by source.
+fn source_progress(
+    stored: &OffsetMap,
+    known: &std::collections::BTreeMap<SourceId, u64>,
+) -> Vec<SourceProgress> {
+    let mut all: std::collections::BTreeMap<&SourceId, SourceProgress> = Default::default();
+    for (source, o) in stored.iter() {
+        all.entry(source)
+            .or_insert_with(|| SourceProgress {
+                source: source.to_string(),
+                stored_offset: None,
+                known_offset: None,
+            })
+            .stored_offset = Some(o);
+    }
+    for (source, &o) in known {
+        all.entry(source)
+            .or_insert_with(|| SourceProgress {
+                source: source.to_string(),
+                stored_offset: None,
+                known_offset: None,
+            })
+            .known_offset = Some(o);
+    }
+    all.into_values().collect()
 }
 
 type Opened = (

@@ -141,16 +141,21 @@ async fn queued_publishes_share_one_commit() {
         let mut updates = events.updates();
         // Hold the writer until all 50 publishes are queued behind it.
         let (release, hold) = std::sync::mpsc::channel::<()>();
+        let (holding, held) = tokio::sync::oneshot::channel::<()>();
         let blocker = tokio::spawn({
             let events = events.clone();
             async move {
                 events
                     .with_writer(move |_| {
+                        let _ = holding.send(());
                         let _ = hold.recv_timeout(WAIT);
                     })
                     .await
             }
         });
+        // The writer must be inside the job before anything else is queued: a publish taken
+        // first would drain the job into its batch and hold some publishes outside the queue.
+        tokio::time::timeout(WAIT, held).await.unwrap().unwrap();
         let publishers: Vec<_> = (0..50)
             .map(|i| {
                 let events = events.clone();

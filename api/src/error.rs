@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 
 use serde::Serialize;
+use shoal_engine::blobs::BlobsError;
 use shoal_engine::EventsError;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -19,6 +20,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// `Content-Range: bytes */<size>` of a 416.
+    content_range: Option<u64>,
 }
 
 impl ApiError {
@@ -27,6 +30,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            content_range: None,
         }
     }
 
@@ -70,6 +74,17 @@ impl ApiError {
             "ERR_STORAGE_FULL",
             message,
         )
+    }
+
+    /// 416: the asked range is outside a blob of `size` bytes.
+    pub fn range_not_satisfiable(size: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "ERR_RANGE_NOT_SATISFIABLE",
+            format!("the range is outside the blob ({size} bytes)"),
+        );
+        e.content_range = Some(size);
+        e
     }
 
     /// 500: a bug or a failing disk; never for bad input.
@@ -121,6 +136,22 @@ pub fn from_events(e: EventsError, prefix: &str) -> ApiError {
     }
 }
 
+/// Blob service errors.
+pub fn from_blobs(e: BlobsError) -> ApiError {
+    match e {
+        BlobsError::Invalid(m) | BlobsError::Body(m) => ApiError::bad_request(m),
+        BlobsError::NotFound(m) => ApiError::not_found(m),
+        e @ BlobsError::TooLarge { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "ERR_PAYLOAD_TOO_LARGE",
+            e.to_string(),
+        ),
+        BlobsError::StorageFull(m) => ApiError::storage_full(m),
+        BlobsError::ShuttingDown => ApiError::overloaded("the node is shutting down; retry"),
+        e @ (BlobsError::Storage(_) | BlobsError::Corrupt(_)) => ApiError::internal(e.to_string()),
+    }
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Body<'a> {
@@ -144,6 +175,12 @@ impl Reply for ApiError {
             warp::http::header::CONTENT_TYPE,
             warp::http::HeaderValue::from_static("application/json"),
         );
+        if let Some(size) = self.content_range {
+            if let Ok(v) = warp::http::HeaderValue::from_str(&format!("bytes */{size}")) {
+                resp.headers_mut()
+                    .insert(warp::http::header::CONTENT_RANGE, v);
+            }
+        }
         resp
     }
 }

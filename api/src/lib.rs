@@ -10,6 +10,7 @@
 //! and `errorCode`s are chosen; `ndjson.rs` streams; `body.rs` reads bounded JSON bodies. No
 //! business logic here: requests map onto `shoal_engine` calls.
 
+pub mod blobs;
 pub mod body;
 pub mod console;
 pub mod error;
@@ -51,8 +52,11 @@ pub fn routes(
     node: NodeHandle,
     config: ApiConfig,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let blob_service = shoal_engine::blobs::BlobService::new(node.clone(), Default::default());
     events::routes(node.events(), config)
         .or(node::routes(node))
+        .unify()
+        .or(blobs::routes(blob_service, config.max_body_bytes))
         .unify()
         .recover(error::recover)
         .unify()

@@ -37,6 +37,11 @@ pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>
 pub struct StreamSlot(Arc<Mutex<Option<BodyStream>>>);
 
 impl StreamSlot {
+    /// A slot holding `stream` (blob downloads use it too).
+    pub(crate) fn new(stream: BodyStream) -> Self {
+        StreamSlot(Arc::new(Mutex::new(Some(stream))))
+    }
+
     pub(crate) fn take(&self) -> Option<BodyStream> {
         self.0.lock().ok().and_then(|mut slot| slot.take())
     }

@@ -11,6 +11,7 @@
 //!
 //! The engine knows nothing of HTTP: the `shoal-api` crate maps requests onto these types.
 
+pub mod blobs;
 pub mod config;
 pub mod console;
 pub mod events;

@@ -13,6 +13,7 @@
 //! hash-verified) except while a caller deliberately pins something incomplete; a committed
 //! append or import is visible to every reader started after the commit.
 
+pub mod blob;
 #[allow(dead_code)] // inspector helpers land next
 mod blocks;
 pub mod cid;

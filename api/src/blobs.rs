@@ -1,0 +1,323 @@
+//! `/api/v1/blobs` (API.md, blob section): upload, download with `Range`, `HEAD`, list,
+//! delete, and names.
+//!
+//! Bodies are streamed both ways: an upload goes to the engine piece by piece as hyper delivers
+//! it (never whole in memory), a download is a body stream fed by the engine's read task (see
+//! `ndjson.rs` for how a streaming body reaches the server). Status codes come from `error.rs`.
+//! Range handling: one `bytes=` range (`a-b`, `a-`, `-n`) gives 206 with `Content-Range`; a
+//! range that does not fit gives 416 with `Content-Range: bytes */<size>`; several ranges or an
+//! unparsable header are ignored (200 with everything), as RFC 9110 allows.
+
+use bytes::{Buf, Bytes};
+use futures::{StreamExt, TryStreamExt};
+use serde::Deserialize;
+use shoal_engine::blobs::{BlobService, BlobsError, Cid, PutOptions};
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use crate::error::{self, ApiError};
+use crate::ndjson::{BoxError, StreamSlot};
+
+/// Header telling whether every chunk of the blob is stored on this node.
+pub const COMPLETE_HEADER: &str = "x-shoal-complete";
+
+#[derive(Deserialize)]
+struct PutQuery {
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct NameBody {
+    cid: String,
+}
+
+/// The blob routes.
+pub fn routes(
+    blobs: BlobService,
+    max_body_bytes: u64,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let with = move || {
+        let blobs = blobs.clone();
+        warp::any().map(move || blobs.clone())
+    };
+    let post = warp::path!("api" / "v1" / "blobs")
+        .and(warp::post())
+        .and(with())
+        .and(warp::query::<PutQuery>())
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
+        .then(put);
+    let list = warp::path!("api" / "v1" / "blobs")
+        .and(warp::get())
+        .and(with())
+        .then(|blobs: BlobService| async move {
+            match blobs.list().await {
+                Ok(list) => warp::reply::json(&list).into_response(),
+                Err(e) => error::from_blobs(e).into_response(),
+            }
+        });
+    let set_name = warp::path!("api" / "v1" / "blobs" / "names" / String)
+        .and(warp::put())
+        .and(with())
+        .and(crate::body::limited(max_body_bytes))
+        .then(set_name);
+    let by_name = warp::path!("api" / "v1" / "blobs" / "names" / String)
+        .and(
+            warp::get()
+                .map(|| true)
+                .or(warp::head().map(|| false))
+                .unify(),
+        )
+        .and(with())
+        .and(warp::header::optional::<String>("range"))
+        .then(
+            |name: String, body: bool, blobs: BlobService, range| async move {
+                let name = percent_decode(&name);
+                match blobs.resolve(&name).await {
+                    Ok(cid) => serve(blobs, cid, range, body).await,
+                    Err(e) => error::from_blobs(e).into_response(),
+                }
+            },
+        );
+    let get = warp::path!("api" / "v1" / "blobs" / String)
+        .and(
+            warp::get()
+                .map(|| true)
+                .or(warp::head().map(|| false))
+                .unify(),
+        )
+        .and(with())
+        .and(warp::header::optional::<String>("range"))
+        .then(
+            |cid: String, body: bool, blobs: BlobService, range| async move {
+                match parse_cid(&cid) {
+                    Ok(cid) => serve(blobs, cid, range, body).await,
+                    Err(e) => e.into_response(),
+                }
+            },
+        );
+    let delete = warp::path!("api" / "v1" / "blobs" / String)
+        .and(warp::delete())
+        .and(with())
+        .then(|cid: String, blobs: BlobService| async move {
+            let cid = match parse_cid(&cid) {
+                Ok(cid) => cid,
+                Err(e) => return e.into_response(),
+            };
+            match blobs.delete(cid).await {
+                Ok(_) => StatusCode::NO_CONTENT.into_response(),
+                Err(e) => error::from_blobs(e).into_response(),
+            }
+        });
+    post.or(list)
+        .unify()
+        .or(set_name)
+        .unify()
+        .or(by_name)
+        .unify()
+        .or(get)
+        .unify()
+        .or(delete)
+        .unify()
+}
+
+fn parse_cid(s: &str) -> Result<Cid, ApiError> {
+    s.parse()
+        .map_err(|e| ApiError::bad_request(format!("cid: `{s}` is not a CID: {e}")))
+}
+
+async fn put<S, B>(
+    blobs: BlobService,
+    query: PutQuery,
+    mime: Option<String>,
+    length: Option<u64>,
+    body: S,
+) -> Response
+where
+    S: futures::Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: Buf + Send,
+{
+    let limit = blobs.config().max_blob_bytes;
+    if length.is_some_and(|l| l > limit) {
+        return error::from_blobs(BlobsError::TooLarge { limit }).into_response();
+    }
+    let body = body.map_ok(|mut b| b.copy_to_bytes(b.remaining()));
+    let options = PutOptions {
+        name: query.name.filter(|n| !n.is_empty()),
+        mime: mime.filter(|m| !m.is_empty()),
+    };
+    match blobs.put(body, options).await {
+        Ok(meta) => warp::reply::with_status(
+            warp::reply::json(&serde_json::json!({"cid": meta.cid.to_string(), "size": meta.size})),
+            StatusCode::CREATED,
+        )
+        .into_response(),
+        Err(e) => error::from_blobs(e).into_response(),
+    }
+}
+
+async fn set_name(name: String, blobs: BlobService, body: Bytes) -> Response {
+    let name = percent_decode(&name);
+    let parsed: NameBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::bad_request(format!("malformed JSON body: {e}")).into_response()
+        }
+    };
+    let cid = match parse_cid(&parsed.cid) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    match blobs.set_name(&name, cid).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error::from_blobs(e).into_response(),
+    }
+}
+
+/// A GET (with `body`) or HEAD of blob `cid`.
+async fn serve(blobs: BlobService, cid: Cid, range: Option<String>, body: bool) -> Response {
+    let opened = match blobs.open(cid).await {
+        Ok(o) => o,
+        Err(e) => return error::from_blobs(e).into_response(),
+    };
+    let size = opened.size();
+    let (status, start, end) = match range.as_deref().map(|r| parse_range(r, size)) {
+        None | Some(RangeSpec::Ignore) => (StatusCode::OK, 0, size),
+        Some(RangeSpec::Bytes(a, b)) => (StatusCode::PARTIAL_CONTENT, a, b),
+        Some(RangeSpec::Unsatisfiable) => {
+            return ApiError::range_not_satisfiable(size).into_response()
+        }
+    };
+    let mut resp = Response::new(warp::hyper::body::Bytes::new().into());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    let mime = opened
+        .meta
+        .mime
+        .as_deref()
+        .and_then(|m| HeaderValue::from_str(m).ok())
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::CONTENT_TYPE, mime);
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", opened.meta.cid)) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    if status == StatusCode::PARTIAL_CONTENT {
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)) {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+    }
+    h.insert(
+        COMPLETE_HEADER,
+        HeaderValue::from_static(if opened.complete { "true" } else { "false" }),
+    );
+    if body && end > start {
+        let stream = blobs
+            .read_range(&opened, start, end)
+            .map_err(|e| Box::new(e) as BoxError)
+            .boxed();
+        resp.extensions_mut().insert(StreamSlot::new(stream));
+    }
+    resp
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RangeSpec {
+    /// Serve everything (no usable range).
+    Ignore,
+    /// Bytes `a..b` (end exclusive).
+    Bytes(u64, u64),
+    Unsatisfiable,
+}
+
+fn parse_range(header: &str, size: u64) -> RangeSpec {
+    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+        return RangeSpec::Ignore;
+    };
+    if spec.contains(',') {
+        return RangeSpec::Ignore;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeSpec::Ignore;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    match (a.is_empty(), b.is_empty()) {
+        (true, true) => RangeSpec::Ignore,
+        (true, false) => match b.parse::<u64>() {
+            // Suffix: the last n bytes.
+            Ok(n) if n == 0 || size == 0 => RangeSpec::Unsatisfiable,
+            Ok(n) => RangeSpec::Bytes(size.saturating_sub(n), size),
+            Err(_) => RangeSpec::Ignore,
+        },
+        (false, _) => {
+            let Ok(first) = a.parse::<u64>() else {
+                return RangeSpec::Ignore;
+            };
+            let last = if b.is_empty() {
+                None
+            } else {
+                match b.parse::<u64>() {
+                    Ok(l) if l >= first => Some(l),
+                    _ => return RangeSpec::Ignore,
+                }
+            };
+            if first >= size {
+                return RangeSpec::Unsatisfiable;
+            }
+            let end = last.map_or(size, |l| l.saturating_add(1).min(size));
+            RangeSpec::Bytes(first, end)
+        }
+    }
+}
+
+/// Decodes `%XX` escapes of a path segment (names may contain any character).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        use RangeSpec::*;
+        assert_eq!(parse_range("bytes=0-0", 10), Bytes(0, 1));
+        assert_eq!(parse_range("bytes=2-", 10), Bytes(2, 10));
+        assert_eq!(parse_range("bytes=-3", 10), Bytes(7, 10));
+        assert_eq!(parse_range("bytes=-30", 10), Bytes(0, 10));
+        assert_eq!(parse_range("bytes=5-100", 10), Bytes(5, 10));
+        assert_eq!(parse_range("bytes=10-", 10), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 10), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-1", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=3-1", 10), Ignore);
+        assert_eq!(parse_range("bytes=0-1,3-4", 10), Ignore);
+        assert_eq!(parse_range("items=0-1", 10), Ignore);
+        assert_eq!(parse_range("bytes=x-1", 10), Ignore);
+    }
+
+    #[test]
+    fn names_are_percent_decoded() {
+        assert_eq!(percent_decode("a%20b%2Fc"), "a b/c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+}

@@ -1,0 +1,479 @@
+//! The blob service: put (streamed), read ranges (streamed, fetched from peers when not local),
+//! list, delete, and swarm-wide names.
+//!
+//! Actors and what each owns:
+//! - an *upload* (one per `put` call) cuts the body into [`CHUNK_SIZE`] chunks, hashes them on a
+//!   blocking thread and hands batches of about [`PUT_BATCH`] bytes to the writer thread (at most
+//!   [`PUTS_IN_FLIGHT`] batches queued), so memory per upload is a few MiB whatever the size. Each
+//!   batch also moves the upload's pin (see `shoal_store::blob`), so GC never takes its chunks;
+//!   the last batch pins the root. An upload that fails or is dropped leaves only unpinned blocks.
+//! - a *read* (`fetch.rs`, one task per GET) walks the link tree for the asked range, then sends
+//!   chunk after chunk into a bounded channel; local chunks are read on blocking threads, missing
+//!   ones are fetched through the swarm's block exchange (verified there: every block hashes to
+//!   its CID; a peer that lies is skipped and the block asked elsewhere), stored as they arrive,
+//!   and streamed as soon as the next needed chunk is there. What was fetched stays (pinned as
+//!   `blob-cache/<cid>`), so an interrupted read resumes where it stopped.
+//! - names are events (semantics [`NAME_SEMANTICS`], the blob name as event name), so they
+//!   replicate like any event; the latest assignment in Lamport order wins.
+//!
+//! This module knows nothing of HTTP; the store does the bytes, the swarm moves blocks.
+
+mod fetch;
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::{Stream, StreamExt};
+use serde_json::value::RawValue;
+use shoal_store::blob::{self, TreeBuilder};
+use shoal_store::cid::{cid_of, RAW};
+use shoal_store::OffsetMap;
+use tokio::sync::mpsc;
+
+use crate::events::{EventsError, Filter, Order, PublishEvent, Query, StreamSelector};
+use crate::exchange::FetchEvent;
+use crate::node::NodeHandle;
+
+pub use fetch::{BlobStream, Opened};
+pub use shoal_store::blob::{BlobEntry, BlobMeta, Freed, CHUNK_SIZE};
+pub use shoal_store::Cid;
+
+/// Semantics of the events that name blobs.
+pub const NAME_SEMANTICS: &str = "shoal.blob-name";
+/// Tag carried by name events.
+pub const NAME_TAG: &str = "shoal:blob-name";
+/// Bytes of chunks handed to the writer in one transaction.
+pub const PUT_BATCH: usize = 4 * CHUNK_SIZE;
+/// Batches of one upload queued at the writer at once (hashing the next overlaps writing).
+pub const PUTS_IN_FLIGHT: usize = 2;
+
+/// Settings of the blob service.
+#[derive(Debug, Clone)]
+pub struct BlobsConfig {
+    /// Largest blob accepted by `put` (413 above).
+    pub max_blob_bytes: u64,
+    /// A read waiting for a block no peer delivers gives up after this (404 when nothing was
+    /// sent yet, else the stream breaks).
+    pub fetch_timeout: Duration,
+    /// Chunks fetched ahead of the one being streamed.
+    pub read_ahead: usize,
+}
+
+impl Default for BlobsConfig {
+    fn default() -> Self {
+        Self {
+            max_blob_bytes: 64 << 30,
+            fetch_timeout: Duration::from_secs(10),
+            read_ahead: 32,
+        }
+    }
+}
+
+/// Why a blob call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BlobsError {
+    /// Bad input (a malformed CID or name); nothing changed.
+    #[error("{0}")]
+    Invalid(String),
+    /// Not here and no peer delivered it in time.
+    #[error("{0}")]
+    NotFound(String),
+    /// The body passed the limit; nothing was kept.
+    #[error("blob larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    /// The disk is full; the upload was dropped and the store is as before.
+    #[error("storage full: {0}")]
+    StorageFull(String),
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// The client's body broke off; nothing was kept.
+    #[error("cannot read the request body: {0}")]
+    Body(String),
+    /// Stored or fetched data does not form the blob its CID says (a peer sent a valid block
+    /// of a lying tree, or the store is damaged).
+    #[error("blob data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+impl From<shoal_store::Error> for BlobsError {
+    fn from(e: shoal_store::Error) -> Self {
+        match e {
+            e if e.is_full() => BlobsError::StorageFull(e.to_string()),
+            e @ shoal_store::Error::Corrupt { .. } => BlobsError::Corrupt(e.to_string()),
+            e => BlobsError::Storage(e.to_string()),
+        }
+    }
+}
+
+impl From<EventsError> for BlobsError {
+    fn from(e: EventsError) -> Self {
+        match e {
+            EventsError::Invalid { field, reason, .. } => {
+                BlobsError::Invalid(format!("{field}: {reason}"))
+            }
+            EventsError::StorageFull(m) => BlobsError::StorageFull(m),
+            EventsError::Storage(m) => BlobsError::Storage(m),
+            EventsError::ShuttingDown => BlobsError::ShuttingDown,
+        }
+    }
+}
+
+/// How the service asks peers for blocks (the swarm implements it; tests may fake it).
+pub trait BlockFetch: Send + Sync + 'static {
+    /// Starts fetching `cids` into `reply` (verified blocks, or `NotFound`). Resolves to
+    /// `false` when the swarm is gone. Dropping the receiver cancels the fetch.
+    fn fetch(&self, cids: Vec<Cid>, reply: mpsc::Sender<FetchEvent>) -> BoxFuture<'static, bool>;
+}
+
+/// What `put` takes besides the bytes.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    pub name: Option<String>,
+    pub mime: Option<String>,
+}
+
+/// The blob service; cheap to clone.
+#[derive(Clone)]
+pub struct BlobService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node: NodeHandle,
+    config: BlobsConfig,
+    fetch: RwLock<Option<Arc<dyn BlockFetch>>>,
+    init: tokio::sync::OnceCell<()>,
+    uploads: AtomicU64,
+}
+
+impl BlobService {
+    pub fn new(node: NodeHandle, config: BlobsConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                node,
+                config,
+                fetch: RwLock::new(None),
+                init: tokio::sync::OnceCell::new(),
+                uploads: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Lets reads of non-local blobs ask peers (set once the swarm runs).
+    pub fn set_fetcher(&self, fetch: Arc<dyn BlockFetch>) {
+        if let Ok(mut slot) = self.inner.fetch.write() {
+            *slot = Some(fetch);
+        }
+    }
+
+    pub fn config(&self) -> &BlobsConfig {
+        &self.inner.config
+    }
+
+    fn fetcher(&self) -> Option<Arc<dyn BlockFetch>> {
+        self.inner.fetch.read().ok().and_then(|f| f.clone())
+    }
+
+    /// Creates the blob tables on first use.
+    async fn ready(&self) -> Result<(), BlobsError> {
+        self.inner
+            .init
+            .get_or_try_init(|| async {
+                self.writer(blob::init).await?;
+                Ok::<(), BlobsError>(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Runs `f` on the writer thread.
+    async fn writer<T, F>(&self, f: F) -> Result<T, BlobsError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut shoal_store::Writer) -> shoal_store::Result<T> + Send + 'static,
+    {
+        Ok(self.inner.node.events().with_writer(f).await??)
+    }
+
+    /// Runs `f` with a fresh read connection on a blocking thread.
+    async fn read<T, F>(&self, f: F) -> Result<T, BlobsError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&shoal_store::Reader) -> shoal_store::Result<T> + Send + 'static,
+    {
+        self.ready().await?;
+        let store = self.inner.node.store().clone();
+        tokio::task::spawn_blocking(move || f(&store.reader()?))
+            .await
+            .map_err(|e| BlobsError::Storage(e.to_string()))?
+            .map_err(Into::into)
+    }
+
+    /// Stores the bytes of `body` as a blob; returns its CID and size. Never holds more than a
+    /// few chunks in memory. On any error nothing stays pinned. Dropping the future abandons the
+    /// upload (its chunks are collected as garbage unless another blob uses them).
+    pub async fn put<S, E>(&self, body: S, options: PutOptions) -> Result<BlobMeta, BlobsError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        self.ready().await?;
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            self.inner.uploads.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut upload = Upload {
+            service: self.clone(),
+            id: id.clone(),
+            builder: TreeBuilder::new(),
+            batch: Vec::new(),
+            batch_bytes: 0,
+            in_flight: std::collections::VecDeque::new(),
+            prev: Arc::new(Mutex::new(None)),
+            done: false,
+        };
+        let result = upload.run(body, &options).await;
+        if result.is_err() {
+            // Wait for queued batches so the pin is dropped after them, not before.
+            while let Some(job) = upload.in_flight.pop_front() {
+                let _ = job.await;
+            }
+            let id = id.clone();
+            let _ = self.writer(move |w| blob::abort_upload(w, &id)).await;
+        }
+        upload.done = true;
+        result
+    }
+
+    /// Metadata and local completeness of a blob, fetching its root from peers if needed.
+    pub async fn open(&self, cid: Cid) -> Result<Opened, BlobsError> {
+        self.ready().await?;
+        fetch::open(self, cid).await
+    }
+
+    /// Streams bytes `start..end` of an opened blob (fetching what is missing).
+    pub fn read_range(&self, opened: &Opened, start: u64, end: u64) -> BlobStream {
+        fetch::read_range(self.clone(), opened.clone(), start, end)
+    }
+
+    /// Every blob known here.
+    pub async fn list(&self) -> Result<Vec<BlobEntry>, BlobsError> {
+        self.read(|r| blob::list(r)).await
+    }
+
+    /// Unpins the blob and frees its blocks no other blob or tree uses. `NotFound` if it was
+    /// not known here.
+    pub async fn delete(&self, cid: Cid) -> Result<blob::Freed, BlobsError> {
+        self.ready().await?;
+        let freed = self.writer(move |w| blob::delete(w, &cid)).await?;
+        let freed = freed.ok_or_else(|| BlobsError::NotFound(format!("no blob {cid} here")))?;
+        tracing::info!(%cid, blocks = freed.blocks, bytes = freed.bytes, "blob deleted");
+        Ok(freed)
+    }
+
+    /// Names `cid` swarm-wide (an event, so it replicates). `NotFound` if the blob is unknown
+    /// here. Returns once the event is durably stored.
+    pub async fn set_name(&self, name: &str, cid: Cid) -> Result<(), BlobsError> {
+        let meta = self
+            .read(move |r| blob::meta(r, &cid))
+            .await?
+            .ok_or_else(|| BlobsError::NotFound(format!("no blob {cid} here")))?;
+        let payload =
+            serde_json::json!({"cid": cid.to_string(), "size": meta.size, "mime": meta.mime});
+        let payload = RawValue::from_string(payload.to_string())
+            .map_err(|e| BlobsError::Storage(e.to_string()))?;
+        self.inner
+            .node
+            .events()
+            .publish(vec![PublishEvent {
+                semantics: NAME_SEMANTICS.into(),
+                name: name.into(),
+                tags: vec![NAME_TAG.into()],
+                payload,
+                timestamp: None,
+            }])
+            .await
+            .map_err(|e| match e {
+                EventsError::Invalid { reason, .. } => {
+                    BlobsError::Invalid(format!("name: {reason}"))
+                }
+                e => e.into(),
+            })?;
+        Ok(())
+    }
+
+    /// The CID a name points to: the name event latest in Lamport order, from any node.
+    pub async fn resolve(&self, name: &str) -> Result<Cid, BlobsError> {
+        let query = Query {
+            lower: OffsetMap::new(),
+            upper: None,
+            filter: Filter(vec![StreamSelector {
+                semantics: Some(NAME_SEMANTICS.into()),
+                name: Some(name.into()),
+                ..StreamSelector::default()
+            }]),
+            order: Order::LamportReverse,
+        };
+        let mut events = self.inner.node.events().query(query);
+        let not_found = || BlobsError::NotFound(format!("no blob is named {name:?}"));
+        let event = events.next().await.ok_or_else(not_found)??;
+        #[derive(serde::Deserialize)]
+        struct Named {
+            cid: String,
+        }
+        let named: Named = serde_json::from_str(event.payload.get())
+            .map_err(|e| BlobsError::Corrupt(format!("name event: {e}")))?;
+        named
+            .cid
+            .parse()
+            .map_err(|e| BlobsError::Corrupt(format!("name event cid: {e}")))
+    }
+}
+
+type Job = tokio::task::JoinHandle<Result<(), BlobsError>>;
+
+/// One upload in progress (see the module doc).
+struct Upload {
+    service: BlobService,
+    id: String,
+    builder: TreeBuilder,
+    batch: Vec<Bytes>,
+    batch_bytes: usize,
+    in_flight: std::collections::VecDeque<Job>,
+    /// The upload's latest manifest; jobs run in order on the writer, each reads and moves it.
+    prev: Arc<Mutex<Option<Cid>>>,
+    done: bool,
+}
+
+impl Upload {
+    async fn run<S, E>(&mut self, body: S, options: &PutOptions) -> Result<BlobMeta, BlobsError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let limit = self.service.inner.config.max_blob_bytes;
+        let mut body = std::pin::pin!(body);
+        let mut chunk = BytesMut::with_capacity(CHUNK_SIZE);
+        let mut total: u64 = 0;
+        while let Some(piece) = body.next().await {
+            let mut piece = piece.map_err(|e| BlobsError::Body(e.to_string()))?;
+            total += piece.len() as u64;
+            if total > limit {
+                return Err(BlobsError::TooLarge { limit });
+            }
+            while !piece.is_empty() {
+                let take = (CHUNK_SIZE - chunk.len()).min(piece.len());
+                chunk.extend_from_slice(&piece.split_to(take));
+                if chunk.len() == CHUNK_SIZE {
+                    let full = std::mem::replace(&mut chunk, BytesMut::with_capacity(CHUNK_SIZE));
+                    self.add(full.freeze()).await?;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            self.add(chunk.freeze()).await?;
+        }
+        self.flush().await?;
+        while let Some(job) = self.in_flight.pop_front() {
+            join(job).await?;
+        }
+        let builder = std::mem::take(&mut self.builder);
+        let (cid, size, last) = builder.finish()?;
+        let meta = BlobMeta {
+            cid,
+            size,
+            name: options.name.clone(),
+            mime: options.mime.clone(),
+        };
+        let id = self.id.clone();
+        let m = meta.clone();
+        self.service
+            .writer(move |w| blob::commit_upload(w, &id, &last, &m))
+            .await?;
+        tracing::info!(%cid, size, "blob stored");
+        Ok(meta)
+    }
+
+    async fn add(&mut self, chunk: Bytes) -> Result<(), BlobsError> {
+        self.batch_bytes += chunk.len();
+        self.batch.push(chunk);
+        if self.batch_bytes >= PUT_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Hashes the batch, extends the tree and queues the batch at the writer.
+    async fn flush(&mut self) -> Result<(), BlobsError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let chunks = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        let hashed: Vec<(Cid, Bytes)> = tokio::task::spawn_blocking(move || {
+            chunks.into_iter().map(|c| (cid_of(RAW, &c), c)).collect()
+        })
+        .await
+        .map_err(|e| BlobsError::Storage(e.to_string()))?;
+        let mut links = Vec::new();
+        for (cid, data) in &hashed {
+            links.extend(self.builder.push_chunk(*cid, data.len() as u64)?);
+        }
+        while self.in_flight.len() >= PUTS_IN_FLIGHT {
+            if let Some(job) = self.in_flight.pop_front() {
+                join(job).await?;
+            }
+        }
+        let service = self.service.clone();
+        let (id, prev) = (self.id.clone(), self.prev.clone());
+        self.in_flight.push_back(tokio::spawn(async move {
+            service
+                .writer(move |w| {
+                    let mut blocks: Vec<(Cid, &[u8])> =
+                        hashed.iter().map(|(c, d)| (*c, d.as_ref())).collect();
+                    blocks.extend(links.iter().map(|(c, d)| (*c, d.as_slice())));
+                    let last = prev.lock().map(|p| *p).unwrap_or(None);
+                    let manifest = blob::put_hashed(w, &blocks, Some((&id, last)))?;
+                    if let Ok(mut p) = prev.lock() {
+                        *p = manifest;
+                    }
+                    Ok(())
+                })
+                .await
+        }));
+        Ok(())
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if !self.done {
+            // Dropped mid-way (client went away and the handler future was dropped): unpin.
+            let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            let service = self.service.clone();
+            let id = self.id.clone();
+            rt.spawn(async move {
+                let _ = service.writer(move |w| blob::abort_upload(w, &id)).await;
+            });
+        }
+    }
+}
+
+async fn join(job: Job) -> Result<(), BlobsError> {
+    job.await.map_err(|e| BlobsError::Storage(e.to_string()))?
+}
+
+/// Boxed byte stream of a read.
+pub(crate) type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, BlobsError>> + Send>>;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,481 @@
+//! Reading blobs: open (metadata, fetching the root from peers if needed) and streaming a byte
+//! range, local chunks from the store and missing ones through the block exchange.
+//!
+//! A read is one task feeding a bounded channel (a few chunks), so a slow client back-pressures
+//! the read and memory stays bounded: at most [`BlobsConfig::read_ahead`] fetched chunks wait
+//! for their turn. Fetches are asked in sessions of [`FETCH_GROUP`] chunks (one `Want` each,
+//! the size of one exchange response), so the exchange spreads them over every peer that has
+//! them and pipelines them. Every fetched block was verified by the exchange (hash = CID); the
+//! chunk's length is checked against the tree's geometry here. Fetched blocks are stored at
+//! once (and the root pinned as `blob-cache/<cid>`), so a broken read resumes where it stopped.
+//!
+//! Dropping the stream ends the task at its next send; fetches it started are cancelled.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shoal_store::blob::{self, BlobMeta, LinkNode};
+use shoal_store::cid::DAG_CBOR;
+use shoal_store::{Cid, Reader};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{BlobService, BlobsError, ByteStream};
+use crate::exchange::FetchEvent;
+
+/// A blob's bytes, streamed.
+pub type BlobStream = ByteStream;
+
+/// Chunks per fetch session: one exchange response carries about this many 1 MiB chunks.
+const FETCH_GROUP: usize = 2;
+/// Writes of fetched blocks queued at the writer at once.
+const WRITES_IN_FLIGHT: usize = 4;
+/// Pause before asking again for blocks no connected peer had.
+const RETRY_PAUSE: Duration = Duration::from_millis(300);
+/// A progress line is logged every this many fetched bytes.
+const LOG_EVERY: u64 = 256 << 20;
+
+/// An opened blob: what a GET/HEAD needs before sending headers.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub meta: BlobMeta,
+    /// Every chunk is local.
+    pub complete: bool,
+    root: Arc<LinkNode>,
+}
+
+impl Opened {
+    pub fn size(&self) -> u64 {
+        self.meta.size
+    }
+}
+
+fn store_err(e: impl std::fmt::Display) -> BlobsError {
+    BlobsError::Storage(e.to_string())
+}
+
+pub(super) async fn open(svc: &BlobService, cid: Cid) -> Result<Opened, BlobsError> {
+    let not_a_blob = || BlobsError::NotFound(format!("{cid} is not a blob"));
+    if cid.codec() != DAG_CBOR {
+        return Err(not_a_blob());
+    }
+    let (meta, data, complete) = svc
+        .read(move |r| {
+            let meta = blob::meta(r, &cid)?;
+            let data = r.get_block(&cid)?;
+            let complete = data.is_some() && blob::complete(r, &cid)?;
+            Ok((meta, data, complete))
+        })
+        .await?;
+    if let Some(data) = data {
+        let root = LinkNode::decode(&cid, &data).map_err(|_| not_a_blob())?;
+        let meta = meta.unwrap_or(BlobMeta {
+            cid,
+            size: root.size,
+            name: None,
+            mime: None,
+        });
+        return Ok(Opened {
+            meta,
+            complete,
+            root: Arc::new(root),
+        });
+    }
+    // Not here: ask the swarm for the root.
+    let mut got = fetch_all(svc, vec![cid]).await?;
+    let data = got.pop().map(|(_, d)| d).ok_or_else(not_a_blob)?;
+    let root = LinkNode::decode(&cid, &data).map_err(|e| {
+        tracing::warn!(%cid, error = %e, "a peer's block under a wanted blob CID is no blob");
+        not_a_blob()
+    })?;
+    let size = root.size;
+    svc.writer(move |w| blob::cache_root(w, &cid, &data, size))
+        .await?;
+    tracing::info!(%cid, size, "fetching blob from peers");
+    Ok(Opened {
+        meta: BlobMeta {
+            cid,
+            size,
+            name: None,
+            mime: None,
+        },
+        complete: size == 0,
+        root: Arc::new(root),
+    })
+}
+
+/// Fetches every block of `cids` from peers (retrying until the fetch timeout passes without
+/// progress); returns them in no particular order.
+async fn fetch_all(svc: &BlobService, cids: Vec<Cid>) -> Result<Vec<(Cid, Bytes)>, BlobsError> {
+    let fetcher = svc
+        .fetcher()
+        .ok_or_else(|| BlobsError::NotFound("not here, and no swarm to ask".into()))?;
+    let timeout = svc.config().fetch_timeout;
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut wanted: HashSet<Cid> = cids.iter().copied().collect();
+    let mut out = Vec::new();
+    if !fetcher.fetch(cids, tx.clone()).await {
+        return Err(BlobsError::ShuttingDown);
+    }
+    let mut deadline = Instant::now() + timeout;
+    while !wanted.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(FetchEvent::Blocks(blocks))) => {
+                for (cid, data) in blocks {
+                    if wanted.remove(&cid) {
+                        out.push((cid, Bytes::from(data)));
+                    }
+                }
+                deadline = Instant::now() + timeout;
+            }
+            Ok(Some(FetchEvent::NotFound(again))) => {
+                tokio::time::sleep(RETRY_PAUSE.min(left)).await;
+                if !fetcher.fetch(again, tx.clone()).await {
+                    return Err(BlobsError::ShuttingDown);
+                }
+            }
+            Ok(None) | Err(_) => {
+                return Err(BlobsError::NotFound(format!(
+                    "no peer delivered {} block(s) within {timeout:?}",
+                    wanted.len()
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn read_range(svc: BlobService, opened: Opened, start: u64, end: u64) -> BlobStream {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let result = async {
+            let store = svc.inner.node.store().clone();
+            let reader = tokio::task::spawn_blocking(move || store.reader())
+                .await
+                .map_err(store_err)??;
+            let mut read = Read {
+                svc,
+                reader,
+                tx: tx.clone(),
+                fetch: None,
+                pending: HashMap::new(),
+                requested: HashSet::new(),
+                classified: 0,
+                writes: VecDeque::new(),
+                fetched: 0,
+                started: Instant::now(),
+            };
+            read.run(&opened, start, end).await
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// A chunk of the range: its CID, offset in the blob and length.
+#[derive(Debug, Clone, Copy)]
+struct ChunkRef {
+    cid: Cid,
+    offset: u64,
+    len: u64,
+}
+
+struct Read {
+    svc: BlobService,
+    reader: Reader,
+    tx: mpsc::Sender<Result<Bytes, BlobsError>>,
+    fetch: Option<(mpsc::Sender<FetchEvent>, mpsc::Receiver<FetchEvent>)>,
+    /// Fetched chunks waiting for their turn.
+    pending: HashMap<Cid, Bytes>,
+    /// Chunks asked from peers and not yet arrived.
+    requested: HashSet<Cid>,
+    /// Chunks before this index were checked for being local (and asked for if not).
+    classified: usize,
+    writes: VecDeque<JoinHandle<Result<(), BlobsError>>>,
+    fetched: u64,
+    started: Instant,
+}
+
+impl Read {
+    async fn run(&mut self, opened: &Opened, start: u64, end: u64) -> Result<(), BlobsError> {
+        if start >= end {
+            return Ok(());
+        }
+        let chunks = self.chunks(&opened.root, start, end).await?;
+        for i in 0..chunks.len() {
+            let c = chunks[i];
+            let data = match self.pending.remove(&c.cid) {
+                Some(d) => d,
+                None => {
+                    let local = if self.requested.contains(&c.cid) {
+                        None
+                    } else {
+                        self.local(c.cid).await?
+                    };
+                    match local {
+                        Some(d) => d,
+                        None => {
+                            self.ask_ahead(&chunks, i).await?;
+                            if !self.requested.contains(&c.cid) {
+                                // A repeated chunk whose first copy is still being written.
+                                self.ask(vec![c.cid]).await?;
+                            }
+                            self.wait_for(c.cid).await?
+                        }
+                    }
+                }
+            };
+            if self.fetch.is_some() {
+                self.ask_ahead(&chunks, i + 1).await?;
+            }
+            if data.len() as u64 != c.len {
+                return Err(BlobsError::Corrupt(format!(
+                    "chunk {} has {} bytes, the tree says {}",
+                    c.cid,
+                    data.len(),
+                    c.len
+                )));
+            }
+            let from = start.saturating_sub(c.offset) as usize;
+            let to = (end - c.offset).min(c.len) as usize;
+            if self.tx.send(Ok(data.slice(from..to))).await.is_err() {
+                return Ok(()); // the client went away
+            }
+        }
+        while let Some(w) = self.writes.pop_front() {
+            w.await.map_err(store_err)??;
+        }
+        if self.fetched > 0 {
+            let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+            tracing::info!(cid = %opened.meta.cid, bytes = self.fetched,
+                mb_per_s = (self.fetched as f64 / secs / 1e6) as u64, "blob fetch done");
+        }
+        Ok(())
+    }
+
+    /// The chunks covering `start..end`, walking (and fetching) only the link blocks on the way.
+    async fn chunks(
+        &mut self,
+        root: &LinkNode,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<ChunkRef>, BlobsError> {
+        let mut level: Vec<(LinkNode, u64)> = vec![(root.clone(), 0)];
+        loop {
+            let mut children: Vec<(Cid, u64, u64)> = Vec::new();
+            let leaves = level.first().is_some_and(|(n, _)| n.height == 1);
+            for (node, base) in &level {
+                let span = node.child_span();
+                let lo = start.max(*base) - base;
+                let hi = end.min(base + node.size) - base;
+                if lo >= hi {
+                    continue;
+                }
+                for i in (lo / span) as usize..=((hi - 1) / span) as usize {
+                    let cid = *node.links.get(i).ok_or_else(|| {
+                        BlobsError::Corrupt(format!("link {i} missing in a blob tree node"))
+                    })?;
+                    children.push((cid, base + i as u64 * span, node.child_size(i)));
+                }
+            }
+            if leaves {
+                return Ok(children
+                    .into_iter()
+                    .map(|(cid, offset, len)| ChunkRef { cid, offset, len })
+                    .collect());
+            }
+            let cids: Vec<Cid> = children.iter().map(|c| c.0).collect();
+            let mut blocks = self.local_many(cids.clone()).await?;
+            let missing: Vec<Cid> = cids
+                .iter()
+                .filter(|c| !blocks.contains_key(c))
+                .copied()
+                .collect();
+            if !missing.is_empty() {
+                let got = fetch_all(&self.svc, missing).await?;
+                let to_store = got.clone();
+                self.svc
+                    .writer(move |w| {
+                        let refs: Vec<(Cid, &[u8])> =
+                            to_store.iter().map(|(c, d)| (*c, d.as_ref())).collect();
+                        blob::put_hashed(w, &refs, None).map(|_| ())
+                    })
+                    .await?;
+                blocks.extend(got);
+            }
+            let mut next = Vec::with_capacity(children.len());
+            for (cid, offset, size) in children {
+                let data = blocks
+                    .get(&cid)
+                    .ok_or_else(|| BlobsError::Corrupt(format!("link block {cid} vanished")))?;
+                let node = LinkNode::decode(&cid, data)?;
+                if node.size != size || node.height + 1 != level[0].0.height {
+                    return Err(BlobsError::Corrupt(format!(
+                        "link block {cid} does not fit its parent"
+                    )));
+                }
+                next.push((node, offset));
+            }
+            level = next;
+        }
+    }
+
+    async fn local(&self, cid: Cid) -> Result<Option<Bytes>, BlobsError> {
+        let reader = self.reader.clone();
+        let data = tokio::task::spawn_blocking(move || reader.get_block(&cid))
+            .await
+            .map_err(store_err)??;
+        Ok(data.map(Bytes::from))
+    }
+
+    async fn local_many(&self, cids: Vec<Cid>) -> Result<HashMap<Cid, Bytes>, BlobsError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = HashMap::new();
+            for cid in cids {
+                if let Some(d) = reader.get_block(&cid)? {
+                    out.insert(cid, Bytes::from(d));
+                }
+            }
+            Ok::<_, shoal_store::Error>(out)
+        })
+        .await
+        .map_err(store_err)?
+        .map_err(Into::into)
+    }
+
+    /// Asks peers for the chunks in `from .. from + read_ahead` that are neither local, nor
+    /// fetched, nor asked for already.
+    async fn ask_ahead(&mut self, chunks: &[ChunkRef], from: usize) -> Result<(), BlobsError> {
+        let upto = (from + self.svc.config().read_ahead.max(1)).min(chunks.len());
+        let start = self.classified.max(from);
+        if start >= upto {
+            return Ok(());
+        }
+        self.classified = upto;
+        let candidates: Vec<Cid> = chunks[start..upto]
+            .iter()
+            .map(|c| c.cid)
+            .filter(|c| !self.pending.contains_key(c) && !self.requested.contains(c))
+            .collect();
+        let reader = self.reader.clone();
+        let absent: Vec<Cid> = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for c in candidates {
+                if !reader.has_block(&c)? {
+                    out.push(c);
+                }
+            }
+            Ok::<_, shoal_store::Error>(out)
+        })
+        .await
+        .map_err(store_err)??;
+        let mut seen = HashSet::new();
+        let absent: Vec<Cid> = absent.into_iter().filter(|c| seen.insert(*c)).collect();
+        for group in absent.chunks(FETCH_GROUP) {
+            self.ask(group.to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    async fn ask(&mut self, cids: Vec<Cid>) -> Result<(), BlobsError> {
+        let fetcher = self
+            .svc
+            .fetcher()
+            .ok_or_else(|| BlobsError::NotFound("a chunk is not here, and no swarm".into()))?;
+        let tx = match &self.fetch {
+            Some((tx, _)) => tx.clone(),
+            None => {
+                let (tx, rx) = mpsc::channel(16);
+                self.fetch = Some((tx.clone(), rx));
+                tx
+            }
+        };
+        self.requested.extend(cids.iter().copied());
+        if !fetcher.fetch(cids, tx).await {
+            return Err(BlobsError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Waits until `cid` was fetched, storing and keeping everything that arrives meanwhile.
+    async fn wait_for(&mut self, cid: Cid) -> Result<Bytes, BlobsError> {
+        let timeout = self.svc.config().fetch_timeout;
+        let mut deadline = Instant::now() + timeout;
+        loop {
+            if let Some(d) = self.pending.remove(&cid) {
+                return Ok(d);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = match &mut self.fetch {
+                Some((_, rx)) => tokio::time::timeout(left, rx.recv()).await,
+                None => Ok(None),
+            };
+            match event {
+                Ok(Some(FetchEvent::Blocks(blocks))) => {
+                    deadline = Instant::now() + timeout;
+                    self.arrived(blocks).await?;
+                }
+                Ok(Some(FetchEvent::NotFound(again))) => {
+                    // No connected peer has them now; a peer may come back (restart, partition).
+                    tokio::time::sleep(RETRY_PAUSE.min(left)).await;
+                    self.requested.retain(|c| !again.contains(c));
+                    for group in again.chunks(FETCH_GROUP) {
+                        self.ask(group.to_vec()).await?;
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    return Err(BlobsError::NotFound(format!(
+                        "no peer delivered chunk {cid} within {timeout:?}"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Keeps verified blocks for streaming and stores them (bounded writes in flight).
+    async fn arrived(&mut self, blocks: Vec<(Cid, Vec<u8>)>) -> Result<(), BlobsError> {
+        let blocks: Vec<(Cid, Bytes)> = blocks
+            .into_iter()
+            .filter(|(c, _)| self.requested.remove(c))
+            .map(|(c, d)| (c, Bytes::from(d)))
+            .collect();
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let before = self.fetched;
+        for (c, d) in &blocks {
+            self.fetched += d.len() as u64;
+            self.pending.insert(*c, d.clone());
+        }
+        if before / LOG_EVERY != self.fetched / LOG_EVERY {
+            let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+            tracing::info!(
+                bytes = self.fetched,
+                mb_per_s = (self.fetched as f64 / secs / 1e6) as u64,
+                "blob fetch progress"
+            );
+        }
+        while self.writes.len() >= WRITES_IN_FLIGHT {
+            if let Some(w) = self.writes.pop_front() {
+                w.await.map_err(store_err)??;
+            }
+        }
+        let svc = self.svc.clone();
+        self.writes.push_back(tokio::spawn(async move {
+            svc.writer(move |w| {
+                let refs: Vec<(Cid, &[u8])> =
+                    blocks.iter().map(|(c, d)| (*c, d.as_ref())).collect();
+                blob::put_hashed(w, &refs, None).map(|_| ())
+            })
+            .await
+        }));
+        Ok(())
+    }
+}

@@ -265,7 +265,7 @@ impl BlobService {
 
     /// Every blob known here.
     pub async fn list(&self) -> Result<Vec<BlobEntry>, BlobsError> {
-        self.read(|r| blob::list(r)).await
+        self.read(blob::list).await
     }
 
     /// Unpins the blob and frees its blocks no other blob or tree uses. `NotFound` if it was

@@ -184,6 +184,9 @@ impl LinkNode {
     }
 }
 
+/// A block: CID and bytes.
+pub type Block = (Cid, Vec<u8>);
+
 /// Builds a blob's tree as chunks arrive, with at most `FANOUT` pending links per level (memory
 /// is O(height · FANOUT), whatever the blob's size).
 #[derive(Debug, Default)]
@@ -248,7 +251,7 @@ impl TreeBuilder {
     }
 
     /// Closes the tree: returns the root CID, the size, and the last link blocks to store.
-    pub fn finish(mut self) -> Result<(Cid, u64, Vec<(Cid, Vec<u8>)>)> {
+    pub fn finish(mut self) -> Result<(Cid, u64, Vec<Block>)> {
         let mut out = Vec::new();
         let mut level = 0;
         loop {
@@ -521,7 +524,8 @@ pub fn complete(r: &Reader, root: &Cid) -> Result<bool> {
 /// Every blob known here.
 pub fn list(r: &Reader) -> Result<Vec<BlobEntry>> {
     let conn = lock(&r.conn)?;
-    let rows: Vec<(Vec<u8>, i64, Option<String>, Option<String>)> = {
+    type Row = (Vec<u8>, i64, Option<String>, Option<String>);
+    let rows: Vec<Row> = {
         let mut stmt = conn.prepare_cached(META_ALL)?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         rows.collect::<std::result::Result<_, _>>()?

@@ -12,6 +12,9 @@ use shoal_store::{
 /// Longest summary shown per node in the text view (`--json` has them whole).
 const SUMMARY_CHARS: usize = 160;
 
+/// Deepest indentation of the text tree view.
+const MAX_INDENT: usize = 12;
+
 fn json(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
     serde_json::to_writer_pretty(&mut *out, value)?;
     writeln!(out)
@@ -141,7 +144,9 @@ pub fn tree(out: &mut impl Write, shape: &TreeShape, as_json: bool) -> io::Resul
     )?;
     let depth = depths(&shape.nodes);
     for (node, depth) in shape.nodes.iter().zip(depth) {
-        let indent = "  ".repeat(depth);
+        // An unpacked tree is a chain as deep as its appends: cap the indentation there (the
+        // `L<level>` label still tells the depth).
+        let indent = "  ".repeat(depth.min(MAX_INDENT));
         let kind = if node.level == 0 { "leaf" } else { "branch" };
         let sealed = if node.sealed { "sealed" } else { "unsealed" };
         writeln!(

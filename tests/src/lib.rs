@@ -3,10 +3,10 @@
 //!
 //! - [`shoal_bin`] finds the `shoal` binary. Cargo only builds a package's binary for that
 //!   package's own integration tests (`CARGO_BIN_EXE_*`), and `tests/` is another package, so the
-//!   harness runs `cargo build -p shoal --bin shoal` once per test process (a no-op when fresh;
-//!   cargo has released its lock while tests run) into the same target dir and profile as the
-//!   test executable, then uses `<target>/<profile>/shoal`. `SHOAL_BIN=/path/to/shoal` skips the
-//!   build (e.g. to test an installed binary).
+//!   harness uses `<target>/<profile>/shoal` next to the test executable when it is newer than
+//!   every source it is built from, else runs `cargo build -p shoal --bin shoal` once per test
+//!   process into the same target dir and profile (cargo has released its lock while tests
+//!   run). `SHOAL_BIN=/path/to/shoal` skips both (e.g. to test an installed binary).
 //! - [`Node`] starts one node, waits for its `shoal ready` line (bounded by [`TIMEOUT`]), keeps
 //!   its stderr in `node.log` next to the data dir (printed when a test fails), and kills it
 //!   (SIGKILL) on drop. [`Node::restart`] reuses the data dir.
@@ -53,6 +53,15 @@ fn find_or_build() -> Result<PathBuf> {
         .to_string();
     let target_dir = dir.parent().context("profile dir has no parent")?;
     let bin = dir.join("shoal");
+    // Fresh already (e.g. CI ran `cargo build --workspace --all-targets` first): use it. A build
+    // of `-p shoal` alone resolves features differently from a workspace build and would
+    // rebuild many dependencies once, so it is only the fallback.
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("tests/ has no parent")?;
+    if is_fresh(&bin, workspace) {
+        return Ok(bin);
+    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args(["build", "--quiet", "-p", "shoal", "--bin", "shoal"])
@@ -71,6 +80,33 @@ fn find_or_build() -> Result<PathBuf> {
         bail!("{bin:?} is missing after the build");
     }
     Ok(bin)
+}
+
+/// Whether `bin` exists and is newer than every source the node is built from (the crates'
+/// `src/` trees and manifests, the workspace manifest and lock file).
+fn is_fresh(bin: &Path, workspace: &Path) -> bool {
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return false;
+    };
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    let mut stack: Vec<PathBuf> = vec![workspace.join("Cargo.toml"), workspace.join("Cargo.lock")];
+    for krate in ["store", "engine", "api", "cli"] {
+        stack.push(workspace.join(krate).join("Cargo.toml"));
+        stack.push(workspace.join(krate).join("src"));
+    }
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                stack.extend(entries.flatten().map(|e| e.path()));
+            }
+        } else if let Ok(modified) = meta.modified() {
+            newest = newest.max(modified);
+        }
+    }
+    built >= newest
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the OS does not hand it out again soon).

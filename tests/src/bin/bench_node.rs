@@ -1,0 +1,336 @@
+//! End-to-end benchmark of one running node over HTTP (issue 3), printing medians of several
+//! runs:
+//! - publish throughput, batches of 100 events from 4 concurrent clients;
+//! - publish throughput, single-event requests from 16 concurrent clients (group commit);
+//! - query streaming of 1,000,000 stored events, and the node's peak RSS during that query
+//!   (`VmHWM` of `/proc/<pid>/status`, reset just before the query via `clear_refs`);
+//! - publish→subscriber latency at 1,000 events/s (p50, p99).
+//!
+//! Run: `cargo run --release -p shoal-tests --bin bench_node [-- --runs 3 --query-events 1000000]`.
+//! The node is the real `shoal run` binary of the same profile (built by the harness). Request
+//! bodies are encoded before the clock starts, so the client's JSON work is not measured; the
+//! query client counts lines without parsing them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use shoal_tests::{Node, NodeOptions};
+
+struct Settings {
+    runs: usize,
+    batched_events: usize,
+    single_events: usize,
+    query_events: usize,
+    latency_events: usize,
+}
+
+fn settings() -> Result<Settings> {
+    let mut s = Settings {
+        runs: 3,
+        batched_events: 400_000,
+        single_events: 64_000,
+        query_events: 1_000_000,
+        latency_events: 5_000,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || -> Result<usize> {
+            it.next()
+                .with_context(|| format!("{flag} needs a value"))?
+                .parse()
+                .with_context(|| format!("{flag} needs a number"))
+        };
+        match flag.as_str() {
+            "--runs" => s.runs = value()?.max(1),
+            "--batched-events" => s.batched_events = value()?,
+            "--single-events" => s.single_events = value()?,
+            "--query-events" => s.query_events = value()?,
+            "--latency-events" => s.latency_events = value()?,
+            "--quick" => {
+                s.runs = 1;
+                s.batched_events = 40_000;
+                s.single_events = 8_000;
+                s.query_events = 100_000;
+                s.latency_events = 1_000;
+            }
+            other => bail!("unknown flag {other}; see the module doc of bench_node.rs"),
+        }
+    }
+    Ok(s)
+}
+
+fn start_node() -> Result<Node> {
+    let mut opts = NodeOptions::default();
+    opts.env.push(("RUST_LOG".into(), "warn".into()));
+    Node::start_with(opts)
+}
+
+fn payload(i: usize) -> Value {
+    json!({"machine": format!("m{}", i % 16), "temperature": 20.5 + (i % 10) as f64, "seq": i})
+}
+
+/// Publish `total` events from `clients` concurrent clients, `per_request` events per request.
+async fn publish_throughput(
+    node: &Node,
+    clients: usize,
+    per_request: usize,
+    total: usize,
+) -> Result<f64> {
+    let requests = total / per_request / clients;
+    let url = node.url("/api/v1/events/publish");
+    // Bodies encoded up front: the clock measures the node, not serde on the client.
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..requests.min(64))
+            .map(|r| {
+                let data: Vec<Value> = (0..per_request)
+                    .map(|i| {
+                        json!({"semantics": "bench", "name": format!("client{}", r % clients),
+                                   "payload": payload(r * per_request + i)})
+                    })
+                    .collect();
+                serde_json::to_vec(&json!({ "data": data })).unwrap_or_default()
+            })
+            .collect(),
+    );
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (http, url, bodies) = (node.http.clone(), url.clone(), bodies.clone());
+        tasks.push(tokio::spawn(async move {
+            for r in 0..requests {
+                let body = bodies[(r + c) % bodies.len()].clone();
+                let resp = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await?;
+                if resp.status().as_u16() != 201 {
+                    bail!("publish answered {}", resp.status());
+                }
+                resp.bytes().await?;
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok((requests * clients * per_request) as f64 / secs)
+}
+
+/// Streams every stored event; returns (events/s, events, peak RSS in KiB during the query).
+async fn query_throughput(node: &Node) -> Result<(f64, u64, Option<u64>)> {
+    let upper = node.offsets().await?;
+    let pid = node.pid().context("node not running")?;
+    // Reset the peak so VmHWM covers only the query (needs Linux ≥ 4.0; else it is since start).
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    let start = Instant::now();
+    let mut resp = node
+        .http
+        .post(node.url("/api/v1/events/query"))
+        .json(&json!({"upperBound": upper, "subscriptions": [{}], "order": "lamport"}))
+        .send()
+        .await?;
+    if resp.status().as_u16() != 200 {
+        bail!("query answered {}", resp.status());
+    }
+    let mut lines = 0u64;
+    while let Some(chunk) = resp.chunk().await? {
+        lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let hwm = vm_hwm(pid);
+    Ok((lines as f64 / secs, lines, hwm))
+}
+
+fn vm_hwm(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Publishes single events at `rate`/s while one subscriber reads them; latency per event from
+/// just before its publish request to the subscriber seeing it. Returns (p50, p99).
+async fn latency(node: &Node, events: usize, rate: u32) -> Result<(Duration, Duration)> {
+    let epoch = Instant::now();
+    let mut sub = node
+        .http
+        .post(node.url("/api/v1/events/subscribe"))
+        .json(&json!({"subscriptions": [{"semantics": "latency"}]}))
+        .send()
+        .await?;
+    let reader = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(events);
+        let mut buf = Vec::new();
+        while latencies.len() < events {
+            let Some(chunk) = sub.chunk().await? else {
+                bail!("subscription ended");
+            };
+            let now = epoch.elapsed().as_nanos() as u64;
+            buf.extend_from_slice(&chunk);
+            while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                if line.len() <= 1 {
+                    continue;
+                }
+                let v: Value = serde_json::from_slice(&line)?;
+                let sent = v["payload"]["t"].as_u64().context("no t")?;
+                latencies.push(Duration::from_nanos(now.saturating_sub(sent)));
+            }
+        }
+        Ok(latencies)
+    });
+    let url = node.url("/api/v1/events/publish");
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Requests go out on their own tasks so a slow answer does not delay the next send.
+    let mut inflight = tokio::task::JoinSet::new();
+    for i in 0..events {
+        tick.tick().await;
+        let t = epoch.elapsed().as_nanos() as u64;
+        let body = serde_json::to_vec(
+            &json!({"data": [{"semantics": "latency", "name": "l", "payload": {"t": t, "i": i}}]}),
+        )?;
+        let (http, url) = (node.http.clone(), url.clone());
+        inflight.spawn(async move {
+            let resp = http.post(&url).body(body).send().await?;
+            anyhow::ensure!(
+                resp.status().as_u16() == 201,
+                "publish answered {}",
+                resp.status()
+            );
+            Ok::<_, anyhow::Error>(())
+        });
+        while let Some(done) = inflight.try_join_next() {
+            done??;
+        }
+    }
+    while let Some(done) = inflight.join_next().await {
+        done??;
+    }
+    let mut latencies = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .context("subscriber did not get every event within 60 s")???;
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    Ok((pct(0.50), pct(0.99)))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn fmt_runs(v: &[f64], unit: &str, scale: f64) -> String {
+    let each: Vec<String> = v.iter().map(|x| format!("{:.0}", x / scale)).collect();
+    format!(
+        "median {:.0} {unit} (runs: {})",
+        median(v.to_vec()) / scale,
+        each.join(", ")
+    )
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let s = settings()?;
+    let bin = shoal_tests::shoal_bin();
+    println!("bench_node: {} runs; node binary {}", s.runs, bin.display());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!("machine: {cores} cores");
+
+    let (mut batched, mut single, mut query, mut rss, mut p50, mut p99) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for run in 0..s.runs {
+        let node = start_node()?;
+        batched.push(publish_throughput(&node, 4, 100, s.batched_events).await?);
+        drop(node);
+        let node = start_node()?;
+        single.push(publish_throughput(&node, 16, 1, s.single_events).await?);
+        drop(node);
+        let node = start_node()?;
+        let (a, b) = latency(&node, s.latency_events, 1000).await?;
+        p50.push(a.as_secs_f64() * 1e6);
+        p99.push(b.as_secs_f64() * 1e6);
+        drop(node);
+        println!(
+            "run {}: batched {:.0}/s, single {:.0}/s, latency p50 {:.0} µs p99 {:.0} µs",
+            run + 1,
+            batched[run],
+            single[run],
+            p50[run],
+            p99[run]
+        );
+    }
+
+    // One node holds the query set; the query is run `runs` times over it.
+    let node = start_node()?;
+    let fill_start = Instant::now();
+    let fill = publish_throughput(&node, 4, 1000, s.query_events).await?;
+    println!(
+        "stored {} events for the query in {:.1} s ({fill:.0}/s with batches of 1000)",
+        s.query_events,
+        fill_start.elapsed().as_secs_f64()
+    );
+    for run in 0..s.runs {
+        let (rate, n, hwm) = query_throughput(&node).await?;
+        if n != s.query_events as u64 {
+            bail!("query returned {n} events, expected {}", s.query_events);
+        }
+        query.push(rate);
+        if let Some(kib) = hwm {
+            rss.push(kib as f64);
+        }
+        println!(
+            "query run {}: {n} events at {rate:.0}/s, node peak RSS {} MiB",
+            run + 1,
+            hwm.map(|k| format!("{:.1}", k as f64 / 1024.0))
+                .unwrap_or("?".into())
+        );
+    }
+    drop(node);
+
+    println!();
+    println!(
+        "publish, batches of 100, 4 clients:   {}",
+        fmt_runs(&batched, "events/s", 1.0)
+    );
+    println!(
+        "publish, single events, 16 clients:   {}",
+        fmt_runs(&single, "events/s", 1.0)
+    );
+    println!(
+        "query streaming {} events:      {}",
+        s.query_events,
+        fmt_runs(&query, "events/s", 1.0)
+    );
+    println!(
+        "latency p50 at 1000 events/s:        {}",
+        fmt_runs(&p50, "µs", 1.0)
+    );
+    println!(
+        "latency p99 at 1000 events/s:        {}",
+        fmt_runs(&p99, "µs", 1.0)
+    );
+    if !rss.is_empty() {
+        println!(
+            "node peak RSS during the query:       {}",
+            fmt_runs(&rss, "MiB", 1024.0)
+        );
+    }
+    Ok(())
+}

@@ -233,6 +233,21 @@ pub(crate) fn check_dag_cbor(data: &[u8]) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Splits a CBOR sequence (RFC 8742, e.g. the decompressed content of a banyan node) into
+/// its items, checking each as [`check_dag_cbor`] does.
+pub(crate) fn split_dag_cbor_seq(
+    data: &[u8],
+) -> std::result::Result<Vec<std::ops::Range<usize>>, String> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < data.len() {
+        let end = check_item(data, pos, 0)?;
+        out.push(pos..end);
+        pos = end;
+    }
+    Ok(out)
+}
+
 /// Checks the item at `pos`; returns the position after it.
 fn check_item(data: &[u8], pos: usize, depth: usize) -> std::result::Result<usize, String> {
     if depth > MAX_DEPTH {

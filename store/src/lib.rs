@@ -14,7 +14,6 @@
 //! append or import is visible to every reader started after the commit.
 
 pub mod blob;
-#[allow(dead_code)] // inspector helpers land next
 mod blocks;
 pub mod cid;
 pub mod console;
@@ -22,13 +21,10 @@ mod error;
 mod event;
 mod gc;
 mod inspect;
-#[allow(dead_code)]
 mod log;
 mod offset;
-#[allow(dead_code)]
 mod schema;
 mod store;
-#[allow(dead_code)]
 pub mod tree;
 
 pub use crate::cid::Cid;

@@ -27,7 +27,7 @@ use crate::{
     offset::OffsetMap,
     schema::{self, now_secs},
     store::StoreConfig,
-    tree::{self, EventQuery, EventTree, Key, SqliteReader, Stager, Staging, Value},
+    tree::{self, EventQuery, EventTree, Key, SqliteReader, Stager, Staging, TreeConfig, Value},
 };
 use banyan::{index::NodeInfo, store::BranchCache, FilteredChunk, StreamBuilder, Tree};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -153,6 +153,7 @@ impl Writer {
         Reader {
             conn: self.conn.clone(),
             forest: self.forest.clone(),
+            tree_config: self.config.tree.clone(),
         }
     }
 
@@ -206,10 +207,7 @@ impl Writer {
     /// Stores blocks received from outside, each hash-verified (and dag-cbor checked) before
     /// it is written, all in one transaction. On error nothing was stored.
     pub fn put_blocks(&mut self, blocks: &[(Cid, Vec<u8>)]) -> Result<()> {
-        for (cid, data) in blocks {
-            cid::verify(cid, data)?;
-        }
-        self.commit(blocks, None)
+        self.commit_blocks(blocks, None, true)
     }
 
     /// Makes `root` the tree of `source` (replication). All its blocks must be present. The new
@@ -231,6 +229,9 @@ impl Writer {
         if current == Some(root) {
             return Err(not_extending("it is the current tree".into()));
         }
+        // Validate the blocks this import adds before banyan walks them: banyan trusts its
+        // input (it asserts and allocates what headers claim), a peer's bytes are not trusted.
+        self.validate_new_blocks(&root, current.as_ref())?;
         let forest = self.forest.clone();
         let new = guarded(root, || load_tree(&forest, &root))?;
         let new_count = new.count();
@@ -260,7 +261,8 @@ impl Writer {
         }
         // Decode every new event once, so a malformed tree never becomes a source's tree.
         let reader = self.reader();
-        guarded(root, || {
+        let decoded = guarded(root, || {
+            let mut n = 0u64;
             for event in reader.events_of_tree(
                 source,
                 root,
@@ -270,15 +272,51 @@ impl Writer {
                 false,
             )? {
                 event?;
+                n += 1;
             }
-            Ok(())
+            Ok(n)
         })?;
+        if decoded != new_count - old_count {
+            return Err(Error::Corrupt {
+                cid: root,
+                reason: format!(
+                    "tree claims {} new events, its leaves hold {decoded}",
+                    new_count - old_count
+                ),
+            });
+        }
         self.commit(&[], Some((&source.alias(), &root)))?;
         self.builders.remove(source);
         Ok(Imported {
             first: old_count,
             last: new_count - 1,
         })
+    }
+
+    /// Checks every block reachable from `root` but not from `current` opens as a tree node.
+    fn validate_new_blocks(&self, root: &Cid, current: Option<&Cid>) -> Result<()> {
+        let conn = lock(&self.conn)?;
+        let old: std::collections::HashSet<Cid> = match current {
+            Some(c) => blocks::reachable(&conn, c)?
+                .into_iter()
+                .map(|r| r.cid)
+                .collect(),
+            None => Default::default(),
+        };
+        for r in blocks::reachable(&conn, root)? {
+            if old.contains(&r.cid) {
+                continue;
+            }
+            if r.cid.codec() != DAG_CBOR {
+                return Err(Error::Corrupt {
+                    cid: r.cid,
+                    reason: "a tree links only dag-cbor nodes".into(),
+                });
+            }
+            let data = blocks::get(&conn, &r.cid)?.ok_or(Error::MissingBlock(r.cid))?;
+            tree::node::validate(&data).map_err(|reason| Error::Corrupt { cid: r.cid, reason })?;
+        }
+        Ok(())
     }
 
     /// Packs `source`'s tree: the unsealed tail is rewritten into full leaves (zstd at the pack
@@ -411,15 +449,30 @@ impl Writer {
         }
     }
 
-    /// Writes `blocks` (trusted or already verified) and moves one alias, in one transaction.
+    /// Writes `blocks` we encoded ourselves and moves one alias, in one transaction.
     fn commit(&mut self, blocks: &[(Cid, Vec<u8>)], alias: Option<(&str, &Cid)>) -> Result<()> {
+        self.commit_blocks(blocks, alias, false)
+    }
+
+    /// Writes `blocks` (hash-verified first when `from_outside`) and moves one alias, in one
+    /// transaction: all or nothing.
+    fn commit_blocks(
+        &mut self,
+        blocks: &[(Cid, Vec<u8>)],
+        alias: Option<(&str, &Cid)>,
+        from_outside: bool,
+    ) -> Result<()> {
         let now = now_secs();
         let mut bytes = 0u64;
         {
             let mut conn = lock(&self.conn)?;
             let tx = conn.transaction()?;
             for (cid, data) in blocks {
-                blocks::put_trusted(&tx, cid, data, now)?;
+                if from_outside {
+                    blocks::put_verified(&tx, cid, data, now)?;
+                } else {
+                    blocks::put_trusted(&tx, cid, data, now)?;
+                }
                 bytes += data.len() as u64;
             }
             if let Some((name, root)) = alias {
@@ -481,6 +534,7 @@ fn to_entries(events: Vec<NewEvent>) -> Vec<(Key, Value)> {
 pub struct Reader {
     pub(crate) conn: Arc<Mutex<Connection>>,
     pub(crate) forest: Forest,
+    pub(crate) tree_config: TreeConfig,
 }
 
 impl std::fmt::Debug for Reader {
@@ -494,12 +548,20 @@ fn no_extra(_: &NodeInfo<EventTree, SqliteReader>) {}
 impl Reader {
     pub(crate) fn new(
         conn: Connection,
-        _config: StoreConfig,
+        config: StoreConfig,
         cache: BranchCache<EventTree>,
     ) -> Self {
         let conn = Arc::new(Mutex::new(conn));
         let forest = Forest::new(SqliteReader::new(conn.clone()), cache);
-        Reader { conn, forest }
+        Reader {
+            conn,
+            forest,
+            tree_config: config.tree,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
+        lock(&self.conn)
     }
 
     /// Every source with a tree, ordered by source id.

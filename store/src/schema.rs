@@ -112,7 +112,6 @@ pub(crate) fn configure_reader(conn: &Connection) -> Result<()> {
 pub(crate) const CID_ID: &str = "SELECT id FROM cids WHERE cid = ?1";
 pub(crate) const CID_INSERT: &str = "INSERT INTO cids (cid, added) VALUES (?1, ?2) \
      ON CONFLICT(cid) DO UPDATE SET added = excluded.added RETURNING id";
-pub(crate) const CID_BY_ID: &str = "SELECT cid FROM cids WHERE id = ?1";
 pub(crate) const BLOCK_INSERT: &str = "INSERT OR IGNORE INTO blocks (id, data) VALUES (?1, ?2)";
 pub(crate) const BLOCK_GET: &str =
     "SELECT blocks.data FROM cids JOIN blocks ON blocks.id = cids.id WHERE cids.cid = ?1";

@@ -61,10 +61,6 @@ impl SqliteReader {
             staged: Some(staged),
         }
     }
-
-    pub fn connection(&self) -> &Arc<Mutex<Connection>> {
-        &self.conn
-    }
 }
 
 impl ReadOnlyStore<IpldCid> for SqliteReader {

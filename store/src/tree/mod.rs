@@ -14,6 +14,7 @@
 
 mod glue;
 mod key;
+pub(crate) mod node;
 mod query;
 mod summary;
 

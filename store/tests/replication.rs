@@ -1,0 +1,181 @@
+//! Replication at the store level: copy a tree's blocks from one store to another the way the
+//! swarm does (ask `missing_blocks`, fetch, `put_blocks`, repeat), then `import`; and the
+//! checks that refuse trees that do not extend the current one or are malformed.
+
+use serde_json::value::RawValue;
+use shoal_store::{
+    cid, Cid, Error, EventFilter, NewEvent, Reader, SourceId, Store, StoreConfig, Writer,
+};
+
+fn ev(i: u64, tag: &str) -> NewEvent {
+    NewEvent {
+        semantics: "robot".into(),
+        name: "mission".into(),
+        tags: vec![tag.to_string()],
+        lamport: i,
+        timestamp: i * 1000,
+        payload: RawValue::from_string(format!("{{\"step\":{i}}}")).unwrap(),
+    }
+}
+
+fn sync(from: &Reader, to: &mut Writer, to_reader: &Reader, root: &Cid) -> usize {
+    let mut rounds = 0;
+    loop {
+        let missing = to_reader.missing_blocks(root).unwrap();
+        if missing.is_empty() {
+            return rounds;
+        }
+        rounds += 1;
+        let blocks: Vec<_> = missing
+            .iter()
+            .map(|c| (*c, from.get_block(c).unwrap().unwrap()))
+            .collect();
+        to.put_blocks(&blocks).unwrap();
+    }
+}
+
+fn all(r: &Reader, s: &SourceId) -> Vec<(u64, String)> {
+    r.events(s, 0..=u64::MAX, &EventFilter::all(), false)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.offset, e.payload.get().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn import_copies_and_extends() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open(&dir.path().join("a.sqlite"), StoreConfig::debug()).unwrap();
+    let b = Store::open(&dir.path().join("b.sqlite"), StoreConfig::debug()).unwrap();
+    let (mut wa, mut wb) = (a.writer().unwrap(), b.writer().unwrap());
+    let (ra, rb) = (a.reader().unwrap(), b.reader().unwrap());
+    let src = SourceId::new("a");
+
+    let mut roots = Vec::new();
+    for i in 0..12u64 {
+        let events: Vec<_> = (i * 5..i * 5 + 5).map(|j| ev(j, "x")).collect();
+        roots.push(wa.append(&src, events).unwrap().root);
+    }
+    let first = roots[3];
+    assert!(matches!(
+        wb.import(&src, first),
+        Err(Error::MissingBlock(_))
+    ));
+    assert!(sync(&ra, &mut wb, &rb, &first) > 0);
+    assert_eq!(
+        wb.import(&src, first).unwrap(),
+        shoal_store::Imported { first: 0, last: 19 }
+    );
+    assert_eq!(all(&rb, &src), all(&ra, &src)[..20].to_vec());
+
+    // Pack on A, then B imports the packed, longer tree: same events, new shape.
+    let packed = wa.pack(&src).unwrap().root.unwrap();
+    sync(&ra, &mut wb, &rb, &packed);
+    assert_eq!(
+        wb.import(&src, packed).unwrap(),
+        shoal_store::Imported {
+            first: 20,
+            last: 59
+        }
+    );
+    assert_eq!(all(&rb, &src), all(&ra, &src));
+    assert_eq!(rb.offsets().unwrap().get(&src), Some(59));
+
+    // Going back is refused, and so is the current root.
+    sync(&ra, &mut wb, &rb, &roots[5]);
+    assert!(matches!(
+        wb.import(&src, roots[5]),
+        Err(Error::NotExtending { .. })
+    ));
+    assert!(matches!(
+        wb.import(&src, packed),
+        Err(Error::NotExtending { .. })
+    ));
+}
+
+#[test]
+fn import_refuses_a_fork() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open(&dir.path().join("a.sqlite"), StoreConfig::debug()).unwrap();
+    let f = Store::open(&dir.path().join("f.sqlite"), StoreConfig::debug()).unwrap();
+    let b = Store::open(&dir.path().join("b.sqlite"), StoreConfig::debug()).unwrap();
+    let (mut wa, mut wf, mut wb) = (
+        a.writer().unwrap(),
+        f.writer().unwrap(),
+        b.writer().unwrap(),
+    );
+    let (ra, rf, rb) = (
+        a.reader().unwrap(),
+        f.reader().unwrap(),
+        b.reader().unwrap(),
+    );
+    let src = SourceId::new("a");
+    let honest = wa
+        .append(&src, (0..8).map(|i| ev(i, "x")).collect())
+        .unwrap()
+        .root;
+    // Same source id, different history, longer.
+    let fork = wf
+        .append(&src, (0..20).map(|i| ev(i, "forged")).collect())
+        .unwrap()
+        .root;
+    sync(&ra, &mut wb, &rb, &honest);
+    wb.import(&src, honest).unwrap();
+    sync(&rf, &mut wb, &rb, &fork);
+    assert!(matches!(
+        wb.import(&src, fork),
+        Err(Error::NotExtending { .. })
+    ));
+    assert_eq!(all(&rb, &src), all(&ra, &src));
+}
+
+#[test]
+fn put_blocks_rejects_bad_hashes_and_malformed_cbor_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("s.sqlite"), StoreConfig::debug()).unwrap();
+    let mut w = s.writer().unwrap();
+    let r = s.reader().unwrap();
+    let good = b"good".to_vec();
+    let good_cid = cid::cid_of(cid::RAW, &good);
+    let liar = cid::cid_of(cid::RAW, b"something else");
+    assert!(matches!(
+        w.put_blocks(&[(good_cid, good.clone()), (liar, good.clone())]),
+        Err(Error::HashMismatch { .. })
+    ));
+    assert!(!r.has_block(&good_cid).unwrap(), "all or nothing");
+    // Correct hash, but not dag-cbor: a peer cannot make us store undecodable structure.
+    let junk = vec![0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+    let junk_cid = cid::cid_of(cid::DAG_CBOR, &junk);
+    assert!(matches!(
+        w.put_blocks(&[(junk_cid, junk)]),
+        Err(Error::Corrupt { .. })
+    ));
+    w.put_blocks(&[(good_cid, good.clone())]).unwrap();
+    assert_eq!(r.get_block(&good_cid).unwrap(), Some(good));
+}
+
+#[test]
+fn import_of_a_malformed_tree_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("s.sqlite"), StoreConfig::debug()).unwrap();
+    let mut w = s.writer().unwrap();
+    let src = SourceId::new("peer");
+    // Well-formed dag-cbor that is not a banyan node, and one that looks like one but is not.
+    let candidates: Vec<Vec<u8>> = vec![
+        vec![0x83, 0x00, 0x80, 0x40],          // [0, [], b""]
+        vec![0x83, 0x00, 0x80, 0x43, 1, 2, 3], // [0, [], b"\1\2\3"]
+        vec![0xa1, 0x61, 0x61, 0x01],          // {"a": 1}
+        vec![0x64, b'j', b'u', b'n', b'k'],    // "junk"
+    ];
+    for data in candidates {
+        let c = cid::cid_of(cid::DAG_CBOR, &data);
+        w.put_blocks(&[(c, data)]).unwrap();
+        assert!(w.import(&src, c).is_err());
+    }
+    let raw = cid::cid_of(cid::RAW, b"x");
+    w.put_blocks(&[(raw, b"x".to_vec())]).unwrap();
+    assert!(w.import(&src, raw).is_err());
+    assert!(s.reader().unwrap().source(&src).unwrap().is_none());
+}

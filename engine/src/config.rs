@@ -294,8 +294,8 @@ impl Default for EventsConfig {
         Self {
             max_commit_events: 10_000,
             command_queue: 1024,
-            update_channel: 256,
-            inline_update_bytes: 256 * 1024,
+            update_channel: 128,
+            inline_update_bytes: 64 * 1024,
             read_chunk: 256,
             read_chunks_buffered: 4,
         }

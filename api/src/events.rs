@@ -103,6 +103,10 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue
 pub fn parse_publish(body: &[u8]) -> Result<Vec<PublishEvent>, ApiError> {
     let top: PublishBody<'_> = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+    // serde also fills a struct from an array (positionally): the body must be an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
     let data = top
         .data
         .filter(|d| d.get() != "null")

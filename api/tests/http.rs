@@ -77,7 +77,12 @@ async fn warp_rejections_use_the_error_format() {
     let f = Fixture::start().await;
     let resp = f.http.get(f.url("/nope")).send().await.unwrap();
     assert_error(resp, 404, "ERR_NOT_FOUND", "").await;
-    let resp = f.http.get(f.url("/api/v1/events/publish")).send().await.unwrap();
+    let resp = f
+        .http
+        .get(f.url("/api/v1/events/publish"))
+        .send()
+        .await
+        .unwrap();
     assert_error(resp, 405, "ERR_METHOD_NOT_ALLOWED", "").await;
     let resp = f.post("/api/v1/events/offsets", "{}").await;
     assert_error(resp, 405, "ERR_METHOD_NOT_ALLOWED", "").await;
@@ -89,18 +94,33 @@ async fn publish_validation_names_the_field_and_stores_nothing() {
     let f = Fixture::start().await;
     let cases: &[(&str, &str)] = &[
         ("{", "malformed JSON"),
-        ("[]", "malformed JSON"),
+        ("[]", "object"),
         ("{}", "data"),
         (r#"{"data":[]}"#, "data"),
-        (r#"{"data":[{"name":"n","payload":1}]}"#, "data[0].semantics"),
-        (r#"{"data":[{"semantics":" \t","name":"n","payload":1}]}"#, "data[0].semantics"),
-        (r#"{"data":[{"semantics":"s","name":"","payload":1}]}"#, "data[0].name"),
-        (r#"{"data":[{"semantics":"s","name":"n"}]}"#, "data[0].payload"),
+        (
+            r#"{"data":[{"name":"n","payload":1}]}"#,
+            "data[0].semantics",
+        ),
+        (
+            r#"{"data":[{"semantics":" \t","name":"n","payload":1}]}"#,
+            "data[0].semantics",
+        ),
+        (
+            r#"{"data":[{"semantics":"s","name":"","payload":1}]}"#,
+            "data[0].name",
+        ),
+        (
+            r#"{"data":[{"semantics":"s","name":"n"}]}"#,
+            "data[0].payload",
+        ),
         (
             r#"{"data":[{"semantics":"s","name":"n","payload":1},{"semantics":"s","name":"n","payload":1,"tags":[""]}]}"#,
             "data[1].tags",
         ),
-        (r#"{"data":[{"semantics":"s","name":"n","payload":1,"tags":"x"}]}"#, "data[0].tags"),
+        (
+            r#"{"data":[{"semantics":"s","name":"n","payload":1,"tags":"x"}]}"#,
+            "data[0].tags",
+        ),
     ];
     for (body, needle) in cases {
         let resp = f.post("/api/v1/events/publish", *body).await;
@@ -110,7 +130,13 @@ async fn publish_validation_names_the_field_and_stores_nothing() {
     let body = json!({"data":[{"semantics":"s","name":long,"payload":1}]}).to_string();
     // Still under the body limit, so the name rule (not the size rule) answers.
     assert!((body.len() as u64) < LIMIT);
-    assert_error(f.post("/api/v1/events/publish", body).await, 400, "ERR_BAD_REQUEST", "data[0].name").await;
+    assert_error(
+        f.post("/api/v1/events/publish", body).await,
+        400,
+        "ERR_BAD_REQUEST",
+        "data[0].name",
+    )
+    .await;
     let offsets: Value = f
         .http
         .get(f.url("/api/v1/events/offsets"))
@@ -159,7 +185,13 @@ async fn bodies_chunked_any_content_type_and_limits() {
     assert!(body["data"][0]["timestamp"].as_u64().unwrap() > 0);
     // Over the limit with a Content-Length: 413.
     let big = "x".repeat(LIMIT as usize + 1);
-    assert_error(f.post("/api/v1/events/publish", big.clone()).await, 413, "ERR_PAYLOAD_TOO_LARGE", "").await;
+    assert_error(
+        f.post("/api/v1/events/publish", big.clone()).await,
+        413,
+        "ERR_PAYLOAD_TOO_LARGE",
+        "",
+    )
+    .await;
     // Over the limit chunked: 413 as well.
     let chunks: Vec<Result<String, std::io::Error>> = big
         .as_bytes()
@@ -180,25 +212,46 @@ async fn bodies_chunked_any_content_type_and_limits() {
 async fn query_validation_and_ndjson() {
     let f = Fixture::start().await;
     for (body, needle) in [
-        (json!({"subscriptions":[{}],"order":"lamport"}), "upperBound"),
+        (
+            json!({"subscriptions":[{}],"order":"lamport"}),
+            "upperBound",
+        ),
         (json!({"upperBound":{},"order":"lamport"}), "subscriptions"),
         (json!({"upperBound":{},"subscriptions":[{}]}), "order"),
-        (json!({"upperBound":{},"subscriptions":[{}],"order":"sideways"}), "order"),
-        (json!({"upperBound":{"a":-2},"subscriptions":[{}],"order":"lamport"}), "upperBound.a"),
-        (json!({"lowerBound":{"a":"x"},"upperBound":{},"subscriptions":[{}],"order":"lamport"}), "lowerBound.a"),
-        (json!({"upperBound":{},"subscriptions":[{"name":1}],"order":"lamport"}), "subscriptions[0].name"),
+        (
+            json!({"upperBound":{},"subscriptions":[{}],"order":"sideways"}),
+            "order",
+        ),
+        (
+            json!({"upperBound":{"a":-2},"subscriptions":[{}],"order":"lamport"}),
+            "upperBound.a",
+        ),
+        (
+            json!({"lowerBound":{"a":"x"},"upperBound":{},"subscriptions":[{}],"order":"lamport"}),
+            "lowerBound.a",
+        ),
+        (
+            json!({"upperBound":{},"subscriptions":[{"name":1}],"order":"lamport"}),
+            "subscriptions[0].name",
+        ),
     ] {
         let resp = f.post("/api/v1/events/query", body.to_string()).await;
         assert_error(resp, 400, "ERR_BAD_REQUEST", needle).await;
     }
     let resp = f
-        .post("/api/v1/events/subscribe", json!({"lowerBound":{"a":-5},"subscriptions":[]}).to_string())
+        .post(
+            "/api/v1/events/subscribe",
+            json!({"lowerBound":{"a":-5},"subscriptions":[]}).to_string(),
+        )
         .await;
     assert_error(resp, 400, "ERR_BAD_REQUEST", "lowerBound.a").await;
 
     // Nothing matches: 200, NDJSON, empty body.
     let resp = f
-        .post("/api/v1/events/query", json!({"upperBound":{},"subscriptions":[{}],"order":"lamport"}).to_string())
+        .post(
+            "/api/v1/events/query",
+            json!({"upperBound":{},"subscriptions":[{}],"order":"lamport"}).to_string(),
+        )
         .await;
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
@@ -207,7 +260,9 @@ async fn query_validation_and_ndjson() {
     let data: Vec<Value> = (0..5)
         .map(|i| json!({"semantics":"s","name": if i % 2 == 0 {"even"} else {"odd"},"payload":i,"tags":["t"]}))
         .collect();
-    let resp = f.post("/api/v1/events/publish", json!({"data": data}).to_string()).await;
+    let resp = f
+        .post("/api/v1/events/publish", json!({"data": data}).to_string())
+        .await;
     assert_eq!(resp.status().as_u16(), 201);
     let source = f.node.source().to_string();
     let query = json!({
@@ -216,14 +271,28 @@ async fn query_validation_and_ndjson() {
         "subscriptions": [{"name":"even"}, {"name":"odd","source":source.clone()}],
         "order": "lamport-reverse"
     });
-    let text = f.post("/api/v1/events/query", query.to_string()).await.text().await.unwrap();
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let text = f
+        .post("/api/v1/events/query", query.to_string())
+        .await
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert!(text.ends_with('\n'));
     assert_eq!(
-        lines.iter().map(|l| l["offset"].as_u64().unwrap()).collect::<Vec<_>>(),
+        lines
+            .iter()
+            .map(|l| l["offset"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
         vec![3, 2, 1]
     );
-    assert_eq!(lines[0]["stream"], json!({"semantics":"s","name":"odd","source":source}));
+    assert_eq!(
+        lines[0]["stream"],
+        json!({"semantics":"s","name":"odd","source":source})
+    );
     assert_eq!(lines[0]["payload"], 3);
     assert_eq!(lines[0]["tags"], json!(["t"]));
     f.stop().await;
@@ -234,16 +303,26 @@ async fn subscribe_sends_headers_at_once_keepalives_and_live_events() {
     let f = Fixture::start().await;
     // Headers arrive before any event exists.
     let resp = f
-        .post("/api/v1/events/subscribe", json!({"subscriptions":[{"semantics":"live"}]}).to_string())
+        .post(
+            "/api/v1/events/subscribe",
+            json!({"subscriptions":[{"semantics":"live"}]}).to_string(),
+        )
         .await;
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
     let mut body = resp.bytes_stream();
     // An idle subscription sends bare newlines.
-    let first = tokio::time::timeout(WAIT, body.next()).await.unwrap().unwrap().unwrap();
+    let first = tokio::time::timeout(WAIT, body.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(&first[..], b"\n");
     let resp = f
-        .post("/api/v1/events/publish", json!({"data":[{"semantics":"live","name":"n","payload":"hi"}]}).to_string())
+        .post(
+            "/api/v1/events/publish",
+            json!({"data":[{"semantics":"live","name":"n","payload":"hi"}]}).to_string(),
+        )
         .await;
     assert_eq!(resp.status().as_u16(), 201);
     let line = tokio::time::timeout(WAIT, async {
@@ -267,10 +346,30 @@ async fn subscribe_sends_headers_at_once_keepalives_and_live_events() {
 async fn node_id_and_info() {
     let f = Fixture::start().await;
     let resp = f.http.get(f.url("/api/v1/node/id")).send().await.unwrap();
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
     assert_eq!(resp.text().await.unwrap(), f.node.source().to_string());
-    let info: Value = f.http.get(f.url("/api/v1/node/info")).send().await.unwrap().json().await.unwrap();
-    for field in ["source", "version", "uptimeSecs", "listenAddrs", "peers", "streams", "events", "storeBytes"] {
+    let info: Value = f
+        .http
+        .get(f.url("/api/v1/node/info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for field in [
+        "source",
+        "version",
+        "uptimeSecs",
+        "listenAddrs",
+        "peers",
+        "streams",
+        "events",
+        "storeBytes",
+    ] {
         assert!(info.get(field).is_some(), "info lacks {field}: {info}");
     }
     f.stop().await;

@@ -179,6 +179,9 @@ impl Replicator {
         let mut shutdown = self.node.shutdown_signal();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Node info and connectivity read the network state: keep it fresh (it is a cheap copy).
+        let mut net_tick = tokio::time::interval(Duration::from_millis(250));
+        net_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 biased;
@@ -196,8 +199,8 @@ impl Replicator {
                     Some(Event::Head { head, blocks, from }) => self.on_head(head, blocks, from),
                     None => break,
                 },
+                _ = net_tick.tick() => self.publish_network(),
                 _ = tick.tick() => {
-                    self.publish_network();
                     self.start_due();
                     if self.dirty {
                         self.persist();

@@ -11,7 +11,7 @@
 //!   can commit and be killed before it prints), never a torn state;
 //! - every event 0..=last is readable and is exactly the fixture event at that offset (the
 //!   child continues the fixture sequence where the store ends, so any loss or reordering shows);
-//! - no block of the tree is missing.
+//! - no block of the tree is missing, and `verify` finds the whole store sound.
 //!
 //! The kill moments are random per run; the seed is printed so a failing run can be repeated
 //! with `SHOAL_CRASH_SEED=<seed>`.
@@ -189,6 +189,8 @@ fn check_store(dir: &Path, reported: &Commit) -> u64 {
         "tree {} is incomplete",
         info.root
     );
+    let report = reader.verify().expect("verify");
+    assert!(report.is_sound(), "verify after the kill: {report:?}");
     let mut expected = events_from(0);
     let mut n = 0u64;
     for event in reader

@@ -1,0 +1,339 @@
+//! A network partition with real namespaces: 5 nodes, each in its own `ip netns`, on two
+//! networks — a *data* network (the swarm; two bridges) and a *management* network (the HTTP
+//! API, reached from the test). All nodes start on one data bridge; the partition moves the
+//! veths of nodes 3 and 4 to the second bridge, so {0,1,2} and {3,4} cannot reach each other
+//! while both groups keep publishing; healing moves them back. Then every node must hold
+//! identical offsets, and each node's subscriber (opened before anything was published) must
+//! have seen every event exactly once.
+//!
+//! Needs root and `ip netns`; skips with a message (does not fail) when namespaces cannot be
+//! created. Namespaces, bridges and processes are removed on every exit path (a guard's `Drop`).
+//! Every wait is bounded; nothing asserts on time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use shoal_tests::{event, shoal_bin, Ndjson, TIMEOUT};
+
+const NODES: usize = 5;
+/// Nodes on the far side of the partition.
+const GROUP_B: [usize; 2] = [3, 4];
+/// Convergence after healing may wait for a dead connection to be noticed (ping) and a
+/// bootstrap redial (backoff up to 30 s).
+const HEAL_TIMEOUT: Duration = Duration::from_secs(150);
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Namespaces, links and processes of this test; all removed on drop.
+struct Net {
+    tag: String,
+    namespaces: Vec<String>,
+    bridges: Vec<String>,
+    children: Vec<Child>,
+    dirs: Vec<tempfile::TempDir>,
+}
+
+impl Net {
+    fn ns(&self, i: usize) -> String {
+        format!("{}n{i}", self.tag)
+    }
+    fn data_bridge(&self, which: usize) -> String {
+        format!("{}d{which}", self.tag)
+    }
+    fn data_veth(&self, i: usize) -> String {
+        format!("{}v{i}", self.tag)
+    }
+    fn data_ip(i: usize) -> String {
+        format!("10.213.0.{}", i + 1)
+    }
+    fn mgmt_ip(i: usize) -> String {
+        format!("10.214.0.{}", i + 1)
+    }
+
+    fn setup() -> Result<Net, String> {
+        let mut net = Net {
+            tag: format!("spt{}", std::process::id() % 100_000),
+            namespaces: vec![],
+            bridges: vec![],
+            children: vec![],
+            dirs: vec![],
+        };
+        for b in [
+            net.data_bridge(1),
+            net.data_bridge(2),
+            format!("{}m", net.tag),
+        ] {
+            ip(&["link", "add", &b, "type", "bridge"])?;
+            net.bridges.push(b.clone());
+            ip(&["link", "set", &b, "up"])?;
+        }
+        let mgmt = format!("{}m", net.tag);
+        ip(&["addr", "add", "10.214.0.254/24", "dev", &mgmt])?;
+        for i in 0..NODES {
+            let ns = net.ns(i);
+            ip(&["netns", "add", &ns])?;
+            net.namespaces.push(ns.clone());
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            for (kind, bridge, addr) in [
+                ("v", net.data_bridge(1), Net::data_ip(i)),
+                ("m", mgmt.clone(), Net::mgmt_ip(i)),
+            ] {
+                let host = format!("{}{kind}{i}", net.tag);
+                let inner = format!("{}{kind}{i}i", net.tag);
+                ip(&["link", "add", &host, "type", "veth", "peer", "name", &inner])?;
+                ip(&["link", "set", &inner, "netns", &ns])?;
+                ip(&["link", "set", &host, "master", &bridge])?;
+                ip(&["link", "set", &host, "up"])?;
+                ip(&[
+                    "-n",
+                    &ns,
+                    "addr",
+                    "add",
+                    &format!("{addr}/24"),
+                    "dev",
+                    &inner,
+                ])?;
+                ip(&["-n", &ns, "link", "set", &inner, "up"])?;
+            }
+        }
+        Ok(net)
+    }
+
+    /// Moves group B's data links to bridge 2 (partition) or back to bridge 1 (heal).
+    fn partition(&self, split: bool) {
+        let bridge = self.data_bridge(if split { 2 } else { 1 });
+        for i in GROUP_B {
+            ip(&["link", "set", &self.data_veth(i), "master", &bridge]).unwrap();
+        }
+    }
+
+    /// Starts node `i` in its namespace; returns (source, api base URL).
+    fn start_node(&mut self, i: usize) -> (String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = vec![
+            "netns".into(),
+            "exec".into(),
+            self.ns(i),
+            shoal_bin().display().to_string(),
+            "run".into(),
+            "--data-dir".into(),
+            dir.path().join("data").display().to_string(),
+            "--api-addr".into(),
+            format!("{}:4454", Net::mgmt_ip(i)),
+            "--console-addr".into(),
+            "127.0.0.1:4457".into(),
+            "--store-addr".into(),
+            "127.0.0.1:4243".into(),
+            "--swarm-addr".into(),
+            format!("/ip4/{}/tcp/4001", Net::data_ip(i)),
+            "--no-mdns".into(),
+        ];
+        for j in (0..NODES).filter(|&j| j != i) {
+            args.push("--peer".into());
+            args.push(format!("/ip4/{}/tcp/4001", Net::data_ip(j)));
+        }
+        let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
+        let mut child = Command::new("ip")
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        self.children.push(child);
+        self.dirs.push(dir);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("shoal ready") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(TIMEOUT)
+            .unwrap_or_else(|_| panic!("node {i} not ready; log:\n{}", self.log(i)));
+        let source = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("source="))
+            .unwrap()
+            .to_string();
+        (source, format!("http://{}:4454", Net::mgmt_ip(i)))
+    }
+
+    fn log(&self, i: usize) -> String {
+        self.dirs
+            .get(i)
+            .and_then(|d| std::fs::read_to_string(d.path().join("node.log")).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for i in 0..self.dirs.len() {
+                let log = self.log(i);
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                eprintln!("---- node {i} log tail ----");
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = ip(&["netns", "del", ns]);
+        }
+        for b in &self.bridges {
+            let _ = ip(&["link", "del", b]);
+        }
+    }
+}
+
+async fn publish(http: &reqwest::Client, api: &str, name: &str, i: usize) {
+    let body = json!({ "data": [event("partition", name, json!({ "i": i }))] });
+    let resp = tokio::time::timeout(
+        TIMEOUT,
+        http.post(format!("{api}/api/v1/events/publish"))
+            .json(&body)
+            .send(),
+    )
+    .await
+    .expect("publish answered in time")
+    .expect("publish sent");
+    assert_eq!(resp.status().as_u16(), 201);
+}
+
+async fn offsets(http: &reqwest::Client, api: &str) -> Value {
+    let resp = tokio::time::timeout(
+        TIMEOUT,
+        http.get(format!("{api}/api/v1/events/offsets")).send(),
+    )
+    .await
+    .expect("offsets answered in time")
+    .expect("offsets sent");
+    resp.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_then_heal_converges() {
+    let _ = shoal_bin(); // build before creating anything that needs cleaning up
+    let mut net = match Net::setup() {
+        Ok(net) => net,
+        Err(e) => {
+            eprintln!("skipping the partition test: network namespaces are unavailable ({e})");
+            return;
+        }
+    };
+    let http = reqwest::Client::new();
+    let mut nodes = Vec::new();
+    for i in 0..NODES {
+        nodes.push(net.start_node(i));
+    }
+    // One subscriber per node, from the start.
+    let mut subs = Vec::new();
+    for (_, api) in &nodes {
+        let resp = http
+            .post(format!("{api}/api/v1/events/subscribe"))
+            .json(&json!({ "subscriptions": [{}] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        subs.push(Ndjson::new(resp));
+    }
+    const BEFORE: usize = 3;
+    const DURING: usize = 15;
+    for (i, (_, api)) in nodes.iter().enumerate() {
+        for k in 0..BEFORE {
+            publish(&http, api, &format!("n{i}"), k).await;
+        }
+    }
+    net.partition(true);
+    for k in 0..DURING {
+        for (i, (_, api)) in nodes.iter().enumerate() {
+            publish(&http, api, &format!("n{i}"), BEFORE + k).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // While split, group B does not get group A's newest events (and vice versa).
+    let b_view = offsets(&http, &nodes[GROUP_B[0]].1).await;
+    assert!(
+        b_view.get(&nodes[0].0).and_then(Value::as_u64) < Some((BEFORE + DURING - 1) as u64),
+        "partition leaked: {b_view}"
+    );
+    net.partition(false);
+
+    let last = (BEFORE + DURING - 1) as u64;
+    let expected: Value = nodes
+        .iter()
+        .map(|(s, _)| (s.clone(), json!(last)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    let deadline = Instant::now() + HEAL_TIMEOUT;
+    for (i, (_, api)) in nodes.iter().enumerate() {
+        loop {
+            let o = offsets(&http, api).await;
+            if o == expected {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} stuck at {o}, expected {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Every subscriber saw every event exactly once.
+    let total = NODES * (BEFORE + DURING);
+    for (i, sub) in subs.iter_mut().enumerate() {
+        let mut seen: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+        let mut count = 0;
+        while count < total {
+            let e = sub
+                .next_within(TIMEOUT)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("subscriber {i} ended after {count} events"));
+            let source = e["stream"]["source"].as_str().unwrap().to_string();
+            let offset = e["offset"].as_u64().unwrap();
+            assert!(
+                seen.entry(source.clone()).or_default().insert(offset),
+                "subscriber {i} saw {source}/{offset} twice"
+            );
+            count += 1;
+        }
+        for (source, _) in &nodes {
+            assert_eq!(
+                seen[source],
+                (0..=last).collect::<BTreeSet<_>>(),
+                "subscriber {i}"
+            );
+        }
+    }
+}

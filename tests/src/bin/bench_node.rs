@@ -9,7 +9,8 @@
 //! Run: `cargo run --release -p shoal-tests --bin bench_node [-- --runs 3 --query-events 1000000]`.
 //! The node is the real `shoal run` binary of the same profile (built by the harness). Request
 //! bodies are encoded before the clock starts, so the client's JSON work is not measured; the
-//! query client counts lines without parsing them.
+//! query client counts lines without parsing them. `BENCH_DUMP=1` prints `LAT <offset> <µs>`
+//! per event of the latency run on stderr (to find periodic stalls).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +25,14 @@ struct Settings {
     single_events: usize,
     query_events: usize,
     latency_events: usize,
+    /// Run only these benchmarks (`batched`, `single`, `latency`, `query`); empty = all.
+    only: Vec<String>,
+}
+
+impl Settings {
+    fn wants(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == name)
+    }
 }
 
 fn settings() -> Result<Settings> {
@@ -33,6 +42,7 @@ fn settings() -> Result<Settings> {
         single_events: 64_000,
         query_events: 1_000_000,
         latency_events: 5_000,
+        only: Vec::new(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -49,6 +59,11 @@ fn settings() -> Result<Settings> {
             "--single-events" => s.single_events = value()?,
             "--query-events" => s.query_events = value()?,
             "--latency-events" => s.latency_events = value()?,
+            "--only" => s.only.push(
+                it.next()
+                    .context("--only needs batched, single, latency or query")?
+                    .clone(),
+            ),
             "--quick" => {
                 s.runs = 1;
                 s.batched_events = 40_000;
@@ -183,6 +198,9 @@ async fn latency(node: &Node, events: usize, rate: u32) -> Result<(Duration, Dur
                 let v: Value = serde_json::from_slice(&line)?;
                 let sent = v["payload"]["t"].as_u64().context("no t")?;
                 latencies.push(Duration::from_nanos(now.saturating_sub(sent)));
+                if std::env::var_os("BENCH_DUMP").is_some() {
+                    eprintln!("LAT {} {}", v["offset"], now.saturating_sub(sent) / 1000);
+                }
             }
         }
         Ok(latencies)
@@ -256,28 +274,35 @@ async fn main() -> Result<()> {
         Vec::new(),
     );
     for run in 0..s.runs {
-        let node = start_node()?;
-        batched.push(publish_throughput(&node, 4, 100, s.batched_events).await?);
-        drop(node);
-        let node = start_node()?;
-        single.push(publish_throughput(&node, 16, 1, s.single_events).await?);
-        drop(node);
-        let node = start_node()?;
-        let (a, b) = latency(&node, s.latency_events, 1000).await?;
-        p50.push(a.as_secs_f64() * 1e6);
-        p99.push(b.as_secs_f64() * 1e6);
-        drop(node);
-        println!(
-            "run {}: batched {:.0}/s, single {:.0}/s, latency p50 {:.0} µs p99 {:.0} µs",
-            run + 1,
-            batched[run],
-            single[run],
-            p50[run],
-            p99[run]
-        );
+        let mut line = format!("run {}:", run + 1);
+        if s.wants("batched") {
+            let node = start_node()?;
+            batched.push(publish_throughput(&node, 4, 100, s.batched_events).await?);
+            line += &format!(" batched {:.0}/s", batched[run]);
+        }
+        if s.wants("single") {
+            let node = start_node()?;
+            single.push(publish_throughput(&node, 16, 1, s.single_events).await?);
+            line += &format!(" single {:.0}/s", single[run]);
+        }
+        if s.wants("latency") {
+            let node = start_node()?;
+            let (a, b) = latency(&node, s.latency_events, 1000).await?;
+            p50.push(a.as_secs_f64() * 1e6);
+            p99.push(b.as_secs_f64() * 1e6);
+            line += &format!(" latency p50 {:.0} µs p99 {:.0} µs", p50[run], p99[run]);
+        }
+        println!("{line}");
     }
+    if s.wants("query") {
+        query_runs(&s, &mut query, &mut rss).await?;
+    }
+    report(&s, &batched, &single, &query, &p50, &p99, &rss);
+    Ok(())
+}
 
-    // One node holds the query set; the query is run `runs` times over it.
+/// One node holds the query set; the query is run `runs` times over it.
+async fn query_runs(s: &Settings, query: &mut Vec<f64>, rss: &mut Vec<f64>) -> Result<()> {
     let node = start_node()?;
     let fill_start = Instant::now();
     let fill = publish_throughput(&node, 4, 1000, s.query_events).await?;
@@ -302,35 +327,43 @@ async fn main() -> Result<()> {
                 .unwrap_or("?".into())
         );
     }
-    drop(node);
-
-    println!();
-    println!(
-        "publish, batches of 100, 4 clients:   {}",
-        fmt_runs(&batched, "events/s", 1.0)
-    );
-    println!(
-        "publish, single events, 16 clients:   {}",
-        fmt_runs(&single, "events/s", 1.0)
-    );
-    println!(
-        "query streaming {} events:      {}",
-        s.query_events,
-        fmt_runs(&query, "events/s", 1.0)
-    );
-    println!(
-        "latency p50 at 1000 events/s:        {}",
-        fmt_runs(&p50, "µs", 1.0)
-    );
-    println!(
-        "latency p99 at 1000 events/s:        {}",
-        fmt_runs(&p99, "µs", 1.0)
-    );
-    if !rss.is_empty() {
-        println!(
-            "node peak RSS during the query:       {}",
-            fmt_runs(&rss, "MiB", 1024.0)
-        );
-    }
     Ok(())
+}
+
+fn report(
+    s: &Settings,
+    batched: &[f64],
+    single: &[f64],
+    query: &[f64],
+    p50: &[f64],
+    p99: &[f64],
+    rss: &[f64],
+) {
+    println!();
+    let rows = [
+        (
+            "publish, batches of 100, 4 clients",
+            batched,
+            "events/s",
+            1.0,
+        ),
+        (
+            "publish, single events, 16 clients",
+            single,
+            "events/s",
+            1.0,
+        ),
+        ("query streaming", query, "events/s", 1.0),
+        ("latency p50 at 1000 events/s", p50, "µs", 1.0),
+        ("latency p99 at 1000 events/s", p99, "µs", 1.0),
+        ("node peak RSS during the query", rss, "MiB", 1024.0),
+    ];
+    for (name, values, unit, scale) in rows {
+        if !values.is_empty() {
+            println!("{name:<36} {}", fmt_runs(values, unit, scale));
+        }
+    }
+    if !query.is_empty() {
+        println!("(query over {} stored events)", s.query_events);
+    }
 }

@@ -131,6 +131,22 @@ pub trait BlockFetch: Send + Sync + 'static {
     fn fetch(&self, cids: Vec<Cid>, reply: mpsc::Sender<FetchEvent>) -> BoxFuture<'static, bool>;
 }
 
+impl BlockFetch for crate::swarm::Handle {
+    fn fetch(&self, cids: Vec<Cid>, reply: mpsc::Sender<FetchEvent>) -> BoxFuture<'static, bool> {
+        let swarm = self.clone();
+        Box::pin(async move {
+            swarm
+                .send(crate::swarm::Command::Fetch {
+                    cids,
+                    preferred: Vec::new(),
+                    reply,
+                })
+                .await
+                .is_ok()
+        })
+    }
+}
+
 /// What `put` takes besides the bytes.
 #[derive(Debug, Clone, Default)]
 pub struct PutOptions {
@@ -176,8 +192,17 @@ impl BlobService {
         &self.inner.config
     }
 
+    /// The fetcher set with [`Self::set_fetcher`], else the node's swarm.
     fn fetcher(&self) -> Option<Arc<dyn BlockFetch>> {
-        self.inner.fetch.read().ok().and_then(|f| f.clone())
+        self.inner
+            .fetch
+            .read()
+            .ok()
+            .and_then(|f| f.clone())
+            .or_else(|| {
+                let swarm = self.inner.node.swarm()?;
+                Some(Arc::new(swarm) as Arc<dyn BlockFetch>)
+            })
     }
 
     /// Creates the blob tables on first use.

@@ -129,6 +129,8 @@ pub struct NodeHandle {
     started: Instant,
     shutdown: watch::Receiver<bool>,
     console: crate::console::Console,
+    /// The swarm, once it runs (the blob service fetches blocks through it).
+    swarm: Arc<std::sync::OnceLock<crate::swarm::Handle>>,
 }
 
 impl Node {
@@ -171,6 +173,7 @@ impl Node {
                 started: Instant::now(),
                 shutdown: shutdown_rx,
                 console,
+                swarm: Arc::new(std::sync::OnceLock::new()),
             },
             shutdown,
             commands,
@@ -179,7 +182,10 @@ impl Node {
         };
         // The swarm and replicator (issue 4): returns once the swarm listens.
         match crate::replication::start(node.handle()).await {
-            Ok(r) => node.replication = Some(r),
+            Ok(r) => {
+                let _ = node.handle.swarm.set(r.swarm().clone());
+                node.replication = Some(r);
+            }
             Err(e) => {
                 node.shutdown().await;
                 return Err(e.into());
@@ -271,6 +277,11 @@ impl NodeHandle {
     /// The store (for read connections; writes go through the event service).
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// The swarm's handle, once it runs.
+    pub fn swarm(&self) -> Option<crate::swarm::Handle> {
+        self.swarm.get().cloned()
     }
 
     /// Where the swarm publishes its listen addresses and peers.

@@ -52,7 +52,8 @@ pub fn routes(
     node: NodeHandle,
     config: ApiConfig,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    let blob_service = shoal_engine::blobs::BlobService::new(node.clone(), Default::default());
+    let blob_service =
+        shoal_engine::blobs::BlobService::new(node.clone(), node.config().blobs.clone());
     events::routes(node.events(), config)
         .or(node::routes(node))
         .unify()

@@ -63,6 +63,10 @@ pub struct Settings {
     pub keepalive_secs: Option<u64>,
     /// Console log entries kept (the newest; older ones are dropped).
     pub console_retention: Option<u64>,
+    /// Largest blob accepted, in bytes (blobs).
+    pub max_blob_bytes: Option<u64>,
+    /// Seconds a blob read waits for peers to deliver a missing block (blobs).
+    pub blob_fetch_timeout_secs: Option<u64>,
 }
 
 impl Settings {
@@ -81,6 +85,10 @@ impl Settings {
             max_commit_events: self.max_commit_events.or(lower.max_commit_events),
             keepalive_secs: self.keepalive_secs.or(lower.keepalive_secs),
             console_retention: self.console_retention.or(lower.console_retention),
+            max_blob_bytes: self.max_blob_bytes.or(lower.max_blob_bytes),
+            blob_fetch_timeout_secs: self
+                .blob_fetch_timeout_secs
+                .or(lower.blob_fetch_timeout_secs),
         }
     }
 
@@ -117,6 +125,12 @@ impl Settings {
                 .transpose()?,
             console_retention: var("SHOAL_CONSOLE_RETENTION")
                 .map(|v| parse_num("SHOAL_CONSOLE_RETENTION", &v))
+                .transpose()?,
+            max_blob_bytes: var("SHOAL_MAX_BLOB_BYTES")
+                .map(|v| parse_num("SHOAL_MAX_BLOB_BYTES", &v))
+                .transpose()?,
+            blob_fetch_timeout_secs: var("SHOAL_BLOB_FETCH_TIMEOUT_SECS")
+                .map(|v| parse_num("SHOAL_BLOB_FETCH_TIMEOUT_SECS", &v))
                 .transpose()?,
         })
     }
@@ -201,6 +215,13 @@ impl Settings {
             api_addr: addr("api-addr", self.api_addr, d.api_addr)?,
             console_addr: addr("console-addr", self.console_addr, d.console_addr)?,
             console_retention: self.console_retention.unwrap_or(d.console_retention).max(1),
+            blobs: crate::blobs::BlobsConfig {
+                max_blob_bytes: self.max_blob_bytes.unwrap_or(d.blobs.max_blob_bytes),
+                fetch_timeout: self
+                    .blob_fetch_timeout_secs
+                    .map_or(d.blobs.fetch_timeout, |s| Duration::from_secs(s.max(1))),
+                ..d.blobs
+            },
             store_addr: addr("store-addr", self.store_addr, d.store_addr)?,
             swarm_addrs,
             peers: multiaddrs("peer", self.peer, d.peers)?,
@@ -250,6 +271,8 @@ pub struct Config {
     pub console_addr: SocketAddr,
     /// Console log entries kept (the newest).
     pub console_retention: u64,
+    /// Blob service limits.
+    pub blobs: crate::blobs::BlobsConfig,
     /// WebSocket store API for Pond apps.
     pub store_addr: SocketAddr,
     /// libp2p listen addresses.
@@ -309,6 +332,7 @@ impl Default for Config {
             api_addr: SocketAddr::from(([127, 0, 0, 1], 4454)),
             console_addr: SocketAddr::from(([127, 0, 0, 1], 4457)),
             console_retention: crate::console::DEFAULT_RETENTION,
+            blobs: crate::blobs::BlobsConfig::default(),
             store_addr: SocketAddr::from(([127, 0, 0, 1], 4243)),
             swarm_addrs: vec![default_swarm_addr()],
             peers: Vec::new(),

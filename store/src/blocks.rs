@@ -89,9 +89,16 @@ pub(crate) fn alias_get(conn: &Connection, name: &str) -> Result<Option<Cid>> {
     bytes.map(|b| cid::from_bytes(&b)).transpose()
 }
 
-/// Points `name` at `cid` (or removes it with `None`); the previous target is retired, so it
-/// stays alive for GC's grace period.
-pub(crate) fn alias_set(conn: &Connection, name: &str, cid: Option<&Cid>, now: i64) -> Result<()> {
+/// Points `name` at `cid` (or removes it with `None`). With `retire`, the previous target is
+/// recorded in `retired` so it stays alive for GC's grace period; callers skip that when the
+/// new target still links to the old one (an unpacked append), which keeps it alive anyway.
+pub(crate) fn alias_set(
+    conn: &Connection,
+    name: &str,
+    cid: Option<&Cid>,
+    now: i64,
+    retire: bool,
+) -> Result<()> {
     let previous: Option<i64> = conn
         .prepare_cached(schema::ALIAS_ID)?
         .query_row(params![name], |r| r.get(0))
@@ -110,7 +117,7 @@ pub(crate) fn alias_set(conn: &Connection, name: &str, cid: Option<&Cid>, now: i
                 .execute(params![name])?;
         }
     }
-    if let Some(previous) = previous {
+    if let (Some(previous), true) = (previous, retire) {
         conn.prepare_cached(schema::RETIRED_INSERT)?
             .execute(params![previous, now])?;
     }
@@ -353,8 +360,8 @@ mod tests {
         let conn = open();
         let a = cid::cid_of(RAW, b"a");
         let b = cid::cid_of(RAW, b"b");
-        alias_set(&conn, "x", Some(&a), 1).unwrap();
-        alias_set(&conn, "x", Some(&b), 2).unwrap();
+        alias_set(&conn, "x", Some(&a), 1, true).unwrap();
+        alias_set(&conn, "x", Some(&b), 2, true).unwrap();
         assert_eq!(alias_get(&conn, "x").unwrap(), Some(b));
         let retired: i64 = conn
             .query_row("SELECT count(*) FROM retired", [], |r| r.get(0))

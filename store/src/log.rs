@@ -97,10 +97,35 @@ fn alias_root(conn: &Mutex<Connection>, source: &SourceId) -> Result<Option<Cid>
     blocks::alias_get(&*lock(conn)?, &source.alias())
 }
 
-fn load_tree(forest: &Forest, root: &Cid) -> Result<Tree<EventTree, Value>> {
-    forest
+/// Recently loaded trees by root. Loading a tree decodes its root node, which for a packed
+/// tree holds the keys or summaries of many children (up to a few hundred KB): every query
+/// would pay that again. Shared by all readers and the writer of a store; content-addressed,
+/// so entries never go stale.
+#[derive(Clone, Default)]
+pub(crate) struct RootCache(Arc<Mutex<std::collections::VecDeque<(Cid, Tree<EventTree, Value>)>>>);
+
+/// Roots kept: a few per source that is being read while it grows.
+const ROOT_CACHE_ENTRIES: usize = 64;
+
+fn load_tree(forest: &Forest, roots: &RootCache, root: &Cid) -> Result<Tree<EventTree, Value>> {
+    if let Ok(mut cache) = roots.0.lock() {
+        if let Some(pos) = cache.iter().position(|(c, _)| c == root) {
+            // Move to the front: least recently used entries fall off the back.
+            if let Some(entry) = cache.remove(pos) {
+                let tree = entry.1.clone();
+                cache.push_front(entry);
+                return Ok(tree);
+            }
+        }
+    }
+    let tree = forest
         .load_tree(tree::secrets(), cid::to_ipld(root)?)
-        .map_err(Error::from_tree)
+        .map_err(Error::from_tree)?;
+    if let Ok(mut cache) = roots.0.lock() {
+        cache.push_front((*root, tree.clone()));
+        cache.truncate(ROOT_CACHE_ENTRIES);
+    }
+    Ok(tree)
 }
 
 fn info_of(source: &SourceId, root: Cid, tree: &Tree<EventTree, Value>) -> Option<SourceInfo> {
@@ -119,6 +144,7 @@ fn info_of(source: &SourceId, root: Cid, tree: &Tree<EventTree, Value>) -> Optio
 pub struct Writer {
     conn: Arc<Mutex<Connection>>,
     forest: Forest,
+    roots: RootCache,
     config: StoreConfig,
     /// Current trees of sources appended to, so an append needs no root reload.
     builders: HashMap<SourceId, Builder>,
@@ -136,12 +162,14 @@ impl Writer {
         conn: Connection,
         config: StoreConfig,
         cache: BranchCache<EventTree>,
+        roots: RootCache,
     ) -> Result<Writer> {
         let conn = Arc::new(Mutex::new(conn));
         let forest = Forest::new(SqliteReader::new(conn.clone()), cache);
         Ok(Writer {
             conn,
             forest,
+            roots,
             config,
             builders: HashMap::new(),
             written_since_checkpoint: 0,
@@ -153,6 +181,7 @@ impl Writer {
         Reader {
             conn: self.conn.clone(),
             forest: self.forest.clone(),
+            roots: self.roots.clone(),
             tree_config: self.config.tree.clone(),
         }
     }
@@ -173,13 +202,16 @@ impl Writer {
             .transaction(|r| (r.with_staging(staging.clone()), Stager(staging.clone())));
         txn.extend_unpacked(&mut builder, to_entries(events))
             .map_err(Error::from_tree)?;
-        if builder.level() > self.config.tree.max_unpacked_depth as i32 {
-            // Keep reads fast without relying on the background packer.
+        let packed = builder.level() > self.config.tree.max_unpacked_depth as i32;
+        if packed {
+            // Keep reads fast without relying on the background packer. This runs on the
+            // publish path and recompresses every event appended since the last sealed leaf,
+            // so it uses its own, moderate zstd level; leaves it seals keep that level.
             let root = builder
                 .link()
                 .ok_or_else(|| Error::Tree("empty tree".into()))?;
             let mut packer: Builder = txn
-                .load_stream_builder(tree::secrets(), self.config.tree.pack(), root)
+                .load_stream_builder(tree::secrets(), self.config.tree.auto_pack(), root)
                 .map_err(Error::from_tree)?;
             txn.pack(&mut packer).map_err(Error::from_tree)?;
             let root = packer
@@ -194,7 +226,7 @@ impl Writer {
             .ok_or_else(|| Error::Tree("append produced an empty tree".into()))?;
         let root = cid::from_ipld(&root)?;
         let new_blocks = drain(&staging)?;
-        self.commit(&new_blocks, Some((&source.alias(), &root)))?;
+        self.commit(&new_blocks, Some((&source.alias(), &root)), packed)?;
         self.builders.insert(source.clone(), builder);
         Ok(Appended {
             root,
@@ -207,7 +239,7 @@ impl Writer {
     /// Stores blocks received from outside, each hash-verified (and dag-cbor checked) before
     /// it is written, all in one transaction. On error nothing was stored.
     pub fn put_blocks(&mut self, blocks: &[(Cid, Vec<u8>)]) -> Result<()> {
-        self.commit_blocks(blocks, None, true)
+        self.commit_blocks(blocks, None, true, false)
     }
 
     /// Makes `root` the tree of `source` (replication). All its blocks must be present. The new
@@ -233,12 +265,13 @@ impl Writer {
         // input (it asserts and allocates what headers claim), a peer's bytes are not trusted.
         self.validate_new_blocks(&root, current.as_ref())?;
         let forest = self.forest.clone();
-        let new = guarded(root, || load_tree(&forest, &root))?;
+        let roots = self.roots.clone();
+        let new = guarded(root, || load_tree(&forest, &roots, &root))?;
         let new_count = new.count();
         let old_count = match current {
             None => 0,
             Some(current) => {
-                let old = load_tree(&self.forest, &current)?;
+                let old = load_tree(&self.forest, &self.roots, &current)?;
                 let old_count = old.count();
                 if new_count <= old_count {
                     return Err(not_extending(format!(
@@ -285,7 +318,7 @@ impl Writer {
                 ),
             });
         }
-        self.commit(&[], Some((&source.alias(), &root)))?;
+        self.commit(&[], Some((&source.alias(), &root)), true)?;
         self.builders.remove(source);
         Ok(Imported {
             first: old_count,
@@ -358,7 +391,7 @@ impl Writer {
             .ok_or_else(|| Error::Tree("pack produced an empty tree".into()))?;
         let new_root = cid::from_ipld(&new_root)?;
         let blocks = drain(&staging)?;
-        self.commit(&blocks, Some((&source.alias(), &new_root)))?;
+        self.commit(&blocks, Some((&source.alias(), &new_root)), true)?;
         self.builders.remove(source);
         Ok(Packed {
             root: Some(new_root),
@@ -398,7 +431,7 @@ impl Writer {
             return Err(Error::Invalid(format!("alias {name}: reserved prefix")));
         }
         let conn = lock(&self.conn)?;
-        blocks::alias_set(&conn, name, cid, now_secs())
+        blocks::alias_set(&conn, name, cid, now_secs(), true)
     }
 
     /// Stores a small value under `key` (durable like an append).
@@ -449,9 +482,15 @@ impl Writer {
         }
     }
 
-    /// Writes `blocks` we encoded ourselves and moves one alias, in one transaction.
-    fn commit(&mut self, blocks: &[(Cid, Vec<u8>)], alias: Option<(&str, &Cid)>) -> Result<()> {
-        self.commit_blocks(blocks, alias, false)
+    /// Writes `blocks` we encoded ourselves and moves one alias, in one transaction; the old
+    /// root is retired (kept for GC's grace period) unless the new tree still contains it.
+    fn commit(
+        &mut self,
+        blocks: &[(Cid, Vec<u8>)],
+        alias: Option<(&str, &Cid)>,
+        retire: bool,
+    ) -> Result<()> {
+        self.commit_blocks(blocks, alias, false, retire)
     }
 
     /// Writes `blocks` (hash-verified first when `from_outside`) and moves one alias, in one
@@ -461,6 +500,7 @@ impl Writer {
         blocks: &[(Cid, Vec<u8>)],
         alias: Option<(&str, &Cid)>,
         from_outside: bool,
+        retire: bool,
     ) -> Result<()> {
         let now = now_secs();
         let mut bytes = 0u64;
@@ -476,7 +516,7 @@ impl Writer {
                 bytes += data.len() as u64;
             }
             if let Some((name, root)) = alias {
-                blocks::alias_set(&tx, name, Some(root), now)?;
+                blocks::alias_set(&tx, name, Some(root), now, retire)?;
             }
             tx.commit()?;
         }
@@ -534,6 +574,7 @@ fn to_entries(events: Vec<NewEvent>) -> Vec<(Key, Value)> {
 pub struct Reader {
     pub(crate) conn: Arc<Mutex<Connection>>,
     pub(crate) forest: Forest,
+    pub(crate) roots: RootCache,
     pub(crate) tree_config: TreeConfig,
 }
 
@@ -550,12 +591,14 @@ impl Reader {
         conn: Connection,
         config: StoreConfig,
         cache: BranchCache<EventTree>,
+        roots: RootCache,
     ) -> Self {
         let conn = Arc::new(Mutex::new(conn));
         let forest = Forest::new(SqliteReader::new(conn.clone()), cache);
         Reader {
             conn,
             forest,
+            roots,
             tree_config: config.tree,
         }
     }
@@ -570,7 +613,7 @@ impl Reader {
         let mut out = Vec::with_capacity(aliases.len());
         for (name, root) in aliases {
             let source = SourceId::new(&name[SOURCE_ALIAS_PREFIX.len()..]);
-            let tree = load_tree(&self.forest, &root)?;
+            let tree = load_tree(&self.forest, &self.roots, &root)?;
             out.extend(info_of(&source, root, &tree));
         }
         Ok(out)
@@ -581,7 +624,7 @@ impl Reader {
         let Some(root) = alias_root(&self.conn, source)? else {
             return Ok(None);
         };
-        let tree = load_tree(&self.forest, &root)?;
+        let tree = load_tree(&self.forest, &self.roots, &root)?;
         Ok(info_of(source, root, &tree))
     }
 
@@ -607,7 +650,7 @@ impl Reader {
         let Some(root) = alias_root(&self.conn, source)? else {
             return Ok(EventIter::empty());
         };
-        let tree = load_tree(&self.forest, &root)?;
+        let tree = load_tree(&self.forest, &self.roots, &root)?;
         self.events_of_tree(source, root, tree, range, filter, reverse)
     }
 
@@ -620,7 +663,7 @@ impl Reader {
         filter: &EventFilter,
         reverse: bool,
     ) -> Result<EventIter> {
-        let tree = load_tree(&self.forest, root)?;
+        let tree = load_tree(&self.forest, &self.roots, root)?;
         self.events_of_tree(source, *root, tree, range, filter, reverse)
     }
 
@@ -688,7 +731,7 @@ impl Reader {
     }
 
     pub(crate) fn load_tree(&self, root: &Cid) -> Result<Tree<EventTree, Value>> {
-        load_tree(&self.forest, root)
+        load_tree(&self.forest, &self.roots, root)
     }
 }
 

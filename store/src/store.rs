@@ -7,7 +7,7 @@
 
 use crate::{
     error::{Error, Result},
-    log::{Reader, Writer},
+    log::{Reader, RootCache, Writer},
     schema::{self, Durability},
     tree::{EventTree, TreeConfig},
 };
@@ -67,6 +67,7 @@ pub struct Store {
     config: StoreConfig,
     writer: Mutex<Option<Connection>>,
     cache: BranchCache<EventTree>,
+    roots: RootCache,
 }
 
 impl std::fmt::Debug for Store {
@@ -85,6 +86,7 @@ impl Store {
         Ok(Store {
             path: path.to_path_buf(),
             cache: BranchCache::new(config.branch_cache_bytes),
+            roots: RootCache::default(),
             config,
             writer: Mutex::new(Some(conn)),
         })
@@ -103,6 +105,7 @@ impl Store {
         let store = Store {
             path: path.to_path_buf(),
             cache: BranchCache::new(config.branch_cache_bytes),
+            roots: RootCache::default(),
             config,
             writer: Mutex::new(None),
         };
@@ -121,14 +124,24 @@ impl Store {
             .ok_or(Error::ReadOnly(
                 "the store is read-only or its writer was already taken",
             ))?;
-        Writer::new(conn, self.config.clone(), self.cache.clone())
+        Writer::new(
+            conn,
+            self.config.clone(),
+            self.cache.clone(),
+            self.roots.clone(),
+        )
     }
 
     /// A new reader with its own read-only connection (cheap: one file open). Readers are
     /// `Clone` (clones share the connection); use one per thread for parallel queries.
     pub fn reader(&self) -> Result<Reader> {
         let conn = open_read_connection(&self.path)?;
-        Ok(Reader::new(conn, self.config.clone(), self.cache.clone()))
+        Ok(Reader::new(
+            conn,
+            self.config.clone(),
+            self.cache.clone(),
+            self.roots.clone(),
+        ))
     }
 
     /// Path of the SQLite file.

@@ -56,11 +56,18 @@ pub struct TreeConfig {
     /// A leaf is full once its uncompressed size reaches this many bytes (≤ 16 MiB); also
     /// the bound that stops decompression bombs.
     pub max_uncompressed_leaf_size: usize,
-    /// Children of a branch.
-    pub max_branches: usize,
+    /// Children (leaves) of a level-1 branch. Such a branch holds its leaves' keys (about 5
+    /// bytes per event compressed), so it is kept small: a query that needs one leaf loads
+    /// one level-1 branch, and 8 × 16k events of keys is a few hundred KB, not megabytes.
+    pub max_key_branches: usize,
+    /// Children of higher branches, which hold one bounded summary per child.
+    pub max_summary_branches: usize,
     /// zstd level for appends: fast, since appends are on the publish path.
     pub zstd_level_append: i32,
-    /// zstd level for packing: strong, since packing runs in the background.
+    /// zstd level of the packing that `append` does itself (see `max_unpacked_depth`): it
+    /// runs on the publish path, so moderate. Leaves it seals keep this level.
+    pub zstd_level_auto_pack: i32,
+    /// zstd level for explicit packing (`Writer::pack`), which runs in the background.
     pub zstd_level_pack: i32,
     /// Append packs the tree itself when the chain of unpacked appends is deeper than this,
     /// so reads stay fast even if nobody calls `pack`.
@@ -73,8 +80,10 @@ impl Default for TreeConfig {
             max_leaf_count: 16 * 1024,
             target_leaf_size: 512 * 1024,
             max_uncompressed_leaf_size: 1024 * 1024,
-            max_branches: 32,
-            zstd_level_append: 3,
+            max_key_branches: 8,
+            max_summary_branches: 32,
+            zstd_level_append: 1,
+            zstd_level_auto_pack: 3,
             zstd_level_pack: 10,
             max_unpacked_depth: 64,
         }
@@ -88,8 +97,10 @@ impl TreeConfig {
             max_leaf_count: 10,
             target_leaf_size: 10_000,
             max_uncompressed_leaf_size: 16 * 1024 * 1024,
-            max_branches: 4,
+            max_key_branches: 4,
+            max_summary_branches: 4,
             zstd_level_append: 1,
+            zstd_level_auto_pack: 2,
             zstd_level_pack: 3,
             max_unpacked_depth: 16,
         }
@@ -97,8 +108,8 @@ impl TreeConfig {
 
     fn banyan(&self, zstd_level: i32) -> Config {
         Config {
-            max_summary_branches: self.max_branches,
-            max_key_branches: self.max_branches,
+            max_summary_branches: self.max_summary_branches,
+            max_key_branches: self.max_key_branches,
             max_leaf_count: self.max_leaf_count,
             target_leaf_size: self.target_leaf_size,
             max_uncompressed_leaf_size: self.max_uncompressed_leaf_size,
@@ -116,9 +127,14 @@ impl TreeConfig {
         self.banyan(self.zstd_level_pack)
     }
 
+    /// Config used by the packing inside `append`.
+    pub(crate) fn auto_pack(&self) -> Config {
+        self.banyan(self.zstd_level_auto_pack)
+    }
+
     /// Checks the settings are ones banyan accepts.
     pub fn validate(&self) -> Result<()> {
-        for c in [self.append(), self.pack()] {
+        for c in [self.append(), self.auto_pack(), self.pack()] {
             c.validate()
                 .map_err(|e| Error::Invalid(format!("tree config: {e}")))?;
         }

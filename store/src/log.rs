@@ -102,7 +102,9 @@ fn alias_root(conn: &Mutex<Connection>, source: &SourceId) -> Result<Option<Cid>
 /// would pay that again. Shared by all readers and the writer of a store; content-addressed,
 /// so entries never go stale.
 #[derive(Clone, Default)]
-pub(crate) struct RootCache(Arc<Mutex<std::collections::VecDeque<(Cid, Tree<EventTree, Value>)>>>);
+pub(crate) struct RootCache(Arc<Mutex<std::collections::VecDeque<(Cid, EventTreeRef)>>>);
+
+type EventTreeRef = Tree<EventTree, Value>;
 
 /// Roots kept: a few per source that is being read while it grows.
 const ROOT_CACHE_ENTRIES: usize = 64;

@@ -28,6 +28,8 @@ pub enum Command {
     Node(cmd::node::Args),
     /// Read a node's console log.
     Logs(cmd::logs::Args),
+    /// Put, get, list and delete blobs on a running node.
+    Blobs(cmd::blobs::Args),
     /// Inspect a data dir's store (read-only; works while a node uses it).
     Store(cmd::store::Args),
 }

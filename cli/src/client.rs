@@ -83,6 +83,21 @@ impl Client {
         }
     }
 
+    /// A request for `method path` (blob transfers build their own bodies), sent with
+    /// [`Client::send_request`].
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path))
+    }
+
+    /// Sends a request from [`Client::request`], with the same error reporting as the rest.
+    pub async fn send_request(
+        &self,
+        req: reqwest::RequestBuilder,
+        path: &str,
+    ) -> Result<reqwest::Response> {
+        self.send(req, path).await
+    }
+
     /// `GET path` → JSON.
     pub async fn get_json(&self, path: &str) -> Result<Value> {
         let resp = self.send(self.http.get(self.url(path)), path).await?;

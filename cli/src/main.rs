@@ -21,6 +21,7 @@ fn main() -> std::process::ExitCode {
         Command::Node(args) => cmd::node::run(args),
         Command::Logs(args) => cmd::logs::run(args),
         Command::Store(args) => cmd::store::run(args),
+        Command::Blobs(args) => cmd::blobs::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! One module per top-level subcommand; each exposes `Args` and `run(Args)`.
 
+pub mod blobs;
 pub mod events;
 pub mod logs;
 pub mod node;

@@ -1,0 +1,348 @@
+//! `shoal blobs`: put, get, cat, ls and rm blobs on a running node (`/api/v1/blobs`).
+//!
+//! Transfers are streamed both ways (a file is never read whole into memory). On a terminal,
+//! `put` and `get` draw one progress line on stderr (bytes, rate, ETA), redrawn at most 10 times
+//! a second; piped or redirected stderr gets nothing but errors, so scripts see clean output.
+//! `get` and `cat` take a CID or a name (`PUT /api/v1/blobs/names/<name>`).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::client::{Client, DEFAULT_NODE};
+
+/// Arguments of `shoal blobs`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// URL of the node's API.
+    #[arg(long, global = true, default_value = DEFAULT_NODE, env = "SHOAL_NODE")]
+    node: String,
+    /// Machine-readable output (the node's JSON answers).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Store a file as a blob; prints its CID.
+    Put {
+        file: PathBuf,
+        /// Also name the blob swarm-wide (the latest naming wins).
+        #[arg(long)]
+        name: Option<String>,
+        /// Content type kept with the blob. [default: none]
+        #[arg(long, value_name = "TYPE")]
+        mime: Option<String>,
+    },
+    /// Download a blob (by CID or name) into a file, or to stdout without -o.
+    Get {
+        blob: String,
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Write a blob (by CID or name) to stdout.
+    Cat { blob: String },
+    /// List the blobs stored on the node.
+    Ls,
+    /// Delete a blob (its chunks are freed unless another blob uses them).
+    Rm { cid: String },
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let client = Client::new(&args.node)?;
+        match args.command {
+            Command::Put { file, name, mime } => put(&client, file, name, mime, args.json).await,
+            Command::Get { blob, output } => get(&client, &blob, output, true).await,
+            Command::Cat { blob } => get(&client, &blob, None, false).await,
+            Command::Ls => ls(&client, args.json).await,
+            Command::Rm { cid } => {
+                let path = format!("/api/v1/blobs/{}", encode(&cid));
+                client
+                    .send_request(client.request(reqwest::Method::DELETE, &path), &path)
+                    .await?;
+                Ok(())
+            }
+        }
+    })
+}
+
+/// Path of a blob by CID, or by name when `blob` is not a CID.
+fn blob_path(blob: &str) -> String {
+    let is_cid = blob.len() > 40
+        && blob.starts_with('b')
+        && blob
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if is_cid {
+        format!("/api/v1/blobs/{blob}")
+    } else {
+        format!("/api/v1/blobs/names/{}", encode(blob))
+    }
+}
+
+/// Percent-encodes everything but unreserved characters (a name may contain `/` or spaces).
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn put(
+    client: &Client,
+    file: PathBuf,
+    name: Option<String>,
+    mime: Option<String>,
+    json: bool,
+) -> Result<()> {
+    let f = tokio::fs::File::open(&file)
+        .await
+        .with_context(|| format!("cannot open {}", file.display()))?;
+    let size = f.metadata().await.ok().map(|m| m.len());
+    let mut progress = Progress::new(size, "put");
+    let counter = progress.counter();
+    // 256 KiB reads: large enough for few syscalls, small enough to stay streamed.
+    let stream = futures::stream::unfold(f, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 256 << 10];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(buf), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    })
+    .inspect(move |piece| {
+        if let Ok(p) = piece {
+            counter.add(p.len() as u64);
+        }
+    });
+    let mut path = "/api/v1/blobs".to_string();
+    if let Some(n) = &name {
+        path.push_str(&format!("?name={}", encode(n)));
+    }
+    let mut req = client
+        .request(reqwest::Method::POST, &path)
+        .body(reqwest::Body::wrap_stream(stream));
+    if let Some(size) = size {
+        req = req.header(reqwest::header::CONTENT_LENGTH, size);
+    }
+    if let Some(m) = &mime {
+        req = req.header(reqwest::header::CONTENT_TYPE, m.as_str());
+    }
+    let send = client.send_request(req, &path);
+    let resp = progress.drive(send).await?;
+    progress.finish();
+    let answer: Value = resp.json().await.context("the node did not answer JSON")?;
+    let cid = answer["cid"].as_str().unwrap_or_default().to_string();
+    if let Some(n) = &name {
+        let name_path = format!("/api/v1/blobs/names/{}", encode(n));
+        let body = serde_json::json!({ "cid": cid });
+        client
+            .send_request(
+                client.request(reqwest::Method::PUT, &name_path).json(&body),
+                &name_path,
+            )
+            .await?;
+    }
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{answer}")?;
+    } else {
+        writeln!(out, "{cid}")?;
+    }
+    Ok(())
+}
+
+async fn get(client: &Client, blob: &str, output: Option<PathBuf>, show: bool) -> Result<()> {
+    let path = blob_path(blob);
+    let resp = client
+        .send_request(client.request(reqwest::Method::GET, &path), &path)
+        .await?;
+    let size = resp.content_length();
+    let mut progress = Progress::new(size, "get");
+    if !show {
+        progress.enabled = false;
+    }
+    let counter = progress.counter();
+    let mut sink: Box<dyn Write> = match &output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut stream = resp.bytes_stream();
+    let copy = async {
+        while let Some(piece) = stream.next().await {
+            let piece = piece.context("the download broke off; run the command again to resume")?;
+            sink.write_all(&piece)?;
+            counter.add(piece.len() as u64);
+        }
+        sink.flush()?;
+        Ok::<(), anyhow::Error>(())
+    };
+    progress.drive(copy).await?;
+    progress.finish();
+    Ok(())
+}
+
+async fn ls(client: &Client, json: bool) -> Result<()> {
+    let list = client.get_json("/api/v1/blobs").await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{list}")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<62} {:>12} {:<8} {:<6} NAME",
+        "CID", "SIZE", "COMPLETE", "PINNED"
+    )?;
+    for b in list.as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "{:<62} {:>12} {:<8} {:<6} {}",
+            b["cid"].as_str().unwrap_or(""),
+            b["size"].as_u64().unwrap_or(0),
+            b["complete"].as_bool().unwrap_or(false),
+            b["pinned"].as_bool().unwrap_or(false),
+            b["name"].as_str().unwrap_or("")
+        )?;
+    }
+    Ok(())
+}
+
+/// Shared byte counter between a transfer and its progress line.
+#[derive(Clone, Default)]
+struct Counter(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl Counter {
+    fn add(&self, n: u64) {
+        self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// One progress line on stderr, only when stderr is a terminal.
+struct Progress {
+    enabled: bool,
+    total: Option<u64>,
+    label: &'static str,
+    counter: Counter,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(total: Option<u64>, label: &'static str) -> Progress {
+        Progress {
+            enabled: std::io::stderr().is_terminal(),
+            total,
+            label,
+            counter: Counter::default(),
+            started: Instant::now(),
+        }
+    }
+
+    fn counter(&self) -> Counter {
+        self.counter.clone()
+    }
+
+    /// Runs `fut`, redrawing the line every 100 ms until it completes.
+    async fn drive<T>(&mut self, fut: impl std::future::Future<Output = T>) -> T {
+        let mut fut = std::pin::pin!(fut);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                out = &mut fut => return out,
+                _ = tick.tick() => self.draw(),
+            }
+        }
+    }
+
+    fn draw(&self) {
+        if !self.enabled {
+            return;
+        }
+        let done = self.counter.get();
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = done as f64 / secs;
+        let line = match self.total {
+            Some(total) if total > 0 => {
+                let eta = if rate > 0.0 {
+                    format!("{:.0}s", total.saturating_sub(done) as f64 / rate)
+                } else {
+                    "?".into()
+                };
+                format!(
+                    "{} {} / {} ({:.0}%) {}/s ETA {eta}",
+                    self.label,
+                    human(done),
+                    human(total),
+                    done as f64 * 100.0 / total as f64,
+                    human(rate as u64)
+                )
+            }
+            _ => format!("{} {} {}/s", self.label, human(done), human(rate as u64)),
+        };
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r\x1b[2K{line}");
+        let _ = err.flush();
+    }
+
+    fn finish(&self) {
+        if self.enabled {
+            self.draw();
+            eprintln!();
+        }
+    }
+}
+
+fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_cids_route_differently() {
+        let cid = "bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy";
+        assert_eq!(blob_path(cid), format!("/api/v1/blobs/{cid}"));
+        assert_eq!(
+            blob_path("my file/v2"),
+            "/api/v1/blobs/names/my%20file%2Fv2"
+        );
+        assert_eq!(human(1536), "1.5 KiB");
+    }
+}

@@ -3,7 +3,8 @@
 //! - publish throughput, batches of 100 events from 4 concurrent clients;
 //! - publish throughput, single-event requests from 16 concurrent clients (group commit);
 //! - query streaming of 1,000,000 stored events, and the node's peak RSS during that query
-//!   (`VmHWM` of `/proc/<pid>/status`, reset just before the query via `clear_refs`);
+//!   (`VmHWM` of `/proc/<pid>/status`, reset just before the query via `clear_refs`; the node is
+//!   restarted after storing the events, so the figure is not the filling's leftovers);
 //! - publish→subscriber latency at 1,000 events/s (p50, p99).
 //!
 //! Run: `cargo run --release -p shoal-tests --bin bench_node [-- --runs 3 --query-events 1000000]`.
@@ -164,10 +165,15 @@ async fn query_throughput(node: &Node) -> Result<(f64, u64, Option<u64>)> {
 }
 
 fn vm_hwm(pid: u32) -> Option<u64> {
+    vm_field(pid, "VmHWM:")
+}
+
+/// A `kB` field of `/proc/<pid>/status`, in KiB.
+fn vm_field(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
@@ -311,6 +317,15 @@ async fn query_runs(s: &Settings, query: &mut Vec<f64>, rss: &mut Vec<f64>) -> R
         s.query_events,
         fill_start.elapsed().as_secs_f64()
     );
+    // A fresh process for the queries: the peak RSS then belongs to serving the query, not to
+    // allocator pages left over from storing a million events a moment ago.
+    let node = node.restart()?;
+    if let Some(pid) = node.pid() {
+        println!(
+            "node restarted; RSS before the queries {} MiB",
+            vm_field(pid, "VmRSS:").map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0))
+        );
+    }
     for run in 0..s.runs {
         let (rate, n, hwm) = query_throughput(&node).await?;
         if n != s.query_events as u64 {

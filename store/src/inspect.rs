@@ -11,7 +11,7 @@ use crate::{
     cid::{self, Cid, DAG_CBOR, RAW},
     error::{Error, Result},
     event::{EventFilter, SourceId},
-    log::Reader,
+    read::Reader,
     schema,
 };
 use banyan::index::{CompactSeq, NodeInfo, Summarizable};

@@ -4,7 +4,7 @@
 //!   [`Reader`]s.
 //! - [`Writer`] (`log.rs`): appends batches to a source's banyan tree and moves its alias in one
 //!   transaction; imports replicated trees; packs; collects garbage.
-//! - [`Reader`] (`log.rs`, `inspect.rs`): streaming event reads (forward/backward, filtered by
+//! - [`Reader`] (`read.rs`, `inspect.rs`): streaming event reads (forward/backward, filtered by
 //!   selectors and lamport/time ranges), blocks by CID, and the inspector's views.
 //! - Shared types: [`SourceId`], [`NewEvent`], [`Event`], [`EventFilter`], [`Selector`],
 //!   [`OffsetMap`], and [`Cid`] (cid 0.11, the type libp2p uses).
@@ -23,6 +23,7 @@ mod gc;
 mod inspect;
 mod log;
 mod offset;
+mod read;
 mod schema;
 mod store;
 pub mod tree;
@@ -34,8 +35,9 @@ pub use crate::gc::GcStats;
 pub use crate::inspect::{
     BlockView, NodeShape, Problem, ProblemKind, SourceStats, Stats, TreeShape, VerifyReport,
 };
-pub use crate::log::{Appended, EventIter, Imported, Packed, Reader, SourceInfo, Writer};
+pub use crate::log::{Appended, Imported, Packed, Writer};
 pub use crate::offset::OffsetMap;
+pub use crate::read::{EventIter, Reader, SourceInfo};
 pub use crate::schema::Durability;
 pub use crate::store::{Store, StoreConfig};
 pub use crate::tree::TreeConfig;

@@ -7,7 +7,8 @@
 
 use crate::{
     error::{Error, Result},
-    log::{Reader, RootCache, Writer},
+    log::Writer,
+    read::{Reader, RootCache},
     schema::{self, Durability},
     tree::{EventTree, TreeConfig},
 };

@@ -88,3 +88,48 @@ fn append_read_reopen() {
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn inspector_views() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.sqlite"), StoreConfig::debug()).unwrap();
+    let mut w = store.writer().unwrap();
+    let source = SourceId::new("inspected");
+    for i in 0..9u64 {
+        w.append(&source, (i * 7..i * 7 + 7).map(ev).collect())
+            .unwrap();
+    }
+    w.pack(&source).unwrap();
+    let r = store.reader().unwrap();
+    let shape = r.tree_shape(&source).unwrap().unwrap();
+    assert_eq!(shape.count, 63);
+    assert_eq!(shape.nodes[0].first_offset, 0);
+    assert_eq!(shape.nodes[0].last_offset, 62);
+    // Children of every branch partition its offset range, in order.
+    for parent in &shape.nodes {
+        let children: Vec<_> = shape
+            .nodes
+            .iter()
+            .filter(|n| n.parent == Some(parent.id))
+            .collect();
+        if children.is_empty() {
+            assert_eq!(parent.level, 0);
+            assert!(parent.uncompressed_bytes.unwrap() > 0);
+            continue;
+        }
+        assert_eq!(children[0].first_offset, parent.first_offset);
+        assert_eq!(children.last().unwrap().last_offset, parent.last_offset);
+        for pair in children.windows(2) {
+            assert_eq!(pair[0].last_offset + 1, pair[1].first_offset);
+        }
+    }
+    let root = r.block(&shape.root).unwrap().unwrap();
+    let json = serde_json::to_value(&root).unwrap();
+    assert_eq!(json["kind"], "dag_cbor");
+    assert!(json["value"]["banyan"]["items"].as_array().unwrap().len() > 1);
+    let stats = r.stats().unwrap();
+    assert_eq!(stats.sources.len(), 1);
+    assert_eq!(stats.sources[0].events, 63);
+    assert!(stats.sources[0].compression_ratio > 0.0);
+    assert!(serde_json::to_string(&shape).is_ok());
+}

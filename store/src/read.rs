@@ -253,6 +253,21 @@ impl Reader {
         blocks::missing(&*lock(&self.conn)?, root)
     }
 
+    /// Aliases whose DAG is incomplete, with the absent CIDs found so far (links below an
+    /// absent block are unknown). Cheap (SQL over `refs`, no block is read): meant for the
+    /// startup check; `verify` also checks every block's hash.
+    pub fn incomplete_aliases(&self) -> Result<Vec<(String, Vec<Cid>)>> {
+        let conn = self.lock()?;
+        let mut out = Vec::new();
+        for (name, root) in blocks::all_aliases(&conn)? {
+            let missing = blocks::missing(&conn, &root)?;
+            if !missing.is_empty() {
+                out.push((name, missing));
+            }
+        }
+        Ok(out)
+    }
+
     /// The CID pinned under an alias name.
     pub fn alias(&self, name: &str) -> Result<Option<Cid>> {
         blocks::alias_get(&*lock(&self.conn)?, name)

@@ -106,6 +106,7 @@ fn verify_names_missing_and_corrupt_blocks() {
     fill(&store, &source, 30);
     let r = store.reader().unwrap();
     assert!(r.verify().unwrap().is_sound());
+    assert!(r.incomplete_aliases().unwrap().is_empty());
 
     // Damage two blocks of the tree behind the store's back: the newest two, written by the
     // last append (its root and its leaf), so both are certainly part of the current tree.
@@ -126,6 +127,9 @@ fn verify_names_missing_and_corrupt_blocks() {
         .unwrap();
     drop(conn);
 
+    let incomplete = store.reader().unwrap().incomplete_aliases().unwrap();
+    assert_eq!(incomplete.len(), 1);
+    assert_eq!(incomplete[0].0, "source/victim");
     let report = store.reader().unwrap().verify().unwrap();
     assert!(!report.is_sound());
     assert_eq!(report.problems.len(), 2, "{:?}", report.problems);

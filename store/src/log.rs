@@ -12,7 +12,7 @@
 //! current one, and its event at the current last offset must equal ours (key and payload);
 //! every new event is decoded once before the alias moves, and every block the import adds is
 //! validated (`tree::node`) before banyan walks it. Comparing the whole old prefix would cost
-//! O(log size) per import; one event costs O(log log size), and the signed head (engine) vouches
+//! O(log size) per import; one event costs O(tree depth), and the signed head (engine) vouches
 //! for the rest.
 
 use crate::read::{alias_root, load_tree, lock, RootCache};

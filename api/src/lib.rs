@@ -18,6 +18,7 @@ pub mod events;
 pub mod ndjson;
 pub mod node;
 pub mod server;
+pub mod store_api;
 
 use std::convert::Infallible;
 use std::time::Duration;

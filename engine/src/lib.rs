@@ -20,6 +20,7 @@ pub mod head;
 pub mod identity;
 pub mod node;
 pub mod replication;
+pub mod snapshots;
 pub mod swarm;
 
 pub use config::{Config, ConfigError, Settings};

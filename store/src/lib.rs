@@ -25,6 +25,7 @@ mod log;
 mod offset;
 mod read;
 mod schema;
+pub mod snapshot;
 mod store;
 pub mod tree;
 

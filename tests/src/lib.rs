@@ -150,6 +150,8 @@ pub struct Node {
     pub console: SocketAddr,
     /// Dialable swarm address, from the ready line.
     pub swarm: String,
+    /// WebSocket store API address (Pond apps), from the ready line's `store=`.
+    pub store: SocketAddr,
     /// The temp dir holding `data/` and `node.log`; `None` only while being moved to a restart.
     dir: Option<tempfile::TempDir>,
     root: PathBuf,
@@ -227,12 +229,14 @@ impl Node {
         let source = field("source")?;
         let api = field("api")?.parse().context("api= is not IP:PORT")?;
         let swarm = field("swarm")?;
+        let store = field("store")?.parse().context("store= is not IP:PORT")?;
         Ok(Node {
             child: Some(child),
             source,
             api,
             console,
             swarm,
+            store,
             root: dir.path().to_path_buf(),
             dir: Some(dir),
             options,

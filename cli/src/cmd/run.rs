@@ -127,14 +127,28 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             });
         }
     };
+    // The WebSocket store API for Pond apps (pond helper: additive).
+    let store_addr = node.config().store_addr;
+    let store = match shoal_api::store_api::serve(node.handle()).await {
+        Ok(store) => store,
+        Err(e) => {
+            api.shutdown().await;
+            console.shutdown().await;
+            node.shutdown().await;
+            return Err(e).with_context(|| {
+                format!("cannot listen on {store_addr}: is another node running? --store-addr sets the address")
+            });
+        }
+    };
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "shoal ready source={} api={} swarm={}",
+            "shoal ready source={} api={} swarm={} store={}",
             node.source(),
             api.local_addr(),
-            node.swarm_addr()
+            node.swarm_addr(),
+            store.local_addr()
         );
         let _ = out.flush();
     }
@@ -145,6 +159,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     node.signal_shutdown();
     api.shutdown().await;
     console.shutdown().await;
+    store.shutdown().await;
     node.shutdown().await;
     Ok(())
 }

@@ -513,7 +513,7 @@ async fn pond3_falls_back_to_the_store_api() -> Result<()> {
     Ok(())
 }
 
-/// Events for the snapshot test: tagged, timestamps spread over the last three hours (Pond
+/// Events for the snapshot test: tagged, all but the newest 1,000 from 2-3 hours ago (Pond
 /// snapshots only states an hour older than its latest event).
 async fn persist_history(c: &mut Client, tag: &str, n: u64) -> Result<()> {
     let now = std::time::SystemTime::now()
@@ -524,8 +524,14 @@ async fn persist_history(c: &mut Client, tag: &str, n: u64) -> Result<()> {
     while i < n {
         let batch: Vec<Value> = (i..(i + 1000).min(n))
             .map(|k| {
+                // All but the last 1,000 events are 2-3 hours old.
+                let ts = if k + 1000 < n {
+                    now - span + span / 3 * k / n
+                } else {
+                    now
+                };
                 json!({"semantics": "_t_", "name": "_t_", "tags": [tag],
-                    "timestamp": now - span + span * k / n, "payload": {"i": k}})
+                    "timestamp": ts, "payload": {"i": k}})
             })
             .collect();
         i += batch.len() as u64;

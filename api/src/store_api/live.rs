@@ -112,11 +112,7 @@ fn status(
     if connected.len() == peers && specials_disconnected.is_empty() {
         return ("FullyConnected", json!({}));
     }
-    let level = if peers == 0 {
-        100
-    } else {
-        connected.len() * 100 / peers
-    };
+    let level = (connected.len() * 100).checked_div(peers).unwrap_or(100);
     (
         "PartiallyConnected",
         json!({

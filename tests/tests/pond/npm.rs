@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
-use shoal_tests::TIMEOUT;
 
 /// How long `npm ci` may take (a cold cache downloads a few MB).
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);

@@ -111,6 +111,7 @@ async fn publish_throughput(
             })
             .collect(),
     );
+    let cpu_before = node.pid().and_then(cpu_seconds);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -136,7 +137,17 @@ async fn publish_throughput(
         t.await??;
     }
     let secs = start.elapsed().as_secs_f64();
-    Ok((requests * clients * per_request) as f64 / secs)
+    let events = requests * clients * per_request;
+    if let (Some(pid), Some(before)) = (node.pid(), cpu_before) {
+        if let Some(after) = cpu_seconds(pid) {
+            println!(
+                "  ({clients} clients x {per_request} events/request: node CPU {:.1} µs/event, {:.0}% of one core)",
+                (after - before) * 1e6 / events as f64,
+                (after - before) * 100.0 / secs
+            );
+        }
+    }
+    Ok(events as f64 / secs)
 }
 
 /// Streams every stored event; returns (events/s, events, peak RSS in KiB during the query).
@@ -162,6 +173,18 @@ async fn query_throughput(node: &Node) -> Result<(f64, u64, Option<u64>)> {
     let secs = start.elapsed().as_secs_f64();
     let hwm = vm_hwm(pid);
     Ok((lines as f64 / secs, lines, hwm))
+}
+
+/// CPU time (user + system) the process has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some(ticks / if hz > 0 { hz as f64 } else { 100.0 })
 }
 
 fn vm_hwm(pid: u32) -> Option<u64> {

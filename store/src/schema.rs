@@ -74,7 +74,12 @@ pub(crate) fn configure_writer(
     wal_limit: u64,
 ) -> Result<()> {
     conn.busy_timeout(Duration::from_secs(5))?;
-    // WAL: readers (queries, the inspector) never block the writer nor each other.
+    // Free pages go back to the filesystem (see `gc.rs`): packing and GC free most of what
+    // unpacked appends wrote, and without this the file would keep that size forever. Only
+    // takes effect on a new, empty database, so it comes before anything writes the header
+    // (switching to WAL does).
+    conn.pragma_update(None, "auto_vacuum", 2)?; // 2 = INCREMENTAL
+                                                 // WAL: readers (queries, the inspector) never block the writer nor each other.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     let sync = match durability {
         Durability::Process => "NORMAL",

@@ -12,7 +12,8 @@
 //!   semantics, batches of 1000 per transaction, the same durability setting) doing the same.
 //!
 //! Knobs: `SHOAL_BENCH_EVENTS` (default 200000), `SHOAL_BENCH_RUNS` (default 5). The machine is
-//! shared: run it several times and compare medians, never single runs.
+//! shared: run it several times and compare medians, never single runs. The main figures are
+//! also given on the bench thread's on-CPU time (Linux), which a busy machine barely changes.
 
 use std::{
     path::Path,
@@ -98,6 +99,50 @@ struct Figures {
     sqlite_scan_seconds: Vec<f64>,
     sqlite_filtered_seconds: Vec<f64>,
     sqlite_bytes: Vec<f64>,
+    /// On-CPU seconds of the bench thread for the main workloads (see `Stopwatch`).
+    cpu: CpuFigures,
+}
+
+/// On-CPU seconds per run: unlike wall time, these barely change with the machine's load.
+#[derive(Default)]
+struct CpuFigures {
+    append_1000: Vec<f64>,
+    scan: Vec<f64>,
+    filtered: Vec<f64>,
+    sqlite_append: Vec<f64>,
+    sqlite_scan: Vec<f64>,
+    sqlite_filtered: Vec<f64>,
+}
+
+/// Wall clock plus the bench thread's on-CPU time (`/proc/thread-self/schedstat`, ns; time
+/// spent waiting for a CPU or blocked on I/O is not counted). Off Linux the CPU time is NaN.
+struct Stopwatch {
+    wall: Instant,
+    cpu: Option<u64>,
+}
+
+fn thread_cpu_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    stat.split_whitespace().next()?.parse().ok()
+}
+
+impl Stopwatch {
+    fn start() -> Self {
+        Stopwatch {
+            cpu: thread_cpu_ns(),
+            wall: Instant::now(),
+        }
+    }
+
+    /// (wall seconds, on-CPU seconds).
+    fn stop(&self) -> (f64, f64) {
+        let wall = self.wall.elapsed().as_secs_f64();
+        let cpu = match (self.cpu, thread_cpu_ns()) {
+            (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e9,
+            _ => f64::NAN,
+        };
+        (wall, cpu)
+    }
 }
 
 fn median(samples: &[f64]) -> f64 {
@@ -221,6 +266,36 @@ impl Figures {
             .map(|(a, b)| a / b)
             .collect();
         row("full scan rate ratio", &vs, "x");
+
+        let c = &self.cpu;
+        let rate = |events: usize, secs: &[f64]| -> Vec<f64> {
+            secs.iter().map(|s| events as f64 / s).collect()
+        };
+        let ratio =
+            |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(a, b)| a / b).collect() };
+        println!("-- the same on on-CPU time of the bench thread (load-independent)");
+        row(
+            "shoal-store append, batches of 1000",
+            &rate(n, &c.append_1000),
+            "events/s",
+        );
+        row("shoal-store full scan", &rate(n, &c.scan), "events/s");
+        row(
+            "shoal-store full scan / filtered read",
+            &ratio(&c.scan, &c.filtered),
+            "x",
+        );
+        row(
+            "SQLite insert, batches of 1000",
+            &rate(n, &c.sqlite_append),
+            "events/s",
+        );
+        row("SQLite full scan", &rate(n, &c.sqlite_scan), "events/s");
+        row(
+            "SQLite full scan / filtered read",
+            &ratio(&c.sqlite_scan, &c.sqlite_filtered),
+            "x",
+        );
     }
 }
 
@@ -236,20 +311,25 @@ fn config() -> StoreConfig {
     }
 }
 
-/// Appends `events` in batches of `batch` to a fresh store in `dir`; returns events/s.
-fn append_rate(dir: &Path, events: &[NewEvent], batch: usize) -> Result<(Store, f64), BoxError> {
+/// Appends `events` in batches of `batch` to a fresh store in `dir`; returns events/s and the
+/// on-CPU seconds it took.
+fn append_rate(
+    dir: &Path,
+    events: &[NewEvent],
+    batch: usize,
+) -> Result<(Store, f64, f64), BoxError> {
     let store = Store::open(&dir.join("store.sqlite"), config())?;
     let mut writer = store.writer()?;
     // Cloning the batches is not the store's work: do it before the clock starts.
     let batches: Vec<Vec<NewEvent>> = events.chunks(batch).map(<[_]>::to_vec).collect();
     let source = source();
-    let start = Instant::now();
+    let watch = Stopwatch::start();
     for batch in batches {
         writer.append(&source, batch)?;
     }
-    let rate = events.len() as f64 / start.elapsed().as_secs_f64();
+    let (wall, cpu) = watch.stop();
     drop(writer);
-    Ok((store, rate))
+    Ok((store, events.len() as f64 / wall, cpu))
 }
 
 /// File size of the store (database + WAL) and the same without free pages, in bytes.
@@ -273,19 +353,20 @@ fn store_run(events: &[NewEvent], rare: usize, figures: &mut Figures) -> Result<
     let source = source();
     {
         let dir = tempfile::tempdir()?;
-        let (_, rate) = append_rate(dir.path(), &events[..EVENTS_BATCH_1.min(events.len())], 1)?;
+        let (_, rate, _) = append_rate(dir.path(), &events[..EVENTS_BATCH_1.min(events.len())], 1)?;
         figures.append_1.push(rate);
     }
     {
         let dir = tempfile::tempdir()?;
         let slice = &events[..EVENTS_BATCH_100.min(events.len())];
-        let (_, rate) = append_rate(dir.path(), slice, 100)?;
+        let (_, rate, _) = append_rate(dir.path(), slice, 100)?;
         figures.append_100.push(rate);
     }
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("store.sqlite");
-    let (store, rate) = append_rate(dir.path(), events, 1000)?;
+    let (store, rate, cpu) = append_rate(dir.path(), events, 1000)?;
     figures.append_1000.push(rate);
+    figures.cpu.append_1000.push(cpu);
     // The writer was dropped by `append_rate`; take a fresh one on a reopened store.
     drop(store);
     let store = Store::open(&path, config())?;
@@ -304,16 +385,17 @@ fn store_run(events: &[NewEvent], rare: usize, figures: &mut Figures) -> Result<
 
     let reader = store.reader()?;
     let all = EventFilter::default();
-    let start = Instant::now();
+    let watch = Stopwatch::start();
     let mut count = 0usize;
     for event in reader.events(&source, 0..=u64::MAX, &all, false)? {
         std::hint::black_box(event?);
         count += 1;
     }
-    let secs = start.elapsed().as_secs_f64();
+    let (secs, cpu) = watch.stop();
     check(count, events.len(), "full scan")?;
     figures.scan.push(n / secs);
     figures.scan_seconds.push(secs);
+    figures.cpu.scan.push(cpu);
 
     let filter = EventFilter {
         selectors: Some(vec![Selector {
@@ -322,13 +404,15 @@ fn store_run(events: &[NewEvent], rare: usize, figures: &mut Figures) -> Result<
         }]),
         ..EventFilter::default()
     };
-    let start = Instant::now();
+    let watch = Stopwatch::start();
     let mut count = 0usize;
     for event in reader.events(&source, 0..=u64::MAX, &filter, false)? {
         std::hint::black_box(event?);
         count += 1;
     }
-    figures.filtered_seconds.push(start.elapsed().as_secs_f64());
+    let (secs, cpu) = watch.stop();
+    figures.filtered_seconds.push(secs);
+    figures.cpu.filtered.push(cpu);
     check(count, rare, "filtered read")?;
 
     // The same share selected by time instead: the matches are contiguous, so the summaries
@@ -381,7 +465,7 @@ fn sqlite_run(
         .iter()
         .map(|e| serde_json::to_string(&e.tags))
         .collect::<Result<_, _>>()?;
-    let start = Instant::now();
+    let watch = Stopwatch::start();
     for (c, chunk) in fixtures.chunks(1000).enumerate() {
         let tx = conn.transaction()?;
         {
@@ -404,15 +488,15 @@ fn sqlite_run(
         }
         tx.commit()?;
     }
-    figures
-        .sqlite_append
-        .push(n / start.elapsed().as_secs_f64());
+    let (secs, cpu) = watch.stop();
+    figures.sqlite_append.push(n / secs);
+    figures.cpu.sqlite_append.push(cpu);
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
     figures.sqlite_bytes.push(disk_bytes(&path)?.0 as f64 / n);
 
     // Reads materialise every column, like the store's iterator does.
-    let read = |sql: &str, arg: Option<&str>| -> Result<(usize, f64), BoxError> {
-        let start = Instant::now();
+    let read = |sql: &str, arg: Option<&str>| -> Result<(usize, f64, f64), BoxError> {
+        let watch = Stopwatch::start();
         let mut stmt = conn.prepare(sql)?;
         let mut rows = match arg {
             Some(a) => stmt.query(params![a])?,
@@ -432,18 +516,21 @@ fn sqlite_run(
             std::hint::black_box(e);
             count += 1;
         }
-        Ok((count, start.elapsed().as_secs_f64()))
+        let (secs, cpu) = watch.stop();
+        Ok((count, secs, cpu))
     };
     let columns = "SELECT offset, lamport, timestamp, semantics, name, tags, payload FROM events";
-    let (count, secs) = read(&format!("{columns} ORDER BY offset"), None)?;
+    let (count, secs, cpu) = read(&format!("{columns} ORDER BY offset"), None)?;
     check(count, fixtures.len(), "SQLite full scan")?;
     figures.sqlite_scan.push(n / secs);
     figures.sqlite_scan_seconds.push(secs);
-    let (count, secs) = read(
+    figures.cpu.sqlite_scan.push(cpu);
+    let (count, secs, cpu) = read(
         &format!("{columns} WHERE semantics = ? ORDER BY offset"),
         Some(RARE_SEMANTICS),
     )?;
     check(count, rare, "SQLite filtered read")?;
     figures.sqlite_filtered_seconds.push(secs);
+    figures.cpu.sqlite_filtered.push(cpu);
     Ok(())
 }

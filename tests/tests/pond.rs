@@ -574,3 +574,152 @@ async fn pond2_fish_restarts_from_its_snapshot() -> Result<()> {
     eprintln!("fresh: {first}\nfrom snapshot: {second}");
     Ok(())
 }
+
+// ---- several nodes ----
+
+/// `--peer <of>`.
+fn peer_of(of: &Node) -> shoal_tests::NodeOptions {
+    shoal_tests::NodeOptions::default()
+        .arg("--peer")
+        .arg(of.swarm.clone())
+}
+
+/// Stops `node` (kept apart until now) and starts it again with `of` as its bootstrap peer
+/// (through `shoal.toml`, so its data dir and flags stay the same).
+fn join(node: Node, of: &Node) -> Result<Node> {
+    let mut node = node;
+    node.stop()?;
+    std::fs::write(
+        node.data_dir().join("shoal.toml"),
+        format!("peer = [\"{}\"]\n", of.swarm),
+    )?;
+    node.respawn()
+}
+
+/// Pond 1.1.0: the same counter fed with commands on two connected nodes at once converges to
+/// the sum on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pond1_counter_on_two_nodes_converges() -> Result<()> {
+    let Some(dir) = npm::install("pond1")? else {
+        return Ok(());
+    };
+    let a = Node::start()?;
+    let b = Node::start_with(peer_of(&a))?;
+    let args = ["shared", "25", "50"];
+    let mut on_a = npm::Js::spawn(
+        &dir,
+        "counter.js",
+        &args,
+        &[("AX_STORE_URI", store_url(&a))],
+    )?;
+    let mut on_b = npm::Js::spawn(
+        &dir,
+        "counter.js",
+        &args,
+        &[("AX_STORE_URI", store_url(&b))],
+    )?;
+    assert_eq!(on_a.until("done", 2 * TIMEOUT, |_| Ok(()))?["done"], 50);
+    assert_eq!(on_b.until("done", 2 * TIMEOUT, |_| Ok(()))?["done"], 50);
+    Ok(())
+}
+
+/// Pond 2.7.0: a tag fish runs on A while B, apart, emits; when B joins, A's fish re-applies
+/// everything in (lamport, source, offset) order — no state it shows is out of order — and ends
+/// identical to the same fish on B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pond2_fish_time_travels_when_a_node_joins() -> Result<()> {
+    let Some(dir) = npm::install("pond2")? else {
+        return Ok(());
+    };
+    let a = Node::start()?;
+    let b = Node::start()?;
+    let per = 20;
+    let total = (2 * per).to_string();
+    let on = |n: &Node| [("STORE_URL", store_url(n))];
+    let mut fish_a = npm::Js::spawn(&dir, "driver.js", &["observe", "order", &total], &on(&a))?;
+    fish_a.until("ready", TIMEOUT, |_| Ok(()))?;
+    let count = per.to_string();
+    npm::Js::spawn(&dir, "driver.js", &["emit", "order", &count], &on(&a))?.until(
+        "emitted",
+        TIMEOUT,
+        |_| Ok(()),
+    )?;
+    npm::Js::spawn(&dir, "driver.js", &["emit", "order", &count], &on(&b))?.until(
+        "emitted",
+        TIMEOUT,
+        |_| Ok(()),
+    )?;
+    // B's events carry low lamports: they sort between A's once B joins.
+    let b = join(b, &a)?;
+    let in_order = |v: &Value| {
+        anyhow::ensure!(v.get("outOfOrder").is_none(), "a state out of order: {v}");
+        Ok(())
+    };
+    let state_a = fish_a.until("state", 2 * TIMEOUT, in_order)?;
+    let mut fish_b = npm::Js::spawn(&dir, "driver.js", &["observe", "order", &total], &on(&b))?;
+    let state_b = fish_b.until("state", 2 * TIMEOUT, in_order)?;
+    assert_eq!(state_a["state"], state_b["state"]);
+    let sources: std::collections::BTreeSet<&str> = state_a["state"]
+        .as_array()
+        .context("state")?
+        .iter()
+        .filter_map(|e| e[1].as_str())
+        .collect();
+    assert_eq!(sources.len(), 2, "events of both nodes: {sources:?}");
+    Ok(())
+}
+
+/// A late event older than a fish's snapshot (from a node that joins later) invalidates the
+/// snapshot, and the state is still right, live and after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pond2_late_event_invalidates_the_snapshot() -> Result<()> {
+    let Some(dir) = npm::install("pond2")? else {
+        return Ok(());
+    };
+    let a = Node::start()?;
+    let b = Node::start()?;
+    let n: u64 = 20_000;
+    let mut c = Client::connect(a.store).await?;
+    persist_history(&mut c, "late", n).await?;
+    let env = [("STORE_URL", store_url(&a))];
+    let first = npm::Js::spawn(
+        &dir,
+        "driver.js",
+        &["count", "late", "20000", "30000"],
+        &env,
+    )?
+    .until("n", 2 * TIMEOUT, |_| Ok(()))?;
+    assert!(first["snapshotsStored"].as_u64() >= Some(1), "{first}");
+    // B, apart, stores one event with a low lamport (its clock is fresh).
+    let mut cb = Client::connect(b.store).await?;
+    cb.call(
+        PERSIST,
+        json!({"events": [{"semantics": "_t_", "name": "_t_", "tags": ["late"],
+            "timestamp": 1_000_000u64, "payload": {"i": 7}}]}),
+    )
+    .await?;
+    drop(cb);
+    let expect = (n + 1).to_string();
+    let mut live = npm::Js::spawn(&dir, "driver.js", &["count", "late", &expect, "0"], &env)?;
+    // Let the fish start from its snapshot before B joins.
+    std::thread::sleep(Duration::from_secs(2));
+    let _b = join(b, &a)?;
+    let sum = n * (n - 1) / 2 + 7;
+    let got = live.until("n", 2 * TIMEOUT, |_| Ok(()))?;
+    assert_eq!(got["sum"], sum, "{got}");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !a.log().contains("snapshots invalidated") {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the node never invalidated a snapshot"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let again = npm::Js::spawn(&dir, "driver.js", &["count", "late", &expect, "0"], &env)?.until(
+        "n",
+        TIMEOUT,
+        |_| Ok(()),
+    )?;
+    assert_eq!(again["sum"], sum, "{again}");
+    Ok(())
+}

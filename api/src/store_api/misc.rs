@@ -127,7 +127,7 @@ pub async fn invalidate_snapshots(
         .await
         .map_err(snapshot_error)?;
     if n > 0 {
-        tracing::debug!(semantics, name, invalidated = n, "snapshots invalidated");
+        tracing::info!(semantics, name, invalidated = n, "snapshots invalidated");
     }
     reply(r, "null").await
 }

@@ -70,9 +70,12 @@ pub(crate) fn collect(conn: &mut Connection, grace: Duration, budget: usize) -> 
     if stats.blocks_deleted > 0 {
         // Hand free pages back to the filesystem, bounded per call like the deletes (a no-op
         // on databases created before auto_vacuum=INCREMENTAL was set).
-        conn.execute_batch(&format!(
+        // Stepped to completion: each step of this pragma frees pages.
+        let mut stmt = conn.prepare(&format!(
             "PRAGMA incremental_vacuum({VACUUM_PAGES_PER_CALL})"
         ))?;
+        let mut rows = stmt.query([])?;
+        while rows.next()?.is_some() {}
     }
     Ok(stats)
 }
@@ -117,6 +120,10 @@ mod tests {
             .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, 2);
+        let free: i64 = conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(free, 0, "free pages went back to the filesystem");
         assert!(after < before, "{after} >= {before}");
     }
 }

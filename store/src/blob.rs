@@ -26,6 +26,7 @@
 //! whose link block is stored (its children may still be missing for a blob being fetched).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use libipld::{cbor::DagCborCodec, codec::Codec, Ipld};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -334,6 +335,32 @@ pub fn put_hashed(
 ) -> Result<Option<Cid>> {
     let conn = writer_conn(w);
     let mut conn = lock(&conn)?;
+    // Blob batches are large: SQLite's automatic checkpoint (every ~4 MiB of WAL, each with two
+    // fsyncs) would run at almost every batch. Turn it off for this commit and checkpoint every
+    // CHECKPOINT_BLOB_BYTES instead; a commit is durable against a process kill once written to
+    // the WAL either way (see `schema::Durability`).
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    let result = put_hashed_tx(&mut conn, blocks, upload);
+    conn.pragma_update(None, "wal_autocheckpoint", 1000)?;
+    let bytes: usize = blocks.iter().map(|(_, d)| d.len()).sum();
+    let written = BLOB_BYTES.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
+    if result.is_ok() && written >= CHECKPOINT_BLOB_BYTES {
+        BLOB_BYTES.store(0, Ordering::Relaxed);
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+    }
+    result
+}
+
+/// Blob bytes written since the last checkpoint `put_hashed` ran.
+static BLOB_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Blob bytes between two checkpoints: bounds the WAL, and the fsyncs to one per this many.
+const CHECKPOINT_BLOB_BYTES: u64 = 256 << 20;
+
+fn put_hashed_tx(
+    conn: &mut Connection,
+    blocks: &[(Cid, &[u8])],
+    upload: Option<(&str, Option<Cid>)>,
+) -> Result<Option<Cid>> {
     let tx = conn.transaction()?;
     let now = now_secs();
     for (cid, data) in blocks {

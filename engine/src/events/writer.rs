@@ -244,7 +244,10 @@ impl State {
             .collect();
         let timestamps: Vec<u64> = events.iter().map(|e| e.timestamp).collect();
         let last_timestamp = timestamps.last().copied().unwrap_or(now);
-        match self.writer.append(&self.source, events) {
+        let started = std::time::Instant::now();
+        let result = self.writer.append(&self.source, events);
+        tracing::debug!(events = n, waiters = waiters.len(), took = ?started.elapsed(), "commit");
+        match result {
             Ok(appended) => {
                 if appended.first != next_offset || appended.last + 1 - appended.first != n {
                     // The store and our offsets disagree: the shared events would carry wrong

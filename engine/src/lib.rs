@@ -18,6 +18,7 @@ pub mod events;
 pub mod exchange;
 pub mod head;
 pub mod identity;
+mod maintenance;
 pub mod node;
 pub mod replication;
 pub mod snapshots;

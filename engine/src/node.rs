@@ -180,6 +180,8 @@ impl Node {
             writer: Some(thread),
             replication: None,
         };
+        // Store upkeep: GC of replaced blocks; ends with the shutdown signal.
+        crate::maintenance::spawn(node.handle.clone());
         // The swarm and replicator (issue 4): returns once the swarm listens.
         match crate::replication::start(node.handle()).await {
             Ok(r) => {

@@ -155,6 +155,24 @@ impl Out {
             };
             writeln!(self.w, "  {}  {state}", plain(&p["peerId"]))?;
         }
+        // Replication progress: what gossip says exists vs what is stored here.
+        let sources = v["sources"].as_array().cloned().unwrap_or_default();
+        if !sources.is_empty() {
+            writeln!(
+                self.w,
+                "sources:    {} (stored / known offset)",
+                sources.len()
+            )?;
+            for s in &sources {
+                let (stored, known) = (plain(&s["storedOffset"]), plain(&s["knownOffset"]));
+                let behind = if stored != known { "  syncing" } else { "" };
+                writeln!(
+                    self.w,
+                    "  {}  {stored} / {known}{behind}",
+                    plain(&s["source"])
+                )?;
+            }
+        }
         Ok(())
     }
 

@@ -39,7 +39,7 @@ use crate::node::{NetworkState, NodeHandle, PeerInfo};
 use crate::swarm::{self, Command, Event};
 
 /// Syncs running at once (different sources).
-pub const MAX_SYNCS: usize = 8;
+pub const MAX_SYNCS: usize = 32;
 /// Inline blocks kept for syncs not started yet, all sources together.
 const MAX_STASHED_BYTES: usize = 32 << 20;
 /// Blocks are put in batches of about this many bytes.
@@ -506,20 +506,25 @@ async fn sync(
     let source = source_id(&head.head.source);
     let root = head.head.root;
     let started = Instant::now();
-    if !stash.is_empty() {
-        put(node, stash).await?;
-    }
+    let mut stash = Some(stash);
     let mut fetched = 0usize;
     let mut rounds = 0;
     loop {
-        let reader = node.store().reader()?;
+        // On the writer thread: put the inline blocks (first round) and look at what is
+        // missing, in one hop (the fast path of a small append needs nothing else).
         let src = source.clone();
-        let (current, missing) = tokio::task::spawn_blocking(move || {
-            let current = reader.source(&src)?.map(|i| i.root);
-            Ok::<_, shoal_store::Error>((current, reader.missing_blocks(&root)?))
-        })
-        .await
-        .map_err(|e| SyncError::Store(shoal_store::Error::Tree(e.to_string())))??;
+        let blocks = stash.take().unwrap_or_default();
+        let (current, missing) = node
+            .events()
+            .with_writer(move |w| {
+                if !blocks.is_empty() {
+                    w.put_blocks(&blocks)?;
+                }
+                let reader = w.reader();
+                let current = reader.source(&src)?.map(|i| i.root);
+                Ok::<_, shoal_store::Error>((current, reader.missing_blocks(&root)?))
+            })
+            .await??;
         if current == Some(root) {
             return Ok(0); // already stored (e.g. imported before a restart)
         }

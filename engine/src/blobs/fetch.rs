@@ -122,7 +122,14 @@ async fn fetch_all(svc: &BlobService, cids: Vec<Cid>) -> Result<Vec<(Cid, Bytes)
     let mut deadline = Instant::now() + timeout;
     while !wanted.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, rx.recv()).await {
+        // Checked here, not only by `timeout`: a zero timeout still polls `recv` once, and
+        // peers that answer "not found" at once would otherwise keep this loop alive forever.
+        let event = if left.is_zero() {
+            Err(())
+        } else {
+            tokio::time::timeout(left, rx.recv()).await.map_err(|_| ())
+        };
+        match event {
             Ok(Some(FetchEvent::Blocks(blocks))) => {
                 for (cid, data) in blocks {
                     if wanted.remove(&cid) {
@@ -420,8 +427,10 @@ impl Read {
                 return Ok(d);
             }
             let left = deadline.saturating_duration_since(Instant::now());
+            // An explicit deadline check: see `fetch_all`.
             let event = match &mut self.fetch {
-                Some((_, rx)) => tokio::time::timeout(left, rx.recv()).await,
+                _ if left.is_zero() => Err(()),
+                Some((_, rx)) => tokio::time::timeout(left, rx.recv()).await.map_err(|_| ()),
                 None => Ok(None),
             };
             match event {

@@ -13,6 +13,26 @@ pub const DEFAULT_NODE: &str = "http://127.0.0.1:4454";
 /// Default URL of the console (logging) API.
 pub const DEFAULT_CONSOLE: &str = "http://127.0.0.1:4457";
 
+/// `--node` and `--json`: every command that talks to a node's events, node or blob API.
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// URL of the node's API.
+    #[arg(long, global = true, default_value = DEFAULT_NODE, env = "SHOAL_NODE")]
+    pub node: String,
+    /// Machine-readable output: NDJSON for streams, JSON otherwise.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// Runs a command's async part: one request (or stream) at a time needs only one thread.
+pub fn block_on<T>(fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(fut)
+}
+
 /// A line longer than this is not NDJSON from a node (bounds memory on a garbage stream).
 const MAX_LINE: usize = 64 * 1024 * 1024;
 

@@ -10,18 +10,14 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::io::BufRead;
 
-use crate::client::{Client, DEFAULT_NODE};
+use crate::client::{block_on, Client, NodeArgs};
 use crate::output::{Format, Out, Progress};
 
 /// Arguments of `shoal events`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// URL of the node's events API.
-    #[arg(long, global = true, default_value = DEFAULT_NODE, env = "SHOAL_NODE")]
-    node: String,
-    /// Machine-readable output: NDJSON for streams, JSON otherwise.
-    #[arg(long, global = true)]
-    json: bool,
+    #[command(flatten)]
+    remote: NodeArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -98,16 +94,12 @@ struct SubscribeArgs {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(run_async(args))
+    block_on(run_async(args))
 }
 
 async fn run_async(args: Args) -> Result<()> {
-    let client = Client::new(&args.node)?;
-    let format = Format::from_json_flag(args.json);
+    let client = Client::new(&args.remote.node)?;
+    let format = Format::from_json_flag(args.remote.json);
     match args.command {
         Command::Offsets => {
             let offsets = client.get_json("/api/v1/events/offsets").await?;

@@ -1,9 +1,9 @@
 //! `shoal logs tail [--since T] [--follow]`: a node's console log, read from its console API
 //! (`GET /api/v1/logs`, default address http://127.0.0.1:4457 — not the events API's).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
-use crate::client::{Client, DEFAULT_CONSOLE};
+use crate::client::{block_on, Client, DEFAULT_CONSOLE};
 use crate::output::{Format, Out};
 
 /// Arguments of `shoal logs`.
@@ -36,11 +36,7 @@ struct TailArgs {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(async {
+    block_on(async {
         let client = Client::new(&args.node)?;
         let Command::Tail(tail) = args.command;
         let mut query = Vec::new();

@@ -1,19 +1,15 @@
 //! `shoal node info`: what a running node says about itself (`GET /api/v1/node/info`).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
-use crate::client::{Client, DEFAULT_NODE};
+use crate::client::{block_on, Client, NodeArgs};
 use crate::output::{Format, Out};
 
 /// Arguments of `shoal node`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// URL of the node's API.
-    #[arg(long, global = true, default_value = DEFAULT_NODE, env = "SHOAL_NODE")]
-    node: String,
-    /// Machine-readable output (the node's JSON answer).
-    #[arg(long, global = true)]
-    json: bool,
+    #[command(flatten)]
+    remote: NodeArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,16 +21,12 @@ enum Command {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(async {
-        let client = Client::new(&args.node)?;
+    block_on(async {
+        let client = Client::new(&args.remote.node)?;
         match args.command {
             Command::Info => {
                 let info = client.get_json("/api/v1/node/info").await?;
-                let mut out = Out::new(Format::from_json_flag(args.json), false);
+                let mut out = Out::new(Format::from_json_flag(args.remote.json), false);
                 out.node_info(&info)?;
                 out.flush()
             }

@@ -6,8 +6,12 @@
 //! - packing the 1000-batch store, then bytes on disk per event (after garbage collection and a
 //!   WAL checkpoint: file size, and the same without SQLite's free pages);
 //! - full-scan read rate of the packed tree, and a filtered read of one rare semantics (~1% of
-//!   the events, `shoal_fixtures::RARE_SEMANTICS`, spread over the whole log) against it; for
-//!   contrast, a read of 1% selected by a time range (contiguous matches);
+//!   the events, `shoal_fixtures::RARE_SEMANTICS`, spread over the whole log) against it, both
+//!   warm (same reader, decoded key branches cached: the ratio compares only the reads' own
+//!   work) and cold (store just opened); for contrast, a read of 1% selected by a time range
+//!   (contiguous matches); and the floor of the spread read: one read of the last event of
+//!   every leaf, which decompresses every leaf once, as the spread read has to (it prints how
+//!   many leaves hold a match);
 //! - the reference, in the same run: plain SQLite (rusqlite, one row per event, an index on
 //!   semantics, batches of 1000 per transaction, the same durability setting) doing the same.
 //!
@@ -94,6 +98,20 @@ struct Figures {
     filtered_seconds: Vec<f64>,
     time_filtered_seconds: Vec<f64>,
     scan_seconds: Vec<f64>,
+    /// The first scan after opening the store: it also decodes every key branch.
+    cold_scan_seconds: Vec<f64>,
+    /// The filtered read on a freshly opened store (decodes the key branches it visits).
+    cold_filtered_seconds: Vec<f64>,
+    /// Reading the last event of every leaf, one read per leaf: each read decompresses its
+    /// whole leaf, like the spread filtered read must. The floor of any read that opens them.
+    leaf_ends_seconds: Vec<f64>,
+    /// Warm scan and filtered read of a tree whose leaves were all written by `pack` (no
+    /// inline packing during the appends): the leaf format a background packer produces.
+    bg_scan_seconds: Vec<f64>,
+    bg_filtered_seconds: Vec<f64>,
+    /// Leaves holding at least one event of the rare semantics, and all leaves.
+    leaves_matching: Vec<f64>,
+    leaves: Vec<f64>,
     sqlite_append: Vec<f64>,
     sqlite_scan: Vec<f64>,
     sqlite_scan_seconds: Vec<f64>,
@@ -112,6 +130,11 @@ struct CpuFigures {
     sqlite_append: Vec<f64>,
     sqlite_scan: Vec<f64>,
     sqlite_filtered: Vec<f64>,
+    cold_scan: Vec<f64>,
+    cold_filtered: Vec<f64>,
+    bg_scan: Vec<f64>,
+    bg_filtered: Vec<f64>,
+    leaf_ends: Vec<f64>,
 }
 
 /// Wall clock plus the bench thread's on-CPU time (`/proc/thread-self/schedstat`, ns; time
@@ -208,20 +231,73 @@ impl Figures {
             &self.live_bytes,
             "bytes/ev",
         );
-        row("full scan", &self.scan, "events/s");
-        row("full scan", &self.scan_seconds, "s");
         row(
-            &format!("filtered read (semantics {RARE_SEMANTICS})"),
+            "full scan (warm: key branches cached)",
+            &self.scan,
+            "events/s",
+        );
+        row("full scan (warm)", &self.scan_seconds, "s");
+        row(
+            "full scan (cold: first read after opening)",
+            &self.cold_scan_seconds,
+            "s",
+        );
+        row(
+            &format!("filtered read (semantics {RARE_SEMANTICS}, warm)"),
             &self.filtered_seconds,
             "s",
         );
-        let ratios: Vec<f64> = self
-            .scan_seconds
-            .iter()
-            .zip(&self.filtered_seconds)
-            .map(|(s, f)| s / f)
-            .collect();
-        row("full scan time / filtered read time", &ratios, "x");
+        row(
+            "filtered read (cold: store just opened)",
+            &self.cold_filtered_seconds,
+            "s",
+        );
+        let ratio =
+            |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(a, b)| a / b).collect() };
+        row(
+            "full scan time / filtered read time (warm)",
+            &ratio(&self.scan_seconds, &self.filtered_seconds),
+            "x",
+        );
+        row(
+            "the same, both cold",
+            &ratio(&self.cold_scan_seconds, &self.cold_filtered_seconds),
+            "x",
+        );
+        row(
+            "the same, cold scan / warm filter (old figure)",
+            &ratio(&self.cold_scan_seconds, &self.filtered_seconds),
+            "x",
+        );
+        row(
+            "leaves all by `pack` (zstd 10): full scan / filtered (warm)",
+            &ratio(&self.bg_scan_seconds, &self.bg_filtered_seconds),
+            "x",
+        );
+        row(
+            "leaves all by `pack`: full scan rate (warm)",
+            &self
+                .bg_scan_seconds
+                .iter()
+                .map(|s| n as f64 / s)
+                .collect::<Vec<_>>(),
+            "events/s",
+        );
+        row(
+            "leaves holding a match / all leaves",
+            &ratio(&self.leaves_matching, &self.leaves),
+            "",
+        );
+        row(
+            "last event of every leaf, one read each",
+            &self.leaf_ends_seconds,
+            "s",
+        );
+        row(
+            "full scan time / that (ratio ceiling)",
+            &ratio(&self.scan_seconds, &self.leaf_ends_seconds),
+            "x",
+        );
         row(
             "filtered read (1% by time range, contiguous)",
             &self.time_filtered_seconds,
@@ -281,8 +357,23 @@ impl Figures {
         );
         row("shoal-store full scan", &rate(n, &c.scan), "events/s");
         row(
-            "shoal-store full scan / filtered read",
+            "shoal-store full scan / filtered read (warm)",
             &ratio(&c.scan, &c.filtered),
+            "x",
+        );
+        row(
+            "the same, both cold",
+            &ratio(&c.cold_scan, &c.cold_filtered),
+            "x",
+        );
+        row(
+            "the same, leaves all by `pack` (warm)",
+            &ratio(&c.bg_scan, &c.bg_filtered),
+            "x",
+        );
+        row(
+            "full scan / last event of every leaf",
+            &ratio(&c.scan, &c.leaf_ends),
             "x",
         );
         row(
@@ -383,20 +474,9 @@ fn store_run(events: &[NewEvent], rare: usize, figures: &mut Figures) -> Result<
     figures.file_bytes.push(file as f64 / n);
     figures.live_bytes.push(live as f64 / n);
 
-    let reader = store.reader()?;
+    drop(writer);
+    drop(store);
     let all = EventFilter::default();
-    let watch = Stopwatch::start();
-    let mut count = 0usize;
-    for event in reader.events(&source, 0..=u64::MAX, &all, false)? {
-        std::hint::black_box(event?);
-        count += 1;
-    }
-    let (secs, cpu) = watch.stop();
-    check(count, events.len(), "full scan")?;
-    figures.scan.push(n / secs);
-    figures.scan_seconds.push(secs);
-    figures.cpu.scan.push(cpu);
-
     let filter = EventFilter {
         selectors: Some(vec![Selector {
             semantics: Some(RARE_SEMANTICS.into()),
@@ -404,16 +484,66 @@ fn store_run(events: &[NewEvent], rare: usize, figures: &mut Figures) -> Result<
         }]),
         ..EventFilter::default()
     };
-    let watch = Stopwatch::start();
-    let mut count = 0usize;
-    for event in reader.events(&source, 0..=u64::MAX, &filter, false)? {
-        std::hint::black_box(event?);
-        count += 1;
-    }
-    let (secs, cpu) = watch.stop();
+
+    // Cold: a freshly opened store has no decoded branch cached, so the first read of each
+    // kind also decodes the key branches it walks (~5 bytes of keys per event, compressed).
+    let store = Store::open(&path, config())?;
+    let reader = store.reader()?;
+    let (count, secs, cpu) = read_all(&reader, &all)?;
+    check(count, events.len(), "cold full scan")?;
+    figures.cold_scan_seconds.push(secs);
+    figures.cpu.cold_scan.push(cpu);
+    let store_cold = Store::open(&path, config())?;
+    let (count, secs, cpu) = read_all(&store_cold.reader()?, &filter)?;
+    check(count, rare, "cold filtered read")?;
+    figures.cold_filtered_seconds.push(secs);
+    figures.cpu.cold_filtered.push(cpu);
+    drop(store_cold);
+
+    // Warm: the same reader again, branches cached; both reads do only their own work.
+    let (count, secs, cpu) = read_all(&reader, &all)?;
+    check(count, events.len(), "full scan")?;
+    figures.scan.push(n / secs);
+    figures.scan_seconds.push(secs);
+    figures.cpu.scan.push(cpu);
+    let (count, secs, cpu) = read_all(&reader, &filter)?;
+    check(count, rare, "filtered read")?;
     figures.filtered_seconds.push(secs);
     figures.cpu.filtered.push(cpu);
-    check(count, rare, "filtered read")?;
+
+    // Which leaves hold a match, and the floor: one read per leaf of its last event.
+    let shape = reader
+        .tree_shape(&source)?
+        .ok_or("the bench source has no tree")?;
+    let leaves: Vec<(u64, u64)> = shape
+        .nodes
+        .iter()
+        .filter(|node| node.level == 0)
+        .map(|node| (node.first_offset, node.last_offset))
+        .collect();
+    let rare_offsets: Vec<u64> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.semantics == RARE_SEMANTICS)
+        .map(|(i, _)| i as u64)
+        .collect();
+    let matching = leaves
+        .iter()
+        .filter(|(lo, hi)| rare_offsets.iter().any(|o| (lo..=hi).contains(&o)))
+        .count();
+    figures.leaves_matching.push(matching as f64);
+    figures.leaves.push(leaves.len() as f64);
+    let watch = Stopwatch::start();
+    for (_, last) in &leaves {
+        for event in reader.events(&source, *last..=*last, &all, false)? {
+            std::hint::black_box(event?);
+        }
+    }
+    let (secs, cpu) = watch.stop();
+    figures.leaf_ends_seconds.push(secs);
+    figures.cpu.leaf_ends.push(cpu);
+
+    packed_by_pack_alone(events, rare, figures)?;
 
     // The same share selected by time instead: the matches are contiguous, so the summaries
     // let the read skip every other leaf. Shows what the tree can skip when matches cluster.
@@ -433,6 +563,61 @@ fn store_run(events: &[NewEvent], rare: usize, figures: &mut Figures) -> Result<
         .time_filtered_seconds
         .push(start.elapsed().as_secs_f64());
     check(count, share, "time-range read")
+}
+
+/// Streams every event of the bench source that matches `filter`: (count, wall s, CPU s).
+fn read_all(
+    reader: &shoal_store::Reader,
+    filter: &EventFilter,
+) -> Result<(usize, f64, f64), BoxError> {
+    let watch = Stopwatch::start();
+    let mut count = 0usize;
+    for event in reader.events(&source(), 0..=u64::MAX, filter, false)? {
+        std::hint::black_box(event?);
+        count += 1;
+    }
+    let (wall, cpu) = watch.stop();
+    Ok((count, wall, cpu))
+}
+
+/// The same events appended with inline packing off, then packed once by `Writer::pack`: every
+/// leaf at the pack level, as a background packer writes them (the inline pack that `append`
+/// runs every `max_unpacked_depth` appends seals leaves at its own, lower level).
+fn packed_by_pack_alone(
+    events: &[NewEvent],
+    rare: usize,
+    figures: &mut Figures,
+) -> Result<(), BoxError> {
+    let dir = tempfile::tempdir()?;
+    let mut config = config();
+    // Deeper than the 200 appends below: `append` never packs inline.
+    config.tree.max_unpacked_depth = 1 << 20;
+    let store = Store::open(&dir.path().join("store.sqlite"), config)?;
+    let mut writer = store.writer()?;
+    for batch in events.chunks(1000) {
+        writer.append(&source(), batch.to_vec())?;
+    }
+    writer.pack(&source())?;
+    // As for the main tree: what packing replaced is collected and the WAL checkpointed, so
+    // reads see the same file layout.
+    while writer.gc(100_000)?.blocks_deleted > 0 {}
+    writer.checkpoint()?;
+    let reader = store.reader()?;
+    let all = EventFilter::default();
+    let filter = EventFilter::selectors(vec![Selector {
+        semantics: Some(RARE_SEMANTICS.into()),
+        ..Selector::default()
+    }]);
+    read_all(&reader, &all)?;
+    let (count, secs, cpu) = read_all(&reader, &all)?;
+    check(count, events.len(), "full scan (packed by pack)")?;
+    figures.bg_scan_seconds.push(secs);
+    figures.cpu.bg_scan.push(cpu);
+    let (count, secs, cpu) = read_all(&reader, &filter)?;
+    check(count, rare, "filtered read (packed by pack)")?;
+    figures.bg_filtered_seconds.push(secs);
+    figures.cpu.bg_filtered.push(cpu);
+    Ok(())
 }
 
 fn check(got: usize, want: usize, what: &str) -> Result<(), BoxError> {

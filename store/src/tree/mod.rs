@@ -141,6 +141,36 @@ impl TreeConfig {
         if self.max_leaf_count == 0 {
             return Err(Error::Invalid("tree config: max_leaf_count is 0".into()));
         }
+        // Compared with banyan's `i32` tree level: a bigger value would wrap to a negative
+        // depth and make every append pack inline.
+        if self.max_unpacked_depth > i32::MAX as u32 {
+            return Err(Error::Invalid(format!(
+                "tree config: max_unpacked_depth {} is over {}",
+                self.max_unpacked_depth,
+                i32::MAX
+            )));
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_rejects_a_depth_that_wraps_banyan_levels() {
+        assert!(TreeConfig::default().validate().is_ok());
+        assert!(TreeConfig::debug().validate().is_ok());
+        let deep = TreeConfig {
+            max_unpacked_depth: i32::MAX as u32,
+            ..TreeConfig::default()
+        };
+        assert!(deep.validate().is_ok());
+        let wraps = TreeConfig {
+            max_unpacked_depth: u32::MAX,
+            ..TreeConfig::default()
+        };
+        assert!(wraps.validate().is_err());
     }
 }

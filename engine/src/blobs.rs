@@ -2,9 +2,11 @@
 //! list, delete, and swarm-wide names.
 //!
 //! Actors and what each owns:
-//! - an *upload* (one per `put` call) cuts the body into [`CHUNK_SIZE`] chunks, hashes them on a
-//!   blocking thread and hands batches of about [`PUT_BATCH`] bytes to the writer thread (at most
-//!   [`PUTS_IN_FLIGHT`] batches queued), so memory per upload is a few MiB whatever the size. Each
+//! - an *upload* (one per `put` call) cuts the body into [`CHUNK_SIZE`] chunks and hashes each on
+//!   a blocking thread while it reads on (at most [`HASHES_IN_FLIGHT`] at once), then hands
+//!   batches of about [`PUT_BATCH`] bytes to the writer thread (at most [`PUTS_IN_FLIGHT`]
+//!   queued): reading, hashing and writing overlap, and memory per upload is bounded by
+//!   `HASHES_IN_FLIGHT + (1 + PUTS_IN_FLIGHT) · PUT_BATCH` bytes whatever the size. Each
 //!   batch also moves the upload's pin (see `shoal_store::blob`), so GC never takes its chunks;
 //!   the last batch pins the root. An upload that fails or is dropped leaves only unpinned blocks.
 //! - a *read* (`fetch.rs`, one task per GET) walks the link tree for the asked range, then sends
@@ -50,6 +52,9 @@ pub const NAME_TAG: &str = "shoal:blob-name";
 pub const PUT_BATCH: usize = 4 * CHUNK_SIZE;
 /// Batches of one upload queued at the writer at once (hashing the next overlaps writing).
 pub const PUTS_IN_FLIGHT: usize = 2;
+/// Chunks of one upload being hashed at once, on blocking threads, while the body is read on
+/// (hashing 1 MiB takes about as long as receiving it: without this, one waits for the other).
+pub const HASHES_IN_FLIGHT: usize = 4;
 
 /// Settings of the blob service.
 #[derive(Debug, Clone)]
@@ -166,7 +171,16 @@ struct Inner {
     fetch: RwLock<Option<Arc<dyn BlockFetch>>>,
     init: tokio::sync::OnceCell<()>,
     uploads: AtomicU64,
+    /// Uploads whose pin could not be dropped (disk full): retried before the next upload.
+    unpin_later: Mutex<Vec<String>>,
+    /// Blob bytes written since the last [`blob::checkpoint_aside`] started.
+    unchecked: AtomicU64,
+    /// A `checkpoint_aside` is running.
+    checkpointing: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// Blob bytes written between two checkpoints run beside the writer (see `checkpoint_aside`).
+const CHECKPOINT_ASIDE_BYTES: u64 = 32 << 20;
 
 impl BlobService {
     pub fn new(node: NodeHandle, config: BlobsConfig) -> Self {
@@ -177,6 +191,9 @@ impl BlobService {
                 fetch: RwLock::new(None),
                 init: tokio::sync::OnceCell::new(),
                 uploads: AtomicU64::new(0),
+                unpin_later: Mutex::new(Vec::new()),
+                unchecked: AtomicU64::new(0),
+                checkpointing: Arc::default(),
             }),
         }
     }
@@ -249,6 +266,7 @@ impl BlobService {
         E: std::fmt::Display,
     {
         self.ready().await?;
+        self.retry_unpins().await;
         let id = format!(
             "{}-{}",
             std::process::id(),
@@ -258,7 +276,9 @@ impl BlobService {
             service: self.clone(),
             id: id.clone(),
             builder: TreeBuilder::new(),
+            hashing: std::collections::VecDeque::new(),
             batch: Vec::new(),
+            links: Vec::new(),
             batch_bytes: 0,
             in_flight: std::collections::VecDeque::new(),
             prev: Arc::new(Mutex::new(None)),
@@ -270,11 +290,51 @@ impl BlobService {
             while let Some(job) = upload.in_flight.pop_front() {
                 let _ = job.await;
             }
-            let id = id.clone();
-            let _ = self.writer(move |w| blob::abort_upload(w, &id)).await;
+            self.unpin(id.clone()).await;
         }
         upload.done = true;
         result
+    }
+
+    /// Counts blob bytes committed; every [`CHECKPOINT_ASIDE_BYTES`] copies the WAL into the
+    /// database file on a blocking thread of its own (one at a time), not on the writer.
+    pub(crate) fn wrote(&self, bytes: u64) {
+        let inner = &self.inner;
+        let total = inner.unchecked.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if total < CHECKPOINT_ASIDE_BYTES || inner.checkpointing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        inner.unchecked.store(0, Ordering::Relaxed);
+        let path = inner.node.store().path().to_path_buf();
+        let running = inner.checkpointing.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = blob::checkpoint_aside(&path) {
+                tracing::debug!(error = %e, "wal checkpoint beside the writer failed");
+            }
+            running.store(false, Ordering::Release);
+        });
+    }
+
+    /// Drops the pin of an upload that will not finish. When that fails too (the disk is
+    /// full), the next upload retries it, and the next start drops every upload pin.
+    async fn unpin(&self, id: String) {
+        let retry = id.clone();
+        if let Err(e) = self.writer(move |w| blob::abort_upload(w, &id)).await {
+            tracing::warn!(upload = %retry, error = %e, "cannot unpin an abandoned upload yet");
+            if let Ok(mut later) = self.inner.unpin_later.lock() {
+                later.push(retry);
+            }
+        }
+    }
+
+    async fn retry_unpins(&self) {
+        let ids = match self.inner.unpin_later.lock() {
+            Ok(mut later) => std::mem::take(&mut *later),
+            Err(_) => return,
+        };
+        for id in ids {
+            self.unpin(id).await;
+        }
     }
 
     /// Metadata and local completeness of a blob, fetching its root from peers if needed.
@@ -363,16 +423,21 @@ impl BlobService {
 }
 
 type Job = tokio::task::JoinHandle<Result<(), BlobsError>>;
+type Hashing = tokio::task::JoinHandle<(Cid, Bytes)>;
 
 /// One upload in progress (see the module doc).
 struct Upload {
     service: BlobService,
     id: String,
     builder: TreeBuilder,
-    batch: Vec<Bytes>,
+    /// Chunks being hashed, in body order.
+    hashing: std::collections::VecDeque<Hashing>,
+    /// Hashed chunks and the link blocks they completed, not yet handed to the writer.
+    batch: Vec<(Cid, Bytes)>,
+    links: Vec<(Cid, Vec<u8>)>,
     batch_bytes: usize,
     in_flight: std::collections::VecDeque<Job>,
-    /// The upload's latest manifest; jobs run in order on the writer, each reads and moves it.
+    /// The upload's latest manifest; each writer job reads it, links it and moves it on.
     prev: Arc<Mutex<Option<Cid>>>,
     done: bool,
 }
@@ -405,6 +470,9 @@ impl Upload {
         if !chunk.is_empty() {
             self.add(chunk.freeze()).await?;
         }
+        while let Some(h) = self.hashing.pop_front() {
+            self.hashed(h).await?;
+        }
         self.flush().await?;
         while let Some(job) = self.in_flight.pop_front() {
             join(job).await?;
@@ -426,31 +494,46 @@ impl Upload {
         Ok(meta)
     }
 
+    /// Starts hashing `chunk`; takes in the chunks hashed meanwhile (in order), waiting only
+    /// when [`HASHES_IN_FLIGHT`] are running.
     async fn add(&mut self, chunk: Bytes) -> Result<(), BlobsError> {
-        self.batch_bytes += chunk.len();
-        self.batch.push(chunk);
+        while self.hashing.front().is_some_and(|h| h.is_finished())
+            || self.hashing.len() >= HASHES_IN_FLIGHT
+        {
+            if let Some(h) = self.hashing.pop_front() {
+                self.hashed(h).await?;
+            }
+        }
+        self.hashing.push_back(tokio::task::spawn_blocking(move || {
+            (cid_of(RAW, &chunk), chunk)
+        }));
+        Ok(())
+    }
+
+    /// Extends the tree with a hashed chunk; queues the batch at the writer once it is full.
+    async fn hashed(&mut self, hashing: Hashing) -> Result<(), BlobsError> {
+        let (cid, data) = hashing
+            .await
+            .map_err(|e| BlobsError::Storage(e.to_string()))?;
+        self.links
+            .extend(self.builder.push_chunk(cid, data.len() as u64)?);
+        self.batch_bytes += data.len();
+        self.batch.push((cid, data));
         if self.batch_bytes >= PUT_BATCH {
             self.flush().await?;
         }
         Ok(())
     }
 
-    /// Hashes the batch, extends the tree and queues the batch at the writer.
+    /// Queues the batch at the writer (waiting while [`PUTS_IN_FLIGHT`] are queued).
     async fn flush(&mut self) -> Result<(), BlobsError> {
-        if self.batch.is_empty() {
+        if self.batch.is_empty() && self.links.is_empty() {
             return Ok(());
         }
-        let chunks = std::mem::take(&mut self.batch);
+        let hashed = std::mem::take(&mut self.batch);
+        let links = std::mem::take(&mut self.links);
+        let bytes = self.batch_bytes as u64;
         self.batch_bytes = 0;
-        let hashed: Vec<(Cid, Bytes)> = tokio::task::spawn_blocking(move || {
-            chunks.into_iter().map(|c| (cid_of(RAW, &c), c)).collect()
-        })
-        .await
-        .map_err(|e| BlobsError::Storage(e.to_string()))?;
-        let mut links = Vec::new();
-        for (cid, data) in &hashed {
-            links.extend(self.builder.push_chunk(*cid, data.len() as u64)?);
-        }
         while self.in_flight.len() >= PUTS_IN_FLIGHT {
             if let Some(job) = self.in_flight.pop_front() {
                 join(job).await?;
@@ -464,6 +547,8 @@ impl Upload {
                     let mut blocks: Vec<(Cid, &[u8])> =
                         hashed.iter().map(|(c, d)| (*c, d.as_ref())).collect();
                     blocks.extend(links.iter().map(|(c, d)| (*c, d.as_slice())));
+                    // Jobs may reach the writer in any order: each manifest links the one
+                    // before it, so the pin covers every batch either way.
                     let last = prev.lock().map(|p| *p).unwrap_or(None);
                     let manifest = blob::put_hashed(w, &blocks, Some((&id, last)))?;
                     if let Ok(mut p) = prev.lock() {
@@ -471,7 +556,9 @@ impl Upload {
                     }
                     Ok(())
                 })
-                .await
+                .await?;
+            service.wrote(bytes);
+            Ok(())
         }));
         Ok(())
     }
@@ -486,9 +573,7 @@ impl Drop for Upload {
             };
             let service = self.service.clone();
             let id = self.id.clone();
-            rt.spawn(async move {
-                let _ = service.writer(move |w| blob::abort_upload(w, &id)).await;
-            });
+            rt.spawn(async move { service.unpin(id).await });
         }
     }
 }

@@ -76,12 +76,34 @@ enum SyncError {
     Store(#[from] shoal_store::Error),
 }
 
-/// Serves peers' `Want`s from the store (one shared read connection).
-struct StoreBlocks(Reader);
+/// Serves peers' `Want`s from the store through a few read connections, taken in turn: one
+/// connection (a mutex) made concurrent `Want`s for blob chunks (1 MiB each) wait on each other.
+struct StoreBlocks {
+    readers: Vec<Reader>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+/// Read connections of [`StoreBlocks`]: as many as the swarm serves `Want`s at once.
+const SERVE_READERS: usize = 4;
+
+impl StoreBlocks {
+    fn open(store: &shoal_store::Store) -> Result<StoreBlocks, shoal_store::Error> {
+        let readers = (0..SERVE_READERS)
+            .map(|_| store.reader())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(StoreBlocks {
+            readers,
+            next: Default::default(),
+        })
+    }
+}
 
 impl BlockSource for StoreBlocks {
     fn get_block(&self, cid: &Cid) -> Result<Option<Vec<u8>>, String> {
-        self.0.get_block(cid).map_err(|e| e.to_string())
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.readers[i % self.readers.len()]
+            .get_block(cid)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -117,7 +139,7 @@ pub async fn start(node: NodeHandle) -> Result<Replication, ReplicationError> {
     if let Some(path) = &cfg.swarm_key {
         swarm_cfg.swarm_key = Some(swarm::read_swarm_key(path)?);
     }
-    let blocks = Arc::new(StoreBlocks(node.store().reader()?));
+    let blocks = Arc::new(StoreBlocks::open(node.store())?);
     let (handle, events, swarm_task) = swarm::spawn(swarm_cfg, blocks).await?;
     let mut replicator = Replicator {
         own: node.identity().peer_id(),

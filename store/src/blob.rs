@@ -316,11 +316,25 @@ fn lock(conn: &std::sync::Mutex<Connection>) -> Result<std::sync::MutexGuard<'_,
         .map_err(|_| Error::Invalid("store connection lock poisoned".into()))
 }
 
-/// Creates the blob tables (idempotent); call once with the writer before using blobs.
+/// Creates the blob tables (idempotent) and drops the pins of uploads a previous process left
+/// (killed mid-upload, or its abort failed on a full disk); call once with the writer before
+/// using blobs, before any upload starts.
 pub fn init(w: &mut Writer) -> Result<()> {
     let conn = writer_conn(w);
     let conn = lock(&conn)?;
     conn.execute_batch(CREATE)?;
+    // Best effort: on a full disk reads must still work; the pins go at the next start.
+    let dropped = blocks::aliases_with_prefix(&conn, UPLOAD_PREFIX).and_then(|stale| {
+        for (name, _) in &stale {
+            set_alias_quietly(&conn, name, None, now_secs())?;
+        }
+        Ok(stale.len())
+    });
+    match dropped {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(uploads = n, "dropped the pins of abandoned uploads"),
+        Err(e) => tracing::warn!(error = %e, "cannot drop the pins of abandoned uploads"),
+    }
     Ok(())
 }
 
@@ -339,16 +353,50 @@ pub fn put_hashed(
     // fsyncs) would run at almost every batch. Turn it off for this commit and checkpoint every
     // CHECKPOINT_BLOB_BYTES instead; a commit is durable against a process kill once written to
     // the WAL either way (see `schema::Durability`).
-    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // A writer whose checkpoints run elsewhere has them off already (0): then leave it so.
+    let auto: i64 = conn.pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))?;
+    if auto != 0 {
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    }
     let result = put_hashed_tx(&mut conn, blocks, upload);
-    conn.pragma_update(None, "wal_autocheckpoint", 1000)?;
+    if auto != 0 {
+        conn.pragma_update(None, "wal_autocheckpoint", auto)?;
+    }
     let bytes: usize = blocks.iter().map(|(_, d)| d.len()).sum();
+    if auto == 0 {
+        // Checkpoints run elsewhere (a checkpoint thread): tell the writer what was written.
+        drop(conn);
+        if result.is_ok() {
+            if let Err(e) = w.wrote(bytes as u64) {
+                tracing::warn!(error = %e, "wal checkpoint after blob writes failed");
+            }
+        }
+        return result;
+    }
     let written = BLOB_BYTES.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
     if result.is_ok() && written >= CHECKPOINT_BLOB_BYTES {
-        BLOB_BYTES.store(0, Ordering::Relaxed);
-        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        // Most frames were copied already by `checkpoint_aside`; this one, with no commit
+        // running, finishes the job so the next commit restarts the WAL from its start.
+        // The batch is committed whatever happens here: a checkpoint that fails (disk full,
+        // busy) must not report it lost; the WAL keeps the data and the next batch retries.
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0)) {
+            Ok(0) => BLOB_BYTES.store(0, Ordering::Relaxed),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "wal checkpoint after blob writes failed"),
+        }
     }
     result
+}
+
+/// Copies committed WAL frames of the store at `path` into its database file from a
+/// connection of its own, while the writer goes on committing: blob data is written twice
+/// (WAL, then database), and this takes the second copy off the writer's thread. PASSIVE: it
+/// never blocks the writer nor waits for readers. Blocking: call it on a blocking thread.
+pub fn checkpoint_aside(path: &std::path::Path) -> Result<()> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_millis(100))?;
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+    Ok(())
 }
 
 /// Blob bytes written since the last checkpoint `put_hashed` ran.

@@ -387,6 +387,13 @@ impl Writer {
         Ok(())
     }
 
+    /// `blob.rs` committed `bytes` of blob blocks on this connection outside `commit_blocks`:
+    /// count them towards the next checkpoint like any other write.
+    pub(crate) fn wrote(&mut self, bytes: u64) -> Result<()> {
+        self.written_since_checkpoint += bytes;
+        self.maybe_checkpoint()
+    }
+
     fn maybe_checkpoint(&mut self) -> Result<()> {
         if self.written_since_checkpoint >= self.config.checkpoint_after_bytes {
             self.checkpoint()?;

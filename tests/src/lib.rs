@@ -174,6 +174,12 @@ impl Node {
         Node::spawn(dir, options)
     }
 
+    /// Starts a node in `dir` (its data dir is `dir/data`, created if missing): for tests that
+    /// prepare the data dir first, e.g. mount a small filesystem on it.
+    pub fn start_in(dir: tempfile::TempDir, options: NodeOptions) -> Result<Node> {
+        Node::spawn(dir, options)
+    }
+
     fn spawn(dir: tempfile::TempDir, options: NodeOptions) -> Result<Node> {
         let data = dir.path().join("data");
         let log_path = dir.path().join("node.log");

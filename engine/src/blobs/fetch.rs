@@ -31,7 +31,10 @@ pub type BlobStream = ByteStream;
 /// Chunks per fetch session: one exchange response carries about this many 1 MiB chunks.
 const FETCH_GROUP: usize = 2;
 /// Writes of fetched blocks queued at the writer at once.
-const WRITES_IN_FLIGHT: usize = 4;
+const WRITES_IN_FLIGHT: usize = 2;
+/// Fetched bytes stored in one transaction (several exchange responses): fewer, larger
+/// commits; an interrupted read loses at most this much of what it fetched.
+const WRITE_BATCH: usize = 8 << 20;
 /// Pause before asking again for blocks no connected peer had.
 const RETRY_PAUSE: Duration = Duration::from_millis(300);
 /// A progress line is logged every this many fetched bytes.
@@ -172,10 +175,19 @@ pub(super) fn read_range(svc: BlobService, opened: Opened, start: u64, end: u64)
                 requested: HashSet::new(),
                 classified: 0,
                 writes: VecDeque::new(),
+                unwritten: Vec::new(),
+                unwritten_bytes: 0,
                 fetched: 0,
                 started: Instant::now(),
             };
-            read.run(&opened, start, end).await
+            let result = read.run(&opened, start, end).await;
+            // Failed or the client went away: keep what arrived, so the next request resumes
+            // from it.
+            let _ = read.store_fetched().await;
+            while let Some(w) = read.writes.pop_front() {
+                let _ = w.await;
+            }
+            result
         }
         .await;
         if let Err(e) = result {
@@ -205,6 +217,9 @@ struct Read {
     /// Chunks before this index were checked for being local (and asked for if not).
     classified: usize,
     writes: VecDeque<JoinHandle<Result<(), BlobsError>>>,
+    /// Fetched blocks not yet handed to the writer (see [`WRITE_BATCH`]).
+    unwritten: Vec<(Cid, Bytes)>,
+    unwritten_bytes: usize,
     fetched: u64,
     started: Instant,
 }
@@ -252,6 +267,7 @@ impl Read {
             if i + 1 == chunks.len() {
                 // Stored before the client has the last byte: a HEAD right after the download
                 // then reports the blob complete.
+                self.store_fetched().await?;
                 while let Some(w) = self.writes.pop_front() {
                     w.await.map_err(store_err)??;
                 }
@@ -468,8 +484,10 @@ impl Read {
         let before = self.fetched;
         for (c, d) in &blocks {
             self.fetched += d.len() as u64;
+            self.unwritten_bytes += d.len();
             self.pending.insert(*c, d.clone());
         }
+        self.unwritten.extend(blocks);
         if before / LOG_EVERY != self.fetched / LOG_EVERY {
             let secs = self.started.elapsed().as_secs_f64().max(1e-3);
             tracing::info!(
@@ -478,19 +496,36 @@ impl Read {
                 "blob fetch progress"
             );
         }
+        if self.unwritten_bytes >= WRITE_BATCH {
+            self.store_fetched().await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the fetched blocks not yet stored to the writer (at most [`WRITES_IN_FLIGHT`]
+    /// writes queued).
+    async fn store_fetched(&mut self) -> Result<(), BlobsError> {
+        if self.unwritten.is_empty() {
+            return Ok(());
+        }
+        let blocks = std::mem::take(&mut self.unwritten);
+        self.unwritten_bytes = 0;
         while self.writes.len() >= WRITES_IN_FLIGHT {
             if let Some(w) = self.writes.pop_front() {
                 w.await.map_err(store_err)??;
             }
         }
         let svc = self.svc.clone();
+        let bytes = blocks.iter().map(|(_, d)| d.len() as u64).sum();
         self.writes.push_back(tokio::spawn(async move {
             svc.writer(move |w| {
                 let refs: Vec<(Cid, &[u8])> =
                     blocks.iter().map(|(c, d)| (*c, d.as_ref())).collect();
                 blob::put_hashed(w, &refs, None).map(|_| ())
             })
-            .await
+            .await?;
+            svc.wrote(bytes);
+            Ok(())
         }));
         Ok(())
     }

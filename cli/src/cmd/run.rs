@@ -45,6 +45,12 @@ pub struct Args {
     /// Console log entries kept (the newest). [default: 100000]
     #[arg(long, value_name = "N")]
     console_retention: Option<u64>,
+    /// Largest blob accepted by POST /api/v1/blobs, in bytes. [default: 68719476736 (64 GiB)]
+    #[arg(long, value_name = "BYTES")]
+    max_blob_bytes: Option<u64>,
+    /// Seconds a blob fetch waits for any peer to deliver the next block before 404. [default: 10]
+    #[arg(long, value_name = "SECS")]
+    blob_fetch_timeout_secs: Option<u64>,
 }
 
 impl Args {
@@ -61,6 +67,8 @@ impl Args {
             no_mdns: self.no_mdns.then_some(true),
             max_body_bytes: self.max_body_bytes,
             console_retention: self.console_retention,
+            max_blob_bytes: self.max_blob_bytes,
+            blob_fetch_timeout_secs: self.blob_fetch_timeout_secs,
             ..Settings::default()
         }
     }

@@ -310,6 +310,35 @@ async fn oversized_bodies_get_413_and_store_nothing() {
 }
 
 #[tokio::test]
+async fn an_event_payload_over_the_per_event_limit_is_400_and_stores_nothing() {
+    let node = Node::start().unwrap();
+    // One event must fit one tree leaf: 1,000,000 bytes of compact JSON (a string's quotes count).
+    let fits = json!("x".repeat(1_000_000 - 2));
+    let over = json!("x".repeat(1_000_000 - 1));
+    let body = json!({"data": [event("s", "n", json!(1)), event("s", "n", over)]});
+    let resp = within(
+        node.http
+            .post(node.url("/api/v1/events/publish"))
+            .json(&body)
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["errorCode"], "ERR_BAD_REQUEST");
+    let message = err["error"].as_str().unwrap();
+    assert!(message.contains("[1].payload"), "{message}");
+    assert_eq!(node.offsets().await.unwrap(), json!({}));
+    node.publish(&[event("s", "n", fits.clone())])
+        .await
+        .unwrap();
+    let stored = node.query_all().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0]["payload"], fits);
+}
+
+#[tokio::test]
 async fn node_id_and_info() {
     let node = Node::start().unwrap();
     node.publish(&[event("s", "n", json!(1)), event("s", "m", json!(2))])

@@ -34,6 +34,9 @@ pub use writer::{SourceUpdate, Stamp};
 pub const MAX_NAME_BYTES: usize = 1024;
 /// Most tags per event (API.md).
 pub const MAX_TAGS: usize = 64;
+/// Largest payload of one event, in bytes of compact JSON: one event must fit into one tree
+/// leaf (`TreeConfig::max_uncompressed_leaf_size`, 1 MiB, less the CBOR string header).
+pub const MAX_PAYLOAD_BYTES: usize = 1_000_000;
 
 /// Why an event-service call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -109,6 +112,14 @@ impl PublishEvent {
         if let Some(compact) = compact_json(self.payload.get()) {
             self.payload =
                 RawValue::from_string(compact).map_err(|e| invalid(i, "payload", e.to_string()))?;
+        }
+        let size = self.payload.get().len();
+        if size > MAX_PAYLOAD_BYTES {
+            return Err(invalid(
+                i,
+                "payload",
+                format!("at most {MAX_PAYLOAD_BYTES} bytes of JSON per event, got {size}"),
+            ));
         }
         Ok(())
     }

@@ -10,8 +10,7 @@
 //! root, so a round is skipped while any source is known (from gossip) beyond what is stored:
 //! a sync that takes longer than the grace period must not lose what it already fetched.
 //!
-//! Packing is not done here: `Writer::append` packs inline when the chain of unpacked appends
-//! gets deep (see `store/src/log.rs`).
+//! Packing is not done here: the writer thread has its own packer (`events/writer.rs`).
 
 use std::time::Duration;
 
@@ -79,7 +78,8 @@ async fn round(node: &NodeHandle) {
     }
     if blocks > 0 {
         tracing::info!(blocks, bytes, "gc freed unreachable blocks");
-        if let Ok(Err(err)) = events.with_writer(|w| w.checkpoint()).await {
+        // The store's checkpoint thread does it: no wait for readers on the writer's thread.
+        if let Ok(Err(err)) = events.with_writer(|w| w.request_checkpoint()).await {
             tracing::warn!(%err, "wal checkpoint failed");
         }
     }

@@ -97,7 +97,7 @@ pub struct NodeInfo {
     pub uptime_secs: u64,
     pub listen_addrs: Vec<String>,
     pub peers: Vec<PeerInfo>,
-    /// Sources with at least one stored event (each source is one log).
+    /// Streams stored: distinct (semantics, name, source), as API.md defines a stream.
     pub streams: u64,
     /// Stored events over all sources.
     pub events: u64,
@@ -146,6 +146,7 @@ impl Node {
         let clock = Arc::new(clock);
         let (handles, thread) = writer::spawn(
             writer_conn,
+            store.reader()?,
             identity.source().clone(),
             offsets,
             clock,
@@ -323,13 +324,20 @@ impl NodeHandle {
         })
         .await
         .unwrap_or(0);
+        let streams = match self.events.stream_count().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count streams");
+                0
+            }
+        };
         NodeInfo {
             source: self.source().to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_secs: self.started.elapsed().as_secs(),
             listen_addrs: network.listen_addrs.iter().map(|a| a.to_string()).collect(),
             peers: network.peers,
-            streams: offsets.len() as u64,
+            streams,
             events: offsets.iter().map(|(_, o)| o + 1).sum(),
             store_bytes,
             sources: source_progress(&offsets, &network.known),

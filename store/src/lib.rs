@@ -15,6 +15,7 @@
 
 pub mod blob;
 mod blocks;
+mod checkpoint;
 pub mod cid;
 pub mod console;
 mod error;
@@ -27,6 +28,7 @@ mod read;
 mod schema;
 pub mod snapshot;
 mod store;
+mod streams;
 pub mod tree;
 
 pub use crate::cid::Cid;
@@ -36,7 +38,7 @@ pub use crate::gc::GcStats;
 pub use crate::inspect::{
     BlockView, NodeShape, Problem, ProblemKind, SourceStats, Stats, TreeShape, VerifyReport,
 };
-pub use crate::log::{Appended, Imported, Packed, Writer};
+pub use crate::log::{Appended, Imported, PackTicket, Packed, PreparedPack, Writer};
 pub use crate::offset::OffsetMap;
 pub use crate::read::{EventIter, Reader, SourceInfo};
 pub use crate::schema::Durability;

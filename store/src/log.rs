@@ -24,7 +24,7 @@ use crate::{
     gc::{self, GcStats},
     schema::{self, now_secs},
     store::StoreConfig,
-    tree::{self, EventTree, Key, SqliteReader, Stager, Staging, Value},
+    tree::{self, EventQuery, EventTree, Key, SqliteReader, Stager, Staging, Value},
 };
 // Re-exported because `blob.rs` names the reader through this module.
 pub(crate) use crate::read::Reader;
@@ -34,6 +34,8 @@ use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
 };
+
+use crate::checkpoint::Checkpointer;
 
 /// Alias name prefix of source trees.
 pub(crate) const SOURCE_ALIAS_PREFIX: &str = "source/";
@@ -52,6 +54,8 @@ pub struct Appended {
     pub last: u64,
     /// Blocks written by this append (for the inline gossip fast path).
     pub new_blocks: Vec<(Cid, Vec<u8>)>,
+    /// The tree was packed by this append (inline, or a background pack installed with it).
+    pub packed: bool,
 }
 
 /// Result of an import: the offsets that became available.
@@ -72,6 +76,33 @@ pub struct Packed {
     pub blocks_written: usize,
 }
 
+/// Permission to pack one source's tree away from the writer (background packing): names
+/// the tree as it was when the ticket was issued. See [`Writer::pack_ticket`].
+#[derive(Debug, Clone)]
+pub struct PackTicket {
+    source: SourceId,
+    base: Cid,
+    count: u64,
+    /// The source's replacement epoch at issue (see `Writer::epochs`).
+    epoch: u64,
+}
+
+impl PackTicket {
+    /// The source whose tree is to be packed.
+    pub fn source(&self) -> &SourceId {
+        &self.source
+    }
+}
+
+/// A packed tree computed by [`Reader::prepare_pack`], not yet stored: hand it to
+/// [`Writer::install_pack`].
+#[derive(Debug)]
+pub struct PreparedPack {
+    ticket: PackTicket,
+    root: Cid,
+    blocks: Vec<(Cid, Vec<u8>)>,
+}
+
 /// The writer: the one owner of the write connection and of every local tree.
 pub struct Writer {
     conn: Arc<Mutex<Connection>>,
@@ -80,7 +111,13 @@ pub struct Writer {
     config: StoreConfig,
     /// Current trees of sources appended to, so an append needs no root reload.
     builders: HashMap<SourceId, Builder>,
+    /// Per source, bumped whenever its tree is replaced rather than extended (pack, import,
+    /// installed pack): a pack ticket from an older epoch is stale.
+    epochs: HashMap<SourceId, u64>,
     written_since_checkpoint: u64,
+    /// Checkpoints the WAL on its own connection and thread, so commits never run one (file
+    /// stores only; an in-memory store checkpoints inline).
+    checkpointer: Option<Checkpointer>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -96,6 +133,7 @@ impl Writer {
         cache: BranchCache<EventTree>,
         roots: RootCache,
     ) -> Result<Writer> {
+        let checkpointer = Checkpointer::spawn(&conn, &config)?;
         let conn = Arc::new(Mutex::new(conn));
         let forest = Forest::new(SqliteReader::new(conn.clone()), cache);
         Ok(Writer {
@@ -104,7 +142,9 @@ impl Writer {
             roots,
             config,
             builders: HashMap::new(),
+            epochs: HashMap::new(),
             written_since_checkpoint: 0,
+            checkpointer,
         })
     }
 
@@ -121,22 +161,65 @@ impl Writer {
     /// Appends `events` to `source`'s log: builds the new tree and, in one SQLite transaction,
     /// writes its blocks and moves the source's alias. On error nothing changed.
     pub fn append(&mut self, source: &SourceId, events: Vec<NewEvent>) -> Result<Appended> {
+        self.append_inner(source, events, None)
+    }
+
+    /// [`Writer::append`] onto the packed tree of `pack` (background packing, step 3, in the
+    /// same transaction as the append, so the append's new root is the packed one). When the
+    /// pack no longer applies (see [`Writer::install_pack`]) or cannot be used, this is a plain
+    /// append: a pack never makes an append fail. [`Appended::packed`] tells which.
+    pub fn append_with_pack(
+        &mut self,
+        source: &SourceId,
+        events: Vec<NewEvent>,
+        pack: PreparedPack,
+    ) -> Result<Appended> {
+        self.append_inner(source, events, Some(pack))
+    }
+
+    fn append_inner(
+        &mut self,
+        source: &SourceId,
+        events: Vec<NewEvent>,
+        pack: Option<PreparedPack>,
+    ) -> Result<Appended> {
         if events.is_empty() {
             return Err(Error::Invalid("append of an empty batch".into()));
         }
         let n = events.len() as u64;
         // Taken out of the cache: on any error it is dropped and reloaded from the alias.
         let mut builder = self.take_builder(source)?;
-        let first = builder.count();
         let staging = Staging::default();
+        let mut replaced = false;
+        if let Some(pack) = pack.filter(|p| p.ticket.source == *source) {
+            match self.rebase(&builder, pack) {
+                Ok(Some((rebased, blocks))) => {
+                    builder = rebased;
+                    let mut staged = staging
+                        .lock()
+                        .map_err(|_| Error::Tree("staging poisoned".into()))?;
+                    for (c, data) in blocks {
+                        let link = cid::to_ipld(&c)?;
+                        if staged.map.insert(link, data).is_none() {
+                            staged.order.push(link);
+                        }
+                    }
+                    replaced = true;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "background pack not installed"),
+            }
+        }
+        let first = builder.count();
         let mut txn = self
             .forest
             .transaction(|r| (r.with_staging(staging.clone()), Stager(staging.clone())));
         txn.extend_unpacked(&mut builder, to_entries(events))
             .map_err(Error::from_tree)?;
-        let packed = builder.level() > self.config.tree.max_unpacked_depth as i32;
+        let packed = builder.level() > self.backstop_depth();
         if packed {
-            // Keep reads fast without relying on the background packer. This runs on the
+            // Backstop: keeps reads fast when no background packer keeps up (see
+            // `pack_ticket`). This runs on the
             // publish path and recompresses every event appended since the last sealed leaf,
             // so it uses its own, moderate zstd level; leaves it seals keep that level.
             let root = builder
@@ -158,13 +241,21 @@ impl Writer {
             .ok_or_else(|| Error::Tree("append produced an empty tree".into()))?;
         let root = cid::from_ipld(&root)?;
         let new_blocks = drain(&staging)?;
-        self.commit(&new_blocks, Some((&source.alias(), &root)), packed)?;
+        self.commit(
+            &new_blocks,
+            Some((&source.alias(), &root)),
+            packed || replaced,
+        )?;
         self.builders.insert(source.clone(), builder);
+        if packed || replaced {
+            self.bump_epoch(source);
+        }
         Ok(Appended {
             root,
             first,
             last: first + n - 1,
             new_blocks,
+            packed: packed || replaced,
         })
     }
 
@@ -252,6 +343,7 @@ impl Writer {
         }
         self.commit(&[], Some((&source.alias(), &root)), true)?;
         self.builders.remove(source);
+        self.bump_epoch(source);
         Ok(Imported {
             first: old_count,
             last: new_count - 1,
@@ -325,11 +417,150 @@ impl Writer {
         let blocks = drain(&staging)?;
         self.commit(&blocks, Some((&source.alias(), &new_root)), true)?;
         self.builders.remove(source);
+        self.bump_epoch(source);
         Ok(Packed {
             root: Some(new_root),
             changed: new_root != root,
             blocks_written: blocks.len(),
         })
+    }
+
+    /// Background packing, step 1 (on the writer): a ticket to pack `source`'s tree when its
+    /// chain of unpacked appends is deeper than `TreeConfig::max_unpacked_depth`. `None` when
+    /// no pack is due or the source was not appended to through this writer. Cheap: no I/O.
+    /// `append` itself packs inline only at twice that depth, a backstop for a writer whose
+    /// background packer does not keep up (or that has none).
+    pub fn pack_ticket(&self, source: &SourceId) -> Option<PackTicket> {
+        let builder = self.builders.get(source)?;
+        if builder.level() <= self.config.tree.max_unpacked_depth as i32 {
+            return None;
+        }
+        let base = cid::from_ipld(&builder.link()?).ok()?;
+        Some(PackTicket {
+            source: source.clone(),
+            base,
+            count: builder.count(),
+            epoch: self.epochs.get(source).copied().unwrap_or(0),
+        })
+    }
+
+    /// Background packing, step 3 (on the writer): stores a pack computed by
+    /// [`Reader::prepare_pack`] and moves the alias to it, in one transaction. Events
+    /// appended since the ticket was issued are appended again on top of the packed tree, so
+    /// the cost here is one small append however long the pack took. Returns `None`, storing
+    /// nothing, when the ticket is stale (the tree was replaced meanwhile, not just extended)
+    /// or the tree was packed already. The replaced blocks become garbage for `gc`.
+    /// [`Writer::append_with_pack`] does the same as part of an append.
+    pub fn install_pack(&mut self, prepared: PreparedPack) -> Result<Option<Packed>> {
+        let source = prepared.ticket.source.clone();
+        let Some(current) = self.builders.remove(&source) else {
+            return Ok(None);
+        };
+        let (builder, blocks) = match self.rebase(&current, prepared) {
+            Ok(Some(rebased)) => rebased,
+            Ok(None) => {
+                self.builders.insert(source, current);
+                return Ok(None);
+            }
+            Err(e) => {
+                self.builders.insert(source, current);
+                return Err(e);
+            }
+        };
+        let root = builder
+            .link()
+            .ok_or_else(|| Error::Tree("installing a pack: empty tree".into()))?;
+        let root = cid::from_ipld(&root)?;
+        if let Err(e) = self.commit(&blocks, Some((&source.alias(), &root)), true) {
+            self.builders.insert(source, current);
+            return Err(e);
+        }
+        self.builders.insert(source.clone(), builder);
+        self.bump_epoch(&source);
+        Ok(Some(Packed {
+            root: Some(root),
+            changed: true,
+            blocks_written: blocks.len(),
+        }))
+    }
+
+    /// The tree `current` would be with `prepared`'s packed prefix: its packed tree plus the
+    /// events `current` gained since the ticket, appended again. Returns the new builder and
+    /// every block it needs that may not be stored (the pack's and the rebase's), or `None`
+    /// when the pack does not apply (stale ticket, other source, nothing packed). Writes
+    /// nothing.
+    fn rebase(
+        &self,
+        current: &Builder,
+        prepared: PreparedPack,
+    ) -> Result<Option<(Builder, Vec<(Cid, Vec<u8>)>)>> {
+        let PreparedPack {
+            ticket,
+            root: packed_root,
+            blocks: packed_blocks,
+        } = prepared;
+        let count = current.count();
+        if packed_root == ticket.base
+            || self.epochs.get(&ticket.source).copied().unwrap_or(0) != ticket.epoch
+            || count < ticket.count
+        {
+            return Ok(None);
+        }
+        let staging = Staging::default();
+        {
+            // The pack's blocks go first, as if this transaction had written them: the rebase
+            // reads the packed tree's right edge, and `drain` hands them back with its own.
+            let mut staged = staging
+                .lock()
+                .map_err(|_| Error::Tree("staging poisoned".into()))?;
+            for (c, data) in packed_blocks {
+                let link = cid::to_ipld(&c)?;
+                if staged.map.insert(link, data).is_none() {
+                    staged.order.push(link);
+                }
+            }
+        }
+        let mut txn = self
+            .forest
+            .transaction(|r| (r.with_staging(staging.clone()), Stager(staging.clone())));
+        let mut builder: Builder = txn
+            .load_stream_builder(
+                tree::secrets(),
+                self.config.tree.append(),
+                cid::to_ipld(&packed_root)?,
+            )
+            .map_err(Error::from_tree)?;
+        let rebased = count - ticket.count;
+        if rebased > 0 {
+            // Appended while the pack was computed: the same events, in the same order, on top
+            // of the packed prefix (read from the unpacked tail, whose leaves are small).
+            let tail = current.snapshot();
+            let query = EventQuery::new(ticket.count..=count - 1, EventFilter::all());
+            let mut entries: Vec<(Key, Value)> = Vec::with_capacity(rebased as usize);
+            for chunk in self.forest.iter_filtered_chunked(&tail, query, &|_| ()) {
+                let chunk = chunk.map_err(Error::from_tree)?;
+                entries.extend(chunk.data.into_iter().map(|(_, k, v)| (k, v)));
+            }
+            if entries.len() as u64 != rebased {
+                return Err(Error::Tree(format!(
+                    "rebasing a pack: read {} of {rebased} events",
+                    entries.len()
+                )));
+            }
+            txn.extend_unpacked(&mut builder, entries)
+                .map_err(Error::from_tree)?;
+        }
+        let blocks = drain(&staging)?;
+        Ok(Some((builder, blocks)))
+    }
+
+    /// Depth of the unpacked chain at which `append` packs inline.
+    fn backstop_depth(&self) -> i32 {
+        (self.config.tree.max_unpacked_depth as i32).saturating_mul(2)
+    }
+
+    fn bump_epoch(&mut self, source: &SourceId) {
+        *self.epochs.entry(source.clone()).or_insert(0) += 1;
     }
 
     /// Packs every source whose tree is not packed.
@@ -394,7 +625,24 @@ impl Writer {
         self.maybe_checkpoint()
     }
 
+    /// Asks the background checkpointer for a checkpoint soon (e.g. after GC freed a lot), or
+    /// checkpoints now on a store without one. Never waits for readers on the writer's thread.
+    pub fn request_checkpoint(&mut self) -> Result<()> {
+        match &self.checkpointer {
+            Some(c) => {
+                c.request();
+                Ok(())
+            }
+            None => self.checkpoint(),
+        }
+    }
+
     fn maybe_checkpoint(&mut self) -> Result<()> {
+        if let Some(c) = &self.checkpointer {
+            // The checkpointer counts bytes itself; commits never checkpoint.
+            c.written(std::mem::take(&mut self.written_since_checkpoint));
+            return Ok(());
+        }
         if self.written_since_checkpoint >= self.config.checkpoint_after_bytes {
             self.checkpoint()?;
         }
@@ -464,6 +712,47 @@ impl Writer {
     }
 }
 
+impl Reader {
+    /// Background packing, step 2 (anywhere but the writer's thread): computes the packed
+    /// form of the tree a [`PackTicket`] names, writing nothing (the new blocks are kept in
+    /// memory, at most one leaf per tree level plus branches). CPU-heavy: it recompresses
+    /// every event since the last sealed leaf, at the pack level.
+    pub fn prepare_pack(&self, ticket: PackTicket) -> Result<PreparedPack> {
+        let staging = Staging::default();
+        let mut txn = self
+            .forest
+            .transaction(|r| (r.with_staging(staging.clone()), Stager(staging.clone())));
+        let mut packer: Builder = txn
+            .load_stream_builder(
+                tree::secrets(),
+                self.tree_config.pack(),
+                cid::to_ipld(&ticket.base)?,
+            )
+            .map_err(Error::from_tree)?;
+        if self
+            .forest
+            .is_packed(&packer.snapshot())
+            .map_err(Error::from_tree)?
+        {
+            let root = ticket.base;
+            return Ok(PreparedPack {
+                ticket,
+                root,
+                blocks: Vec::new(),
+            });
+        }
+        txn.pack(&mut packer).map_err(Error::from_tree)?;
+        let root = packer
+            .link()
+            .ok_or_else(|| Error::Tree("pack produced an empty tree".into()))?;
+        Ok(PreparedPack {
+            ticket,
+            root: cid::from_ipld(&root)?,
+            blocks: drain(&staging)?,
+        })
+    }
+}
+
 /// Runs `f` on a tree that came from a peer, turning a panic inside banyan (it asserts on some
 /// malformed shapes) into a `Corrupt` error instead of taking the node down.
 fn guarded<T>(root: Cid, f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -506,4 +795,197 @@ fn to_entries(events: Vec<NewEvent>) -> Vec<(Key, Value)> {
             (key, String::from(Box::<str>::from(e.payload)))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use serde_json::value::RawValue;
+
+    fn ev(i: u64) -> NewEvent {
+        NewEvent {
+            semantics: "sem".into(),
+            name: format!("n{}", i % 3),
+            tags: vec![],
+            lamport: i,
+            timestamp: i,
+            payload: RawValue::from_string(format!("{{\"i\":{i}}}")).unwrap(),
+        }
+    }
+
+    fn offsets_and_payloads(r: &Reader, source: &SourceId) -> Vec<(u64, String)> {
+        r.events(source, 0..=u64::MAX, &EventFilter::all(), false)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.offset, e.payload.get().to_string())
+            })
+            .collect()
+    }
+
+    /// A pack computed on a reader while appends go on, installed by a later append: the events
+    /// are all there in order, the packed prefix is full sealed leaves, and GC frees the blocks
+    /// the pack replaced.
+    #[test]
+    fn background_pack_rebases_and_its_replaced_blocks_are_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite"), StoreConfig::debug()).unwrap();
+        let max_leaf = store.config().tree.max_leaf_count as u64;
+        let mut w = store.writer().unwrap();
+        let r = store.reader().unwrap();
+        let source = SourceId::new("bg");
+        let mut n = 0u64;
+        let mut ticket = None;
+        while ticket.is_none() {
+            // Four per append: full leaves before the chain is deep enough for a ticket.
+            w.append(&source, (n..n + 4).map(ev).collect()).unwrap();
+            n += 4;
+            ticket = w.pack_ticket(&source);
+        }
+        let ticket = ticket.unwrap();
+        let packed_count = n;
+        let prepared = r.prepare_pack(ticket).unwrap();
+        // Committed while the pack was computed: these must be appended again.
+        for _ in 0..3 {
+            w.append(&source, vec![ev(n)]).unwrap();
+            n += 1;
+        }
+        let appended = w
+            .append_with_pack(&source, vec![ev(n), ev(n + 1)], prepared)
+            .unwrap();
+        n += 2;
+        assert!(appended.packed);
+        assert_eq!((appended.first, appended.last), (n - 2, n - 1));
+        assert!(w.pack_ticket(&source).is_none(), "the chain is short again");
+
+        let want: Vec<(u64, String)> = (0..n).map(|i| (i, format!("{{\"i\":{i}}}"))).collect();
+        assert_eq!(offsets_and_payloads(&r, &source), want);
+        let shape = r.tree_shape(&source).unwrap().unwrap();
+        let leaves: Vec<_> = shape.nodes.iter().filter(|n| n.level == 0).collect();
+        let full = packed_count / max_leaf;
+        assert!(full > 0, "the test needs at least one full leaf");
+        for leaf in &leaves[..full as usize] {
+            assert_eq!(leaf.count, max_leaf);
+            assert!(leaf.sealed, "{leaf:?}");
+        }
+        // After the full leaves: the pack's last (partial) leaf, the rebased events, the append.
+        assert!(leaves.len() as u64 <= full + 3, "{} leaves", leaves.len());
+
+        // Grace is zero in the debug config: what the pack replaced is garbage at once.
+        let mut freed = 0;
+        loop {
+            let stats = w.gc(1000).unwrap();
+            freed += stats.blocks_deleted;
+            if !stats.more {
+                break;
+            }
+        }
+        assert!(
+            freed > 0,
+            "the unpacked chain the pack replaced must be freed"
+        );
+        assert!(r.verify().unwrap().is_sound());
+        assert_eq!(offsets_and_payloads(&r, &source), want);
+    }
+
+    #[test]
+    fn install_pack_alone_and_stale_tickets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite"), StoreConfig::debug()).unwrap();
+        let mut w = store.writer().unwrap();
+        let r = store.reader().unwrap();
+        let source = SourceId::new("bg");
+        let mut n = 0u64;
+        let next_ticket = |w: &mut Writer, n: &mut u64| loop {
+            w.append(&source, vec![ev(*n)]).unwrap();
+            *n += 1;
+            if let Some(t) = w.pack_ticket(&source) {
+                return t;
+            }
+        };
+        // Installed on its own, with a rebase of two events.
+        let prepared = r.prepare_pack(next_ticket(&mut w, &mut n)).unwrap();
+        w.append(&source, vec![ev(n), ev(n + 1)]).unwrap();
+        n += 2;
+        let packed = w.install_pack(prepared).unwrap().expect("installed");
+        assert_eq!(r.alias(&source.alias()).unwrap(), packed.root);
+        let want: Vec<(u64, String)> = (0..n).map(|i| (i, format!("{{\"i\":{i}}}"))).collect();
+        assert_eq!(offsets_and_payloads(&r, &source), want);
+
+        // The tree was replaced (an explicit pack) after the ticket: the ticket is stale.
+        let prepared = r.prepare_pack(next_ticket(&mut w, &mut n)).unwrap();
+        w.pack(&source).unwrap();
+        let root = r.alias(&source.alias()).unwrap();
+        assert!(w.install_pack(prepared).unwrap().is_none());
+        let appended = w.append(&source, vec![ev(n)]).unwrap();
+        n += 1;
+        assert!(!appended.packed);
+        assert_ne!(Some(appended.root), root);
+        let want: Vec<(u64, String)> = (0..n).map(|i| (i, format!("{{\"i\":{i}}}"))).collect();
+        assert_eq!(offsets_and_payloads(&r, &source), want);
+
+        // A stale pack handed to an append: a plain append.
+        let prepared = r.prepare_pack(next_ticket(&mut w, &mut n)).unwrap();
+        w.pack(&source).unwrap();
+        let appended = w.append_with_pack(&source, vec![ev(n)], prepared).unwrap();
+        n += 1;
+        assert!(!appended.packed);
+        let want: Vec<(u64, String)> = (0..n).map(|i| (i, format!("{{\"i\":{i}}}"))).collect();
+        assert_eq!(offsets_and_payloads(&r, &source), want);
+    }
+
+    /// Commits never checkpoint (`wal_autocheckpoint=0`); the checkpoint thread copies the WAL
+    /// into the database file.
+    #[test]
+    fn the_checkpoint_thread_checkpoints_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let store = Store::open(&path, StoreConfig::debug()).unwrap();
+        let mut w = store.writer().unwrap();
+        let auto: i64 = lock(&w.conn)
+            .unwrap()
+            .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
+            .unwrap();
+        assert_eq!(auto, 0);
+        let source = SourceId::new("ck");
+        let mut written = 0u64;
+        // ~6 MB of hex payloads, ~3 MB compressed: the checkpointer wakes by time, not size.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for batch in 0..60u64 {
+            let events = (0..100)
+                .map(|i| {
+                    let mut hex = String::with_capacity(1000);
+                    for _ in 0..63 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        hex.push_str(&format!("{x:016x}"));
+                    }
+                    let mut e = ev(batch * 100 + i);
+                    e.payload = RawValue::from_string(format!("\"{hex}\"")).unwrap();
+                    e
+                })
+                .collect();
+            let appended = w.append(&source, events).unwrap();
+            written += appended
+                .new_blocks
+                .iter()
+                .map(|(_, b)| b.len() as u64)
+                .sum::<u64>();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let db_now = std::fs::metadata(&path).unwrap().len();
+            // Nothing is freed (no GC): every block written ends up in the database file.
+            if db_now >= written {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not checkpointed: db file {db_now} bytes, {written} bytes of blocks written"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 }

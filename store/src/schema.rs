@@ -67,13 +67,23 @@ pub enum Durability {
     PowerLoss,
 }
 
+/// How long a connection waits for a lock before failing with SQLITE_BUSY.
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn sync_mode(durability: Durability) -> &'static str {
+    match durability {
+        Durability::Process => "NORMAL",
+        Durability::PowerLoss => "FULL",
+    }
+}
+
 /// Settings for the write connection.
 pub(crate) fn configure_writer(
     conn: &Connection,
     durability: Durability,
     wal_limit: u64,
 ) -> Result<()> {
-    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     // Free pages go back to the filesystem (see `gc.rs`): packing and GC free most of what
     // unpacked appends wrote, and without this the file would keep that size forever. Only
     // takes effect on a new, empty database, so it comes before anything writes the header
@@ -81,16 +91,13 @@ pub(crate) fn configure_writer(
     conn.pragma_update(None, "auto_vacuum", 2)?; // 2 = INCREMENTAL
                                                  // WAL: readers (queries, the inspector) never block the writer nor each other.
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    let sync = match durability {
-        Durability::Process => "NORMAL",
-        Durability::PowerLoss => "FULL",
-    };
-    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "synchronous", sync_mode(durability))?;
     // After a checkpoint resets the WAL, truncate it to this size: keeps the file bounded even
     // after one huge transaction (the anchor system's WAL grew to gigabytes).
     conn.pragma_update(None, "journal_size_limit", wal_limit as i64)?;
     // Automatic PASSIVE checkpoints every ~4 MB of WAL (1000 pages of 4 KiB), the default made
-    // explicit; the writer also checkpoints after big writes (see `log.rs`).
+    // explicit. For a store file, the writer turns them off once its checkpoint thread runs
+    // (`checkpoint.rs`): an automatic checkpoint runs inside a commit.
     conn.pragma_update(None, "wal_autocheckpoint", 1000)?;
     conn.pragma_update(None, "foreign_keys", false)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
@@ -107,9 +114,23 @@ pub(crate) fn configure_writer(
     Ok(())
 }
 
+/// Settings for the checkpoint thread's connection (`checkpoint.rs`).
+pub(crate) fn configure_checkpointer(
+    conn: &Connection,
+    durability: Durability,
+    wal_limit: u64,
+) -> Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "synchronous", sync_mode(durability))?;
+    conn.pragma_update(None, "journal_size_limit", wal_limit as i64)?;
+    // It never writes: its own automatic checkpoints would never trigger anyway.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    Ok(())
+}
+
 /// Settings for a read connection.
 pub(crate) fn configure_reader(conn: &Connection) -> Result<()> {
-    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "cache_size", -8192)?; // 8 MiB page cache
     Ok(())
 }

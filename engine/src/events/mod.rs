@@ -469,6 +469,16 @@ impl EventService {
         rx.await.map_err(|_| EventsError::ShuttingDown)
     }
 
+    /// Streams stored: distinct (semantics, name, source) over all sources (API.md's
+    /// `streams` of node info). Read from the trees' summaries, on a blocking thread.
+    pub async fn stream_count(&self) -> Result<u64, EventsError> {
+        let reader = self.reader()?;
+        tokio::task::spawn_blocking(move || reader.stream_count())
+            .await
+            .map_err(|e| EventsError::Storage(format!("counting streams: {e}")))?
+            .map_err(EventsError::from)
+    }
+
     /// A read-only connection for ad-hoc reads (use it in `spawn_blocking`).
     pub fn reader(&self) -> Result<shoal_store::Reader, EventsError> {
         Ok(self.inner.store.reader()?)

@@ -494,3 +494,32 @@ async fn stalled_subscriber_does_not_block_publishing() {
     assert_eq!(offsets, (0..2000).step_by(2).collect::<Vec<_>>());
     node.shutdown().await;
 }
+
+/// Node info's `streams` counts (semantics, name, source), not sources (API.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_info_counts_streams_not_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let stored = populate(dir.path(), 7); // three sources, names x and y of semantics "sem"
+    let node = start(dir.path(), |_| {}).await;
+    node.events()
+        .publish(vec![
+            ev("a", "1", "1"),
+            ev("a", "2", "2"),
+            ev("a", "1", "3"),
+        ])
+        .await
+        .unwrap();
+    node.events()
+        .publish(vec![ev("b", "1", "4")])
+        .await
+        .unwrap();
+    let streams: std::collections::BTreeSet<(String, String, String)> = stored
+        .iter()
+        .map(|e| (e.source.to_string(), e.semantics.clone(), e.name.clone()))
+        .collect();
+    let want = streams.len() as u64 + 3; // this node's own: a/1, a/2, b/1
+    let info = tokio::time::timeout(WAIT, node.info()).await.unwrap();
+    assert_eq!(info.streams, want);
+    assert_eq!(info.sources.len(), 4);
+    node.shutdown().await;
+}

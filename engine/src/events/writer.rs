@@ -14,11 +14,24 @@
 //!
 //! It runs on its own OS thread, not a tokio worker: SQLite calls block, and a dedicated thread
 //! needs neither `spawn_blocking` per batch nor a hop back. It knows nothing of HTTP or peers.
+//!
+//! Packing (rewriting the chain of small unpacked appends into full, better compressed leaves)
+//! is CPU work of milliseconds that grows with the last leaf, so it is kept off the commit
+//! path: after a commit that left the chain deep enough, the writer hands a
+//! [`shoal_store::PackTicket`] to the packer thread ([`Packer`]), which computes the packed tree
+//! on its own read connection while commits go on; the next append takes the result and
+//! appends onto it (re-appending the few events committed meanwhile) in its own transaction.
+//! One pack is in flight at a time. The store still packs inline if the chain ever gets twice
+//! as deep (a backstop that only a stuck or starved packer reaches). The packer runs at normal
+//! priority on purpose: it shares locks with the writer (branch cache, allocator), and a niced
+//! packer preempted while holding one stalled commits for tens of milliseconds (measured).
 
-use std::sync::Arc;
+use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use shoal_store::{Cid, Event, NewEvent, OffsetMap, SourceId, Writer};
+use shoal_store::{
+    Cid, Event, NewEvent, OffsetMap, PackTicket, PreparedPack, Reader, SourceId, Writer,
+};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::lamport::{self, LamportClock};
@@ -84,9 +97,11 @@ pub(crate) struct Handles {
     pub clock: Arc<LamportClock>,
 }
 
-/// Starts the writer thread on `writer`. `offsets` and `clock` are what the store holds now.
+/// Starts the writer thread on `writer`, and the packer thread on `packer` (a read connection
+/// of the same store). `offsets` and `clock` are what the store holds now.
 pub(crate) fn spawn(
     writer: Writer,
+    packer: Reader,
     source: SourceId,
     offsets: OffsetMap,
     clock: Arc<LamportClock>,
@@ -96,8 +111,10 @@ pub(crate) fn spawn(
     let (updates, _) = broadcast::channel(config.update_channel.max(1));
     let (offsets_tx, offsets_rx) = watch::channel(offsets);
     let persisted = clock.current();
+    let packer = Packer::spawn(packer)?;
     let state = State {
         writer,
+        packer,
         source,
         clock: clock.clone(),
         offsets: offsets_tx,
@@ -122,6 +139,7 @@ pub(crate) fn spawn(
 
 struct State {
     writer: Writer,
+    packer: Packer,
     source: SourceId,
     clock: Arc<LamportClock>,
     offsets: watch::Sender<OffsetMap>,
@@ -245,8 +263,16 @@ impl State {
         let timestamps: Vec<u64> = events.iter().map(|e| e.timestamp).collect();
         let last_timestamp = timestamps.last().copied().unwrap_or(now);
         let started = std::time::Instant::now();
-        let result = self.writer.append(&self.source, events);
+        let result = match self.packer.ready() {
+            Some(pack) => self.writer.append_with_pack(&self.source, events, pack),
+            None => self.writer.append(&self.source, events),
+        };
         tracing::debug!(events = n, waiters = waiters.len(), took = ?started.elapsed(), "commit");
+        if result.is_ok() && self.packer.idle() {
+            if let Some(ticket) = self.writer.pack_ticket(&self.source) {
+                self.packer.start(ticket);
+            }
+        }
         match result {
             Ok(appended) => {
                 if appended.first != next_offset || appended.last + 1 - appended.first != n {
@@ -357,6 +383,87 @@ impl State {
             Ok(()) => self.lamport_covered = value,
             // Not fatal: stored events still bound the clock on restart.
             Err(e) => tracing::warn!(error = %e, "cannot persist the lamport clock"),
+        }
+    }
+}
+
+/// The packer thread: computes packs of this node's tree on its own read connection, one at a
+/// time, for the writer (see the module doc). Dropping it stops and joins the thread.
+struct Packer {
+    jobs: Option<std_mpsc::Sender<PackTicket>>,
+    done: std_mpsc::Receiver<Result<PreparedPack, shoal_store::Error>>,
+    in_flight: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Packer {
+    fn spawn(reader: Reader) -> std::io::Result<Packer> {
+        let (jobs, tickets) = std_mpsc::channel::<PackTicket>();
+        let (results, done) = std_mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("shoal-packer".into())
+            .spawn(move || {
+                // Ends when the writer drops its sender (shutdown).
+                while let Ok(ticket) = tickets.recv() {
+                    let started = std::time::Instant::now();
+                    let prepared = reader.prepare_pack(ticket);
+                    tracing::debug!(took = ?started.elapsed(), ok = prepared.is_ok(), "pack prepared");
+                    if results.send(prepared).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Packer {
+            jobs: Some(jobs),
+            done,
+            in_flight: false,
+            thread: Some(thread),
+        })
+    }
+
+    /// No pack is being computed or waiting to be installed.
+    fn idle(&self) -> bool {
+        !self.in_flight
+    }
+
+    fn start(&mut self, ticket: PackTicket) {
+        if let Some(jobs) = &self.jobs {
+            self.in_flight = jobs.send(ticket).is_ok();
+        }
+    }
+
+    /// A finished pack, if one is waiting (never blocks).
+    fn ready(&mut self) -> Option<PreparedPack> {
+        if !self.in_flight {
+            return None;
+        }
+        match self.done.try_recv() {
+            Ok(Ok(pack)) => {
+                self.in_flight = false;
+                Some(pack)
+            }
+            Ok(Err(e)) => {
+                // Not fatal: the next commit asks again, and `append` packs inline as a backstop.
+                tracing::warn!(error = %e, "background pack failed");
+                self.in_flight = false;
+                None
+            }
+            Err(std_mpsc::TryRecvError::Empty) => None,
+            Err(std_mpsc::TryRecvError::Disconnected) => {
+                tracing::error!("the packer thread is gone; packing inline from now on");
+                self.jobs = None;
+                self.in_flight = false;
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Packer {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }

@@ -69,8 +69,9 @@ pub struct TreeConfig {
     pub zstd_level_auto_pack: i32,
     /// zstd level for explicit packing (`Writer::pack`), which runs in the background.
     pub zstd_level_pack: i32,
-    /// Append packs the tree itself when the chain of unpacked appends is deeper than this,
-    /// so reads stay fast even if nobody calls `pack`.
+    /// The writer hands out a background pack ticket (`Writer::pack_ticket`) when the chain
+    /// of unpacked appends is deeper than this, and append packs the tree itself at twice this
+    /// depth, so reads stay fast even if nobody packs.
     pub max_unpacked_depth: u32,
 }
 

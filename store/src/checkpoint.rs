@@ -1,0 +1,199 @@
+//! WAL checkpoints off the commit path: a thread with its own connection.
+//!
+//! SQLite's automatic checkpoint runs inside the COMMIT of whichever connection pushes the WAL
+//! over its threshold, i.e. inside a publish: a stall of milliseconds (copy pages, fsync) that
+//! every client waiting on that group commit feels. So the writer's connection runs with
+//! `wal_autocheckpoint=0`, and this thread checkpoints instead: PASSIVE (never blocks the
+//! writer, never waits for readers) after every [`WAKE_BYTES`] written or [`PERIOD`] after a
+//! write. A fully checkpointed WAL is restarted from its beginning by the next commit, so
+//! it stays small.
+//!
+//! Bound: a reader that keeps an old snapshot (a long query) can stop PASSIVE from finishing,
+//! and the WAL then grows (the anchor system's grew to gigabytes). When the WAL holds more than
+//! `StoreConfig::wal_size_limit` bytes after a PASSIVE round, this thread runs TRUNCATE, which
+//! takes the write lock and waits up to [`TRUNCATE_WAIT`] for readers: the one case where a
+//! commit may wait on a checkpoint, and only for that long. `journal_size_limit` (set on both
+//! connections) caps the file left behind after a restart.
+
+use crate::{error::Result, schema, store::StoreConfig};
+use rusqlite::Connection;
+use std::{
+    sync::{Arc, Condvar, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+/// Bytes written after which a checkpoint runs at once (≈ SQLite's default of 1000 pages).
+const WAKE_BYTES: u64 = 4 << 20;
+/// Longest time written data waits for a checkpoint.
+const PERIOD: Duration = Duration::from_secs(1);
+/// How long a bounding TRUNCATE waits for readers (while holding off the writer).
+const TRUNCATE_WAIT: Duration = Duration::from_millis(200);
+
+#[derive(Default)]
+struct State {
+    /// Bytes written since the last checkpoint.
+    written: u64,
+    /// A checkpoint was asked for explicitly.
+    requested: bool,
+    stop: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+/// Handle of the checkpoint thread; dropping it stops and joins the thread.
+pub(crate) struct Checkpointer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Starts the thread for the store `writer` is connected to, and turns the writer's
+    /// automatic checkpoints off. `None` (and nothing changed) for a store that is not a WAL
+    /// file, e.g. in memory: the writer then checkpoints itself.
+    pub(crate) fn spawn(writer: &Connection, config: &StoreConfig) -> Result<Option<Checkpointer>> {
+        let Some(path) = writer.path().filter(|p| !p.is_empty()).map(String::from) else {
+            return Ok(None);
+        };
+        let mode: String = writer.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Ok(None);
+        }
+        let conn = Connection::open(&path)?;
+        schema::configure_checkpointer(&conn, config.durability, config.wal_size_limit)?;
+        let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        let shared = Arc::new(Shared::default());
+        let worker = Worker {
+            conn,
+            shared: shared.clone(),
+            wal_limit: config.wal_size_limit,
+            page_size: page_size.max(512) as u64,
+        };
+        let thread = std::thread::Builder::new()
+            .name("shoal-checkpoint".into())
+            .spawn(move || worker.run())?;
+        // Only now: if anything above failed, the writer keeps SQLite's own checkpoints.
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(Some(Checkpointer {
+            shared,
+            thread: Some(thread),
+        }))
+    }
+
+    /// The writer committed `bytes` (of blocks).
+    pub(crate) fn written(&self, bytes: u64) {
+        let Ok(mut state) = self.shared.state.lock() else {
+            return;
+        };
+        let before = state.written;
+        state.written = before.saturating_add(bytes.max(1));
+        if before < WAKE_BYTES && state.written >= WAKE_BYTES {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Checkpoint soon, whatever was written.
+    pub(crate) fn request(&self) {
+        if let Ok(mut state) = self.shared.state.lock() {
+            state.requested = true;
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.shared.state.lock() {
+            state.stop = true;
+            self.shared.wake.notify_one();
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Worker {
+    conn: Connection,
+    shared: Arc<Shared>,
+    wal_limit: u64,
+    page_size: u64,
+}
+
+impl Worker {
+    fn run(self) {
+        loop {
+            let Some(requested) = self.wait() else {
+                return;
+            };
+            if let Err(e) = self.checkpoint(requested) {
+                tracing::warn!(error = %e, "wal checkpoint failed; retrying later");
+            }
+        }
+    }
+
+    /// Waits until a checkpoint is due; `None` = stop. Returns whether one was requested.
+    fn wait(&self) -> Option<bool> {
+        let mut state = self.shared.state.lock().ok()?;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if state.stop {
+                return None;
+            }
+            if state.requested || state.written >= WAKE_BYTES {
+                break;
+            }
+            let timeout = match (state.written > 0, deadline) {
+                (false, _) => PERIOD,
+                (true, None) => {
+                    deadline = Some(Instant::now() + PERIOD);
+                    PERIOD
+                }
+                (true, Some(d)) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => break,
+                },
+            };
+            state = self.shared.wake.wait_timeout(state, timeout).ok()?.0;
+        }
+        let requested = state.requested;
+        state.requested = false;
+        state.written = 0;
+        Some(requested)
+    }
+
+    fn checkpoint(&self, requested: bool) -> Result<()> {
+        let started = Instant::now();
+        // (busy, frames in the WAL, frames checkpointed)
+        let (busy, log, done): (i64, i64, i64) =
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+        let wal_bytes = (log.max(0) as u64).saturating_mul(self.page_size + 24);
+        tracing::trace!(busy, log, done, took = ?started.elapsed(), requested, "wal checkpoint");
+        if wal_bytes > self.wal_limit && done < log {
+            // Readers kept the WAL from being reset: bound it, holding the writer briefly.
+            self.conn.busy_timeout(TRUNCATE_WAIT)?;
+            let result: rusqlite::Result<i64> =
+                self.conn
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0));
+            self.conn.busy_timeout(schema::BUSY_TIMEOUT)?;
+            match result {
+                Ok(0) => tracing::info!(wal_bytes, took = ?started.elapsed(), "wal truncated"),
+                Ok(_) | Err(_) => {
+                    tracing::debug!(wal_bytes, "wal over its limit, readers busy; retrying");
+                    // Come back soon rather than after the next write.
+                    if let Ok(mut state) = self.shared.state.lock() {
+                        state.written = state.written.max(1);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -41,6 +41,8 @@ use crate::checkpoint::Checkpointer;
 pub(crate) const SOURCE_ALIAS_PREFIX: &str = "source/";
 
 pub(crate) type Forest = banyan::Forest<EventTree, SqliteReader>;
+/// Encoded blocks with their CIDs, in write order.
+type Blocks = Vec<(Cid, Vec<u8>)>;
 type Builder = StreamBuilder<EventTree, Value>;
 
 /// Result of an append.
@@ -493,7 +495,7 @@ impl Writer {
         &self,
         current: &Builder,
         prepared: PreparedPack,
-    ) -> Result<Option<(Builder, Vec<(Cid, Vec<u8>)>)>> {
+    ) -> Result<Option<(Builder, Blocks)>> {
         let PreparedPack {
             ticket,
             root: packed_root,

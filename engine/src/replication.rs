@@ -2,15 +2,20 @@
 //! gossiped heads.
 //!
 //! One task (the *replicator*) owns, per source, the head stored here, the newest head known
-//! (the sync *target*) and the inline blocks that came with gossip. It runs at most one sync per
-//! source (at most [`MAX_SYNCS`] in all) in a bounded `JoinSet`. A sync: put the inline blocks;
-//! then, until the store reports the tree under the target's root complete, fetch the missing
-//! blocks through the swarm's exchange (verified there) and put them in batches; then
-//! `EventService::import`, which checks the tree extends the current one and moves the alias
-//! atomically, so subscribers get the events through the same update path as local events.
-//! A newer head arriving mid-sync supersedes the target: the running sync (a prefix of the
-//! newer tree, whose blocks are reused) finishes first, then the newer one starts at once.
-//! A failed sync is retried with backoff (1 s … 30 s), or at once when a newer head arrives.
+//! (the sync *target*) and the inline blocks that came with gossip. A source with a new target
+//! joins the next *import batch*: ONE writer command (`EventService::import_batch`) that puts
+//! the inline blocks of every source in the batch and imports each tree that is then complete
+//! (the store checks it extends the current one and moves the alias atomically; subscribers get
+//! the events, carried in the update, through the same path as local events). At most one batch
+//! is in flight; heads arriving meanwhile supersede older targets and wait for the next one, so
+//! under load batches grow instead of queueing writer work per head. A tree still missing blocks
+//! becomes a fetching sync (at most one per source, [`MAX_SYNCS`] in all): fetch the missing
+//! blocks through the swarm's exchange (verified there), put them, and import-or-learn-what-is-
+//! missing again, one tree level per round. A newer head arriving mid-sync supersedes the
+//! target: the running sync (a prefix of the newer tree, whose blocks are reused) finishes
+//! first, then the newer one starts at once. A failed sync is retried with backoff (blocks not
+//! found: 200 ms doubling, the relaying peers may still be syncing; else 2 s …), capped at 30 s,
+//! or at once when a newer head arrives.
 //!
 //! Local appends (updates with `local`) are signed as heads and handed to the swarm with their
 //! new blocks for the gossip fast path. Every head seen raises the Lamport clock.
@@ -32,14 +37,16 @@ use shoal_store::{EventFilter, Reader, SourceId};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::events::{EventsError, SourceUpdate};
+use crate::events::{EventsError, ImportOutcome, ImportRequest, SourceUpdate};
 use crate::exchange::{BlockSource, FetchEvent};
 use crate::head::{Head, SignedHead};
 use crate::node::{NetworkState, NodeHandle, PeerInfo};
 use crate::swarm::{self, Command, Event};
 
-/// Syncs running at once (different sources).
+/// Fetching syncs running at once (different sources).
 pub const MAX_SYNCS: usize = 32;
+/// Sources per import batch (one writer command).
+const MAX_BATCH: usize = 256;
 /// Inline blocks kept for syncs not started yet, all sources together.
 const MAX_STASHED_BYTES: usize = 32 << 20;
 /// Blocks are put in batches of about this many bytes.
@@ -49,6 +56,9 @@ const FETCH_STALL: Duration = Duration::from_secs(60);
 /// Fetch rounds per sync (one per tree level that was missing).
 const MAX_ROUNDS: usize = 64;
 const HEADS_FILE: &str = "swarm-heads";
+/// First retry after blocks were not found (doubles per failure).
+const NOT_FOUND_RETRY: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Why replication could not start.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +158,8 @@ pub async fn start(node: NodeHandle) -> Result<Replication, ReplicationError> {
         node,
         sources: HashMap::new(),
         syncs: JoinSet::new(),
+        batches: JoinSet::new(),
+        batch_queue: Vec::new(),
         stashed: 0,
         dirty: false,
     };
@@ -168,12 +180,17 @@ struct SourceState {
     /// Peers that announced the target (asked first).
     peers: Vec<PeerId>,
     stash: Vec<(Cid, Vec<u8>)>,
+    /// In an import batch or a fetching sync.
     running: bool,
     retry_at: Option<Instant>,
     failures: u32,
 }
 
 type SyncResult = (PeerId, SignedHead, Result<u64, SyncError>);
+type BatchResult = (
+    Vec<(PeerId, SignedHead)>,
+    Result<Vec<ImportOutcome>, EventsError>,
+);
 
 struct Replicator {
     node: NodeHandle,
@@ -181,6 +198,10 @@ struct Replicator {
     swarm: swarm::Handle,
     sources: HashMap<PeerId, SourceState>,
     syncs: JoinSet<SyncResult>,
+    /// The import batch in flight (at most one; see `flush_batch`).
+    batches: JoinSet<BatchResult>,
+    /// Sources waiting for the next import batch.
+    batch_queue: Vec<PeerId>,
     stashed: usize,
     dirty: bool,
     heads_path: PathBuf,
@@ -208,6 +229,10 @@ impl Replicator {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
+                Some(done) = self.batches.join_next(), if !self.batches.is_empty() => match done {
+                    Ok(result) => self.on_batch_done(result).await,
+                    Err(e) => tracing::error!(error = %e, "an import batch task failed"),
+                },
                 Some(done) = self.syncs.join_next(), if !self.syncs.is_empty() => match done {
                     Ok(result) => self.on_sync_done(result).await,
                     Err(e) => tracing::error!(error = %e, "a sync task failed"),
@@ -229,6 +254,7 @@ impl Replicator {
                     }
                 }
             }
+            self.flush_batch();
         }
         self.syncs.abort_all();
         if self.dirty {
@@ -363,67 +389,149 @@ impl Replicator {
         }
     }
 
+    /// Queues `source`'s target for the next import batch (if it is not syncing already).
     fn maybe_start(&mut self, source: PeerId) {
-        if self.syncs.len() >= MAX_SYNCS {
-            return; // started from `start_due` or when another sync ends
-        }
         let Some(st) = self.sources.get_mut(&source) else {
             return;
         };
-        if st.running || st.retry_at.is_some_and(|t| t > Instant::now()) {
+        if st.running || st.target.is_none() || st.retry_at.is_some_and(|t| t > Instant::now()) {
             return;
         }
-        let Some(head) = st.target.clone() else {
-            return;
-        };
-        let stash = std::mem::take(&mut st.stash);
-        self.stashed -= stash
-            .iter()
-            .map(|(_, d)| d.len())
-            .sum::<usize>()
-            .min(self.stashed);
         st.running = true;
+        self.batch_queue.push(source);
+    }
+
+    /// Starts the next import batch unless one is in flight: ONE writer command puts the
+    /// inline blocks of every queued source and imports each complete target. Heads that
+    /// arrive meanwhile supersede older targets and wait for the next batch, so under load
+    /// batches grow instead of queueing one writer round trip per head.
+    fn flush_batch(&mut self) {
+        if !self.batches.is_empty() || self.batch_queue.is_empty() {
+            return;
+        }
+        let take = self.batch_queue.len().min(MAX_BATCH);
+        let mut heads = Vec::with_capacity(take);
+        let mut imports = Vec::with_capacity(take);
+        for source in self.batch_queue.drain(..take) {
+            let Some(st) = self.sources.get_mut(&source) else {
+                continue;
+            };
+            let Some(head) = st.target.clone() else {
+                st.running = false;
+                continue;
+            };
+            let stash = std::mem::take(&mut st.stash);
+            let bytes: usize = stash.iter().map(|(_, d)| d.len()).sum();
+            self.stashed -= bytes.min(self.stashed);
+            imports.push(ImportRequest {
+                source: source_id(&source),
+                root: head.head.root,
+                blocks: stash,
+            });
+            heads.push((source, head));
+        }
+        if imports.is_empty() {
+            return;
+        }
         let node = self.node.clone();
-        let swarm = self.swarm.clone();
-        let peers = st.peers.clone();
-        self.syncs.spawn(async move {
-            let result = sync(&node, &swarm, &head, stash, peers).await;
-            (source, head, result)
+        self.batches.spawn(async move {
+            let result = node.events().import_batch(imports).await;
+            (heads, result)
         });
     }
 
+    async fn on_batch_done(&mut self, (heads, result): BatchResult) {
+        let outcomes = match result {
+            Ok(o) => o,
+            Err(e) => {
+                for (source, head) in heads {
+                    self.sync_failed(source, &head, &SyncError::Events(e.clone()));
+                }
+                self.start_due();
+                return;
+            }
+        };
+        for ((source, head), outcome) in heads.into_iter().zip(outcomes) {
+            match outcome {
+                ImportOutcome::Imported(i) => {
+                    self.sync_ok(source, head, i.last + 1 - i.first).await
+                }
+                ImportOutcome::Current => self.sync_ok(source, head, 0).await,
+                ImportOutcome::Failed(e) => self.sync_failed(source, &head, &SyncError::Events(e)),
+                ImportOutcome::Missing(missing) => {
+                    if self.syncs.len() >= MAX_SYNCS {
+                        // Not now: `start_due` queues it again once syncs finish.
+                        if let Some(st) = self.sources.get_mut(&source) {
+                            st.running = false;
+                        }
+                        continue;
+                    }
+                    let peers = self
+                        .sources
+                        .get(&source)
+                        .map(|st| st.peers.clone())
+                        .unwrap_or_default();
+                    let node = self.node.clone();
+                    let swarm = self.swarm.clone();
+                    self.syncs.spawn(async move {
+                        let result = sync(&node, &swarm, &head, missing, peers).await;
+                        (source, head, result)
+                    });
+                }
+            }
+        }
+        self.start_due();
+    }
+
     async fn on_sync_done(&mut self, (source, head, result): SyncResult) {
+        match result {
+            Ok(events) => self.sync_ok(source, head, events).await,
+            Err(e) => self.sync_failed(source, &head, &e),
+        }
+        self.start_due();
+    }
+
+    async fn sync_ok(&mut self, source: PeerId, head: SignedHead, events: u64) {
         let Some(st) = self.sources.get_mut(&source) else {
             return;
         };
         st.running = false;
-        match result {
-            Ok(events) => {
-                st.failures = 0;
-                st.retry_at = None;
-                if st
-                    .target
-                    .as_ref()
-                    .is_some_and(|t| t.head.offset <= head.head.offset)
-                {
-                    st.target = None;
-                }
-                if events > 0 {
-                    tracing::debug!(%source, offset = head.head.offset, events, "sync finished");
-                }
-                st.stored = Some(head.clone());
-                self.dirty = true;
-                let _ = self.swarm.send(Command::Stored(head)).await;
-            }
-            Err(e) => {
-                st.failures += 1;
-                let backoff =
-                    Duration::from_secs(1 << st.failures.min(5)).min(Duration::from_secs(30));
-                st.retry_at = Some(Instant::now() + backoff);
-                tracing::warn!(%source, offset = head.head.offset, error = %e, retry_in = ?backoff, "sync failed");
-            }
+        st.failures = 0;
+        st.retry_at = None;
+        if st
+            .target
+            .as_ref()
+            .is_some_and(|t| t.head.offset <= head.head.offset)
+        {
+            st.target = None;
         }
-        self.start_due();
+        if events > 0 {
+            tracing::debug!(
+                %source, offset = head.head.offset, events,
+                age_ms = crate::swarm::age_ms(head.head.timestamp), "sync finished"
+            );
+        }
+        st.stored = Some(head.clone());
+        self.dirty = true;
+        let _ = self.swarm.send(Command::Stored(head)).await;
+    }
+
+    fn sync_failed(&mut self, source: PeerId, head: &SignedHead, e: &SyncError) {
+        let Some(st) = self.sources.get_mut(&source) else {
+            return;
+        };
+        st.running = false;
+        st.failures += 1;
+        let backoff = match e {
+            // Usually transient: the peers that relayed the head are still syncing it
+            // themselves. Ask again soon, then back off.
+            SyncError::NotFound(_) => {
+                (NOT_FOUND_RETRY * (1 << (st.failures - 1).min(8))).min(MAX_BACKOFF)
+            }
+            _ => Duration::from_secs(1 << st.failures.min(5)).min(MAX_BACKOFF),
+        };
+        st.retry_at = Some(Instant::now() + backoff);
+        tracing::warn!(%source, offset = head.head.offset, error = %e, retry_in = ?backoff, "sync failed");
     }
 
     /// Mirrors the swarm's view into the node's network state (node info, connectivity).
@@ -517,60 +625,45 @@ impl Replicator {
     }
 }
 
-/// Brings `head`'s tree into the store and imports it. Returns the number of new events.
+/// Fetches the `missing` blocks of `head`'s tree (and those they reveal, one round per tree
+/// level) and imports it. Returns the number of new events.
 async fn sync(
     node: &NodeHandle,
     swarm: &swarm::Handle,
     head: &SignedHead,
-    stash: Vec<(Cid, Vec<u8>)>,
+    mut missing: Vec<Cid>,
     peers: Vec<PeerId>,
 ) -> Result<u64, SyncError> {
     let source = source_id(&head.head.source);
     let root = head.head.root;
     let started = Instant::now();
-    let mut stash = Some(stash);
     let mut fetched = 0usize;
-    let mut rounds = 0;
-    loop {
-        // On the writer thread: put the inline blocks (first round) and look at what is
-        // missing, in one hop (the fast path of a small append needs nothing else).
-        let src = source.clone();
-        let blocks = stash.take().unwrap_or_default();
-        let (current, missing) = node
-            .events()
-            .with_writer(move |w| {
-                if !blocks.is_empty() {
-                    w.put_blocks(&blocks)?;
-                }
-                let reader = w.reader();
-                let current = reader.source(&src)?.map(|i| i.root);
-                Ok::<_, shoal_store::Error>((current, reader.missing_blocks(&root)?))
-            })
-            .await??;
-        if current == Some(root) {
-            return Ok(0); // already stored (e.g. imported before a restart)
-        }
-        if missing.is_empty() {
-            break;
-        }
-        rounds += 1;
-        if rounds > MAX_ROUNDS {
-            return Err(SyncError::TooDeep(MAX_ROUNDS));
-        }
-        if rounds == 1 {
-            tracing::info!(source = %source, offset = head.head.offset, blocks = missing.len(), "sync started: fetching");
-        }
+    tracing::info!(source = %source, offset = head.head.offset, blocks = missing.len(), "sync started: fetching");
+    for _ in 0..MAX_ROUNDS {
         fetched += fetch(node, swarm, missing, peers.clone()).await?;
+        // Import if complete, else learn what the fetched blocks revealed: one writer hop.
+        let request = ImportRequest {
+            source: source.clone(),
+            root,
+            blocks: vec![],
+        };
+        let outcome = node.events().import_batch(vec![request]).await?;
+        match outcome.into_iter().next() {
+            Some(ImportOutcome::Imported(imported)) => {
+                let events = imported.last + 1 - imported.first;
+                tracing::info!(
+                    source = %source, offset = imported.last, events, blocks = fetched,
+                    secs = started.elapsed().as_secs_f64(), "sync finished"
+                );
+                return Ok(events);
+            }
+            Some(ImportOutcome::Current) => return Ok(0),
+            Some(ImportOutcome::Missing(m)) => missing = m,
+            Some(ImportOutcome::Failed(e)) => return Err(e.into()),
+            None => return Err(SyncError::SwarmStopped),
+        }
     }
-    let imported = node.events().import(source.clone(), root).await?;
-    let events = imported.last + 1 - imported.first;
-    if fetched > 0 {
-        tracing::info!(
-            source = %source, offset = imported.last, events, blocks = fetched,
-            secs = started.elapsed().as_secs_f64(), "sync finished"
-        );
-    }
-    Ok(events)
+    Err(SyncError::TooDeep(MAX_ROUNDS))
 }
 
 async fn put(node: &NodeHandle, blocks: Vec<(Cid, Vec<u8>)>) -> Result<(), SyncError> {

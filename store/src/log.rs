@@ -20,7 +20,7 @@ use crate::{
     blocks,
     cid::{self, Cid, DAG_CBOR},
     error::{Error, Result},
-    event::{EventFilter, NewEvent, SharedStr, SourceId},
+    event::{Event, EventFilter, NewEvent, SharedStr, SourceId},
     gc::{self, GcStats},
     schema::{self, now_secs},
     store::StoreConfig,
@@ -65,6 +65,20 @@ pub struct Appended {
 pub struct Imported {
     pub first: u64,
     pub last: u64,
+}
+
+/// Result of [`Writer::try_import`].
+#[derive(Debug)]
+pub enum ImportAttempt {
+    /// The alias moved; `events` are the new events when there were few enough to keep.
+    Imported {
+        imported: Imported,
+        events: Option<Vec<Event>>,
+    },
+    /// The tree is the source's current one already; nothing changed.
+    Current,
+    /// These blocks reachable from the root are absent; nothing changed.
+    Missing(Vec<Cid>),
 }
 
 /// Result of packing a source's tree.
@@ -120,7 +134,13 @@ pub struct Writer {
     /// Checkpoints the WAL on its own connection and thread, so commits never run one (file
     /// stores only; an in-memory store checkpoints inline).
     checkpointer: Option<Checkpointer>,
+    /// Tree nodes from peers already validated by an import (content-addressed, so they stay
+    /// valid): later imports of the same source validate only what is new. Bounded.
+    validated: std::collections::HashSet<Cid>,
 }
+
+/// Entries of `Writer::validated` before it is cleared.
+const MAX_VALIDATED: usize = 200_000;
 
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -147,6 +167,7 @@ impl Writer {
             epochs: HashMap::new(),
             written_since_checkpoint: 0,
             checkpointer,
+            validated: Default::default(),
         })
     }
 
@@ -270,6 +291,28 @@ impl Writer {
     /// Makes `root` the tree of `source` (replication). All its blocks must be present. The new
     /// tree must extend the current one (see the module doc). Moves the alias atomically.
     pub fn import(&mut self, source: &SourceId, root: Cid) -> Result<Imported> {
+        match self.try_import(source, root, 0)? {
+            ImportAttempt::Imported { imported, .. } => Ok(imported),
+            ImportAttempt::Missing(missing) => Err(Error::MissingBlock(missing[0])),
+            ImportAttempt::Current => Err(Error::NotExtending {
+                source_id: source.to_string(),
+                root: Box::new(root),
+                reason: "it is the current tree".into(),
+            }),
+        }
+    }
+
+    /// Like [`Writer::import`], but a tree with absent blocks is not an error: it answers which
+    /// blocks are absent (one walk instead of a check and an error), and a tree that is the
+    /// current one already answers `Current`. When the import adds at most `keep_events`
+    /// events, they are returned (decoded anyway for validation), so the caller can hand them
+    /// to subscribers without reading them back.
+    pub fn try_import(
+        &mut self,
+        source: &SourceId,
+        root: Cid,
+        keep_events: u64,
+    ) -> Result<ImportAttempt> {
         let not_extending = |reason: String| Error::NotExtending {
             source_id: source.to_string(),
             root: Box::new(root),
@@ -278,17 +321,23 @@ impl Writer {
         if root.codec() != DAG_CBOR {
             return Err(not_extending("a tree root is a dag-cbor block".into()));
         }
-        let missing = self.reader().missing_blocks(&root)?;
-        if let Some(first) = missing.first() {
-            return Err(Error::MissingBlock(*first));
-        }
         let current = alias_root(&self.conn, source)?;
         if current == Some(root) {
-            return Err(not_extending("it is the current tree".into()));
+            return Ok(ImportAttempt::Current);
+        }
+        // One walk of the new tree: what is absent, and what to validate.
+        let reached = blocks::reachable(&*lock(&self.conn)?, &root)?;
+        let missing: Vec<Cid> = reached
+            .iter()
+            .filter(|r| !r.present)
+            .map(|r| r.cid)
+            .collect();
+        if !missing.is_empty() {
+            return Ok(ImportAttempt::Missing(missing));
         }
         // Validate the blocks this import adds before banyan walks them: banyan trusts its
         // input (it asserts and allocates what headers claim), a peer's bytes are not trusted.
-        self.validate_new_blocks(&root, current.as_ref())?;
+        self.validate_new_blocks(reached.into_iter().map(|r| r.cid), current.as_ref())?;
         let forest = self.forest.clone();
         let roots = self.roots.clone();
         let new = guarded(root, || load_tree(&forest, &roots, &root))?;
@@ -319,8 +368,10 @@ impl Writer {
         }
         // Decode every new event once, so a malformed tree never becomes a source's tree.
         let reader = self.reader();
-        let decoded = guarded(root, || {
+        let keep = new_count - old_count <= keep_events;
+        let (decoded, kept) = guarded(root, || {
             let mut n = 0u64;
+            let mut kept = Vec::new();
             for event in reader.events_of_tree(
                 source,
                 root,
@@ -329,10 +380,13 @@ impl Writer {
                 &EventFilter::all(),
                 false,
             )? {
-                event?;
+                let event = event?;
+                if keep {
+                    kept.push(event);
+                }
                 n += 1;
             }
-            Ok(n)
+            Ok((n, kept))
         })?;
         if decoded != new_count - old_count {
             return Err(Error::Corrupt {
@@ -346,34 +400,46 @@ impl Writer {
         self.commit(&[], Some((&source.alias(), &root)), true)?;
         self.builders.remove(source);
         self.bump_epoch(source);
-        Ok(Imported {
-            first: old_count,
-            last: new_count - 1,
+        Ok(ImportAttempt::Imported {
+            imported: Imported {
+                first: old_count,
+                last: new_count - 1,
+            },
+            events: keep.then_some(kept),
         })
     }
 
-    /// Checks every block reachable from `root` but not from `current` opens as a tree node.
-    fn validate_new_blocks(&self, root: &Cid, current: Option<&Cid>) -> Result<()> {
+    /// Checks that every block of the new tree (`reached`) opens as a tree node, except those
+    /// validated by an earlier import. After a restart the current tree's blocks are trusted
+    /// once more by walking it (the store only holds trees it validated or built).
+    fn validate_new_blocks(
+        &mut self,
+        reached: impl Iterator<Item = Cid>,
+        current: Option<&Cid>,
+    ) -> Result<()> {
         let conn = lock(&self.conn)?;
-        let old: std::collections::HashSet<Cid> = match current {
-            Some(c) => blocks::reachable(&conn, c)?
-                .into_iter()
-                .map(|r| r.cid)
-                .collect(),
-            None => Default::default(),
-        };
-        for r in blocks::reachable(&conn, root)? {
-            if old.contains(&r.cid) {
+        if self.validated.len() > MAX_VALIDATED {
+            self.validated.clear();
+        }
+        if let Some(c) = current {
+            if !self.validated.contains(c) {
+                self.validated
+                    .extend(blocks::reachable(&conn, c)?.into_iter().map(|r| r.cid));
+            }
+        }
+        for cid in reached {
+            if self.validated.contains(&cid) {
                 continue;
             }
-            if r.cid.codec() != DAG_CBOR {
+            if cid.codec() != DAG_CBOR {
                 return Err(Error::Corrupt {
-                    cid: r.cid,
+                    cid,
                     reason: "a tree links only dag-cbor nodes".into(),
                 });
             }
-            let data = blocks::get(&conn, &r.cid)?.ok_or(Error::MissingBlock(r.cid))?;
-            tree::node::validate(&data).map_err(|reason| Error::Corrupt { cid: r.cid, reason })?;
+            let data = blocks::get(&conn, &cid)?.ok_or(Error::MissingBlock(cid))?;
+            tree::node::validate(&data).map_err(|reason| Error::Corrupt { cid, reason })?;
+            self.validated.insert(cid);
         }
         Ok(())
     }

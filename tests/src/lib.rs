@@ -130,11 +130,20 @@ pub struct NodeOptions {
     pub args: Vec<String>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+    /// Keep mDNS on and listen on all interfaces (libp2p's mDNS skips loopback interfaces and
+    /// announces the sender's interface address, so a loopback-only node is never found).
+    pub mdns: bool,
 }
 
 impl NodeOptions {
     pub fn arg(mut self, a: impl Into<String>) -> Self {
         self.args.push(a.into());
+        self
+    }
+
+    /// See [`NodeOptions::mdns`].
+    pub fn mdns(mut self) -> Self {
+        self.mdns = true;
         self
     }
 }
@@ -195,10 +204,13 @@ impl Node {
             .arg(&data)
             .args(["--api-addr", "127.0.0.1:0"])
             .args(["--console-addr", &console.to_string()])
-            .args(["--store-addr", "127.0.0.1:0"])
-            .args(["--swarm-addr", "/ip4/127.0.0.1/tcp/0"])
-            .arg("--no-mdns")
-            .args(&options.args)
+            .args(["--store-addr", "127.0.0.1:0"]);
+        if options.mdns {
+            cmd.args(["--swarm-addr", "/ip4/0.0.0.0/tcp/0"]);
+        } else {
+            cmd.args(["--swarm-addr", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]);
+        }
+        cmd.args(&options.args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -308,3 +308,275 @@ async fn forged_heads_and_wrong_blocks_are_ignored() {
     converge(&a, &expected).await;
     assert!(!b.log().contains("panicked"));
 }
+
+mod gate {
+    //! An in-process relay between a real source node A and a real node B that is connected
+    //! only to it: gossip flows A → relay → B (gossipsub forwards it), and B's block requests
+    //! are answered by fetching the blocks from A, but only once the gate is open; until then
+    //! each request waits, so a sync of B's that needs blocks stays running.
+
+    use super::*;
+    use shoal_engine::exchange::{BlockSource, FetchEvent};
+    use shoal_engine::swarm::{self, Command};
+    use std::sync::{Condvar, Mutex, OnceLock};
+
+    #[derive(Default)]
+    pub struct Gate {
+        open: Mutex<bool>,
+        changed: Condvar,
+        swarm: OnceLock<swarm::Handle>,
+    }
+
+    impl Gate {
+        pub fn open(&self) {
+            *self.open.lock().unwrap() = true;
+            self.changed.notify_all();
+        }
+    }
+
+    struct Blocks(Arc<Gate>);
+
+    impl BlockSource for Blocks {
+        // Runs on a blocking thread of the relay's runtime.
+        fn get_block(&self, cid: &cid::Cid) -> Result<Option<Vec<u8>>, String> {
+            let open = self.0.open.lock().map_err(|e| e.to_string())?;
+            let (open, _) = self
+                .0
+                .changed
+                .wait_timeout_while(open, TIMEOUT, |open| !*open)
+                .map_err(|e| e.to_string())?;
+            if !*open {
+                return Ok(None);
+            }
+            drop(open);
+            let swarm = self.0.swarm.get().ok_or("relay not started")?.clone();
+            let cid = *cid;
+            tokio::runtime::Handle::current().block_on(async move {
+                let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+                let fetch = Command::Fetch {
+                    cids: vec![cid],
+                    preferred: vec![],
+                    reply: tx,
+                };
+                swarm.send(fetch).await.map_err(|e| e.to_string())?;
+                match tokio::time::timeout(TIMEOUT, rx.recv()).await {
+                    Ok(Some(FetchEvent::Blocks(mut blocks))) => Ok(blocks.pop().map(|(_, d)| d)),
+                    _ => Ok(None),
+                }
+            })
+        }
+    }
+
+    pub struct Relay {
+        pub gate: Arc<Gate>,
+        /// Dialable address (`/ip4/127.0.0.1/tcp/…/p2p/…`).
+        pub addr: String,
+        _events: tokio::sync::mpsc::Receiver<swarm::Event>,
+    }
+
+    /// Starts a relay dialling `source`, gate closed.
+    pub async fn start(source: &Node) -> Relay {
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let mut cfg = swarm::Config::new(key);
+        cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        cfg.peers = vec![source.swarm.parse().unwrap()];
+        cfg.mdns = false;
+        let gate = Arc::new(Gate::default());
+        let (handle, events, _task) = swarm::spawn(cfg, Arc::new(Blocks(gate.clone())))
+            .await
+            .unwrap();
+        let addr = handle.dialable_addr().unwrap().to_string();
+        let _ = gate.swarm.set(handle);
+        Relay {
+            gate,
+            addr,
+            _events: events,
+        }
+    }
+}
+
+/// Events whose blocks are too large to travel inline with gossip (incompressible payloads
+/// well over the 64 KiB inline limit), so a peer must fetch them.
+async fn publish_large(node: &Node, seed: u64) -> u64 {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let events: Vec<Value> = (0..400)
+        .map(|i| {
+            let noise: String = (0..75)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    format!("{:08x}", x as u32)
+                })
+                .collect();
+            event("big", "a", json!({ "i": i, "noise": noise }))
+        })
+        .collect();
+    let stamps = node.publish(&events).await.unwrap();
+    stamps.last().unwrap()["offset"].as_u64().unwrap()
+}
+
+/// Publishes single events on `a` until `b` stores one (gossip A → relay → B works once the
+/// gossipsub meshes have formed); returns the offset `b` stores.
+async fn warm_up(a: &Node, b: &Node) -> u64 {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let stamp = a.publish(&[event("warm", "a", json!(1))]).await.unwrap();
+        let offset = stamp[0]["offset"].as_u64().unwrap();
+        let poll_until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < poll_until {
+            if b.offsets().await.unwrap()[&a.source].as_u64() == Some(offset) {
+                return offset;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(Instant::now() < deadline, "B never got A's events via the relay");
+    }
+}
+
+/// The source entry of `source` in `node`'s info: (knownOffset, storedOffset).
+async fn known_and_stored(node: &Node, source: &str) -> (Option<u64>, Option<u64>) {
+    let info: Value = node
+        .get("/api/v1/node/info")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = info["sources"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["source"] == source).cloned())
+        .unwrap_or_default();
+    (entry["knownOffset"].as_u64(), entry["storedOffset"].as_u64())
+}
+
+/// Polls until `node`'s info shows `source` known at `known` and stored at `stored`.
+async fn wait_known_stored(node: &Node, source: &str, known: u64, stored: u64) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let got = known_and_stored(node, source).await;
+        if got == (Some(known), Some(stored)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected known {known} / stored {stored}, have {got:?}; log:\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `node`'s log until it contains `needle`.
+async fn wait_log(node: &Node, needle: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !node.log().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "log never said {needle:?}:\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_head_mid_sync_supersedes_the_older_one() {
+    let a = Node::start().unwrap();
+    let relay = gate::start(&a).await;
+    let b = Node::start_with(NodeOptions::default().arg("--peer").arg(&relay.addr)).unwrap();
+    let mut sub = b.subscribe(&json!({ "subscriptions": [{}] })).await.unwrap();
+    let base = warm_up(&a, &b).await;
+
+    // Head 1 needs a fetch; the relay holds the fetch at the gate: B's sync is running.
+    let h1 = publish_large(&a, 1).await;
+    wait_known_stored(&b, &a.source, h1, base).await;
+    wait_log(&b, &format!("sync started: fetching source={} offset={h1}", a.source)).await;
+    // Head 2 arrives while that sync runs.
+    let h2 = publish_large(&a, 2).await;
+    wait_known_stored(&b, &a.source, h2, base).await;
+
+    relay.gate.open();
+    converge(&b, &json!({ a.source.clone(): h2 })).await;
+    // The subscriber (opened before anything) saw each of A's events exactly once, in order.
+    let mut seen = Vec::new();
+    while seen.last() != Some(&h2) {
+        let e = sub.next_within(TIMEOUT).await.unwrap().expect("stream ended");
+        if e["stream"]["source"] == a.source.as_str() {
+            seen.push(e["offset"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(seen, (0..=h2).collect::<Vec<_>>());
+    assert_eq!(a.query_all().await.unwrap(), b.query_all().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_resumes_an_incomplete_sync() {
+    let a = Node::start().unwrap();
+    let relay = gate::start(&a).await;
+    let b = Node::start_with(NodeOptions::default().arg("--peer").arg(&relay.addr)).unwrap();
+    let base = warm_up(&a, &b).await;
+    let h1 = publish_large(&a, 3).await;
+    wait_known_stored(&b, &a.source, h1, base).await;
+
+    // Wait until B has saved the head as its sync target (kind 1) in <data>/swarm-heads.
+    let heads = b.data_dir().join("swarm-heads");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let bytes = std::fs::read(&heads).unwrap_or_default();
+        let mut saved = false;
+        let mut rest = &bytes[..];
+        while rest.len() >= 3 {
+            let (kind, len) = (rest[0], u16::from_be_bytes([rest[1], rest[2]]) as usize);
+            let Some(head) = rest.get(3..3 + len) else {
+                break;
+            };
+            let head = shoal_engine::head::SignedHead::decode(head).unwrap();
+            saved |= kind == 1 && head.head.offset == h1;
+            rest = &rest[3 + len..];
+        }
+        if saved {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never saved its sync target");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Restarted, B hears nothing of head 1 again (the relay stores nothing, so its digest
+    // answers are empty, and the gossip is over): only the saved target can resume the sync.
+    let b = b.restart().unwrap();
+    relay.gate.open();
+    converge(&b, &json!({ a.source.clone(): h1 })).await;
+    assert!(b.log().contains("resuming an incomplete sync"), "{}", b.log());
+    assert_eq!(a.query_all().await.unwrap(), b.query_all().await.unwrap());
+}
+
+#[tokio::test]
+async fn mdns_discovery_without_peer_addresses() {
+    // A fresh swarm key keeps any other node on this host's network out of the test.
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    let out = cli(&["swarm", "keygen", "-o", key.to_str().unwrap()], None).unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    let opts = || {
+        NodeOptions::default()
+            .mdns()
+            .arg("--swarm-key")
+            .arg(key.to_str().unwrap())
+    };
+    let a = Node::start_with(opts()).unwrap();
+    let b = Node::start_with(opts()).unwrap();
+    publish_n(&a, "a", 3).await;
+    publish_n(&b, "b", 2).await;
+    let expected = json!({ a.source.clone(): 2, b.source.clone(): 1 });
+    converge(&a, &expected).await;
+    converge(&b, &expected).await;
+    wait_info(&b, |info| {
+        info["peers"].as_array().is_some_and(|peers| {
+            peers
+                .iter()
+                .any(|p| p["peerId"] == a.source.as_str() && p["connected"] == true)
+        })
+    })
+    .await;
+    assert!(b.log().contains("discovered by mDNS") || a.log().contains("discovered by mDNS"));
+}

@@ -28,7 +28,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::config::EventsConfig;
 pub use lamport::LamportClock;
-pub use writer::{SourceUpdate, Stamp};
+pub use writer::{ImportOutcome, ImportRequest, SourceUpdate, Stamp};
 
 /// Longest `semantics` or `name`, in bytes (API.md).
 pub const MAX_NAME_BYTES: usize = 1024;
@@ -451,6 +451,18 @@ impl EventService {
         })
         .await?;
         rx.await.map_err(|_| EventsError::ShuttingDown)?
+    }
+
+    /// Replication, batched: one writer command that puts each request's blocks and imports
+    /// each complete root (see [`writer::Command::ImportBatch`]); one outcome per request.
+    pub async fn import_batch(
+        &self,
+        imports: Vec<ImportRequest>,
+    ) -> Result<Vec<ImportOutcome>, EventsError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(writer::Command::ImportBatch { imports, reply })
+            .await?;
+        rx.await.map_err(|_| EventsError::ShuttingDown)
     }
 
     /// Runs `f` on the writer thread with exclusive use of the store's write connection (block

@@ -83,11 +83,41 @@ pub enum Command {
         root: Cid,
         reply: oneshot::Sender<Result<shoal_store::Imported, EventsError>>,
     },
+    /// Replication, batched: for each request put its blocks (gossip's inline blocks), then
+    /// import its root if complete. One command for the heads of many sources.
+    ImportBatch {
+        imports: Vec<ImportRequest>,
+        reply: oneshot::Sender<Vec<ImportOutcome>>,
+    },
     /// Anything else that needs the write connection.
     Run(Job),
     /// Finish what is queued before this, persist the clock, close, then reply.
     Shutdown(oneshot::Sender<()>),
 }
+
+/// One source of an [`Command::ImportBatch`].
+#[derive(Debug)]
+pub struct ImportRequest {
+    pub source: SourceId,
+    pub root: Cid,
+    /// Blocks to put first (hash-verified by the store).
+    pub blocks: Vec<(Cid, Vec<u8>)>,
+}
+
+/// What became of one [`ImportRequest`].
+#[derive(Debug)]
+pub enum ImportOutcome {
+    /// The source moved to the root; subscribers were told.
+    Imported(shoal_store::Imported),
+    /// The root is the source's tree already.
+    Current,
+    /// These blocks are still absent (fetch them, then import).
+    Missing(Vec<Cid>),
+    Failed(EventsError),
+}
+
+/// Imported events up to this many travel with the update (subscribers need no store read).
+const IMPORT_INLINE_EVENTS: u64 = 1024;
 
 /// The channel ends the rest of the engine keeps.
 pub(crate) struct Handles {
@@ -198,6 +228,9 @@ impl State {
                     reply,
                 } => {
                     let _ = reply.send(self.import(source, root));
+                }
+                Command::ImportBatch { imports, reply } => {
+                    let _ = reply.send(self.import_batch(imports));
                 }
                 Command::Run(job) => job(&mut self.writer),
                 Command::Shutdown(reply) => {
@@ -340,6 +373,51 @@ impl State {
         source: SourceId,
         root: Cid,
     ) -> Result<shoal_store::Imported, EventsError> {
+        match self.try_import(source, root)? {
+            ImportOutcome::Imported(imported) => Ok(imported),
+            ImportOutcome::Missing(missing) => {
+                Err(shoal_store::Error::MissingBlock(missing[0]).into())
+            }
+            ImportOutcome::Current => Err(shoal_store::Error::NotExtending {
+                source_id: String::new(),
+                root: Box::new(root),
+                reason: "it is the current tree".into(),
+            }
+            .into()),
+            ImportOutcome::Failed(e) => Err(e),
+        }
+    }
+
+    /// Puts every request's blocks in one transaction, then imports each complete root.
+    fn import_batch(&mut self, imports: Vec<ImportRequest>) -> Vec<ImportOutcome> {
+        let mut blocks = Vec::new();
+        let mut targets = Vec::with_capacity(imports.len());
+        for r in imports {
+            blocks.extend(r.blocks);
+            targets.push((r.source, r.root));
+        }
+        if !blocks.is_empty() {
+            if let Err(e) = self.writer.put_blocks(&blocks) {
+                // Gossip blocks were hash-checked already: this is the disk. Fail them all.
+                let err = EventsError::from(e);
+                return targets
+                    .into_iter()
+                    .map(|_| ImportOutcome::Failed(err.clone()))
+                    .collect();
+            }
+        }
+        targets
+            .into_iter()
+            .map(|(source, root)| match self.try_import(source, root) {
+                Ok(outcome) => outcome,
+                Err(e) => ImportOutcome::Failed(e),
+            })
+            .collect()
+    }
+
+    /// Imports `root` as `source`'s tree if complete; on success raises the offsets and
+    /// broadcasts the update (with the events when there are few).
+    fn try_import(&mut self, source: SourceId, root: Cid) -> Result<ImportOutcome, EventsError> {
         if source == self.source {
             // Only this node appends to its own log; a peer's copy of it is never newer.
             return Err(EventsError::Invalid {
@@ -348,10 +426,14 @@ impl State {
                 reason: "cannot import this node's own source".into(),
             });
         }
-        let imported = self.writer.import(&source, root)?;
+        let (imported, events) = match self.writer.try_import(&source, root, IMPORT_INLINE_EVENTS)? {
+            shoal_store::ImportAttempt::Imported { imported, events } => (imported, events),
+            shoal_store::ImportAttempt::Current => return Ok(ImportOutcome::Current),
+            shoal_store::ImportAttempt::Missing(m) => return Ok(ImportOutcome::Missing(m)),
+        };
         let known = self.offsets.borrow().get(&source);
         if known.is_some_and(|k| k >= imported.last) {
-            return Ok(imported);
+            return Ok(ImportOutcome::Imported(imported));
         }
         self.offsets.send_modify(|o| {
             o.update(source.clone(), imported.last);
@@ -360,7 +442,14 @@ impl State {
             source,
             first: imported.first,
             last: imported.last,
-            events: None,
+            // Shared like a local append's events, under the same size bound.
+            events: events
+                .filter(|e| {
+                    !e.is_empty()
+                        && e.iter().map(|e| e.payload.get().len()).sum::<usize>()
+                            <= self.config.inline_update_bytes
+                })
+                .map(Arc::from),
             root,
             local: false,
             lamport: 0,
@@ -368,7 +457,7 @@ impl State {
             new_blocks: Arc::new([]),
         };
         let _ = self.updates.send(Arc::new(update));
-        Ok(imported)
+        Ok(ImportOutcome::Imported(imported))
     }
 
     fn persist_clock(&mut self) {

@@ -37,6 +37,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use behaviour::BuildError;
+pub(crate) use task::age_ms;
 
 use crate::exchange::{BlockSource, FetchEvent};
 use crate::head::SignedHead;

@@ -27,6 +27,14 @@ const MAX_HEADS_PER_ANSWER: usize = 1000;
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// Milliseconds since `timestamp` (µs since the epoch) for logs; 0 if in the future.
+pub(crate) fn age_ms(timestamp: u64) -> f64 {
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    now.saturating_sub(timestamp) as f64 / 1000.0
+}
+
 struct Bootstrap {
     addr: Multiaddr,
     peer: Option<PeerId>,
@@ -427,7 +435,7 @@ impl Task {
                     if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
                         continue;
                     }
-                    tracing::debug!(%peer, %addr, "discovered by mDNS");
+                    tracing::info!(%peer, %addr, "discovered by mDNS");
                     let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
                     if let Err(e) = self.swarm.dial(opts) {
                         tracing::debug!(%peer, error = %e, "dial after mDNS failed");
@@ -445,14 +453,28 @@ impl Task {
                 gossipsub::MessageAcceptance::Reject
             }
             Ok(m) => {
-                if m.head.head.source == *self.swarm.local_peer_id()
-                    || !self.remember_known(&m.head)
-                {
-                    // Ours, or not newer than what we know: don't forward it again.
+                let source = m.head.head.source;
+                let offset = m.head.head.offset;
+                let news = self.remember_known(&m.head);
+                // Not stored here yet: forward it even when a newer head overtook it on
+                // another path, so its inline blocks (which the newer head's tree needs, and
+                // which the newer head does not carry) reach the peers behind us too.
+                let unstored = self
+                    .stored
+                    .get(&source)
+                    .is_none_or(|s| s.head.offset < offset);
+                if source == *self.swarm.local_peer_id() || !unstored {
+                    // Ours, or stored already: don't forward it again.
                     gossipsub::MessageAcceptance::Ignore
                 } else {
-                    self.touch_peer(from, None, None);
-                    self.emit(m.head, m.blocks, from);
+                    if news || !m.blocks.is_empty() {
+                        tracing::debug!(
+                            %source, offset, %from, news, blocks = m.blocks.len(),
+                            age_ms = age_ms(m.head.head.timestamp), "gossip head"
+                        );
+                        self.touch_peer(from, None, None);
+                        self.emit(m.head, m.blocks, from);
+                    }
                     gossipsub::MessageAcceptance::Accept
                 }
             }

@@ -157,11 +157,11 @@ async fn mesh() -> Result<()> {
     const N: usize = 10;
     const RATE: u64 = 50;
     const SECS: u64 = 10;
-    let first = Node::start()?;
+    let first = Node::start_with(base())?;
     let mut nodes = vec![first];
     for i in 1..N {
         // Each node dials up to three earlier ones: a connected, not complete, mesh.
-        let mut opts = NodeOptions::default();
+        let mut opts = base();
         for j in [i - 1, i / 2, i.saturating_sub(3)] {
             opts = opts.arg("--peer").arg(nodes[j].swarm.clone());
         }
@@ -201,6 +201,7 @@ async fn mesh() -> Result<()> {
         }
     }));
     let (p, r) = tokio::join!(publishers, readers);
+    keep_logs(&nodes)?;
     p?;
     let mut all: Vec<u64> = r?.into_iter().flatten().collect();
     all.sort_unstable();
@@ -212,6 +213,28 @@ async fn mesh() -> Result<()> {
         pct(&all, 1.0)
     );
     Ok(())
+}
+
+/// With `BENCH_LOG_DIR=dir`, copies each node's log there (`node<i>.log`; set
+/// `BENCH_NODE_LOG=debug` for the node's log level).
+fn keep_logs(nodes: &[Node]) -> Result<()> {
+    let Some(dir) = std::env::var_os("BENCH_LOG_DIR") else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(&dir)?;
+    for (i, n) in nodes.iter().enumerate() {
+        std::fs::write(std::path::Path::new(&dir).join(format!("node{i}.log")), n.log())?;
+    }
+    Ok(())
+}
+
+/// Extra node options from the environment (`BENCH_NODE_LOG`: the nodes' `RUST_LOG`).
+fn base() -> NodeOptions {
+    let mut o = NodeOptions::default();
+    if let Ok(level) = std::env::var("BENCH_NODE_LOG") {
+        o.env.push(("RUST_LOG".into(), level));
+    }
+    o
 }
 
 /// Bytes sent so far, by both ends, on the TCP connections touching `port` (`ss -tin`).
@@ -235,23 +258,23 @@ fn bytes_sent(port: u16) -> Result<u64> {
         .sum())
 }
 
+/// The TCP port of a node's dialable swarm address (`/ip4/…/tcp/PORT/p2p/…`): the one its
+/// peers dial, so every connection between the nodes touches one of these ports.
+fn swarm_port(node: &Node) -> Result<u16> {
+    let mut parts = node.swarm.split('/');
+    while let Some(p) = parts.next() {
+        if p == "tcp" {
+            return parts.next().context("no port")?.parse().context("port");
+        }
+    }
+    bail!("no tcp port in {}", node.swarm)
+}
+
 async fn idle() -> Result<()> {
-    // Fixed swarm ports so the nodes' sockets can be found.
-    let ports: Vec<u16> = (0..3).map(|_| shoal_tests::free_port()).collect();
-    let opts = |i: usize| {
-        NodeOptions::default()
-            .arg("--swarm-addr")
-            .arg(format!("/ip4/127.0.0.1/tcp/{}", ports[i]))
-    };
-    let a = Node::start_with(opts(0))?;
-    let b = Node::start_with(opts(1).arg("--peer").arg(a.swarm.clone()))?;
-    let c = Node::start_with(
-        opts(2)
-            .arg("--peer")
-            .arg(a.swarm.clone())
-            .arg("--peer")
-            .arg(b.swarm.clone()),
-    )?;
+    let a = Node::start()?;
+    let b = Node::start_with(peer(&a))?;
+    let c = Node::start_with(peer(&a).arg("--peer").arg(b.swarm.clone()))?;
+    let ports = [swarm_port(&a)?, swarm_port(&b)?, swarm_port(&c)?];
     for n in [&a, &b, &c] {
         n.publish(&[event("bench", "idle", json!(1))]).await?;
     }
@@ -259,11 +282,13 @@ async fn idle() -> Result<()> {
     const SECS: u64 = 30;
     let total = |ports: &[u16]| -> Result<u64> { ports.iter().map(|&p| bytes_sent(p)).sum() };
     let before = total(&ports)?;
+    if before == 0 {
+        bail!("no bytes found on the swarm ports {ports:?} (`ss -tin`)");
+    }
     tokio::time::sleep(Duration::from_secs(SECS)).await;
     let after = total(&ports)?;
     let per_node = (after - before) as f64 / 3.0 / SECS as f64;
     println!("idle: 3 connected nodes, ~{per_node:.0} bytes/s sent per node (over {SECS} s)");
-    let _ = (b, c);
     Ok(())
 }
 

@@ -430,7 +430,10 @@ async fn warm_up(a: &Node, b: &Node) -> u64 {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(Instant::now() < deadline, "B never got A's events via the relay");
+        assert!(
+            Instant::now() < deadline,
+            "B never got A's events via the relay"
+        );
     }
 }
 
@@ -447,7 +450,10 @@ async fn known_and_stored(node: &Node, source: &str) -> (Option<u64>, Option<u64
         .as_array()
         .and_then(|s| s.iter().find(|s| s["source"] == source).cloned())
         .unwrap_or_default();
-    (entry["knownOffset"].as_u64(), entry["storedOffset"].as_u64())
+    (
+        entry["knownOffset"].as_u64(),
+        entry["storedOffset"].as_u64(),
+    )
 }
 
 /// Polls until `node`'s info shows `source` known at `known` and stored at `stored`.
@@ -485,13 +491,20 @@ async fn newer_head_mid_sync_supersedes_the_older_one() {
     let a = Node::start().unwrap();
     let relay = gate::start(&a).await;
     let b = Node::start_with(NodeOptions::default().arg("--peer").arg(&relay.addr)).unwrap();
-    let mut sub = b.subscribe(&json!({ "subscriptions": [{}] })).await.unwrap();
+    let mut sub = b
+        .subscribe(&json!({ "subscriptions": [{}] }))
+        .await
+        .unwrap();
     let base = warm_up(&a, &b).await;
 
     // Head 1 needs a fetch; the relay holds the fetch at the gate: B's sync is running.
     let h1 = publish_large(&a, 1).await;
     wait_known_stored(&b, &a.source, h1, base).await;
-    wait_log(&b, &format!("sync started: fetching source={} offset={h1}", a.source)).await;
+    wait_log(
+        &b,
+        &format!("sync started: fetching source={} offset={h1}", a.source),
+    )
+    .await;
     // Head 2 arrives while that sync runs.
     let h2 = publish_large(&a, 2).await;
     wait_known_stored(&b, &a.source, h2, base).await;
@@ -501,7 +514,11 @@ async fn newer_head_mid_sync_supersedes_the_older_one() {
     // The subscriber (opened before anything) saw each of A's events exactly once, in order.
     let mut seen = Vec::new();
     while seen.last() != Some(&h2) {
-        let e = sub.next_within(TIMEOUT).await.unwrap().expect("stream ended");
+        let e = sub
+            .next_within(TIMEOUT)
+            .await
+            .unwrap()
+            .expect("stream ended");
         if e["stream"]["source"] == a.source.as_str() {
             seen.push(e["offset"].as_u64().unwrap());
         }
@@ -546,7 +563,11 @@ async fn restarted_node_resumes_an_incomplete_sync() {
     let b = b.restart().unwrap();
     relay.gate.open();
     converge(&b, &json!({ a.source.clone(): h1 })).await;
-    assert!(b.log().contains("resuming an incomplete sync"), "{}", b.log());
+    assert!(
+        b.log().contains("resuming an incomplete sync"),
+        "{}",
+        b.log()
+    );
     assert_eq!(a.query_all().await.unwrap(), b.query_all().await.unwrap());
 }
 

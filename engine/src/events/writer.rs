@@ -426,11 +426,15 @@ impl State {
                 reason: "cannot import this node's own source".into(),
             });
         }
-        let (imported, events) = match self.writer.try_import(&source, root, IMPORT_INLINE_EVENTS)? {
-            shoal_store::ImportAttempt::Imported { imported, events } => (imported, events),
-            shoal_store::ImportAttempt::Current => return Ok(ImportOutcome::Current),
-            shoal_store::ImportAttempt::Missing(m) => return Ok(ImportOutcome::Missing(m)),
-        };
+        let (imported, events) =
+            match self
+                .writer
+                .try_import(&source, root, IMPORT_INLINE_EVENTS)?
+            {
+                shoal_store::ImportAttempt::Imported { imported, events } => (imported, events),
+                shoal_store::ImportAttempt::Current => return Ok(ImportOutcome::Current),
+                shoal_store::ImportAttempt::Missing(m) => return Ok(ImportOutcome::Missing(m)),
+            };
         let known = self.offsets.borrow().get(&source);
         if known.is_some_and(|k| k >= imported.last) {
             return Ok(ImportOutcome::Imported(imported));

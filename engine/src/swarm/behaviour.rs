@@ -63,11 +63,9 @@ impl Behaviour {
             })
             .build()
             .map_err(|e| BuildError::Gossipsub(e.to_string()))?;
-        let gossipsub = gossipsub::Behaviour::new(
-            gossipsub::MessageAuthenticity::Anonymous,
-            gossip_cfg,
-        )
-        .map_err(|e| BuildError::Gossipsub(e.to_string()))?;
+        let gossipsub =
+            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_cfg)
+                .map_err(|e| BuildError::Gossipsub(e.to_string()))?;
         let identify = identify::Behaviour::new(
             identify::Config::new("/shoal/id/1".into(), key.public())
                 .with_agent_version(format!("shoal/{}", env!("CARGO_PKG_VERSION"))),

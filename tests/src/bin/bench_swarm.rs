@@ -223,7 +223,10 @@ fn keep_logs(nodes: &[Node]) -> Result<()> {
     };
     std::fs::create_dir_all(&dir)?;
     for (i, n) in nodes.iter().enumerate() {
-        std::fs::write(std::path::Path::new(&dir).join(format!("node{i}.log")), n.log())?;
+        std::fs::write(
+            std::path::Path::new(&dir).join(format!("node{i}.log")),
+            n.log(),
+        )?;
     }
     Ok(())
 }

@@ -101,6 +101,26 @@ pub struct PackTicket {
     count: u64,
     /// The source's replacement epoch at issue (see `Writer::epochs`).
     epoch: u64,
+    kind: PackKind,
+}
+
+/// What a ticket asks for.
+#[derive(Debug, Clone)]
+enum PackKind {
+    /// banyan's pack: the whole unsealed tail rewritten into full leaves. Its cost grows with
+    /// the last (unsealed) leaf, up to a full leaf of events, so it is the rare step.
+    Full,
+    /// The unpacked appends after `root` (holding `count` events) merged into one leaf on top
+    /// of it: costs only the merged events. Each compaction adds one level above `root`.
+    Compact { root: Cid, count: u64 },
+}
+
+/// A source's tree as of its last pack or compaction: what the unpacked appends sit on.
+#[derive(Debug, Clone, Copy)]
+struct Base {
+    root: Cid,
+    count: u64,
+    level: i32,
 }
 
 impl PackTicket {
@@ -130,6 +150,9 @@ pub struct Writer {
     /// Per source, bumped whenever its tree is replaced rather than extended (pack, import,
     /// installed pack): a pack ticket from an older epoch is stale.
     epochs: HashMap<SourceId, u64>,
+    /// Per source with a cached builder: the tree its unpacked appends sit on (none = every
+    /// event is in unpacked appends, e.g. a new source).
+    bases: HashMap<SourceId, Base>,
     written_since_checkpoint: u64,
     /// Checkpoints the WAL on its own connection and thread, so commits never run one (file
     /// stores only; an in-memory store checkpoints inline).
@@ -165,6 +188,7 @@ impl Writer {
             config,
             builders: HashMap::new(),
             epochs: HashMap::new(),
+            bases: HashMap::new(),
             written_since_checkpoint: 0,
             checkpointer,
             validated: Default::default(),
@@ -216,8 +240,9 @@ impl Writer {
         let mut replaced = false;
         if let Some(pack) = pack.filter(|p| p.ticket.source == *source) {
             match self.rebase(&builder, pack) {
-                Ok(Some((rebased, blocks))) => {
+                Ok(Some((rebased, blocks, base))) => {
                     builder = rebased;
+                    self.bases.insert(source.clone(), base);
                     let mut staged = staging
                         .lock()
                         .map_err(|_| Error::Tree("staging poisoned".into()))?;
@@ -264,11 +289,25 @@ impl Writer {
             .ok_or_else(|| Error::Tree("append produced an empty tree".into()))?;
         let root = cid::from_ipld(&root)?;
         let new_blocks = drain(&staging)?;
-        self.commit(
+        if let Err(e) = self.commit(
             &new_blocks,
             Some((&source.alias(), &root)),
             packed || replaced,
-        )?;
+        ) {
+            // The builder is dropped: the next append reloads it (and its base) from the alias.
+            self.bases.remove(source);
+            return Err(e);
+        }
+        if packed {
+            self.bases.insert(
+                source.clone(),
+                Base {
+                    root,
+                    count: builder.count(),
+                    level: builder.level(),
+                },
+            );
+        }
         self.builders.insert(source.clone(), builder);
         if packed || replaced {
             self.bump_epoch(source);
@@ -493,22 +532,38 @@ impl Writer {
         })
     }
 
-    /// Background packing, step 1 (on the writer): a ticket to pack `source`'s tree when its
-    /// chain of unpacked appends is deeper than `TreeConfig::max_unpacked_depth`. `None` when
-    /// no pack is due or the source was not appended to through this writer. Cheap: no I/O.
-    /// `append` itself packs inline only at twice that depth, a backstop for a writer whose
-    /// background packer does not keep up (or that has none).
+    /// Background packing, step 1 (on the writer): a ticket when more than half of
+    /// `TreeConfig::max_unpacked_depth` appends sit unpacked on the source's base (its tree as
+    /// of the last pack or compaction). The ticket asks for a compaction (those appends merged
+    /// into one leaf: cheap) while fewer than half that depth of compactions are stacked, else
+    /// for a full pack. So the tree stays within about `max_unpacked_depth` levels, and the
+    /// expensive full pack (it rewrites the whole unsealed last leaf) runs about once per
+    /// (depth/2)² appends instead of once per depth. `None` when no pack is due or the source
+    /// was not appended to through this writer. Cheap: no I/O. `append` itself packs inline
+    /// only at twice that depth, a backstop for a writer whose packer does not keep up.
     pub fn pack_ticket(&self, source: &SourceId) -> Option<PackTicket> {
         let builder = self.builders.get(source)?;
-        if builder.level() <= self.config.tree.max_unpacked_depth as i32 {
+        let half = (self.config.tree.max_unpacked_depth / 2).max(1) as i32;
+        let base = self.bases.get(source);
+        // Unpacked appends since the last pack or compaction.
+        let chain = builder.level() - base.map_or(0, |b| b.level);
+        if chain <= half {
             return None;
         }
-        let base = cid::from_ipld(&builder.link()?).ok()?;
+        // Compactions stack up one level each: after half the depth of them, a full pack.
+        let kind = match base {
+            Some(b) if b.level <= half => PackKind::Compact {
+                root: b.root,
+                count: b.count,
+            },
+            _ => PackKind::Full,
+        };
         Some(PackTicket {
             source: source.clone(),
-            base,
+            base: cid::from_ipld(&builder.link()?).ok()?,
             count: builder.count(),
             epoch: self.epochs.get(source).copied().unwrap_or(0),
+            kind,
         })
     }
 
@@ -524,7 +579,7 @@ impl Writer {
         let Some(current) = self.builders.remove(&source) else {
             return Ok(None);
         };
-        let (builder, blocks) = match self.rebase(&current, prepared) {
+        let (builder, blocks, base) = match self.rebase(&current, prepared) {
             Ok(Some(rebased)) => rebased,
             Ok(None) => {
                 self.builders.insert(source, current);
@@ -544,6 +599,7 @@ impl Writer {
             return Err(e);
         }
         self.builders.insert(source.clone(), builder);
+        self.bases.insert(source.clone(), base);
         self.bump_epoch(&source);
         Ok(Some(Packed {
             root: Some(root),
@@ -561,7 +617,7 @@ impl Writer {
         &self,
         current: &Builder,
         prepared: PreparedPack,
-    ) -> Result<Option<(Builder, Blocks)>> {
+    ) -> Result<Option<(Builder, Blocks, Base)>> {
         let PreparedPack {
             ticket,
             root: packed_root,
@@ -598,6 +654,11 @@ impl Writer {
                 cid::to_ipld(&packed_root)?,
             )
             .map_err(Error::from_tree)?;
+        let base = Base {
+            root: packed_root,
+            count: ticket.count,
+            level: builder.level(),
+        };
         let rebased = count - ticket.count;
         if rebased > 0 {
             // Appended while the pack was computed: the same events, in the same order, on top
@@ -619,7 +680,7 @@ impl Writer {
                 .map_err(Error::from_tree)?;
         }
         let blocks = drain(&staging)?;
-        Ok(Some((builder, blocks)))
+        Ok(Some((builder, blocks, base)))
     }
 
     /// Depth of the unpacked chain at which `append` packs inline.
@@ -722,18 +783,34 @@ impl Writer {
             return Ok(b);
         }
         match alias_root(&self.conn, source)? {
-            Some(root) => self
-                .forest
-                .load_stream_builder(
-                    tree::secrets(),
+            Some(root) => {
+                let builder: Builder = self
+                    .forest
+                    .load_stream_builder(
+                        tree::secrets(),
+                        self.config.tree.append(),
+                        cid::to_ipld(&root)?,
+                    )
+                    .map_err(Error::from_tree)?;
+                // Unknown shape: treat the whole tree as the base, so the first ticket is a
+                // full pack if it is deep.
+                self.bases.insert(
+                    source.clone(),
+                    Base {
+                        root,
+                        count: builder.count(),
+                        level: builder.level(),
+                    },
+                );
+                Ok(builder)
+            }
+            None => {
+                self.bases.remove(source);
+                Ok(StreamBuilder::new(
                     self.config.tree.append(),
-                    cid::to_ipld(&root)?,
-                )
-                .map_err(Error::from_tree),
-            None => Ok(StreamBuilder::new(
-                self.config.tree.append(),
-                tree::secrets(),
-            )),
+                    tree::secrets(),
+                ))
+            }
         }
     }
 
@@ -790,6 +867,49 @@ impl Reader {
         let mut txn = self
             .forest
             .transaction(|r| (r.with_staging(staging.clone()), Stager(staging.clone())));
+        if let PackKind::Compact { root, count } = &ticket.kind {
+            if ticket.count <= *count {
+                let root = ticket.base;
+                return Ok(PreparedPack {
+                    ticket,
+                    root,
+                    blocks: Vec::new(),
+                });
+            }
+            // The events after the base, read from the ticket's tree (small unpacked leaves),
+            // appended to the base as one leaf.
+            let mut merged: Builder = txn
+                .load_stream_builder(
+                    tree::secrets(),
+                    self.tree_config.append(),
+                    cid::to_ipld(root)?,
+                )
+                .map_err(Error::from_tree)?;
+            let tree = self.load_tree(&ticket.base)?;
+            let query = EventQuery::new(*count..=ticket.count - 1, EventFilter::all());
+            let mut entries: Vec<(Key, Value)> = Vec::new();
+            for chunk in self.forest.iter_filtered_chunked(&tree, query, &|_| ()) {
+                let chunk = chunk.map_err(Error::from_tree)?;
+                entries.extend(chunk.data.into_iter().map(|(_, k, v)| (k, v)));
+            }
+            if entries.len() as u64 != ticket.count - count {
+                return Err(Error::Tree(format!(
+                    "compacting: read {} of {} events",
+                    entries.len(),
+                    ticket.count - count
+                )));
+            }
+            txn.extend_unpacked(&mut merged, entries)
+                .map_err(Error::from_tree)?;
+            let root = merged
+                .link()
+                .ok_or_else(|| Error::Tree("compaction produced an empty tree".into()))?;
+            return Ok(PreparedPack {
+                ticket,
+                root: cid::from_ipld(&root)?,
+                blocks: drain(&staging)?,
+            });
+        }
         let mut packer: Builder = txn
             .load_stream_builder(
                 tree::secrets(),
@@ -1000,6 +1120,63 @@ mod tests {
         n += 1;
         assert!(!appended.packed);
         let want: Vec<(u64, String)> = (0..n).map(|i| (i, format!("{{\"i\":{i}}}"))).collect();
+        assert_eq!(offsets_and_payloads(&r, &source), want);
+    }
+
+    /// The engine's protocol over many single-event appends: compactions, then a full pack
+    /// once they stack up; the tree stays shallow, no append falls back to packing inline, every
+    /// event reads back, and GC frees what the packs replaced.
+    #[test]
+    fn compactions_then_full_packs_keep_the_tree_shallow() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite"), StoreConfig::debug()).unwrap();
+        let depth = store.config().tree.max_unpacked_depth;
+        let mut w = store.writer().unwrap();
+        let r = store.reader().unwrap();
+        let source = SourceId::new("cp");
+        let (mut compactions, mut full) = (0, 0);
+        let mut pending: Option<PreparedPack> = None;
+        let mut deepest = 0;
+        for i in 0..600u64 {
+            let appended = match pending.take() {
+                Some(p) => {
+                    let a = w.append_with_pack(&source, vec![ev(i)], p).unwrap();
+                    assert!(a.packed, "a fresh ticket's pack is installed");
+                    a
+                }
+                None => {
+                    let a = w.append(&source, vec![ev(i)]).unwrap();
+                    assert!(!a.packed, "append {i} packed inline");
+                    a
+                }
+            };
+            assert_eq!(appended.first, i);
+            if let Some(ticket) = w.pack_ticket(&source) {
+                match ticket.kind {
+                    PackKind::Full => full += 1,
+                    PackKind::Compact { .. } => compactions += 1,
+                }
+                pending = Some(r.prepare_pack(ticket).unwrap());
+            }
+            deepest = deepest.max(w.builders[&source].level());
+        }
+        assert!(
+            compactions > 0 && full > 1,
+            "{compactions} compactions, {full} full"
+        );
+        assert!(deepest <= depth as i32 + 2, "depth {deepest}");
+        let want: Vec<(u64, String)> = (0..600).map(|i| (i, format!("{{\"i\":{i}}}"))).collect();
+        assert_eq!(offsets_and_payloads(&r, &source), want);
+        let mut freed = 0;
+        loop {
+            let stats = w.gc(1000).unwrap();
+            freed += stats.blocks_deleted;
+            if !stats.more {
+                break;
+            }
+        }
+        assert!(freed > 0);
+        assert!(r.verify().unwrap().is_sound());
         assert_eq!(offsets_and_payloads(&r, &source), want);
     }
 

@@ -21,10 +21,12 @@
 //! [`shoal_store::PackTicket`] to the packer thread ([`Packer`]), which computes the packed tree
 //! on its own read connection while commits go on; the next append takes the result and
 //! appends onto it (re-appending the few events committed meanwhile) in its own transaction.
-//! One pack is in flight at a time. The store still packs inline if the chain ever gets twice
-//! as deep (a backstop that only a stuck or starved packer reaches). The packer runs at normal
-//! priority on purpose: it shares locks with the writer (branch cache, allocator), and a niced
-//! packer preempted while holding one stalled commits for tens of milliseconds (measured).
+//! Most tickets are cheap compactions (the recent appends merged into one leaf); a full pack,
+//! whose cost grows with the last leaf, follows once compactions stack up (see
+//! `Writer::pack_ticket`). One pack is in flight at a time. The store still packs inline if the
+//! chain ever gets twice as deep as `max_unpacked_depth` (a backstop for a stuck or starved
+//! packer). The packer runs at normal priority on purpose: niced (10) on a loaded machine it
+//! fell behind, and the inline backstop stalled commits for 13-88 ms (measured).
 
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{SystemTime, UNIX_EPOCH};

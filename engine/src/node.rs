@@ -398,11 +398,11 @@ fn open(config: &Config) -> Result<Opened, NodeError> {
     Ok((identity, store, writer, offsets, clock))
 }
 
-/// The store settings a node uses. Compression levels are chosen for the publish path: every
-/// append compresses its new leaf, and an append packs the tree itself when too many unpacked
-/// appends pile up (both on the writer thread, so both delay publishes). zstd level 1 needs a
-/// far smaller context than 3 (which is allocated and cleared per leaf), and packing at level 3
-/// instead of 10 keeps the periodic pack from stalling publishes for tens of milliseconds.
+/// The store settings a node uses. Every append compresses its new leaf on the writer thread,
+/// so on the publish path: zstd level 1 needs a far smaller context than 3 (allocated and
+/// cleared per leaf). Packing runs on the packer thread, but on a 2-core device it competes
+/// with publishing for CPU: level 3 costs a few ms per leaf where level 10 costs ~30 ms (for
+/// 17% fewer bytes and ~25% faster leaf reads; see BENCHMARKS.md, Store).
 fn store_config() -> StoreConfig {
     let mut config = StoreConfig::default();
     config.tree.zstd_level_append = 1;

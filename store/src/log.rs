@@ -139,6 +139,10 @@ pub struct PreparedPack {
     blocks: Vec<(Cid, Vec<u8>)>,
 }
 
+/// How often [`Writer::checkpoint`] tries TRUNCATE, and the pause between tries.
+const TRUNCATE_TRIES: u32 = 10;
+const TRUNCATE_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The writer: the one owner of the write connection and of every local tree.
 pub struct Writer {
     conn: Arc<Mutex<Connection>>,
@@ -734,15 +738,22 @@ impl Writer {
         Ok(())
     }
 
-    /// Checkpoints the WAL into the database and truncates it. Call periodically (e.g. when
-    /// idle): it waits for readers briefly and gives up (PASSIVE) rather than blocking.
+    /// Checkpoints the WAL into the database and truncates it (the file shrinks to what GC
+    /// left). Call when idle, never on the commit path: it waits briefly for readers and for
+    /// the checkpoint thread, then gives up (PASSIVE) rather than blocking.
     pub fn checkpoint(&mut self) -> Result<()> {
         let conn = lock(&self.conn)?;
-        // TRUNCATE needs no reader on an old snapshot; fall back to PASSIVE when busy.
-        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-        if busy != 0 {
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        // TRUNCATE is busy while a reader is on an old snapshot, or while the checkpoint thread
+        // runs its own checkpoint (SQLite allows one at a time): retry a few times.
+        for _ in 0..TRUNCATE_TRIES {
+            let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+            if busy == 0 {
+                self.written_since_checkpoint = 0;
+                return Ok(());
+            }
+            std::thread::sleep(TRUNCATE_RETRY);
         }
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
         self.written_since_checkpoint = 0;
         Ok(())
     }

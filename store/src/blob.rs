@@ -363,23 +363,28 @@ pub fn put_hashed(
         conn.pragma_update(None, "wal_autocheckpoint", auto)?;
     }
     let bytes: usize = blocks.iter().map(|(_, d)| d.len()).sum();
-    if auto == 0 {
+    drop(conn);
+    if auto == 0 && result.is_ok() {
         // Checkpoints run elsewhere (a checkpoint thread): tell the writer what was written.
-        drop(conn);
-        if result.is_ok() {
-            if let Err(e) = w.wrote(bytes as u64) {
-                tracing::warn!(error = %e, "wal checkpoint after blob writes failed");
-            }
+        if let Err(e) = w.wrote(bytes as u64) {
+            tracing::warn!(error = %e, "wal checkpoint after blob writes failed");
         }
-        return result;
     }
+    // Checkpoints beside the writer copy frames while blob commits go on, but the WAL only
+    // restarts from its beginning when a commit finds it fully copied, which back-to-back blob
+    // commits never allow: it then grows by every batch (to ~800 MB in a 1 GiB fetch), each
+    // frame a write into fresh file blocks the kernel zero-fills (16 % of a fetching node's
+    // CPU). So every CHECKPOINT_BLOB_BYTES the writer itself finishes the checkpoint between
+    // two commits (little is left to copy by then) and the next commit reuses the WAL's blocks.
     let written = BLOB_BYTES.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
     if result.is_ok() && written >= CHECKPOINT_BLOB_BYTES {
-        // Most frames were copied already by `checkpoint_aside`; this one, with no commit
-        // running, finishes the job so the next commit restarts the WAL from its start.
         // The batch is committed whatever happens here: a checkpoint that fails (disk full,
         // busy) must not report it lost; the WAL keeps the data and the next batch retries.
-        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0)) {
+        let conn = writer_conn(w);
+        let done = lock(&conn).and_then(|c| {
+            Ok(c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0))?)
+        });
+        match done {
             Ok(0) => BLOB_BYTES.store(0, Ordering::Relaxed),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "wal checkpoint after blob writes failed"),
@@ -402,7 +407,7 @@ pub fn checkpoint_aside(path: &std::path::Path) -> Result<()> {
 /// Blob bytes written since the last checkpoint `put_hashed` ran.
 static BLOB_BYTES: AtomicU64 = AtomicU64::new(0);
 /// Blob bytes between two checkpoints: bounds the WAL, and the fsyncs to one per this many.
-const CHECKPOINT_BLOB_BYTES: u64 = 256 << 20;
+const CHECKPOINT_BLOB_BYTES: u64 = 64 << 20;
 
 fn put_hashed_tx(
     conn: &mut Connection,

@@ -541,6 +541,8 @@ pub fn set_meta(w: &mut Writer, meta: &BlobMeta) -> Result<()> {
 /// Unpins `root` and deletes, in one transaction, every block under it that no other pin or
 /// retired root reaches. Returns `None` if the blob was not known here.
 pub fn delete(w: &mut Writer, root: &Cid) -> Result<Option<Freed>> {
+    // Deleted blocks would break the "validated means complete" rule of imports.
+    w.forget_validated();
     let conn = writer_conn(w);
     let mut conn = lock(&conn)?;
     let tx = conn.transaction()?;

@@ -329,7 +329,15 @@ mod gate {
 
     impl Gate {
         pub fn open(&self) {
-            *self.open.lock().unwrap() = true;
+            self.set(true);
+        }
+
+        pub fn close(&self) {
+            self.set(false);
+        }
+
+        fn set(&self, open: bool) {
+            *self.open.lock().unwrap() = open;
             self.changed.notify_all();
         }
     }
@@ -374,7 +382,8 @@ mod gate {
         _events: tokio::sync::mpsc::Receiver<swarm::Event>,
     }
 
-    /// Starts a relay dialling `source`, gate closed.
+    /// Starts a relay dialling `source`, gate open (close it once B is caught up: a head that
+    /// B missed while gossip meshes formed makes B fetch older blocks, which must get through).
     pub async fn start(source: &Node) -> Relay {
         let key = libp2p::identity::Keypair::generate_ed25519();
         let mut cfg = swarm::Config::new(key);
@@ -382,6 +391,7 @@ mod gate {
         cfg.peers = vec![source.swarm.parse().unwrap()];
         cfg.mdns = false;
         let gate = Arc::new(Gate::default());
+        gate.open();
         let (handle, events, _task) = swarm::spawn(cfg, Arc::new(Blocks(gate.clone())))
             .await
             .unwrap();
@@ -432,7 +442,8 @@ async fn warm_up(a: &Node, b: &Node) -> u64 {
         }
         assert!(
             Instant::now() < deadline,
-            "B never got A's events via the relay"
+            "B never got A's events via the relay; B's log:\n{}",
+            b.log()
         );
     }
 }
@@ -496,6 +507,7 @@ async fn newer_head_mid_sync_supersedes_the_older_one() {
         .await
         .unwrap();
     let base = warm_up(&a, &b).await;
+    relay.gate.close();
 
     // Head 1 needs a fetch; the relay holds the fetch at the gate: B's sync is running.
     let h1 = publish_large(&a, 1).await;
@@ -533,6 +545,7 @@ async fn restarted_node_resumes_an_incomplete_sync() {
     let relay = gate::start(&a).await;
     let b = Node::start_with(NodeOptions::default().arg("--peer").arg(&relay.addr)).unwrap();
     let base = warm_up(&a, &b).await;
+    relay.gate.close();
     let h1 = publish_large(&a, 3).await;
     wait_known_stored(&b, &a.source, h1, base).await;
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use serde_json::{json, Value};
-use shoal_tests::{within, Node, NodeOptions, TIMEOUT};
+use shoal_tests::{raw_http, within, Node, NodeOptions, TIMEOUT};
 
 const CHUNK: usize = 1 << 20;
 
@@ -401,9 +401,18 @@ async fn the_maximum_blob_size_gives_413_both_with_and_without_content_length() 
         .env
         .push(("SHOAL_MAX_BLOB_BYTES".into(), LIMIT.to_string()));
     let node = Node::start_with(options).unwrap();
-    for chunked in [false, true] {
-        let (status, body) = put_raw(&node, random(LIMIT + 1, 7), chunked).await.unwrap();
-        assert_eq!(status, 413, "chunked={chunked}: {body}");
+    // By Content-Length: refused before the body is read. Sent as headers only over raw HTTP:
+    // a client still writing a body the node will not read may see a reset instead of the 413.
+    let request = format!(
+        "POST /api/v1/blobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        LIMIT + 1
+    );
+    let (status, _, text) = raw_http(node.api, request.as_bytes()).await.unwrap();
+    let by_length: Value = serde_json::from_str(&text).unwrap();
+    // Chunked: refused once what arrived passes the limit (the whole body has been sent then).
+    let (chunked_status, chunked) = put_raw(&node, random(LIMIT + 1, 7), true).await.unwrap();
+    for (status, body) in [(status, by_length), (chunked_status, chunked)] {
+        assert_eq!(status, 413, "{body}");
         assert_eq!(body["errorCode"], "ERR_PAYLOAD_TOO_LARGE", "{body}");
         assert!(
             body["error"].as_str().unwrap().contains(&LIMIT.to_string()),
@@ -504,7 +513,16 @@ async fn a_full_disk_gives_507_and_leaves_the_store_consistent() {
     let mut full = None;
     for seed in 100..140 {
         let data = random(3 * CHUNK + 1, seed);
-        let (status, body) = put_raw(&node, data.clone(), seed % 2 == 0).await.unwrap();
+        let (status, body) = match put_raw(&node, data.clone(), seed % 2 == 0).await {
+            Ok(answer) => answer,
+            // The node answered 507 while the body was still being sent, and the client saw
+            // the connection reset before the answer. The disk is still full: the next put
+            // reads its 507.
+            Err(e) => {
+                eprintln!("put {seed}: no answer read ({e:#}); trying the next");
+                continue;
+            }
+        };
         match status {
             201 => stored.push((body["cid"].as_str().unwrap().to_string(), data)),
             507 => {

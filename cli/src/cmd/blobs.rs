@@ -13,17 +13,13 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::client::{Client, DEFAULT_NODE};
+use crate::client::{block_on, Client, NodeArgs};
 
 /// Arguments of `shoal blobs`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// URL of the node's API.
-    #[arg(long, global = true, default_value = DEFAULT_NODE, env = "SHOAL_NODE")]
-    node: String,
-    /// Machine-readable output (the node's JSON answers).
-    #[arg(long, global = true)]
-    json: bool,
+    #[command(flatten)]
+    remote: NodeArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,17 +51,15 @@ enum Command {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(async {
-        let client = Client::new(&args.node)?;
+    block_on(async {
+        let client = Client::new(&args.remote.node)?;
         match args.command {
-            Command::Put { file, name, mime } => put(&client, file, name, mime, args.json).await,
+            Command::Put { file, name, mime } => {
+                put(&client, file, name, mime, args.remote.json).await
+            }
             Command::Get { blob, output } => get(&client, &blob, output, true).await,
             Command::Cat { blob } => get(&client, &blob, None, false).await,
-            Command::Ls => ls(&client, args.json).await,
+            Command::Ls => ls(&client, args.remote.json).await,
             Command::Rm { cid } => {
                 let path = format!("/api/v1/blobs/{}", encode(&cid));
                 client

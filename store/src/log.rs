@@ -24,7 +24,7 @@ use crate::{
     gc::{self, GcStats},
     schema::{self, now_secs},
     store::StoreConfig,
-    tree::{self, EventQuery, EventTree, Key, SqliteReader, Stager, Staging, Value},
+    tree::{self, EventQuery, EventTree, Key, SqliteReader, Staged, Stager, Staging, Value},
 };
 // Re-exported because `blob.rs` names the reader through this module.
 pub(crate) use crate::read::Reader;
@@ -240,22 +240,14 @@ impl Writer {
         let n = events.len() as u64;
         // Taken out of the cache: on any error it is dropped and reloaded from the alias.
         let mut builder = self.take_builder(source)?;
-        let staging = Staging::default();
+        let mut txn = StagedTxn::new(&self.forest);
         let mut replaced = false;
         if let Some(pack) = pack.filter(|p| p.ticket.source == *source) {
             match self.rebase(&builder, pack) {
                 Ok(Some((rebased, blocks, base))) => {
                     builder = rebased;
                     self.bases.insert(source.clone(), base);
-                    let mut staged = staging
-                        .lock()
-                        .map_err(|_| Error::Tree("staging poisoned".into()))?;
-                    for (c, data) in blocks {
-                        let link = cid::to_ipld(&c)?;
-                        if staged.map.insert(link, data).is_none() {
-                            staged.order.push(link);
-                        }
-                    }
+                    txn.stage(blocks)?;
                     replaced = true;
                 }
                 Ok(None) => {}
@@ -263,36 +255,19 @@ impl Writer {
             }
         }
         let first = builder.count();
-        let mut txn = self
-            .forest
-            .transaction(|r| (r.with_staging(staging.clone()), Stager(staging.clone())));
-        txn.extend_unpacked(&mut builder, to_entries(events))
-            .map_err(Error::from_tree)?;
+        txn.extend(&mut builder, to_entries(events))?;
         let packed = builder.level() > self.backstop_depth();
         if packed {
             // Backstop: keeps reads fast when no background packer keeps up (see
             // `pack_ticket`). This runs on the
             // publish path and recompresses every event appended since the last sealed leaf,
             // so it uses its own, moderate zstd level; leaves it seals keep that level.
-            let root = builder
-                .link()
-                .ok_or_else(|| Error::Tree("empty tree".into()))?;
-            let mut packer: Builder = txn
-                .load_stream_builder(tree::secrets(), self.config.tree.auto_pack(), root)
-                .map_err(Error::from_tree)?;
-            txn.pack(&mut packer).map_err(Error::from_tree)?;
-            let root = packer
-                .link()
-                .ok_or_else(|| Error::Tree("empty tree".into()))?;
-            builder = txn
-                .load_stream_builder(tree::secrets(), self.config.tree.append(), root)
-                .map_err(Error::from_tree)?;
+            let root = root_of(&builder)?;
+            let packed_root = txn.pack(self.config.tree.auto_pack(), &root)?;
+            builder = txn.builder(self.config.tree.append(), &packed_root.unwrap_or(root))?;
         }
-        let root = builder
-            .link()
-            .ok_or_else(|| Error::Tree("append produced an empty tree".into()))?;
-        let root = cid::from_ipld(&root)?;
-        let new_blocks = drain(&staging)?;
+        let root = root_of(&builder)?;
+        let new_blocks = txn.blocks()?;
         if let Err(e) = self.commit(
             &new_blocks,
             Some((&source.alias(), &root)),
@@ -508,35 +483,15 @@ impl Writer {
                 blocks_written: 0,
             });
         };
-        let staging = Staging::default();
-        let mut txn = self
-            .forest
-            .transaction(|r| (r.with_staging(staging.clone()), Stager(staging.clone())));
-        // Loaded with the real config so sealing is judged as when the tree was built.
-        let mut packer: Builder = txn
-            .load_stream_builder(
-                tree::secrets(),
-                self.config.tree.pack(),
-                cid::to_ipld(&root)?,
-            )
-            .map_err(Error::from_tree)?;
-        if self
-            .forest
-            .is_packed(&packer.snapshot())
-            .map_err(Error::from_tree)?
-        {
+        let mut txn = StagedTxn::new(&self.forest);
+        let Some(new_root) = txn.pack(self.config.tree.pack(), &root)? else {
             return Ok(Packed {
                 root: Some(root),
                 changed: false,
                 blocks_written: 0,
             });
-        }
-        txn.pack(&mut packer).map_err(Error::from_tree)?;
-        let new_root = packer
-            .link()
-            .ok_or_else(|| Error::Tree("pack produced an empty tree".into()))?;
-        let new_root = cid::from_ipld(&new_root)?;
-        let blocks = drain(&staging)?;
+        };
+        let blocks = txn.blocks()?;
         self.commit(&blocks, Some((&source.alias(), &new_root)), true)?;
         self.builders.remove(source);
         self.bump_epoch(source);
@@ -605,10 +560,7 @@ impl Writer {
                 return Err(e);
             }
         };
-        let root = builder
-            .link()
-            .ok_or_else(|| Error::Tree("installing a pack: empty tree".into()))?;
-        let root = cid::from_ipld(&root)?;
+        let root = root_of(&builder)?;
         if let Err(e) = self.commit(&blocks, Some((&source.alias(), &root)), true) {
             self.builders.insert(source, current);
             return Err(e);
@@ -645,30 +597,11 @@ impl Writer {
         {
             return Ok(None);
         }
-        let staging = Staging::default();
-        {
-            // The pack's blocks go first, as if this transaction had written them: the rebase
-            // reads the packed tree's right edge, and `drain` hands them back with its own.
-            let mut staged = staging
-                .lock()
-                .map_err(|_| Error::Tree("staging poisoned".into()))?;
-            for (c, data) in packed_blocks {
-                let link = cid::to_ipld(&c)?;
-                if staged.map.insert(link, data).is_none() {
-                    staged.order.push(link);
-                }
-            }
-        }
-        let mut txn = self
-            .forest
-            .transaction(|r| (r.with_staging(staging.clone()), Stager(staging.clone())));
-        let mut builder: Builder = txn
-            .load_stream_builder(
-                tree::secrets(),
-                self.config.tree.append(),
-                cid::to_ipld(&packed_root)?,
-            )
-            .map_err(Error::from_tree)?;
+        let mut txn = StagedTxn::new(&self.forest);
+        // The pack's blocks go first, as if this transaction had written them: the rebase
+        // reads the packed tree's right edge, and `blocks` hands them back with its own.
+        txn.stage(packed_blocks)?;
+        let mut builder = txn.builder(self.config.tree.append(), &packed_root)?;
         let base = Base {
             root: packed_root,
             count: ticket.count,
@@ -691,11 +624,9 @@ impl Writer {
                     entries.len()
                 )));
             }
-            txn.extend_unpacked(&mut builder, entries)
-                .map_err(Error::from_tree)?;
+            txn.extend(&mut builder, entries)?;
         }
-        let blocks = drain(&staging)?;
-        Ok(Some((builder, blocks, base)))
+        Ok(Some((builder, txn.blocks()?, base)))
     }
 
     /// Depth of the unpacked chain at which `append` packs inline.
@@ -807,14 +738,7 @@ impl Writer {
         }
         match alias_root(&self.conn, source)? {
             Some(root) => {
-                let builder: Builder = self
-                    .forest
-                    .load_stream_builder(
-                        tree::secrets(),
-                        self.config.tree.append(),
-                        cid::to_ipld(&root)?,
-                    )
-                    .map_err(Error::from_tree)?;
+                let builder = load_builder(&self.forest, self.config.tree.append(), &root)?;
                 // Unknown shape: treat the whole tree as the base, so the first ticket is a
                 // full pack if it is deep.
                 self.bases.insert(
@@ -886,10 +810,7 @@ impl Reader {
     /// memory, at most one leaf per tree level plus branches). CPU-heavy: it recompresses
     /// every event since the last sealed leaf, at the pack level.
     pub fn prepare_pack(&self, ticket: PackTicket) -> Result<PreparedPack> {
-        let staging = Staging::default();
-        let mut txn = self
-            .forest
-            .transaction(|r| (r.with_staging(staging.clone()), Stager(staging.clone())));
+        let mut txn = StagedTxn::new(&self.forest);
         if let PackKind::Compact { root, count } = &ticket.kind {
             if ticket.count <= *count {
                 let root = ticket.base;
@@ -901,13 +822,7 @@ impl Reader {
             }
             // The events after the base, read from the ticket's tree (small unpacked leaves),
             // appended to the base as one leaf.
-            let mut merged: Builder = txn
-                .load_stream_builder(
-                    tree::secrets(),
-                    self.tree_config.append(),
-                    cid::to_ipld(root)?,
-                )
-                .map_err(Error::from_tree)?;
+            let mut merged = txn.builder(self.tree_config.append(), root)?;
             let tree = self.load_tree(&ticket.base)?;
             let query = EventQuery::new(*count..=ticket.count - 1, EventFilter::all());
             let mut entries: Vec<(Key, Value)> = Vec::new();
@@ -922,46 +837,98 @@ impl Reader {
                     ticket.count - count
                 )));
             }
-            txn.extend_unpacked(&mut merged, entries)
-                .map_err(Error::from_tree)?;
-            let root = merged
-                .link()
-                .ok_or_else(|| Error::Tree("compaction produced an empty tree".into()))?;
+            txn.extend(&mut merged, entries)?;
             return Ok(PreparedPack {
                 ticket,
-                root: cid::from_ipld(&root)?,
-                blocks: drain(&staging)?,
+                root: root_of(&merged)?,
+                blocks: txn.blocks()?,
             });
         }
-        let mut packer: Builder = txn
-            .load_stream_builder(
-                tree::secrets(),
-                self.tree_config.pack(),
-                cid::to_ipld(&ticket.base)?,
-            )
-            .map_err(Error::from_tree)?;
+        let root = txn.pack(self.tree_config.pack(), &ticket.base)?;
+        Ok(PreparedPack {
+            root: root.unwrap_or(ticket.base),
+            blocks: txn.blocks()?,
+            ticket,
+        })
+    }
+}
+
+/// A banyan transaction whose new blocks are staged in memory (and read back from there)
+/// until [`StagedTxn::blocks`] hands them over, to be written with the alias move in one
+/// SQLite transaction.
+struct StagedTxn {
+    staging: Staging,
+    txn: banyan::Transaction<EventTree, SqliteReader, Stager>,
+}
+
+impl StagedTxn {
+    fn new(forest: &Forest) -> Self {
+        let staging = Staging::default();
+        let txn =
+            forest.transaction(|r| (r.with_staging(staging.clone()), Stager(staging.clone())));
+        Self { staging, txn }
+    }
+
+    /// Stages `blocks` as if this transaction had written them.
+    fn stage(&mut self, blocks: Blocks) -> Result<()> {
+        let mut staged = self.staged()?;
+        for (c, data) in blocks {
+            staged.insert(cid::to_ipld(&c)?, data);
+        }
+        Ok(())
+    }
+
+    /// The tree at `root` (stored or staged), to extend or pack with `config`.
+    fn builder(&self, config: banyan::Config, root: &Cid) -> Result<Builder> {
+        load_builder(&self.txn, config, root)
+    }
+
+    /// Appends `entries` to `builder` as one unpacked leaf.
+    fn extend(&mut self, builder: &mut Builder, entries: Vec<(Key, Value)>) -> Result<()> {
+        self.txn
+            .extend_unpacked(builder, entries)
+            .map_err(Error::from_tree)
+    }
+
+    /// Packs the tree at `root` with `config` (loaded with it, so sealing is judged as when
+    /// the tree was built): the new root, or `None` when it was packed already.
+    fn pack(&mut self, config: banyan::Config, root: &Cid) -> Result<Option<Cid>> {
+        let mut packer = self.builder(config, root)?;
         if self
-            .forest
+            .txn
             .is_packed(&packer.snapshot())
             .map_err(Error::from_tree)?
         {
-            let root = ticket.base;
-            return Ok(PreparedPack {
-                ticket,
-                root,
-                blocks: Vec::new(),
-            });
+            return Ok(None);
         }
-        txn.pack(&mut packer).map_err(Error::from_tree)?;
-        let root = packer
-            .link()
-            .ok_or_else(|| Error::Tree("pack produced an empty tree".into()))?;
-        Ok(PreparedPack {
-            ticket,
-            root: cid::from_ipld(&root)?,
-            blocks: drain(&staging)?,
-        })
+        self.txn.pack(&mut packer).map_err(Error::from_tree)?;
+        root_of(&packer).map(Some)
     }
+
+    /// The staged blocks, in write order.
+    fn blocks(self) -> Result<Blocks> {
+        Ok(self.staged()?.drain())
+    }
+
+    fn staged(&self) -> Result<std::sync::MutexGuard<'_, Staged>> {
+        self.staging
+            .lock()
+            .map_err(|_| Error::Tree("staging poisoned".into()))
+    }
+}
+
+fn load_builder(forest: &Forest, config: banyan::Config, root: &Cid) -> Result<Builder> {
+    forest
+        .load_stream_builder(tree::secrets(), config, cid::to_ipld(root)?)
+        .map_err(Error::from_tree)
+}
+
+/// The root of a tree being built (never empty once events were added).
+fn root_of(builder: &Builder) -> Result<Cid> {
+    let root = builder
+        .link()
+        .ok_or_else(|| Error::Tree("the tree is empty".into()))?;
+    cid::from_ipld(&root)
 }
 
 /// Runs `f` on a tree that came from a peer, turning a panic inside banyan (it asserts on some
@@ -973,13 +940,6 @@ fn guarded<T>(root: Cid, f: impl FnOnce() -> Result<T>) -> Result<T> {
             reason: "malformed tree".into(),
         })
     })
-}
-
-fn drain(staging: &Staging) -> Result<Vec<(Cid, Vec<u8>)>> {
-    Ok(staging
-        .lock()
-        .map_err(|_| Error::Tree("staging poisoned".into()))?
-        .drain())
 }
 
 /// Keys and values for banyan, with names and tags interned across the batch.
@@ -1033,6 +993,31 @@ mod tests {
                 (e.offset, e.payload.get().to_string())
             })
             .collect()
+    }
+
+    /// Without a background packer, `append` packs inline once the unpacked chain is twice
+    /// `max_unpacked_depth` deep: the tree stays shallow and every event reads back in order.
+    #[test]
+    fn append_packs_inline_at_the_backstop_depth() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite"), StoreConfig::debug()).unwrap();
+        let depth = store.config().tree.max_unpacked_depth as u64;
+        let mut w = store.writer().unwrap();
+        let r = store.reader().unwrap();
+        let source = SourceId::new("inline");
+        let mut inline_packs = 0;
+        for i in 0..5 * depth {
+            inline_packs += w.append(&source, vec![ev(i)]).unwrap().packed as u32;
+        }
+        assert!(inline_packs >= 2, "{inline_packs} inline packs");
+        let want: Vec<(u64, String)> = (0..5 * depth)
+            .map(|i| (i, format!("{{\"i\":{i}}}")))
+            .collect();
+        assert_eq!(offsets_and_payloads(&r, &source), want);
+        let shape = r.tree_shape(&source).unwrap().unwrap();
+        let top = shape.nodes.iter().map(|n| n.level).max().unwrap();
+        assert!(top as u64 <= 2 * depth + 1, "level {top}");
+        assert!(r.verify().unwrap().is_sound());
     }
 
     /// A pack computed on a reader while appends go on, installed by a later append: the events

@@ -26,6 +26,13 @@ pub(crate) struct Staged {
 }
 
 impl Staged {
+    /// Adds a block (once: a block staged twice keeps its first place in the order).
+    pub fn insert(&mut self, link: IpldCid, data: Vec<u8>) {
+        if self.map.insert(link, data).is_none() {
+            self.order.push(link);
+        }
+    }
+
     /// Takes the staged blocks, in write order, as public CIDs.
     pub fn drain(&mut self) -> Vec<(Cid, Vec<u8>)> {
         let order = std::mem::take(&mut self.order);
@@ -95,9 +102,7 @@ impl BlockWriter<IpldCid> for Stager {
             .0
             .lock()
             .map_err(|_| anyhow::anyhow!("staging poisoned"))?;
-        if staged.map.insert(link, data).is_none() {
-            staged.order.push(link);
-        }
+        staged.insert(link, data);
         Ok(link)
     }
 }

@@ -18,7 +18,7 @@ pub(crate) mod node;
 mod query;
 mod summary;
 
-pub(crate) use glue::{SqliteReader, Stager, Staging};
+pub(crate) use glue::{SqliteReader, Staged, Stager, Staging};
 pub use key::{Key, KeySeq};
 pub use query::EventQuery;
 pub use summary::{Bloom, NameSet, Summary, SummarySeq, TagSet, MAX_EXACT_NAMES, MAX_EXACT_TAGS};

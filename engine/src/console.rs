@@ -44,7 +44,7 @@ const PAGE: usize = 512;
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
     /// The console log file failed; for an append, nothing was stored.
-    #[error(transparent)]
+    #[error("console log: {0}")]
     Store(#[from] shoal_store::console::Error),
     /// The service is shutting down; the entry may not have been stored.
     #[error("the console service is shut down")]

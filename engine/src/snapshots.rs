@@ -22,7 +22,7 @@ pub const KEEP_PER_FISH: usize = 8;
 /// Why a snapshot call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error(transparent)]
+    #[error("snapshot store: {0}")]
     Store(#[from] StoreError),
     #[error("the snapshot store is unavailable: {0}")]
     Unavailable(String),

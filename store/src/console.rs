@@ -1,8 +1,7 @@
 //! The console log: apps' log entries (the console service of API.md), kept durably with bounded
 //! retention in their own SQLite file (`console.sqlite3` in the data dir, chosen by the engine).
 //!
-//! A separate file, not a table in the block store's database: SQLite has one writer lock per
-//! database, and a chatty app's logging must never hold up a publish's group commit.
+//! A separate file, not a table in the block store's database (see `side`).
 //!
 //! Table `entries(seq, ts, entry)`: `seq` is the insertion order (strictly increasing, never
 //! reused, also across restarts thanks to `AUTOINCREMENT`), `ts` the entry's `logTimestamp` in
@@ -13,43 +12,19 @@
 //! successful [`ConsoleWriter::append`] is on disk (`synchronous=FULL`) before it returns. Reads
 //! use their own WAL connections ([`ConsoleReader`]) and never block the writer.
 
-use rusqlite::{params, Connection, OpenFlags};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use crate::side;
+use rusqlite::{params, Connection};
+use std::path::Path;
+
+/// Failures of the console log. Nothing here is caused by an entry's content: entries are
+/// validated before they get here.
+pub use crate::side::SideDbError as Error;
 
 /// Default number of entries kept (the newest ones).
 pub const DEFAULT_RETENTION: u64 = 100_000;
 
 /// Result alias of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Failures of the console log. Nothing here is caused by an entry's content: entries are
-/// validated before they get here.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The file could not be opened or created.
-    #[error("cannot open console log {path}: {source}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
-    /// The disk is full; the failed append stored nothing.
-    #[error("disk full: the console log could not write; free disk space")]
-    Full(#[source] rusqlite::Error),
-    /// Any other SQLite failure.
-    #[error("console log: {0}")]
-    Sqlite(#[source] rusqlite::Error),
-}
-
-impl From<rusqlite::Error> for Error {
-    fn from(e: rusqlite::Error) -> Self {
-        match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DiskFull) => Error::Full(e),
-            _ => Error::Sqlite(e),
-        }
-    }
-}
 
 const CREATE: &str = r#"
 CREATE TABLE IF NOT EXISTS entries (
@@ -58,9 +33,6 @@ CREATE TABLE IF NOT EXISTS entries (
     entry TEXT NOT NULL
 );
 "#;
-
-/// How long a connection waits for a lock held by another connection before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An entry to store: its `logTimestamp` (micros since the epoch) and its JSON text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,18 +62,8 @@ impl ConsoleWriter {
     /// Opens (creating if missing) the console log at `path`, keeping the newest `retention`
     /// entries (at least one).
     pub fn open(path: &Path, retention: u64) -> Result<Self> {
-        let open_err = |source| Error::Open {
-            path: path.to_owned(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-        // WAL: readers never block the writer. FULL: a returned append survives a crash.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(open_err)?;
-        conn.execute_batch(CREATE).map_err(open_err)?;
+        // FULL: a returned append survives a crash.
+        let conn = side::open_writer(path, "FULL", CREATE)?;
         Ok(ConsoleWriter {
             conn,
             retention: retention.max(1),
@@ -149,17 +111,9 @@ pub struct ConsoleReader {
 impl ConsoleReader {
     /// Opens the console log at `path` for reading. The writer must have created it.
     pub fn open(path: &Path) -> Result<Self> {
-        let open_err = |source| Error::Open {
-            path: path.to_owned(),
-            source,
-        };
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(open_err)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-        Ok(ConsoleReader { conn })
+        Ok(ConsoleReader {
+            conn: side::open_reader(path)?,
+        })
     }
 
     /// Up to `limit` entries with `seq > after`, and `timestamp >= since` when given, in

@@ -26,6 +26,7 @@ mod log;
 mod offset;
 mod read;
 mod schema;
+mod side;
 pub mod snapshot;
 mod store;
 mod streams;

@@ -1,43 +1,20 @@
 //! Pond snapshots: a fish's serialized state at an event key, kept locally (never replicated)
 //! in their own SQLite file (`snapshots.sqlite3` in the data dir, chosen by the engine).
 //!
-//! A separate file, like the console log: SQLite has one writer lock per database, and a fish
-//! storing a large snapshot must never hold up a publish's group commit.
+//! A separate file, like the console log (see `side`).
 //!
 //! Table `snapshots`: one row per (fish = semantics + name, version, tag, event key). Invariants
 //! kept by [`SnapshotDb::store`]: a fish has snapshots of one version only (storing a newer
 //! version deletes the older ones; an older version than what is stored is refused), and at
 //! most `keep` rows (the newest event keys stay). Event keys order as `(lamport, source, psn)`.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
+use crate::side;
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// Failures of the snapshot store.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("cannot open snapshot store {path}: {source}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
-    /// The disk is full; nothing was stored.
-    #[error("disk full: the snapshot could not be stored; free disk space")]
-    Full(#[source] rusqlite::Error),
-    #[error("snapshot store: {0}")]
-    Sqlite(#[source] rusqlite::Error),
-}
-
-impl From<rusqlite::Error> for Error {
-    fn from(e: rusqlite::Error) -> Self {
-        match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DiskFull) => Error::Full(e),
-            _ => Error::Sqlite(e),
-        }
-    }
-}
+pub use crate::side::SideDbError as Error;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -96,15 +73,8 @@ fn uint(v: i64) -> u64 {
 impl SnapshotDb {
     /// Opens (creating) the snapshot file at `path`.
     pub fn open(path: &Path) -> Result<SnapshotDb> {
-        let open = |source| Error::Open {
-            path: path.to_path_buf(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(open)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(open)?;
-        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
-            .map_err(open)?;
-        conn.execute_batch(CREATE).map_err(open)?;
+        // NORMAL: a snapshot lost in a power cut is only recomputed.
+        let conn = side::open_writer(path, "NORMAL", CREATE)?;
         Ok(SnapshotDb { conn })
     }
 

@@ -596,6 +596,63 @@ fn join(node: Node, of: &Node) -> Result<Node> {
     node.respawn()
 }
 
+/// The next `requestConnectivity` report of request `id` whose status is `want`.
+async fn connectivity_until(c: &mut Client, id: u64, want: &str) -> Result<Value> {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let report = c.next(id).await?;
+        if report["status"] == want {
+            return Ok(report);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no {want} report within {TIMEOUT:?}; last: {report}"
+        );
+    }
+}
+
+/// `requestConnectivity` follows the node's real peers: alone it is `NotConnected`, with its
+/// peer up `FullyConnected`, and after the peer stopped `NotConnected` again, with the counts
+/// Pond's decoder requires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connectivity_reports_follow_the_peers() -> Result<()> {
+    let a = Node::start()?;
+    let mut c = Client::connect(a.store).await?;
+    let id = c
+        .request(
+            "/ax/events/requestConnectivity",
+            json!({"special": [], "hbHistDelay": 1000, "reportEveryMs": 100, "currentPsnHistoryDelay": 5}),
+        )
+        .await?;
+    let alone = connectivity_until(&mut c, id, "NotConnected").await?;
+    assert_eq!(alone["eventsToRead"], 0, "{alone}");
+    assert!(alone["inCurrentStatusForMs"].is_u64(), "{alone}");
+    let mut b = Node::start_with(peer_of(&a))?;
+    connectivity_until(&mut c, id, "FullyConnected").await?;
+    b.stop()?;
+    let apart = connectivity_until(&mut c, id, "NotConnected").await?;
+    assert!(
+        apart["eventsToRead"].is_u64() && apart["eventsToSend"].is_u64(),
+        "{apart}"
+    );
+    // A special source that is not connected makes the node partially connected at best.
+    let b = b.respawn()?;
+    let special = c
+        .request(
+            "/ax/events/requestConnectivity",
+            json!({"special": ["not-a-peer"], "hbHistDelay": 1000, "reportEveryMs": 100, "currentPsnHistoryDelay": 5}),
+        )
+        .await?;
+    let partial = connectivity_until(&mut c, special, "PartiallyConnected").await?;
+    assert_eq!(
+        partial["specialsDisconnected"],
+        json!(["not-a-peer"]),
+        "{partial}"
+    );
+    drop(b);
+    Ok(())
+}
+
 /// Pond 1.1.0: the same counter fed with commands on two connected nodes at once converges to
 /// the sum on both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,7 +103,8 @@ fn status(
             (k + 1).saturating_sub(have)
         })
         .sum();
-    if peers > 0 && connected.is_empty() {
+    // Alone (no peer known, or none connected) a node reads nothing new from anyone.
+    if connected.is_empty() {
         return (
             "NotConnected",
             json!({"eventsToRead": events_to_read, "eventsToSend": 0}),

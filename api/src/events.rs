@@ -21,6 +21,7 @@ use warp::reply::Response;
 use warp::{Filter as _, Reply};
 
 use crate::error::{from_events, ApiError};
+use crate::json::{write_str, write_str_array};
 use crate::{body, ndjson, ApiConfig};
 
 /// The event routes.
@@ -342,21 +343,10 @@ pub fn encode_event(e: &Event, out: &mut Vec<u8>) {
     );
     out.extend_from_slice(e.payload.get().as_bytes());
     if !e.tags.is_empty() {
-        out.extend_from_slice(b",\"tags\":[");
-        for (i, t) in e.tags.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            write_str(out, t);
-        }
-        out.push(b']');
+        out.extend_from_slice(b",\"tags\":");
+        write_str_array(out, &e.tags);
     }
     out.push(b'}');
-}
-
-fn write_str(out: &mut Vec<u8>, s: &str) {
-    // Writing into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod body;
 pub mod console;
 pub mod error;
 pub mod events;
+mod json;
 pub mod ndjson;
 pub mod node;
 pub mod server;

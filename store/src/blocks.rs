@@ -128,22 +128,22 @@ pub(crate) fn alias_set(
 pub(crate) fn aliases_with_prefix(conn: &Connection, prefix: &str) -> Result<Vec<(String, Cid)>> {
     // Upper bound of the prefix range: the prefix with its last char bumped past any suffix.
     let upper = format!("{prefix}\u{10FFFF}");
-    let mut stmt = conn.prepare_cached(schema::ALIAS_LIST)?;
-    let rows = stmt.query_map(params![prefix, upper], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (name, bytes) = row?;
-        out.push((name, cid::from_bytes(&bytes)?));
-    }
-    Ok(out)
+    aliases(conn, schema::ALIAS_LIST, params![prefix, upper])
 }
 
 /// Every alias, ordered by name.
 pub(crate) fn all_aliases(conn: &Connection) -> Result<Vec<(String, Cid)>> {
-    let mut stmt = conn.prepare_cached(schema::ALL_ALIASES)?;
-    let rows = stmt.query_map([], |r| {
+    aliases(conn, schema::ALL_ALIASES, [])
+}
+
+/// The `(name, cid)` rows of an alias query.
+fn aliases(
+    conn: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<(String, Cid)>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(args, |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
     })?;
     let mut out = Vec::new();

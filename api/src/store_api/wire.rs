@@ -14,6 +14,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use shoal_engine::{Event, Filter, OffsetMap, SourceId, StreamSelector};
 
+use crate::json::{write_str, write_str_array};
+
 /// Pond 2.x writes this into `semantics` and `name` of tag-only events.
 pub const PLACEHOLDER: &str = "_t_";
 
@@ -181,14 +183,9 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event) {
     write_str(out, &e.semantics);
     out.extend_from_slice(b",\"name\":");
     write_str(out, &e.name);
-    out.extend_from_slice(b",\"tags\":[");
-    for (i, t) in e.tags.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_str(out, t);
-    }
-    out.extend_from_slice(b"],\"payload\":");
+    out.extend_from_slice(b",\"tags\":");
+    write_str_array(out, &e.tags);
+    out.extend_from_slice(b",\"payload\":");
     out.extend_from_slice(e.payload.get().as_bytes());
     out.push(b'}');
 }
@@ -206,11 +203,6 @@ pub fn events_array<'a>(events: impl IntoIterator<Item = &'a Event>) -> String {
     out.push(b']');
     // Only valid UTF-8 went in (strings from `str`, payloads from `RawValue`).
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
-fn write_str(out: &mut Vec<u8>, s: &str) {
-    // Writing into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// `{"psns":{...},"default":"min"}` for a map of offsets.

@@ -153,7 +153,12 @@ impl Out {
             } else {
                 "disconnected"
             };
-            writeln!(self.w, "  {}  {state}", plain(&p["peerId"]))?;
+            // How far the peer stores our own events (from its last digest).
+            let holds = match p["ourOffsetStored"].as_u64() {
+                Some(o) => format!("  holds our events up to offset {o}"),
+                None => String::new(),
+            };
+            writeln!(self.w, "  {}  {state}{holds}", plain(&p["peerId"]))?;
         }
         // Replication progress: what gossip says exists vs what is stored here.
         let sources = v["sources"].as_array().cloned().unwrap_or_default();

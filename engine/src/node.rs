@@ -64,6 +64,10 @@ pub struct PeerInfo {
     pub connected: bool,
     /// Microseconds since the Unix epoch, when last heard of.
     pub last_seen: Option<u64>,
+    /// Highest offset of this node's own events the peer stores, as of the peer's last digest
+    /// (every few seconds); absent until it reported any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub our_offset_stored: Option<u64>,
 }
 
 /// The swarm's view of the network, published by the swarm task on [`Node::network`]; empty

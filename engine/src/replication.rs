@@ -551,6 +551,7 @@ impl Replicator {
                 addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
                 connected: p.connected,
                 last_seen: Some(micros(p.last_seen)),
+                our_offset_stored: p.our_offset_stored,
             })
             .collect();
         let known = self

@@ -22,6 +22,7 @@ use ws::{events_request, unstored, Client};
 const PERSIST: &str = "/ax/events/persistEvents";
 const PERSISTED: &str = "/ax/events/requestPersistedEvents";
 const ALL: &str = "/ax/events/requestAllEvents";
+const CONNECTIVITY: &str = "/ax/events/requestConnectivity";
 
 fn tags_set(tags: &[&str]) -> Value {
     json!({"type":"tags","subscriptions":[{"tags": tags, "local": false}]})
@@ -596,60 +597,75 @@ fn join(node: Node, of: &Node) -> Result<Node> {
     node.respawn()
 }
 
-/// The next `requestConnectivity` report of request `id` whose status is `want`.
-async fn connectivity_until(c: &mut Client, id: u64, want: &str) -> Result<Value> {
+/// The next `requestConnectivity` report of request `id` that `ok` accepts.
+async fn connectivity_until(
+    c: &mut Client,
+    id: u64,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Result<Value> {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
         let report = c.next(id).await?;
-        if report["status"] == want {
+        if ok(&report) {
             return Ok(report);
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "no {want} report within {TIMEOUT:?}; last: {report}"
+            "no report with {what} within {TIMEOUT:?}; last: {report}"
         );
     }
 }
 
-/// `requestConnectivity` follows the node's real peers: alone it is `NotConnected`, with its
-/// peer up `FullyConnected`, and after the peer stopped `NotConnected` again, with the counts
-/// Pond's decoder requires.
+fn connectivity_request(special: &[&str]) -> Value {
+    json!({"special": special, "hbHistDelay": 1000, "reportEveryMs": 100, "currentPsnHistoryDelay": 5})
+}
+
+/// `requestConnectivity` follows the node's real peers: alone it is `NotConnected` with all its
+/// events still to send; with its peer up `FullyConnected` (`PartiallyConnected` while a special
+/// source is missing) and nothing to send once the peer reported storing them; after the peer
+/// stopped `NotConnected`, counting only the events published since.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connectivity_reports_follow_the_peers() -> Result<()> {
     let a = Node::start()?;
     let mut c = Client::connect(a.store).await?;
-    let id = c
-        .request(
-            "/ax/events/requestConnectivity",
-            json!({"special": [], "hbHistDelay": 1000, "reportEveryMs": 100, "currentPsnHistoryDelay": 5}),
-        )
-        .await?;
-    let alone = connectivity_until(&mut c, id, "NotConnected").await?;
+    let publish = |n: u64| json!({"events": (0..n).map(|i| unstored("s", "n", &[], json!(i))).collect::<Vec<_>>()});
+    c.call(PERSIST, publish(5)).await?;
+    let plain = c.request(CONNECTIVITY, connectivity_request(&[])).await?;
+    let alone = connectivity_until(&mut c, plain, "NotConnected", |r| {
+        r["status"] == "NotConnected"
+    })
+    .await?;
     assert_eq!(alone["eventsToRead"], 0, "{alone}");
+    assert_eq!(alone["eventsToSend"], 5, "{alone}");
     assert!(alone["inCurrentStatusForMs"].is_u64(), "{alone}");
+
     let mut b = Node::start_with(peer_of(&a))?;
-    connectivity_until(&mut c, id, "FullyConnected").await?;
-    b.stop()?;
-    let apart = connectivity_until(&mut c, id, "NotConnected").await?;
-    assert!(
-        apart["eventsToRead"].is_u64() && apart["eventsToSend"].is_u64(),
-        "{apart}"
-    );
-    // A special source that is not connected makes the node partially connected at best.
-    let b = b.respawn()?;
+    connectivity_until(&mut c, plain, "FullyConnected", |r| {
+        r["status"] == "FullyConnected"
+    })
+    .await?;
     let special = c
-        .request(
-            "/ax/events/requestConnectivity",
-            json!({"special": ["not-a-peer"], "hbHistDelay": 1000, "reportEveryMs": 100, "currentPsnHistoryDelay": 5}),
-        )
+        .request(CONNECTIVITY, connectivity_request(&["not-a-peer"]))
         .await?;
-    let partial = connectivity_until(&mut c, special, "PartiallyConnected").await?;
+    let partial = connectivity_until(&mut c, special, "B storing A's events", |r| {
+        r["status"] == "PartiallyConnected" && r["eventsToSend"] == 0
+    })
+    .await?;
     assert_eq!(
         partial["specialsDisconnected"],
         json!(["not-a-peer"]),
         "{partial}"
     );
-    drop(b);
+    assert_eq!(partial["swarmConnectivityLevel"], 100, "{partial}");
+
+    b.stop()?;
+    c.call(PERSIST, publish(3)).await?;
+    let apart = connectivity_until(&mut c, plain, "NotConnected, 3 to send", |r| {
+        r["status"] == "NotConnected" && r["eventsToSend"] == 3
+    })
+    .await?;
+    assert_eq!(apart["eventsToRead"], 0, "{apart}");
     Ok(())
 }
 

@@ -65,6 +65,14 @@ async fn two_nodes_replicate_both_ways() {
             })
     })
     .await;
+    // And, from B's digests, that B holds all of A's events.
+    wait_info(&a, |info| {
+        let peers = info["peers"].as_array().cloned().unwrap_or_default();
+        peers
+            .iter()
+            .any(|p| p["peerId"] == b.source.as_str() && p["ourOffsetStored"] == 9)
+    })
+    .await;
 }
 
 /// Polls `GET /api/v1/node/info` until `done` holds.

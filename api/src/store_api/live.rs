@@ -4,7 +4,8 @@
 //!   every commit, local or replicated), sent at once and again on every change;
 //! - `highestSeenOffsets`: per source the higher of stored and known-from-gossip offsets (the
 //!   swarm's `NetworkState`), pushed whenever either changes;
-//! - `requestConnectivity`: the swarm's real peer state, every `reportEveryMs`.
+//! - `requestConnectivity`: the swarm's real peer state, every `reportEveryMs`; `eventsToSend`
+//!   counts our events no peer has reported storing (peers' digests, every few seconds).
 //!
 //! A watch only holds the latest value, so a client that reads slowly gets fewer, newer maps,
 //! never a growing backlog.
@@ -78,10 +79,24 @@ pub async fn highest_seen(shared: &Shared, r: &Responder) -> Outcome {
     }
 }
 
+/// Our own events that no peer is known to store (as of the peers' last digests): what this
+/// node would lose if it died now.
+fn events_to_send(network: &NetworkState, offsets: &OffsetMap, own: &SourceId) -> u64 {
+    let ours = offsets.get(own).map_or(0, |o| o + 1);
+    let held = network
+        .peers
+        .iter()
+        .filter_map(|p| p.our_offset_stored)
+        .max()
+        .map_or(0, |o| o + 1);
+    ours.saturating_sub(held)
+}
+
 /// The status of API.md's `requestConnectivity`, from the peers the swarm knows.
 fn status(
     network: &NetworkState,
     offsets: &OffsetMap,
+    own: &SourceId,
     specials: &[String],
 ) -> (&'static str, Value) {
     let peers = network.peers.len();
@@ -103,11 +118,12 @@ fn status(
             (k + 1).saturating_sub(have)
         })
         .sum();
+    let events_to_send = events_to_send(network, offsets, own);
     // Alone (no peer known, or none connected) a node reads nothing new from anyone.
     if connected.is_empty() {
         return (
             "NotConnected",
-            json!({"eventsToRead": events_to_read, "eventsToSend": 0}),
+            json!({"eventsToRead": events_to_read, "eventsToSend": events_to_send}),
         );
     }
     if connected.len() == peers && specials_disconnected.is_empty() {
@@ -120,7 +136,7 @@ fn status(
             "specialsDisconnected": specials_disconnected,
             "swarmConnectivityLevel": level,
             "eventsToRead": events_to_read,
-            "eventsToSend": 0,
+            "eventsToSend": events_to_send,
         }),
     )
 }
@@ -151,7 +167,8 @@ pub async fn connectivity(shared: &Shared, payload: Option<&RawValue>, r: &Respo
             _ = shutdown.changed() => return Ok(Done::Quiet),
         }
         let network = shared.node.network().borrow().clone();
-        let (name, mut extra) = status(&network, &events.offsets(), &specials);
+        let (name, mut extra) =
+            status(&network, &events.offsets(), shared.node.source(), &specials);
         let since = match current {
             Some((n, since)) if n == name => since,
             _ => {

@@ -121,6 +121,9 @@ pub struct PeerInfo {
     pub addrs: Vec<Multiaddr>,
     pub connected: bool,
     pub last_seen: SystemTime,
+    /// Highest offset of this node's own events the peer stores, from the peer's last digest
+    /// (sent on connect and every `digest_interval`; kept after it disconnects).
+    pub our_offset_stored: Option<u64>,
 }
 
 /// State the task publishes for readers (small; the lock is never held across `.await`).

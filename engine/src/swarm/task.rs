@@ -274,6 +274,23 @@ impl Task {
         }
     }
 
+    /// Remembers how far `peer` stores our own events (its digest lists its stored heads).
+    fn note_digest(&mut self, peer: PeerId, entries: &[DigestEntry]) {
+        let ours = source_hash(self.swarm.local_peer_id());
+        let Some(offset) = entries
+            .iter()
+            .find(|e| e.source_hash == ours)
+            .map(|e| e.offset)
+        else {
+            return;
+        };
+        self.shared(|s| {
+            if let Some(p) = s.peers.get_mut(&peer) {
+                p.our_offset_stored = Some(offset);
+            }
+        });
+    }
+
     /// Heads we store that the digest's sender lacks or is behind on.
     fn answer_digest(&self, entries: &[DigestEntry]) -> Response {
         let theirs: HashMap<[u8; 8], u64> =
@@ -332,6 +349,7 @@ impl Task {
                 addrs: vec![],
                 connected: false,
                 last_seen: SystemTime::now(),
+                our_offset_stored: None,
             });
             p.last_seen = SystemTime::now();
             if let Some(c) = connected {
@@ -493,6 +511,7 @@ impl Task {
                 } => match request {
                     Request::Want(cids) => self.serve(cids, channel),
                     Request::Digest(entries) => {
+                        self.note_digest(peer, &entries);
                         let answer = self.answer_digest(&entries);
                         let _ = self
                             .swarm

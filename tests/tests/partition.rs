@@ -1,10 +1,16 @@
-//! A network partition with real namespaces: 5 nodes, each in its own `ip netns`, on two
+//! Network partitions with real namespaces.
+//!
+//! `partition_then_heal_converges`: 5 nodes, each in its own `ip netns`, on two
 //! networks — a *data* network (the swarm; two bridges) and a *management* network (the HTTP
 //! API, reached from the test). All nodes start on one data bridge; the partition moves the
 //! veths of nodes 3 and 4 to the second bridge, so {0,1,2} and {3,4} cannot reach each other
 //! while both groups keep publishing; healing moves them back. Then every node must hold
 //! identical offsets, and each node's subscriber (opened before anything was published) must
 //! have seen every event exactly once.
+//!
+//! `mdns_peers_reconnect_after_a_partition`: 2 nodes that know each other only by mDNS (no
+//! `--peer`) lose their connection in a partition and must find each other again after it
+//! heals, long before their mDNS records expire (minutes).
 //!
 //! Needs root and `ip netns`; skips with a message (does not fail) when namespaces cannot be
 //! created. Namespaces, bridges and processes are removed on every exit path (a guard's `Drop`).
@@ -22,6 +28,15 @@ use shoal_tests::{event, shoal_bin, Ndjson, TIMEOUT};
 const NODES: usize = 5;
 /// Nodes on the far side of the partition.
 const GROUP_B: [usize; 2] = [3, 4];
+
+/// How nodes find each other.
+#[derive(Clone, Copy)]
+enum Discovery {
+    /// Every other node as a `--peer` (mDNS off).
+    Peers,
+    /// mDNS only.
+    Mdns,
+}
 /// Convergence after healing may wait for a dead connection to be noticed (ping) and a
 /// bootstrap redial (backoff up to 30 s).
 const HEAL_TIMEOUT: Duration = Duration::from_secs(150);
@@ -68,7 +83,8 @@ impl Net {
         format!("10.214.0.{}", i + 1)
     }
 
-    fn setup() -> Result<Net, String> {
+    /// `nodes` namespaces on the data and management networks.
+    fn setup(nodes: usize) -> Result<Net, String> {
         let mut net = Net {
             tag: format!("spt{}", std::process::id() % 100_000),
             namespaces: vec![],
@@ -87,7 +103,7 @@ impl Net {
         }
         let mgmt = format!("{}m", net.tag);
         ip(&["addr", "add", "10.214.0.254/24", "dev", &mgmt])?;
-        for i in 0..NODES {
+        for i in 0..nodes {
             let ns = net.ns(i);
             ip(&["netns", "add", &ns])?;
             net.namespaces.push(ns.clone());
@@ -117,16 +133,16 @@ impl Net {
         Ok(net)
     }
 
-    /// Moves group B's data links to bridge 2 (partition) or back to bridge 1 (heal).
-    fn partition(&self, split: bool) {
+    /// Moves the data links of `group` to bridge 2 (partition) or back to bridge 1 (heal).
+    fn partition(&self, group: &[usize], split: bool) {
         let bridge = self.data_bridge(if split { 2 } else { 1 });
-        for i in GROUP_B {
+        for &i in group {
             ip(&["link", "set", &self.data_veth(i), "master", &bridge]).unwrap();
         }
     }
 
-    /// Starts node `i` in its namespace; returns (source, api base URL).
-    fn start_node(&mut self, i: usize) -> (String, String) {
+    /// Starts node `i` of `nodes` in its namespace; returns (source, api base URL).
+    fn start_node(&mut self, i: usize, nodes: usize, discovery: Discovery) -> (String, String) {
         let dir = tempfile::tempdir().unwrap();
         let mut args: Vec<String> = vec![
             "netns".into(),
@@ -144,11 +160,13 @@ impl Net {
             "127.0.0.1:4243".into(),
             "--swarm-addr".into(),
             format!("/ip4/{}/tcp/4001", Net::data_ip(i)),
-            "--no-mdns".into(),
         ];
-        for j in (0..NODES).filter(|&j| j != i) {
-            args.push("--peer".into());
-            args.push(format!("/ip4/{}/tcp/4001", Net::data_ip(j)));
+        if let Discovery::Peers = discovery {
+            args.push("--no-mdns".into());
+            for j in (0..nodes).filter(|&j| j != i) {
+                args.push("--peer".into());
+                args.push(format!("/ip4/{}/tcp/4001", Net::data_ip(j)));
+            }
         }
         let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
         let mut child = Command::new("ip")
@@ -243,7 +261,7 @@ async fn offsets(http: &reqwest::Client, api: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_then_heal_converges() {
     let _ = shoal_bin(); // build before creating anything that needs cleaning up
-    let mut net = match Net::setup() {
+    let mut net = match Net::setup(NODES) {
         Ok(net) => net,
         Err(e) => {
             eprintln!("skipping the partition test: network namespaces are unavailable ({e})");
@@ -253,7 +271,7 @@ async fn partition_then_heal_converges() {
     let http = reqwest::Client::new();
     let mut nodes = Vec::new();
     for i in 0..NODES {
-        nodes.push(net.start_node(i));
+        nodes.push(net.start_node(i, NODES, Discovery::Peers));
     }
     // One subscriber per node, from the start.
     let mut subs = Vec::new();
@@ -274,7 +292,7 @@ async fn partition_then_heal_converges() {
             publish(&http, api, &format!("n{i}"), k).await;
         }
     }
-    net.partition(true);
+    net.partition(&GROUP_B, true);
     for k in 0..DURING {
         for (i, (_, api)) in nodes.iter().enumerate() {
             publish(&http, api, &format!("n{i}"), BEFORE + k).await;
@@ -287,7 +305,7 @@ async fn partition_then_heal_converges() {
         b_view.get(&nodes[0].0).and_then(Value::as_u64) < Some((BEFORE + DURING - 1) as u64),
         "partition leaked: {b_view}"
     );
-    net.partition(false);
+    net.partition(&GROUP_B, false);
 
     let last = (BEFORE + DURING - 1) as u64;
     let expected: Value = nodes
@@ -336,4 +354,65 @@ async fn partition_then_heal_converges() {
             );
         }
     }
+}
+
+/// Polls `api`'s offsets until they equal `expected`.
+async fn wait_offsets(http: &reqwest::Client, api: &str, expected: &Value, what: &str) {
+    let deadline = Instant::now() + HEAL_TIMEOUT;
+    loop {
+        let o = offsets(http, api).await;
+        if o == *expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: stuck at {o}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mdns_peers_reconnect_after_a_partition() {
+    let _ = shoal_bin();
+    let mut net = match Net::setup(2) {
+        Ok(net) => net,
+        Err(e) => {
+            eprintln!("skipping the mDNS partition test: network namespaces are unavailable ({e})");
+            return;
+        }
+    };
+    let http = reqwest::Client::new();
+    let a = net.start_node(0, 2, Discovery::Mdns);
+    let b = net.start_node(1, 2, Discovery::Mdns);
+    publish(&http, &a.1, "a", 0).await;
+    publish(&http, &b.1, "b", 0).await;
+    let both = |n: u64| json!({ a.0.clone(): n, b.0.clone(): n });
+    for (api, what) in [(&a.1, "a before"), (&b.1, "b before")] {
+        wait_offsets(&http, api, &both(0), what).await;
+    }
+    net.partition(&[1], true);
+    // Publish on both sides until each has seen the connection die (ping), so the heal
+    // must dial again rather than find the old connection still open.
+    let deadline = Instant::now() + HEAL_TIMEOUT;
+    let mut k = 0;
+    loop {
+        k += 1;
+        publish(&http, &a.1, "a", k).await;
+        publish(&http, &b.1, "b", k).await;
+        if net.log(0).contains("peer disconnected") && net.log(1).contains("peer disconnected") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the partition never cut the connection"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    net.partition(&[1], false);
+    let k = k as u64;
+    for (api, what) in [(&a.1, "a after healing"), (&b.1, "b after healing")] {
+        wait_offsets(&http, api, &both(k), what).await;
+    }
+    assert!(net.log(1).contains("discovered by mDNS"), "{}", net.log(1));
 }

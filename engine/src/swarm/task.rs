@@ -9,7 +9,6 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self as rr, OutboundRequestId, ResponseChannel};
-use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, mdns, ping, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, Semaphore};
@@ -35,11 +34,17 @@ pub(crate) fn age_ms(timestamp: u64) -> f64 {
     now.saturating_sub(timestamp) as f64 / 1000.0
 }
 
-struct Bootstrap {
+/// An address to stay connected to, redialled with backoff while its peer is not connected:
+/// a bootstrap `--peer`, or one mDNS found (until mDNS says it expired). mDNS reports a peer
+/// once, not again when its connection drops, so without this a peer lost in a network
+/// blip would stay lost until its mDNS record expired (minutes).
+struct Redial {
     addr: Multiaddr,
     peer: Option<PeerId>,
     backoff: Duration,
     next: Instant,
+    /// Found by mDNS (forgotten when it expires), not given as a `--peer` (kept for good).
+    mdns: bool,
 }
 
 pub(super) struct Task {
@@ -57,7 +62,7 @@ pub(super) struct Task {
     /// Heads whose trees are stored here (what digests are answered with).
     stored: HashMap<PeerId, SignedHead>,
     topic: gossipsub::IdentTopic,
-    bootstrap: Vec<Bootstrap>,
+    redial: Vec<Redial>,
     digest_interval: Duration,
     /// Whether any listen address was requested.
     listening: bool,
@@ -90,10 +95,10 @@ impl Task {
             })?;
         }
         let now = Instant::now();
-        let bootstrap = config
+        let redial = config
             .peers
             .iter()
-            .map(|addr| Bootstrap {
+            .map(|addr| Redial {
                 addr: addr.clone(),
                 peer: addr.iter().find_map(|p| match p {
                     Protocol::P2p(id) => Some(id),
@@ -101,6 +106,7 @@ impl Task {
                 }),
                 backoff: BACKOFF_MIN,
                 next: now,
+                mdns: false,
             })
             .collect();
         let (served_tx, served_rx) = mpsc::channel(64);
@@ -117,7 +123,7 @@ impl Task {
             known: HashMap::new(),
             stored: HashMap::new(),
             topic,
-            bootstrap,
+            redial,
             digest_interval: config.digest_interval,
             listening: !config.listen.is_empty(),
         })
@@ -319,11 +325,11 @@ impl Task {
 
     fn redial(&mut self) {
         let now = Instant::now();
-        for i in 0..self.bootstrap.len() {
-            let connected = self.bootstrap[i]
+        for i in 0..self.redial.len() {
+            let connected = self.redial[i]
                 .peer
                 .is_some_and(|p| self.swarm.is_connected(&p));
-            let b = &mut self.bootstrap[i];
+            let b = &mut self.redial[i];
             if connected {
                 b.backoff = BACKOFF_MIN;
                 b.next = now + BACKOFF_MIN;
@@ -335,9 +341,9 @@ impl Task {
             b.next = now + b.backoff;
             b.backoff = (b.backoff * 2).min(BACKOFF_MAX);
             let addr = b.addr.clone();
-            tracing::debug!(%addr, "dialling bootstrap peer");
+            tracing::debug!(%addr, "dialling");
             if let Err(e) = self.swarm.dial(addr.clone()) {
-                tracing::debug!(%addr, error = %e, "bootstrap dial failed");
+                tracing::debug!(%addr, error = %e, "dial failed");
             }
         }
     }
@@ -380,7 +386,7 @@ impl Task {
             } => {
                 let addr = endpoint.get_remote_address().clone();
                 if endpoint.is_dialer() {
-                    for b in &mut self.bootstrap {
+                    for b in &mut self.redial {
                         if b.peer.is_none() && b.addr == addr {
                             b.peer = Some(peer_id);
                         }
@@ -449,18 +455,33 @@ impl Task {
                 }
             },
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                let now = Instant::now();
                 for (peer, addr) in found {
-                    if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
+                    let addr = crate::node::dialable(&addr, peer);
+                    if peer == *self.swarm.local_peer_id()
+                        || self.redial.iter().any(|r| r.addr == addr)
+                    {
                         continue;
                     }
                     tracing::info!(%peer, %addr, "discovered by mDNS");
-                    let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
-                    if let Err(e) = self.swarm.dial(opts) {
-                        tracing::debug!(%peer, error = %e, "dial after mDNS failed");
-                    }
+                    self.redial.push(Redial {
+                        addr,
+                        peer: Some(peer),
+                        backoff: BACKOFF_MIN,
+                        next: now,
+                        mdns: true,
+                    });
+                }
+                // Dial at once, not at the next redial tick.
+                self.redial();
+            }
+            BehaviourEvent::Mdns(mdns::Event::Expired(gone)) => {
+                for (peer, addr) in gone {
+                    let addr = crate::node::dialable(&addr, peer);
+                    self.redial.retain(|r| !(r.mdns && r.addr == addr));
+                    tracing::debug!(%peer, %addr, "mDNS record expired");
                 }
             }
-            BehaviourEvent::Mdns(_) => {}
         }
     }
 

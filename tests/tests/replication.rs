@@ -594,8 +594,9 @@ async fn restarted_node_resumes_an_incomplete_sync() {
 
 /// Not in the default run: it depends on the host's multicast. It passes alone every time here
 /// (0.3 s), but once in a full `cargo test --workspace` on this VM the two nodes did not find
-/// each other within 60 s (cause not found yet). Run it with
-/// `cargo test -p shoal-tests --test replication -- --ignored`.
+/// each other within 60 s (cause not proven; a failed first dial was then never retried, fixed
+/// since). Run it with `cargo test -p shoal-tests --test replication -- --ignored`. Discovery
+/// and reconnection by mDNS run by default in `partition.rs`, on their own network namespaces.
 #[tokio::test]
 #[ignore = "needs working multicast on a non-loopback interface; flaked once under the full test run"]
 async fn mdns_discovery_without_peer_addresses() {

@@ -8,6 +8,7 @@ mod args;
 mod client;
 mod cmd;
 mod output;
+mod progress;
 
 use args::{Cli, Command};
 use clap::Parser;

@@ -3,12 +3,9 @@
 //! With `--json`, streamed items (events, log entries) are written exactly as the node sent them,
 //! one per line (NDJSON; no re-encoding), and single answers as one JSON document. Human output
 //! is one line per item. Everything goes through one buffered stdout writer; live streams flush
-//! after every item so a watcher sees it at once. Progress goes to stderr, and only when stderr is
-//! a terminal and stdout is not (output redirected while a person watches): piped into a script,
-//! nothing extra is printed anywhere.
+//! after every item so a watcher sees it at once. Progress lines are `progress.rs`'s.
 
-use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant};
+use std::io::Write;
 
 use anyhow::Result;
 use serde_json::Value;
@@ -255,44 +252,4 @@ fn format_micros(micros: u64) -> String {
                 .ok()
         })
         .unwrap_or_else(|| micros.to_string())
-}
-
-/// A count of items on stderr, refreshed a few times a second, for long queries.
-pub struct Progress {
-    enabled: bool,
-    count: u64,
-    last: Instant,
-    shown: bool,
-}
-
-/// How often the progress line is redrawn.
-const PROGRESS_EVERY: Duration = Duration::from_millis(200);
-
-impl Progress {
-    /// Enabled only when a person watches stderr while stdout goes elsewhere.
-    pub fn new() -> Progress {
-        Progress {
-            enabled: std::io::stderr().is_terminal() && !std::io::stdout().is_terminal(),
-            count: 0,
-            last: Instant::now(),
-            shown: false,
-        }
-    }
-
-    pub fn tick(&mut self) {
-        self.count += 1;
-        if self.enabled && self.count.is_multiple_of(1024) && self.last.elapsed() >= PROGRESS_EVERY
-        {
-            self.last = Instant::now();
-            self.shown = true;
-            eprint!("\r{} events", self.count);
-        }
-    }
-
-    /// Clears the line, with a final count if it was shown at all.
-    pub fn finish(&mut self) {
-        if self.shown {
-            eprintln!("\r{} events", self.count);
-        }
-    }
 }

@@ -5,15 +5,15 @@
 //! a second; piped or redirected stderr gets nothing but errors, so scripts see clean output.
 //! `get` and `cat` take a CID or a name (`PUT /api/v1/blobs/names/<name>`).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use serde_json::Value;
 
 use crate::client::{block_on, Client, NodeArgs};
+use crate::progress::{Progress, Unit};
 
 /// Arguments of `shoal blobs`.
 #[derive(clap::Args)]
@@ -108,7 +108,7 @@ async fn put(
         .await
         .with_context(|| format!("cannot open {}", file.display()))?;
     let size = f.metadata().await.ok().map(|m| m.len());
-    let mut progress = Progress::new(size, "put");
+    let mut progress = Progress::new("put", Unit::Bytes, size, Progress::wanted(false));
     let counter = progress.counter();
     // 256 KiB reads: large enough for few syscalls, small enough to stay streamed.
     let stream = futures::stream::unfold(f, |mut f| async move {
@@ -171,10 +171,8 @@ async fn get(client: &Client, blob: &str, output: Option<PathBuf>, show: bool) -
         .send_request(client.request(reqwest::Method::GET, &path), &path)
         .await?;
     let size = resp.content_length();
-    let mut progress = Progress::new(size, "get");
-    if !show {
-        progress.enabled = false;
-    }
+    let shown = show && Progress::wanted(output.is_none());
+    let mut progress = Progress::new("get", Unit::Bytes, size, shown);
     let counter = progress.counter();
     let mut sink: Box<dyn Write> = match &output {
         Some(p) => Box::new(std::io::BufWriter::new(
@@ -223,108 +221,6 @@ async fn ls(client: &Client, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Shared byte counter between a transfer and its progress line.
-#[derive(Clone, Default)]
-struct Counter(std::sync::Arc<std::sync::atomic::AtomicU64>);
-
-impl Counter {
-    fn add(&self, n: u64) {
-        self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-    }
-    fn get(&self) -> u64 {
-        self.0.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-/// One progress line on stderr, only when stderr is a terminal.
-struct Progress {
-    enabled: bool,
-    total: Option<u64>,
-    label: &'static str,
-    counter: Counter,
-    started: Instant,
-}
-
-impl Progress {
-    fn new(total: Option<u64>, label: &'static str) -> Progress {
-        Progress {
-            enabled: std::io::stderr().is_terminal(),
-            total,
-            label,
-            counter: Counter::default(),
-            started: Instant::now(),
-        }
-    }
-
-    fn counter(&self) -> Counter {
-        self.counter.clone()
-    }
-
-    /// Runs `fut`, redrawing the line every 100 ms until it completes.
-    async fn drive<T>(&mut self, fut: impl std::future::Future<Output = T>) -> T {
-        let mut fut = std::pin::pin!(fut);
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tokio::select! {
-                out = &mut fut => return out,
-                _ = tick.tick() => self.draw(),
-            }
-        }
-    }
-
-    fn draw(&self) {
-        if !self.enabled {
-            return;
-        }
-        let done = self.counter.get();
-        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-        let rate = done as f64 / secs;
-        let line = match self.total {
-            Some(total) if total > 0 => {
-                let eta = if rate > 0.0 {
-                    format!("{:.0}s", total.saturating_sub(done) as f64 / rate)
-                } else {
-                    "?".into()
-                };
-                format!(
-                    "{} {} / {} ({:.0}%) {}/s ETA {eta}",
-                    self.label,
-                    human(done),
-                    human(total),
-                    done as f64 * 100.0 / total as f64,
-                    human(rate as u64)
-                )
-            }
-            _ => format!("{} {} {}/s", self.label, human(done), human(rate as u64)),
-        };
-        let mut err = std::io::stderr().lock();
-        let _ = write!(err, "\r\x1b[2K{line}");
-        let _ = err.flush();
-    }
-
-    fn finish(&self) {
-        if self.enabled {
-            self.draw();
-            eprintln!();
-        }
-    }
-}
-
-fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,6 +233,5 @@ mod tests {
             blob_path("my file/v2"),
             "/api/v1/blobs/names/my%20file%2Fv2"
         );
-        assert_eq!(human(1536), "1.5 KiB");
     }
 }

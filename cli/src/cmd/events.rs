@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use std::io::BufRead;
 
 use crate::client::{block_on, Client, NodeArgs};
-use crate::output::{Format, Out, Progress};
+use crate::output::{Format, Out};
+use crate::progress::{Progress, Unit};
 
 /// Arguments of `shoal events`.
 #[derive(clap::Args)]
@@ -258,10 +259,10 @@ async fn query(client: &Client, format: Format, args: QueryArgs) -> Result<()> {
     }
     let mut lines = client.post_lines("/api/v1/events/query", &body).await?;
     let mut out = Out::new(format, false);
-    let mut progress = Progress::new();
+    let mut progress = Progress::new("query", Unit::Events, None, Progress::wanted(true));
     while let Some(line) = lines.next_line().await? {
         out.event(&line)?;
-        progress.tick();
+        progress.add(1);
     }
     progress.finish();
     out.flush()

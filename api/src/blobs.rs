@@ -64,12 +64,7 @@ pub fn routes(
         .and(crate::body::limited(max_body_bytes))
         .then(set_name);
     let by_name = warp::path!("api" / "v1" / "blobs" / "names" / String)
-        .and(
-            warp::get()
-                .map(|| true)
-                .or(warp::head().map(|| false))
-                .unify(),
-        )
+        .and(get_or_head())
         .and(with())
         .and(warp::header::optional::<String>("range"))
         .then(
@@ -82,12 +77,7 @@ pub fn routes(
             },
         );
     let get = warp::path!("api" / "v1" / "blobs" / String)
-        .and(
-            warp::get()
-                .map(|| true)
-                .or(warp::head().map(|| false))
-                .unify(),
-        )
+        .and(get_or_head())
         .and(with())
         .and(warp::header::optional::<String>("range"))
         .then(
@@ -120,6 +110,14 @@ pub fn routes(
         .or(get)
         .unify()
         .or(delete)
+        .unify()
+}
+
+/// GET (`true`: send the body) or HEAD (`false`).
+fn get_or_head() -> impl Filter<Extract = (bool,), Error = warp::Rejection> + Clone {
+    warp::get()
+        .map(|| true)
+        .or(warp::head().map(|| false))
         .unify()
 }
 

@@ -173,14 +173,7 @@ struct Inner {
     uploads: AtomicU64,
     /// Uploads whose pin could not be dropped (disk full): retried before the next upload.
     unpin_later: Mutex<Vec<String>>,
-    /// Blob bytes written since the last [`blob::checkpoint_aside`] started.
-    unchecked: AtomicU64,
-    /// A `checkpoint_aside` is running.
-    checkpointing: Arc<std::sync::atomic::AtomicBool>,
 }
-
-/// Blob bytes written between two checkpoints run beside the writer (see `checkpoint_aside`).
-const CHECKPOINT_ASIDE_BYTES: u64 = 32 << 20;
 
 impl BlobService {
     pub fn new(node: NodeHandle, config: BlobsConfig) -> Self {
@@ -192,8 +185,6 @@ impl BlobService {
                 init: tokio::sync::OnceCell::new(),
                 uploads: AtomicU64::new(0),
                 unpin_later: Mutex::new(Vec::new()),
-                unchecked: AtomicU64::new(0),
-                checkpointing: Arc::default(),
             }),
         }
     }
@@ -294,25 +285,6 @@ impl BlobService {
         }
         upload.done = true;
         result
-    }
-
-    /// Counts blob bytes committed; every [`CHECKPOINT_ASIDE_BYTES`] copies the WAL into the
-    /// database file on a blocking thread of its own (one at a time), not on the writer.
-    pub(crate) fn wrote(&self, bytes: u64) {
-        let inner = &self.inner;
-        let total = inner.unchecked.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if total < CHECKPOINT_ASIDE_BYTES || inner.checkpointing.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        inner.unchecked.store(0, Ordering::Relaxed);
-        let path = inner.node.store().path().to_path_buf();
-        let running = inner.checkpointing.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = blob::checkpoint_aside(&path) {
-                tracing::debug!(error = %e, "wal checkpoint beside the writer failed");
-            }
-            running.store(false, Ordering::Release);
-        });
     }
 
     /// Drops the pin of an upload that will not finish. When that fails too (the disk is
@@ -532,7 +504,6 @@ impl Upload {
         }
         let hashed = std::mem::take(&mut self.batch);
         let links = std::mem::take(&mut self.links);
-        let bytes = self.batch_bytes as u64;
         self.batch_bytes = 0;
         while self.in_flight.len() >= PUTS_IN_FLIGHT {
             if let Some(job) = self.in_flight.pop_front() {
@@ -557,7 +528,6 @@ impl Upload {
                     Ok(())
                 })
                 .await?;
-            service.wrote(bytes);
             Ok(())
         }));
         Ok(())

@@ -26,7 +26,6 @@
 //! whose link block is stored (its children may still be missing for a blob being fetched).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use libipld::{cbor::DagCborCodec, codec::Codec, Ipld};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -350,10 +349,10 @@ pub fn put_hashed(
     let conn = writer_conn(w);
     let mut conn = lock(&conn)?;
     // Blob batches are large: SQLite's automatic checkpoint (every ~4 MiB of WAL, each with two
-    // fsyncs) would run at almost every batch. Turn it off for this commit and checkpoint every
-    // CHECKPOINT_BLOB_BYTES instead; a commit is durable against a process kill once written to
-    // the WAL either way (see `schema::Durability`).
-    // A writer whose checkpoints run elsewhere has them off already (0): then leave it so.
+    // fsyncs) would run at almost every batch, inside the commit. A writer with a checkpoint
+    // thread has it off already (0); otherwise it is off for this commit and `Writer::wrote`
+    // checkpoints every `checkpoint_after_bytes` instead. A commit is durable against a
+    // process kill once written to the WAL either way (see `schema::Durability`).
     let auto: i64 = conn.pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))?;
     if auto != 0 {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -362,52 +361,20 @@ pub fn put_hashed(
     if auto != 0 {
         conn.pragma_update(None, "wal_autocheckpoint", auto)?;
     }
-    let bytes: usize = blocks.iter().map(|(_, d)| d.len()).sum();
     drop(conn);
-    if auto == 0 && result.is_ok() {
-        // Checkpoints run elsewhere (a checkpoint thread): tell the writer what was written.
+    if result.is_ok() {
+        let bytes: usize = blocks.iter().map(|(_, d)| d.len()).sum();
+        // The batch is committed whatever happens here: a checkpoint that fails (disk full,
+        // busy) must not report it lost; the WAL keeps the data and a later one retries.
         if let Err(e) = w.wrote(bytes as u64) {
             tracing::warn!(error = %e, "wal checkpoint after blob writes failed");
         }
-    }
-    // Checkpoints beside the writer copy frames while blob commits go on, but the WAL only
-    // restarts from its beginning when a commit finds it fully copied, which back-to-back blob
-    // commits never allow: it then grows by every batch (to ~800 MB in a 1 GiB fetch), each
-    // frame a write into fresh file blocks the kernel zero-fills (16 % of a fetching node's
-    // CPU). So every CHECKPOINT_BLOB_BYTES the writer itself finishes the checkpoint between
-    // two commits (little is left to copy by then) and the next commit reuses the WAL's blocks.
-    let written = BLOB_BYTES.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
-    if result.is_ok() && written >= CHECKPOINT_BLOB_BYTES {
-        // The batch is committed whatever happens here: a checkpoint that fails (disk full,
-        // busy) must not report it lost; the WAL keeps the data and the next batch retries.
-        let conn = writer_conn(w);
-        let done = lock(&conn).and_then(|c| {
-            Ok(c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0))?)
-        });
-        match done {
-            Ok(0) => BLOB_BYTES.store(0, Ordering::Relaxed),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "wal checkpoint after blob writes failed"),
-        }
+        // Back-to-back blob commits never leave the WAL fully copied, so it would never start
+        // over on its own (see `checkpoint.rs`).
+        w.restart_wal_if_due();
     }
     result
 }
-
-/// Copies committed WAL frames of the store at `path` into its database file from a
-/// connection of its own, while the writer goes on committing: blob data is written twice
-/// (WAL, then database), and this takes the second copy off the writer's thread. PASSIVE: it
-/// never blocks the writer nor waits for readers. Blocking: call it on a blocking thread.
-pub fn checkpoint_aside(path: &std::path::Path) -> Result<()> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_millis(100))?;
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-    Ok(())
-}
-
-/// Blob bytes written since the last checkpoint `put_hashed` ran.
-static BLOB_BYTES: AtomicU64 = AtomicU64::new(0);
-/// Blob bytes between two checkpoints: bounds the WAL, and the fsyncs to one per this many.
-const CHECKPOINT_BLOB_BYTES: u64 = 64 << 20;
 
 fn put_hashed_tx(
     conn: &mut Connection,

@@ -14,6 +14,16 @@
 //! takes the write lock and waits up to [`TRUNCATE_WAIT`] for readers: the one case where a
 //! commit may wait on a checkpoint, and only for that long. `journal_size_limit` (set on both
 //! connections) caps the file left behind after a restart.
+//!
+//! Restarts: PASSIVE copies frames, but the WAL only starts over from its beginning when a
+//! commit finds it fully copied, which back-to-back bulk commits (blob uploads and fetches)
+//! never allow: the WAL then grew by every commit (to 1 GB in a 1 GiB upload), each frame a
+//! write into fresh file blocks the kernel zero-fills. So a bulk writer calls
+//! [`Checkpointer::restart_if_due`] between commits: once about [`RESTART_FRACTION`] of the
+//! WAL limit was written since the last restart, it parks while this thread runs RESTART (the
+//! writer is idle, so it gets the write lock at once and little is left to copy), and the next
+//! commit reuses the WAL's blocks. Kept below the limit so `journal_size_limit` never
+//! truncates the file between two rounds.
 
 use crate::{error::Result, schema, store::StoreConfig};
 use rusqlite::Connection;
@@ -27,8 +37,12 @@ use std::{
 const WAKE_BYTES: u64 = 4 << 20;
 /// Longest time written data waits for a checkpoint.
 const PERIOD: Duration = Duration::from_secs(1);
-/// How long a bounding TRUNCATE waits for readers (while holding off the writer).
+/// How long a bounding TRUNCATE or a RESTART waits for readers (while holding off the writer).
 const TRUNCATE_WAIT: Duration = Duration::from_millis(200);
+/// A restart is due once this share of the WAL limit was written since the last one.
+const RESTART_FRACTION: (u64, u64) = (3, 4);
+/// Longest a writer parks for a restart (the thread may first finish a PASSIVE round).
+const RESTART_PARK: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct State {
@@ -36,6 +50,12 @@ struct State {
     written: u64,
     /// A checkpoint was asked for explicitly.
     requested: bool,
+    /// Bytes written since the WAL last restarted (or was found small).
+    since_restart: u64,
+    /// A writer parks until `restarts` changes.
+    restart_asked: bool,
+    /// Restart rounds run (successful or not).
+    restarts: u64,
     stop: bool,
 }
 
@@ -43,12 +63,22 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
+    /// Signalled when a restart round ends.
+    restarted: Condvar,
+}
+
+/// What the thread was woken for.
+enum Due {
+    Passive { requested: bool },
+    Restart,
 }
 
 /// Handle of the checkpoint thread; dropping it stops and joins the thread.
 pub(crate) struct Checkpointer {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// Bytes written after which [`Self::restart_if_due`] restarts the WAL.
+    restart_after: u64,
 }
 
 impl Checkpointer {
@@ -73,6 +103,7 @@ impl Checkpointer {
             wal_limit: config.wal_size_limit,
             page_size: page_size.max(512) as u64,
         };
+        let restart_after = config.wal_size_limit / RESTART_FRACTION.1 * RESTART_FRACTION.0;
         let thread = std::thread::Builder::new()
             .name("shoal-checkpoint".into())
             .spawn(move || worker.run())?;
@@ -81,6 +112,7 @@ impl Checkpointer {
         Ok(Some(Checkpointer {
             shared,
             thread: Some(thread),
+            restart_after: restart_after.max(1),
         }))
     }
 
@@ -91,9 +123,38 @@ impl Checkpointer {
         };
         let before = state.written;
         state.written = before.saturating_add(bytes.max(1));
+        state.since_restart = state.since_restart.saturating_add(bytes);
         if before < WAKE_BYTES && state.written >= WAKE_BYTES {
             self.shared.wake.notify_one();
         }
+    }
+
+    /// Call on the writer's thread between two commits, with no transaction open. When enough
+    /// was written since the WAL last restarted, parks until this thread has run a RESTART
+    /// checkpoint (see the module doc), so the next commit writes from the WAL's beginning.
+    /// Returns whether it parked. A restart that readers kept from finishing is retried after
+    /// another half of the threshold.
+    pub(crate) fn restart_if_due(&self) -> bool {
+        let Ok(mut state) = self.shared.state.lock() else {
+            return false;
+        };
+        if state.since_restart < self.restart_after || state.stop {
+            return false;
+        }
+        let round = state.restarts;
+        state.restart_asked = true;
+        self.shared.wake.notify_one();
+        let deadline = Instant::now() + RESTART_PARK;
+        while state.restarts == round && !state.stop {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            state = match self.shared.restarted.wait_timeout(state, left) {
+                Ok((s, _)) => s,
+                Err(_) => return true,
+            };
+        }
+        true
     }
 
     /// Checkpoint soon, whatever was written.
@@ -110,6 +171,7 @@ impl Drop for Checkpointer {
         if let Ok(mut state) = self.shared.state.lock() {
             state.stop = true;
             self.shared.wake.notify_one();
+            self.shared.restarted.notify_all();
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -127,22 +189,31 @@ struct Worker {
 impl Worker {
     fn run(self) {
         loop {
-            let Some(requested) = self.wait() else {
-                return;
-            };
-            if let Err(e) = self.checkpoint(requested) {
-                tracing::warn!(error = %e, "wal checkpoint failed; retrying later");
+            match self.wait() {
+                None => return,
+                Some(Due::Passive { requested }) => {
+                    if let Err(e) = self.checkpoint(requested) {
+                        tracing::warn!(error = %e, "wal checkpoint failed; retrying later");
+                    }
+                }
+                Some(Due::Restart) => self.restart(),
             }
         }
     }
 
-    /// Waits until a checkpoint is due; `None` = stop. Returns whether one was requested.
-    fn wait(&self) -> Option<bool> {
+    /// Waits until a checkpoint is due; `None` = stop.
+    fn wait(&self) -> Option<Due> {
         let mut state = self.shared.state.lock().ok()?;
         let mut deadline: Option<Instant> = None;
         loop {
             if state.stop {
                 return None;
+            }
+            if state.restart_asked {
+                state.restart_asked = false;
+                state.requested = false;
+                state.written = 0;
+                return Some(Due::Restart);
             }
             if state.requested || state.written >= WAKE_BYTES {
                 break;
@@ -163,7 +234,40 @@ impl Worker {
         let requested = state.requested;
         state.requested = false;
         state.written = 0;
-        Some(requested)
+        Some(Due::Passive { requested })
+    }
+
+    /// Runs RESTART while a writer parks in [`Checkpointer::restart_if_due`], then lets it go.
+    fn restart(&self) {
+        let started = Instant::now();
+        let result = self.conn.busy_timeout(TRUNCATE_WAIT).and_then(|()| {
+            let r = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                });
+            self.conn.busy_timeout(schema::BUSY_TIMEOUT)?;
+            r
+        });
+        let Ok(mut state) = self.shared.state.lock() else {
+            return;
+        };
+        match result {
+            Ok((0, log)) => {
+                tracing::debug!(frames = log, took = ?started.elapsed(), "wal restarted");
+                state.since_restart = 0;
+            }
+            Ok((_, log)) => {
+                tracing::debug!(frames = log, "wal restart: readers busy; retrying later");
+                state.since_restart /= 2;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "wal restart failed; retrying later");
+                state.since_restart /= 2;
+            }
+        }
+        state.restarts = state.restarts.wrapping_add(1);
+        self.shared.restarted.notify_all();
     }
 
     fn checkpoint(&self, requested: bool) -> Result<()> {
@@ -176,6 +280,12 @@ impl Worker {
                 })?;
         let wal_bytes = (log.max(0) as u64).saturating_mul(self.page_size + 24);
         tracing::trace!(busy, log, done, took = ?started.elapsed(), requested, "wal checkpoint");
+        if let Ok(mut state) = self.shared.state.lock() {
+            // The WAL may have restarted on its own (a commit found it fully copied): then no
+            // restart is due before that much is written again.
+            let now = wal_bytes.saturating_add(state.written);
+            state.since_restart = state.since_restart.min(now);
+        }
         if wal_bytes > self.wal_limit && done < log {
             // Readers kept the WAL from being reset: bound it, holding the writer briefly.
             self.conn.busy_timeout(TRUNCATE_WAIT)?;

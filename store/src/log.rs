@@ -708,6 +708,15 @@ impl Writer {
         self.maybe_checkpoint()
     }
 
+    /// Call between two bulk commits (blob batches): parks while the checkpoint thread restarts
+    /// the WAL when enough was written since its last restart (`checkpoint.rs`), so the WAL
+    /// stays bounded under back-to-back commits. A store without the thread checkpoints inline.
+    pub(crate) fn restart_wal_if_due(&mut self) {
+        if let Some(c) = &self.checkpointer {
+            c.restart_if_due();
+        }
+    }
+
     /// Asks the background checkpointer for a checkpoint soon (e.g. after GC freed a lot), or
     /// checkpoints now on a store without one. Never waits for readers on the writer's thread.
     pub fn request_checkpoint(&mut self) -> Result<()> {

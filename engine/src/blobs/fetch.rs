@@ -516,7 +516,6 @@ impl Read {
             }
         }
         let svc = self.svc.clone();
-        let bytes = blocks.iter().map(|(_, d)| d.len() as u64).sum();
         self.writes.push_back(tokio::spawn(async move {
             svc.writer(move |w| {
                 let refs: Vec<(Cid, &[u8])> =
@@ -524,7 +523,6 @@ impl Read {
                 blob::put_hashed(w, &refs, None).map(|_| ())
             })
             .await?;
-            svc.wrote(bytes);
             Ok(())
         }));
         Ok(())

@@ -19,11 +19,13 @@
 //! commit finds it fully copied, which back-to-back bulk commits (blob uploads and fetches)
 //! never allow: the WAL then grew by every commit (to 1 GB in a 1 GiB upload), each frame a
 //! write into fresh file blocks the kernel zero-fills. So a bulk writer calls
-//! [`Checkpointer::restart_if_due`] between commits: once about [`RESTART_FRACTION`] of the
-//! WAL limit was written since the last restart, it parks while this thread runs RESTART (the
-//! writer is idle, so it gets the write lock at once and little is left to copy), and the next
-//! commit reuses the WAL's blocks. Kept below the limit so `journal_size_limit` never
-//! truncates the file between two rounds.
+//! [`Checkpointer::restart_if_due`] between commits. Once [`RESTART_AT`] eighths of the WAL
+//! limit were written since the last restart, this thread first runs a PASSIVE round while the
+//! writer goes on (it copies and fsyncs most of the WAL); at the writer's next call after that
+//! round (or once [`PARK_AT`] eighths were written) the writer parks while this thread runs
+//! RESTART: the writer is idle, so it gets the write lock at once, and only what was committed
+//! during that round is left to copy and fsync. The next commit reuses the WAL's blocks. Kept
+//! below the limit so `journal_size_limit` never truncates the file between two rounds.
 
 use crate::{error::Result, schema, store::StoreConfig};
 use rusqlite::Connection;
@@ -39,8 +41,10 @@ const WAKE_BYTES: u64 = 4 << 20;
 const PERIOD: Duration = Duration::from_secs(1);
 /// How long a bounding TRUNCATE or a RESTART waits for readers (while holding off the writer).
 const TRUNCATE_WAIT: Duration = Duration::from_millis(200);
-/// A restart is due once this share of the WAL limit was written since the last one.
-const RESTART_FRACTION: (u64, u64) = (3, 4);
+/// A restart is prepared once this many eighths of the WAL limit were written since the last.
+const RESTART_AT: u64 = 5;
+/// ... and the writer parks for it at the latest once this many eighths were written.
+const PARK_AT: u64 = 7;
 /// Longest a writer parks for a restart (the thread may first finish a PASSIVE round).
 const RESTART_PARK: Duration = Duration::from_secs(5);
 
@@ -52,8 +56,8 @@ struct State {
     requested: bool,
     /// Bytes written since the WAL last restarted (or was found small).
     since_restart: u64,
-    /// A writer parks until `restarts` changes.
-    restart_asked: bool,
+    /// Where the next restart stands.
+    restart: Restart,
     /// Restart rounds run (successful or not).
     restarts: u64,
     stop: bool,
@@ -67,9 +71,26 @@ struct Shared {
     restarted: Condvar,
 }
 
+/// Phases of a restart (see the module doc).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Restart {
+    #[default]
+    Idle,
+    /// The PASSIVE round before the restart is asked for or running.
+    Preparing,
+    /// That round ran; the writer parks at its next call.
+    Prepared,
+    /// A writer parks until `restarts` changes.
+    Parked,
+}
+
 /// What the thread was woken for.
 enum Due {
-    Passive { requested: bool },
+    Passive {
+        requested: bool,
+    },
+    /// The PASSIVE round before a restart.
+    Prepare,
     Restart,
 }
 
@@ -77,8 +98,10 @@ enum Due {
 pub(crate) struct Checkpointer {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
-    /// Bytes written after which [`Self::restart_if_due`] restarts the WAL.
-    restart_after: u64,
+    /// Bytes written after which [`Self::restart_if_due`] prepares a restart ...
+    restart_at: u64,
+    /// ... and parks for it at the latest.
+    park_at: u64,
 }
 
 impl Checkpointer {
@@ -103,7 +126,7 @@ impl Checkpointer {
             wal_limit: config.wal_size_limit,
             page_size: page_size.max(512) as u64,
         };
-        let restart_after = config.wal_size_limit / RESTART_FRACTION.1 * RESTART_FRACTION.0;
+        let eighth = config.wal_size_limit / 8;
         let thread = std::thread::Builder::new()
             .name("shoal-checkpoint".into())
             .spawn(move || worker.run())?;
@@ -112,7 +135,8 @@ impl Checkpointer {
         Ok(Some(Checkpointer {
             shared,
             thread: Some(thread),
-            restart_after: restart_after.max(1),
+            restart_at: (eighth * RESTART_AT).max(1),
+            park_at: (eighth * PARK_AT).max(1),
         }))
     }
 
@@ -130,21 +154,32 @@ impl Checkpointer {
     }
 
     /// Call on the writer's thread between two commits, with no transaction open. When enough
-    /// was written since the WAL last restarted, parks until this thread has run a RESTART
-    /// checkpoint (see the module doc), so the next commit writes from the WAL's beginning.
-    /// Returns whether it parked. A restart that readers kept from finishing is retried after
-    /// another half of the threshold.
+    /// was written since the WAL last restarted, first asks for a PASSIVE round, then (at a
+    /// later call, see the module doc) parks until this thread has run a RESTART checkpoint,
+    /// so the next commit writes from the WAL's beginning. Returns whether it parked. A
+    /// restart that readers kept from finishing is retried after another half of the
+    /// threshold.
     pub(crate) fn restart_if_due(&self) -> bool {
         let Ok(mut state) = self.shared.state.lock() else {
             return false;
         };
-        if state.since_restart < self.restart_after || state.stop {
+        if state.since_restart < self.restart_at || state.stop {
             return false;
         }
+        match state.restart {
+            Restart::Idle => {
+                state.restart = Restart::Preparing;
+                self.shared.wake.notify_one();
+                return false;
+            }
+            Restart::Preparing if state.since_restart < self.park_at => return false,
+            Restart::Preparing | Restart::Prepared | Restart::Parked => {}
+        }
+        let started = Instant::now();
         let round = state.restarts;
-        state.restart_asked = true;
+        state.restart = Restart::Parked;
         self.shared.wake.notify_one();
-        let deadline = Instant::now() + RESTART_PARK;
+        let deadline = started + RESTART_PARK;
         while state.restarts == round && !state.stop {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 break;
@@ -154,6 +189,7 @@ impl Checkpointer {
                 Err(_) => return true,
             };
         }
+        tracing::debug!(parked = ?started.elapsed(), "writer parked for a wal restart");
         true
     }
 
@@ -196,6 +232,17 @@ impl Worker {
                         tracing::warn!(error = %e, "wal checkpoint failed; retrying later");
                     }
                 }
+                Some(Due::Prepare) => {
+                    if let Err(e) = self.checkpoint(true) {
+                        tracing::warn!(error = %e, "wal checkpoint failed; retrying later");
+                    }
+                    // Unless the writer already parked (it wrote too much meanwhile).
+                    if let Ok(mut state) = self.shared.state.lock() {
+                        if state.restart == Restart::Preparing {
+                            state.restart = Restart::Prepared;
+                        }
+                    }
+                }
                 Some(Due::Restart) => self.restart(),
             }
         }
@@ -209,13 +256,23 @@ impl Worker {
             if state.stop {
                 return None;
             }
-            if state.restart_asked {
-                state.restart_asked = false;
-                state.requested = false;
-                state.written = 0;
-                return Some(Due::Restart);
+            match state.restart {
+                Restart::Parked => {
+                    state.requested = false;
+                    state.written = 0;
+                    return Some(Due::Restart);
+                }
+                Restart::Preparing => {
+                    state.requested = false;
+                    state.written = 0;
+                    return Some(Due::Prepare);
+                }
+                Restart::Idle | Restart::Prepared => {}
             }
-            if state.requested || state.written >= WAKE_BYTES {
+            // Once a restart is prepared the writer is about to park: a round started now
+            // would make it wait for that round too (the period still bounds the wait).
+            let by_size = state.written >= WAKE_BYTES && state.restart != Restart::Prepared;
+            if state.requested || by_size {
                 break;
             }
             let timeout = match (state.written > 0, deadline) {
@@ -267,6 +324,7 @@ impl Worker {
             }
         }
         state.restarts = state.restarts.wrapping_add(1);
+        state.restart = Restart::Idle;
         self.shared.restarted.notify_all();
     }
 

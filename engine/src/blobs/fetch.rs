@@ -30,8 +30,9 @@ pub type BlobStream = ByteStream;
 
 /// Chunks per fetch session: one exchange response carries about this many 1 MiB chunks.
 const FETCH_GROUP: usize = 2;
-/// Writes of fetched blocks queued at the writer at once.
-const WRITES_IN_FLIGHT: usize = 2;
+/// Writes of fetched blocks queued at the writer at once: the read streams and fetches on
+/// while the writer pauses for a WAL restart (see [`super::PUTS_IN_FLIGHT`]).
+const WRITES_IN_FLIGHT: usize = 4;
 /// Fetched bytes stored in one transaction (several exchange responses): fewer, larger
 /// commits; an interrupted read loses at most this much of what it fetched.
 const WRITE_BATCH: usize = 8 << 20;

@@ -52,7 +52,7 @@ pub const NAME_TAG: &str = "shoal:blob-name";
 pub const PUT_BATCH: usize = 4 * CHUNK_SIZE;
 /// Batches of one upload queued at the writer at once: hashing the next overlaps writing, and
 /// the body is read on while the writer pauses for a WAL restart (tens of ms, two fsyncs, every
-/// ~48 MiB; see `shoal_store`'s `checkpoint.rs`).
+/// ~40–56 MiB; see `shoal_store`'s `checkpoint.rs`).
 pub const PUTS_IN_FLIGHT: usize = 6;
 /// Chunks of one upload being hashed at once, on blocking threads, while the body is read on
 /// (hashing 1 MiB takes about as long as receiving it: without this, one waits for the other).

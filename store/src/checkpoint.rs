@@ -228,6 +228,13 @@ impl Worker {
             match self.wait() {
                 None => return,
                 Some(Due::Passive { requested }) => {
+                    // A prepared restart no blob batch came to take (the transfer ended):
+                    // drop it, so size-triggered rounds run again; the next batch re-prepares.
+                    if let Ok(mut state) = self.shared.state.lock() {
+                        if state.restart == Restart::Prepared {
+                            state.restart = Restart::Idle;
+                        }
+                    }
                     if let Err(e) = self.checkpoint(requested) {
                         tracing::warn!(error = %e, "wal checkpoint failed; retrying later");
                     }

@@ -82,8 +82,8 @@ impl Store {
     /// exist), sets WAL mode and creates the schema.
     pub fn open(path: &Path, config: StoreConfig) -> Result<Store> {
         config.tree.validate()?;
-        let conn = Connection::open(path)?;
-        schema::configure_writer(&conn, config.durability, config.wal_size_limit)?;
+        let mut conn = Connection::open(path)?;
+        schema::configure_writer(&mut conn, config.durability, config.wal_size_limit)?;
         Ok(Store {
             path: path.to_path_buf(),
             cache: BranchCache::new(config.branch_cache_bytes),

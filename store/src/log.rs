@@ -15,10 +15,10 @@
 //! O(log size) per import; one event costs O(tree depth), and the signed head (engine) vouches
 //! for the rest.
 
-use crate::read::{alias_root, load_tree, lock, RootCache};
+use crate::read::{alias_root, lock, RootCache};
 use crate::{
     blocks,
-    cid::{self, Cid, DAG_CBOR},
+    cid::{self, Cid},
     error::{Error, Result},
     event::{Event, EventFilter, NewEvent, SharedStr, SourceId},
     gc::{self, GcStats},
@@ -36,6 +36,8 @@ use std::{
 };
 
 use crate::checkpoint::Checkpointer;
+
+mod import;
 
 /// Alias name prefix of source trees.
 pub(crate) const SOURCE_ALIAS_PREFIX: &str = "source/";
@@ -304,173 +306,6 @@ impl Writer {
     /// it is written, all in one transaction. On error nothing was stored.
     pub fn put_blocks(&mut self, blocks: &[(Cid, Vec<u8>)]) -> Result<()> {
         self.commit_blocks(blocks, None, true, false)
-    }
-
-    /// Makes `root` the tree of `source` (replication). All its blocks must be present. The new
-    /// tree must extend the current one (see the module doc). Moves the alias atomically.
-    pub fn import(&mut self, source: &SourceId, root: Cid) -> Result<Imported> {
-        match self.try_import(source, root, 0)? {
-            ImportAttempt::Imported { imported, .. } => Ok(imported),
-            ImportAttempt::Missing(missing) => Err(Error::MissingBlock(missing[0])),
-            ImportAttempt::Current => Err(Error::NotExtending {
-                source_id: source.to_string(),
-                root: Box::new(root),
-                reason: "it is the current tree".into(),
-            }),
-        }
-    }
-
-    /// Like [`Writer::import`], but a tree with absent blocks is not an error: it answers which
-    /// blocks are absent (one walk instead of a check and an error), and a tree that is the
-    /// current one already answers `Current`. When the import adds at most `keep_events`
-    /// events, they are returned (decoded anyway for validation), so the caller can hand them
-    /// to subscribers without reading them back.
-    pub fn try_import(
-        &mut self,
-        source: &SourceId,
-        root: Cid,
-        keep_events: u64,
-    ) -> Result<ImportAttempt> {
-        let not_extending = |reason: String| Error::NotExtending {
-            source_id: source.to_string(),
-            root: Box::new(root),
-            reason,
-        };
-        if root.codec() != DAG_CBOR {
-            return Err(not_extending("a tree root is a dag-cbor block".into()));
-        }
-        let current = alias_root(&self.conn, source)?;
-        if current == Some(root) {
-            return Ok(ImportAttempt::Current);
-        }
-        // One walk of what the new tree adds (validated subtrees are complete, so it stops
-        // there): what is absent, and every added node validated before banyan walks it.
-        let missing = self.walk_new_blocks(&root, current.as_ref())?;
-        if !missing.is_empty() {
-            return Ok(ImportAttempt::Missing(missing));
-        }
-        let forest = self.forest.clone();
-        let roots = self.roots.clone();
-        let new = guarded(root, || load_tree(&forest, &roots, &root))?;
-        let new_count = new.count();
-        let old_count = match current {
-            None => 0,
-            Some(current) => {
-                let old = load_tree(&self.forest, &self.roots, &current)?;
-                let old_count = old.count();
-                if new_count <= old_count {
-                    return Err(not_extending(format!(
-                        "it holds {new_count} events, the current tree {old_count}"
-                    )));
-                }
-                if old_count > 0 {
-                    let at = old_count - 1;
-                    let ours = self.forest.get(&old, at).map_err(Error::from_tree)?;
-                    let theirs = guarded(root, || forest.get(&new, at).map_err(Error::from_tree))?;
-                    if ours.is_none() || ours != theirs {
-                        return Err(not_extending(format!("event {at} differs")));
-                    }
-                }
-                old_count
-            }
-        };
-        if new_count == 0 {
-            return Err(not_extending("it is empty".into()));
-        }
-        // Decode every new event once, so a malformed tree never becomes a source's tree.
-        let reader = self.reader();
-        let keep = new_count - old_count <= keep_events;
-        let (decoded, kept) = guarded(root, || {
-            let mut n = 0u64;
-            let mut kept = Vec::new();
-            for event in reader.events_of_tree(
-                source,
-                root,
-                new.clone(),
-                old_count..=new_count - 1,
-                &EventFilter::all(),
-                false,
-            )? {
-                let event = event?;
-                if keep {
-                    kept.push(event);
-                }
-                n += 1;
-            }
-            Ok((n, kept))
-        })?;
-        if decoded != new_count - old_count {
-            return Err(Error::Corrupt {
-                cid: root,
-                reason: format!(
-                    "tree claims {} new events, its leaves hold {decoded}",
-                    new_count - old_count
-                ),
-            });
-        }
-        self.commit(&[], Some((&source.alias(), &root)), true)?;
-        self.builders.remove(source);
-        self.bump_epoch(source);
-        Ok(ImportAttempt::Imported {
-            imported: Imported {
-                first: old_count,
-                last: new_count - 1,
-            },
-            events: keep.then_some(kept),
-        })
-    }
-
-    /// Walks the new tree from `root`, skipping subtrees validated by an earlier import (each
-    /// was complete then, and `validated` is cleared whenever blocks are deleted, so it still
-    /// is): answers the absent blocks; every present added block is validated (`tree::node`:
-    /// banyan trusts its input, a peer's bytes are not trusted). Only a complete tree's blocks
-    /// join `validated`. Cost: the blocks the import adds, not the whole tree (the recursive
-    /// SQL walk of every block was a tenth of a replicating writer). After a restart the
-    /// current tree's blocks are trusted once more by walking it (the store only holds trees
-    /// it validated or built).
-    fn walk_new_blocks(&mut self, root: &Cid, current: Option<&Cid>) -> Result<Vec<Cid>> {
-        let conn = lock(&self.conn)?;
-        if self.validated.len() > MAX_VALIDATED {
-            self.validated.clear();
-        }
-        if let Some(c) = current {
-            if !self.validated.contains(c) {
-                self.validated
-                    .extend(blocks::reachable(&conn, c)?.into_iter().map(|r| r.cid));
-            }
-        }
-        let mut missing = Vec::new();
-        let mut added = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        let mut stack = vec![*root];
-        while let Some(cid) = stack.pop() {
-            if self.validated.contains(&cid) || !seen.insert(cid) {
-                continue;
-            }
-            let Some(data) = blocks::get(&conn, &cid)? else {
-                missing.push(cid);
-                continue;
-            };
-            if cid.codec() != DAG_CBOR {
-                return Err(Error::Corrupt {
-                    cid,
-                    reason: "a tree links only dag-cbor nodes".into(),
-                });
-            }
-            tree::node::validate(&data).map_err(|reason| Error::Corrupt { cid, reason })?;
-            stack.extend(blocks::links(&cid, &data)?);
-            added.push(cid);
-        }
-        if missing.is_empty() {
-            self.validated.extend(added);
-        }
-        Ok(missing)
-    }
-
-    /// Forgets which blocks were validated: called when blocks are deleted, since a validated
-    /// block no longer implies its subtree is present.
-    pub(crate) fn forget_validated(&mut self) {
-        self.validated.clear();
     }
 
     /// Packs `source`'s tree: the unsealed tail is rewritten into full leaves (zstd at the pack

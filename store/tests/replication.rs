@@ -4,7 +4,8 @@
 
 use serde_json::value::RawValue;
 use shoal_store::{
-    cid, Cid, Error, EventFilter, NewEvent, Reader, SourceId, Store, StoreConfig, Writer,
+    cid, Cid, Error, EventFilter, ImportAttempt, Imported, NewEvent, Reader, SourceId, Store,
+    StoreConfig, Writer,
 };
 
 fn ev(i: u64, tag: &str) -> NewEvent {
@@ -178,4 +179,159 @@ fn import_of_a_malformed_tree_is_an_error_not_a_panic() {
     w.put_blocks(&[(raw, b"x".to_vec())]).unwrap();
     assert!(w.import(&src, raw).is_err());
     assert!(s.reader().unwrap().source(&src).unwrap().is_none());
+}
+
+/// Imports `targets` into `to` the way the replicator batches them: each round puts the
+/// blocks the previous round found missing (from whichever of `from` has them) and retries
+/// the targets still missing some, in one `import_batch`. Returns each target's final answer.
+fn batch_sync(
+    from: &[&Reader],
+    to: &mut Writer,
+    targets: &[(SourceId, Cid)],
+) -> Vec<Result<ImportAttempt, Error>> {
+    let mut answers: Vec<Option<Result<ImportAttempt, Error>>> =
+        targets.iter().map(|_| None).collect();
+    let mut wanted: Vec<Cid> = Vec::new();
+    for _round in 0..64 {
+        let pending: Vec<usize> = (0..targets.len())
+            .filter(|&i| answers[i].is_none())
+            .collect();
+        if pending.is_empty() {
+            return answers.into_iter().map(Option::unwrap).collect();
+        }
+        let blocks: Vec<(Cid, Vec<u8>)> = wanted
+            .iter()
+            .map(|c| {
+                let data = from.iter().find_map(|r| r.get_block(c).unwrap());
+                (
+                    *c,
+                    data.expect("every wanted block is in one of the sources"),
+                )
+            })
+            .collect();
+        let batch: Vec<_> = pending.iter().map(|&i| targets[i].clone()).collect();
+        wanted.clear();
+        for (i, answer) in pending
+            .into_iter()
+            .zip(to.import_batch(&blocks, &batch, 1024).unwrap())
+        {
+            match answer {
+                Ok(ImportAttempt::Missing(m)) => wanted.extend(m),
+                other => answers[i] = Some(other),
+            }
+        }
+    }
+    panic!("still missing blocks after 64 rounds");
+}
+
+#[test]
+fn import_batch_imports_many_sources_and_fails_each_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open(&dir.path().join("a.sqlite"), StoreConfig::debug()).unwrap();
+    let f = Store::open(&dir.path().join("f.sqlite"), StoreConfig::debug()).unwrap();
+    let b = Store::open(&dir.path().join("b.sqlite"), StoreConfig::debug()).unwrap();
+    let (mut wa, mut wf, mut wb) = (
+        a.writer().unwrap(),
+        f.writer().unwrap(),
+        b.writer().unwrap(),
+    );
+    let (ra, rf, rb) = (
+        a.reader().unwrap(),
+        f.reader().unwrap(),
+        b.reader().unwrap(),
+    );
+    let (s1, s2) = (SourceId::new("s1"), SourceId::new("s2"));
+    wa.append(&s1, (0..5).map(|i| ev(i, "x")).collect())
+        .unwrap();
+    let r1 = wa
+        .append(&s1, (5..10).map(|i| ev(i, "x")).collect())
+        .unwrap()
+        .root;
+    let r2 = wa
+        .append(&s2, (0..4).map(|i| ev(i, "y")).collect())
+        .unwrap()
+        .root;
+
+    let answers = batch_sync(&[&ra], &mut wb, &[(s1.clone(), r1), (s2.clone(), r2)]);
+    let imported: Vec<_> = answers
+        .into_iter()
+        .map(|a| match a {
+            Ok(ImportAttempt::Imported { imported, events }) => (imported, events.map(|e| e.len())),
+            other => panic!("not imported: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        imported,
+        vec![
+            (Imported { first: 0, last: 9 }, Some(10)),
+            (Imported { first: 0, last: 3 }, Some(4))
+        ]
+    );
+    assert_eq!(all(&rb, &s1), all(&ra, &s1));
+    assert_eq!(all(&rb, &s2), all(&ra, &s2));
+
+    // s1 grows, s2 is forged (longer, other history): s1 imports, s2 fails alone.
+    let r1b = wa.append(&s1, vec![ev(10, "x")]).unwrap().root;
+    let fork = wf
+        .append(&s2, (0..9).map(|i| ev(i, "forged")).collect())
+        .unwrap()
+        .root;
+    let answers = batch_sync(
+        &[&ra, &rf],
+        &mut wb,
+        &[(s1.clone(), r1b), (s2.clone(), fork)],
+    );
+    assert!(matches!(
+        answers[0],
+        Ok(ImportAttempt::Imported {
+            imported: Imported {
+                first: 10,
+                last: 10
+            },
+            ..
+        })
+    ));
+    assert!(matches!(answers[1], Err(Error::NotExtending { .. })));
+    assert_eq!(all(&rb, &s1), all(&ra, &s1));
+    assert_eq!(all(&rb, &s2), all(&ra, &s2));
+
+    // The current tree again: `Current`, nothing written.
+    let answers = wb.import_batch(&[], &[(s1.clone(), r1b)], 1024).unwrap();
+    assert!(matches!(answers[0], Ok(ImportAttempt::Current)));
+}
+
+#[test]
+fn import_batch_with_a_bad_block_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open(&dir.path().join("a.sqlite"), StoreConfig::debug()).unwrap();
+    let b = Store::open(&dir.path().join("b.sqlite"), StoreConfig::debug()).unwrap();
+    let (mut wa, mut wb) = (a.writer().unwrap(), b.writer().unwrap());
+    let (ra, rb) = (a.reader().unwrap(), b.reader().unwrap());
+    let src = SourceId::new("a");
+    let first = wa
+        .append(&src, (0..3).map(|i| ev(i, "x")).collect())
+        .unwrap()
+        .root;
+    batch_sync(&[&ra], &mut wb, &[(src.clone(), first)]);
+    let next = wa.append(&src, vec![ev(3, "x")]).unwrap().root;
+    // Every block of the next tree that B lacks, plus one whose bytes do not match its CID.
+    let blocks: Vec<_> = rb
+        .missing_blocks(&next)
+        .unwrap()
+        .iter()
+        .map(|c| (*c, ra.get_block(c).unwrap().unwrap()))
+        .collect();
+    let liar = cid::cid_of(cid::RAW, b"something else");
+    let mut bad = blocks.clone();
+    bad.push((liar, b"good".to_vec()));
+    assert!(matches!(
+        wb.import_batch(&bad, &[(src.clone(), next)], 1024),
+        Err(Error::HashMismatch { .. })
+    ));
+    assert!(!rb.has_block(&blocks[0].0).unwrap(), "all or nothing");
+    assert_eq!(rb.offsets().unwrap().get(&src), Some(2));
+    // The same without the liar is fine, and later batches work (the transaction is closed).
+    let answers = batch_sync(&[&ra], &mut wb, &[(src.clone(), next)]);
+    assert!(matches!(answers[0], Ok(ImportAttempt::Imported { .. })));
+    assert_eq!(all(&rb, &src), all(&ra, &src));
 }

@@ -121,6 +121,14 @@ pub enum ImportOutcome {
 /// Imported events up to this many travel with the update (subscribers need no store read).
 const IMPORT_INLINE_EVENTS: u64 = 1024;
 
+fn own_source_error() -> EventsError {
+    EventsError::Invalid {
+        index: None,
+        field: "source",
+        reason: "cannot import this node's own source".into(),
+    }
+}
+
 /// The channel ends the rest of the engine keeps.
 pub(crate) struct Handles {
     pub commands: mpsc::Sender<Command>,
@@ -390,7 +398,8 @@ impl State {
         }
     }
 
-    /// Puts every request's blocks in one transaction, then imports each complete root.
+    /// Puts every request's blocks and imports each complete root, all in ONE store
+    /// transaction (see `shoal_store::Writer::import_batch`), then tells subscribers.
     fn import_batch(&mut self, imports: Vec<ImportRequest>) -> Vec<ImportOutcome> {
         let mut blocks = Vec::new();
         let mut targets = Vec::with_capacity(imports.len());
@@ -398,21 +407,47 @@ impl State {
             blocks.extend(r.blocks);
             targets.push((r.source, r.root));
         }
-        if !blocks.is_empty() {
-            if let Err(e) = self.writer.put_blocks(&blocks) {
-                // Gossip blocks were hash-checked already: this is the disk. Fail them all.
-                let err = EventsError::from(e);
-                return targets
-                    .into_iter()
-                    .map(|_| ImportOutcome::Failed(err.clone()))
-                    .collect();
-            }
-        }
+        // Only this node appends to its own log; a peer's copy of it is never newer.
+        let own = targets
+            .iter()
+            .map(|(s, _)| s == &self.source)
+            .collect::<Vec<_>>();
+        let store_targets: Vec<(SourceId, Cid)> = targets
+            .iter()
+            .zip(&own)
+            .filter(|(_, own)| !**own)
+            .map(|(t, _)| t.clone())
+            .collect();
+        let mut results =
+            match self
+                .writer
+                .import_batch(&blocks, &store_targets, IMPORT_INLINE_EVENTS)
+            {
+                Ok(results) => results.into_iter(),
+                Err(e) => {
+                    // Gossip blocks were hash-checked already: this is the disk. Fail them all.
+                    tracing::warn!(error = %e, sources = targets.len(), "import batch failed");
+                    let err = EventsError::from(e);
+                    return targets
+                        .into_iter()
+                        .map(|_| ImportOutcome::Failed(err.clone()))
+                        .collect();
+                }
+            };
         targets
             .into_iter()
-            .map(|(source, root)| match self.try_import(source, root) {
-                Ok(outcome) => outcome,
-                Err(e) => ImportOutcome::Failed(e),
+            .zip(own)
+            .map(|((source, root), own)| {
+                if own {
+                    return ImportOutcome::Failed(own_source_error());
+                }
+                match results.next() {
+                    Some(Ok(attempt)) => self.imported(source, root, attempt),
+                    Some(Err(e)) => ImportOutcome::Failed(e.into()),
+                    None => ImportOutcome::Failed(EventsError::from(shoal_store::Error::Invalid(
+                        "the store answered fewer imports than asked".into(),
+                    ))),
+                }
             })
             .collect()
     }
@@ -421,25 +456,29 @@ impl State {
     /// broadcasts the update (with the events when there are few).
     fn try_import(&mut self, source: SourceId, root: Cid) -> Result<ImportOutcome, EventsError> {
         if source == self.source {
-            // Only this node appends to its own log; a peer's copy of it is never newer.
-            return Err(EventsError::Invalid {
-                index: None,
-                field: "source",
-                reason: "cannot import this node's own source".into(),
-            });
+            return Err(own_source_error());
         }
-        let (imported, events) =
-            match self
-                .writer
-                .try_import(&source, root, IMPORT_INLINE_EVENTS)?
-            {
-                shoal_store::ImportAttempt::Imported { imported, events } => (imported, events),
-                shoal_store::ImportAttempt::Current => return Ok(ImportOutcome::Current),
-                shoal_store::ImportAttempt::Missing(m) => return Ok(ImportOutcome::Missing(m)),
-            };
+        let attempt = self
+            .writer
+            .try_import(&source, root, IMPORT_INLINE_EVENTS)?;
+        Ok(self.imported(source, root, attempt))
+    }
+
+    /// After the store answered an import: raises the offsets and broadcasts the update.
+    fn imported(
+        &mut self,
+        source: SourceId,
+        root: Cid,
+        attempt: shoal_store::ImportAttempt,
+    ) -> ImportOutcome {
+        let (imported, events) = match attempt {
+            shoal_store::ImportAttempt::Imported { imported, events } => (imported, events),
+            shoal_store::ImportAttempt::Current => return ImportOutcome::Current,
+            shoal_store::ImportAttempt::Missing(m) => return ImportOutcome::Missing(m),
+        };
         let known = self.offsets.borrow().get(&source);
         if known.is_some_and(|k| k >= imported.last) {
-            return Ok(ImportOutcome::Imported(imported));
+            return ImportOutcome::Imported(imported);
         }
         self.offsets.send_modify(|o| {
             o.update(source.clone(), imported.last);
@@ -463,7 +502,7 @@ impl State {
             new_blocks: Arc::new([]),
         };
         let _ = self.updates.send(Arc::new(update));
-        Ok(ImportOutcome::Imported(imported))
+        ImportOutcome::Imported(imported)
     }
 
     fn persist_clock(&mut self) {

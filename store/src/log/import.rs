@@ -164,7 +164,11 @@ impl Writer {
             self.imported(source, validated);
         }
         self.written_since_checkpoint += bytes;
-        self.maybe_checkpoint()?;
+        // Committed whatever happens here: a failed checkpoint must not report the imports
+        // lost (their subscribers would never be told); the next commit tries again.
+        if let Err(e) = self.maybe_checkpoint() {
+            tracing::warn!(error = %e, "checkpoint after an import batch failed");
+        }
         Ok(results)
     }
 

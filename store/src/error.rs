@@ -56,10 +56,24 @@ pub enum Error {
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
-        match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DiskFull) => Error::Full(e),
-            _ => Error::Sqlite(e),
+        if is_disk_full(&e) {
+            Error::Full(e)
+        } else {
+            Error::Sqlite(e)
         }
+    }
+}
+
+/// SQLite says the disk is full: `SQLITE_FULL`, or `SQLITE_IOERR_SHMSIZE` (the WAL index
+/// `-shm` could not grow; seen with errno ENOSPC on a full tmpfs, where it made a publish a
+/// 500 instead of a 507).
+pub(crate) fn is_disk_full(e: &rusqlite::Error) -> bool {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => {
+            f.code == rusqlite::ErrorCode::DiskFull
+                || f.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE
+        }
+        _ => false,
     }
 }
 

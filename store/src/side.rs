@@ -30,9 +30,10 @@ pub enum SideDbError {
 
 impl From<rusqlite::Error> for SideDbError {
     fn from(e: rusqlite::Error) -> Self {
-        match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DiskFull) => SideDbError::Full(e),
-            _ => SideDbError::Sqlite(e),
+        if crate::error::is_disk_full(&e) {
+            SideDbError::Full(e)
+        } else {
+            SideDbError::Sqlite(e)
         }
     }
 }

@@ -57,9 +57,23 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Whether a setup error means this machine cannot make namespaces (no root, no `ip`, no
+/// netns support): then the tests skip. Any other error (a name clash, say) fails them.
+fn unavailable(e: &str) -> bool {
+    e.contains("cannot run ip")
+        || e.contains("Operation not permitted")
+        || e.contains("not supported")
+}
+
+/// Networks set up so far by this process (names them apart).
+static NETS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Namespaces, links and processes of this test; all removed on drop.
 struct Net {
     tag: String,
+    /// This process's count of networks: keeps the management subnets apart (they are routed
+    /// in the test's own namespace).
+    index: usize,
     namespaces: Vec<String>,
     bridges: Vec<String>,
     children: Vec<Child>,
@@ -79,14 +93,18 @@ impl Net {
     fn data_ip(i: usize) -> String {
         format!("10.213.0.{}", i + 1)
     }
-    fn mgmt_ip(i: usize) -> String {
-        format!("10.214.0.{}", i + 1)
+    fn mgmt_ip(&self, i: usize) -> String {
+        format!("10.214.{}.{}", self.index, i + 1)
     }
 
     /// `nodes` namespaces on the data and management networks.
     fn setup(nodes: usize) -> Result<Net, String> {
+        let index = NETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10;
         let mut net = Net {
-            tag: format!("spt{}", std::process::id() % 100_000),
+            // Unique per test as well as per process: the tests of this file run in parallel.
+            // (Interface names stay within Linux's 15 bytes: "spt" + 5 + 1 + "v4i".)
+            tag: format!("spt{}{index}", std::process::id() % 100_000),
+            index,
             namespaces: vec![],
             bridges: vec![],
             children: vec![],
@@ -102,7 +120,13 @@ impl Net {
             ip(&["link", "set", &b, "up"])?;
         }
         let mgmt = format!("{}m", net.tag);
-        ip(&["addr", "add", "10.214.0.254/24", "dev", &mgmt])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("10.214.{index}.254/24"),
+            "dev",
+            &mgmt,
+        ])?;
         for i in 0..nodes {
             let ns = net.ns(i);
             ip(&["netns", "add", &ns])?;
@@ -110,7 +134,7 @@ impl Net {
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
             for (kind, bridge, addr) in [
                 ("v", net.data_bridge(1), Net::data_ip(i)),
-                ("m", mgmt.clone(), Net::mgmt_ip(i)),
+                ("m", mgmt.clone(), net.mgmt_ip(i)),
             ] {
                 let host = format!("{}{kind}{i}", net.tag);
                 let inner = format!("{}{kind}{i}i", net.tag);
@@ -153,7 +177,7 @@ impl Net {
             "--data-dir".into(),
             dir.path().join("data").display().to_string(),
             "--api-addr".into(),
-            format!("{}:4454", Net::mgmt_ip(i)),
+            format!("{}:4454", self.mgmt_ip(i)),
             "--console-addr".into(),
             "127.0.0.1:4457".into(),
             "--store-addr".into(),
@@ -197,7 +221,7 @@ impl Net {
             .find_map(|kv| kv.strip_prefix("source="))
             .unwrap()
             .to_string();
-        (source, format!("http://{}:4454", Net::mgmt_ip(i)))
+        (source, format!("http://{}:4454", self.mgmt_ip(i)))
     }
 
     fn log(&self, i: usize) -> String {
@@ -263,10 +287,11 @@ async fn partition_then_heal_converges() {
     let _ = shoal_bin(); // build before creating anything that needs cleaning up
     let mut net = match Net::setup(NODES) {
         Ok(net) => net,
-        Err(e) => {
+        Err(e) if unavailable(&e) => {
             eprintln!("skipping the partition test: network namespaces are unavailable ({e})");
             return;
         }
+        Err(e) => panic!("setting up the network failed: {e}"),
     };
     let http = reqwest::Client::new();
     let mut nodes = Vec::new();
@@ -377,10 +402,11 @@ async fn mdns_peers_reconnect_after_a_partition() {
     let _ = shoal_bin();
     let mut net = match Net::setup(2) {
         Ok(net) => net,
-        Err(e) => {
+        Err(e) if unavailable(&e) => {
             eprintln!("skipping the mDNS partition test: network namespaces are unavailable ({e})");
             return;
         }
+        Err(e) => panic!("setting up the network failed: {e}"),
     };
     let http = reqwest::Client::new();
     let a = net.start_node(0, 2, Discovery::Mdns);

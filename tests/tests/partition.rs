@@ -62,6 +62,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 fn unavailable(e: &str) -> bool {
     e.contains("cannot run ip")
         || e.contains("Operation not permitted")
+        || e.contains("Permission denied")
         || e.contains("not supported")
 }
 

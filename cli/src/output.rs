@@ -184,6 +184,22 @@ impl Out {
     }
 }
 
+/// `n` bytes for people: B, KiB, MiB, ...
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 /// A JSON value for humans: strings without quotes.
 fn plain(v: &Value) -> String {
     match v {

@@ -5,6 +5,8 @@
 use std::io::{self, Write};
 
 use serde::Serialize;
+
+use crate::output::human_bytes as bytes;
 use shoal_store::{
     BlockView, GcStats, NodeShape, ProblemKind, SourceInfo, Stats, TreeShape, VerifyReport,
 };
@@ -18,22 +20,6 @@ const MAX_INDENT: usize = 12;
 fn json(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
     serde_json::to_writer_pretty(&mut *out, value)?;
     writeln!(out)
-}
-
-/// `1536` → `1.5 KiB`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 /// Serializable form of a source (the library's `SourceInfo` is a plain struct).
@@ -333,6 +319,7 @@ mod tests {
         assert_eq!(bytes(1023), "1023 B");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(3 << 20), "3.0 MiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
     }
 
     #[test]

@@ -341,17 +341,7 @@ async fn partition_then_heal_converges() {
         .into();
     let deadline = Instant::now() + HEAL_TIMEOUT;
     for (i, (_, api)) in nodes.iter().enumerate() {
-        loop {
-            let o = offsets(&http, api).await;
-            if o == expected {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {i} stuck at {o}, expected {expected}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_offsets(&http, api, &expected, deadline, &format!("node {i}")).await;
     }
     // Every subscriber saw every event exactly once.
     let total = NODES * (BEFORE + DURING);
@@ -382,9 +372,14 @@ async fn partition_then_heal_converges() {
     }
 }
 
-/// Polls `api`'s offsets until they equal `expected`.
-async fn wait_offsets(http: &reqwest::Client, api: &str, expected: &Value, what: &str) {
-    let deadline = Instant::now() + HEAL_TIMEOUT;
+/// Polls `api`'s offsets until they equal `expected`, failing at `deadline`.
+async fn wait_offsets(
+    http: &reqwest::Client,
+    api: &str,
+    expected: &Value,
+    deadline: Instant,
+    what: &str,
+) {
     loop {
         let o = offsets(http, api).await;
         if o == *expected {
@@ -415,8 +410,9 @@ async fn mdns_peers_reconnect_after_a_partition() {
     publish(&http, &a.1, "a", 0).await;
     publish(&http, &b.1, "b", 0).await;
     let both = |n: u64| json!({ a.0.clone(): n, b.0.clone(): n });
+    let deadline = Instant::now() + HEAL_TIMEOUT;
     for (api, what) in [(&a.1, "a before"), (&b.1, "b before")] {
-        wait_offsets(&http, api, &both(0), what).await;
+        wait_offsets(&http, api, &both(0), deadline, what).await;
     }
     net.partition(&[1], true);
     // Publish on both sides until each has seen the connection die (ping), so the heal
@@ -438,8 +434,9 @@ async fn mdns_peers_reconnect_after_a_partition() {
     }
     net.partition(&[1], false);
     let k = k as u64;
+    let deadline = Instant::now() + HEAL_TIMEOUT;
     for (api, what) in [(&a.1, "a after healing"), (&b.1, "b after healing")] {
-        wait_offsets(&http, api, &both(k), what).await;
+        wait_offsets(&http, api, &both(k), deadline, what).await;
     }
     assert!(net.log(1).contains("discovered by mDNS"), "{}", net.log(1));
 }

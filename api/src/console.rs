@@ -23,6 +23,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::error::ApiError;
+use crate::origin::Guard;
 use crate::{body, error, ndjson, ApiConfig, HttpServer};
 
 /// The console routes, every rejection turned into an API error (404/405 included), ready to be
@@ -62,12 +63,15 @@ pub fn routes(
     post.or(get).unify().recover(error::recover).unify()
 }
 
-/// Binds the console API of `node` on its configured `console-addr`.
-pub async fn serve_node(node: NodeHandle) -> std::io::Result<HttpServer> {
+/// Binds the console API of `node` on its configured `console-addr`; `api` is the address the
+/// node's API (and its pages) is served on (browser safety, `origin.rs`).
+pub async fn serve_node(node: NodeHandle, api: SocketAddr) -> std::io::Result<HttpServer> {
     let config = ApiConfig::from_config(node.config());
+    let guard = Guard::new(&node.config().web).with_page_port(api.port());
     serve(
         node.console(),
         node.config().console_addr,
+        guard,
         config,
         node.shutdown_signal(),
     )
@@ -78,10 +82,11 @@ pub async fn serve_node(node: NodeHandle) -> std::io::Result<HttpServer> {
 pub async fn serve(
     console: Console,
     addr: SocketAddr,
+    guard: Guard,
     config: ApiConfig,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<HttpServer> {
-    HttpServer::bind(addr, routes(console, config, shutdown)).await
+    HttpServer::bind(addr, guard, routes(console, config, shutdown)).await
 }
 
 async fn append(console: &Console, body: &[u8]) -> Result<(), ApiError> {

@@ -60,6 +60,11 @@ impl ApiError {
         )
     }
 
+    /// 403: a web page or host name the node does not serve (API.md "Browser safety").
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "ERR_FORBIDDEN", message)
+    }
+
     pub fn overloaded(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -4,7 +4,8 @@
 //! - [`routes`]: every events and node endpoint, with errors in API.md's format;
 //! - [`HttpServer`] (`server.rs`): binds an address and serves a filter with `TCP_NODELAY` and
 //!   streaming bodies; the console and Pond store APIs use it too;
-//! - [`ApiConfig`]: the API's limits.
+//! - [`ApiConfig`]: the API's limits;
+//! - [`origin::Guard`]: browser safety (API.md), checked by the server before every route.
 //!
 //! One file per route group (`events.rs`, `node.rs`); `error.rs` is the only place status codes
 //! and `errorCode`s are chosen; `ndjson.rs` streams; `body.rs` reads bounded JSON bodies. No
@@ -18,6 +19,7 @@ pub mod events;
 mod json;
 pub mod ndjson;
 pub mod node;
+pub mod origin;
 pub mod server;
 pub mod store_api;
 
@@ -69,5 +71,6 @@ pub fn routes(
 pub async fn serve(node: NodeHandle) -> std::io::Result<HttpServer> {
     let config = ApiConfig::from_config(node.config());
     let addr = node.config().api_addr;
-    HttpServer::bind(addr, routes(node, config)).await
+    let guard = origin::Guard::new(&node.config().web);
+    HttpServer::bind(addr, guard, routes(node, config)).await
 }

@@ -6,6 +6,9 @@
 //! - streaming bodies: warp 0.4 cannot build one, so replies from `ndjson.rs` carry their body
 //!   stream in a [`StreamSlot`] extension that this server installs as the body.
 //!
+//! Every request first passes the server's browser-safety [`Guard`] (`origin.rs`): a refused
+//! one is answered 403 before any route sees it, its body unread.
+//!
 //! Shutdown: [`HttpServer::shutdown`] stops accepting, lets in-flight requests finish for a
 //! grace period, then closes what is left (long-lived streams end earlier anyway, when the node
 //! signals shutdown).
@@ -27,6 +30,7 @@ use tower_service::Service;
 use warp::Filter;
 
 use crate::ndjson::{BoxError, StreamSlot};
+use crate::origin::Guard;
 
 /// How long in-flight requests may take to finish after shutdown starts.
 const GRACE: Duration = Duration::from_secs(3);
@@ -41,8 +45,9 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Binds `addr` and serves `filter` on it. Fails if the address cannot be bound.
-    pub async fn bind<F>(addr: SocketAddr, filter: F) -> std::io::Result<HttpServer>
+    /// Binds `addr` and serves `filter` on it, to requests `guard` lets through. Fails if the
+    /// address cannot be bound.
+    pub async fn bind<F>(addr: SocketAddr, guard: Guard, filter: F) -> std::io::Result<HttpServer>
     where
         F: Filter<Extract = (warp::reply::Response,), Error = Infallible>
             + Clone
@@ -53,7 +58,7 @@ impl HttpServer {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, filter, stopped));
+        let task = tokio::spawn(accept_loop(listener, guard, filter, stopped));
         Ok(HttpServer {
             local_addr,
             stop,
@@ -73,8 +78,12 @@ impl HttpServer {
     }
 }
 
-async fn accept_loop<F>(listener: TcpListener, filter: F, mut stopped: watch::Receiver<bool>)
-where
+async fn accept_loop<F>(
+    listener: TcpListener,
+    guard: Guard,
+    filter: F,
+    mut stopped: watch::Receiver<bool>,
+) where
     F: Filter<Extract = (warp::reply::Response,), Error = Infallible>
         + Clone
         + Send
@@ -103,9 +112,15 @@ where
             tracing::debug!(error = %e, %peer, "cannot set TCP_NODELAY");
         }
         let svc = warp::service(filter.clone());
+        let guard = guard.clone();
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let mut svc = svc.clone();
+            let refused = guard.check(req.headers()).err();
             async move {
+                if let Some(e) = refused {
+                    tracing::debug!(%peer, error = %e, "refused a request (browser safety)");
+                    return Ok::<_, Infallible>(with_stream_body(warp::Reply::into_response(e)));
+                }
                 let resp = match svc.call(req).await {
                     Ok(resp) => resp,
                     Err(never) => match never {},

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
+use shoal_api::origin::Guard;
 use shoal_api::{routes, ApiConfig, HttpServer};
 use shoal_engine::{Config, Node};
 
@@ -28,7 +29,7 @@ impl Fixture {
             keepalive: Duration::from_millis(100),
         };
         let addr = "127.0.0.1:0".parse().unwrap();
-        let server = HttpServer::bind(addr, routes(node.handle(), config))
+        let server = HttpServer::bind(addr, Guard::default(), routes(node.handle(), config))
             .await
             .unwrap();
         Fixture {

@@ -8,7 +8,8 @@
 //!
 //! Key names are the flag names (`api-addr`, `swarm-addr`, ...); the environment variable is
 //! `SHOAL_` + the key upper-cased with `_` for `-` (`SHOAL_API_ADDR`). Repeatable settings
-//! (`swarm-addr`, `peer`) are a list in the file and comma-separated in the environment.
+//! (`swarm-addr`, `peer`, `allow-origin`, `allow-host`) are a list in the file and
+//! comma-separated in the environment.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -67,6 +68,10 @@ pub struct Settings {
     pub max_blob_bytes: Option<u64>,
     /// Seconds a blob read waits for peers to deliver a missing block (blobs).
     pub blob_fetch_timeout_secs: Option<u64>,
+    /// Web origins (`http://host:port`) allowed to use the APIs besides the node's own.
+    pub allow_origin: Option<Vec<String>>,
+    /// Host names the APIs answer to besides IP literals and `localhost`.
+    pub allow_host: Option<Vec<String>>,
 }
 
 impl Settings {
@@ -89,6 +94,8 @@ impl Settings {
             blob_fetch_timeout_secs: self
                 .blob_fetch_timeout_secs
                 .or(lower.blob_fetch_timeout_secs),
+            allow_origin: self.allow_origin.or(lower.allow_origin),
+            allow_host: self.allow_host.or(lower.allow_host),
         }
     }
 
@@ -132,6 +139,8 @@ impl Settings {
             blob_fetch_timeout_secs: var("SHOAL_BLOB_FETCH_TIMEOUT_SECS")
                 .map(|v| parse_num("SHOAL_BLOB_FETCH_TIMEOUT_SECS", &v))
                 .transpose()?,
+            allow_origin: list("SHOAL_ALLOW_ORIGIN"),
+            allow_host: list("SHOAL_ALLOW_HOST"),
         })
     }
 
@@ -210,6 +219,20 @@ impl Settings {
                 reason: "at least one listen address is needed".into(),
             });
         }
+        let web = WebConfig {
+            allowed_origins: self
+                .allow_origin
+                .unwrap_or_default()
+                .iter()
+                .map(|o| parse_origin(o))
+                .collect::<Result<_, _>>()?,
+            allowed_hosts: self
+                .allow_host
+                .unwrap_or_default()
+                .iter()
+                .map(|h| parse_host(h))
+                .collect::<Result<_, _>>()?,
+        };
         Ok(Config {
             data_dir: self.data_dir.unwrap_or(d.data_dir),
             api_addr: addr("api-addr", self.api_addr, d.api_addr)?,
@@ -233,8 +256,52 @@ impl Settings {
                 max_commit_events,
                 ..d.events
             },
+            web,
         })
     }
+}
+
+/// An `allow-origin` value as the ASCII serialization browsers put in `Origin` headers
+/// (`http://host[:port]`, lower case, no default port, no trailing slash).
+fn parse_origin(value: &str) -> Result<String, ConfigError> {
+    let invalid = |reason: &str| ConfigError::Invalid {
+        key: "allow-origin",
+        value: value.into(),
+        reason: format!("{reason} (expected an origin such as http://192.168.1.20:8080)"),
+    };
+    let url = url::Url::parse(value.trim()).map_err(|e| invalid(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("the scheme must be http or https"));
+    }
+    if !matches!(url.path(), "" | "/")
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return Err(invalid("an origin has no path, query or user"));
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
+/// An `allow-host` value: a DNS name (lower case, no trailing dot, no port).
+fn parse_host(value: &str) -> Result<String, ConfigError> {
+    let name = value.trim().trim_end_matches('.').to_ascii_lowercase();
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if !valid {
+        return Err(ConfigError::Invalid {
+            key: "allow-host",
+            value: value.into(),
+            reason: "expected a host name such as mydevice.local (no port; IP addresses \
+                     and localhost are always accepted)"
+                .into(),
+        });
+    }
+    Ok(name)
 }
 
 fn parse_bool(key: &'static str, v: &str) -> Result<bool, ConfigError> {
@@ -289,6 +356,19 @@ pub struct Config {
     pub keepalive: Duration,
     /// Event service tuning.
     pub events: EventsConfig,
+    /// Which web pages and host names the APIs serve (API.md "Browser safety").
+    pub web: WebConfig,
+}
+
+/// Browser safety (API.md): who besides the node's own pages may use its APIs from a browser.
+/// The checks themselves are the API's (`shoal_api::origin`).
+#[derive(Debug, Clone, Default)]
+pub struct WebConfig {
+    /// Origins allowed besides the node's own, as browsers serialize them in `Origin`
+    /// (`http://host[:port]`, lower case, no default port).
+    pub allowed_origins: Vec<String>,
+    /// Host names (`Host` header) accepted besides IP literals and `localhost`, lower case.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Bounds of the event service's channels and batches; each is a memory bound, see the field.
@@ -341,6 +421,7 @@ impl Default for Config {
             max_body_bytes: 16 * 1024 * 1024,
             keepalive: Duration::from_secs(10),
             events: EventsConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }
@@ -422,5 +503,43 @@ mod tests {
         assert!(err.to_string().contains("SHOAL_NO_MDNS"), "{err}");
         let err = toml::from_str::<Settings>("unknown-key = 1").unwrap_err();
         assert!(err.to_string().contains("unknown-key"), "{err}");
+    }
+
+    #[test]
+    fn allowed_origins_are_normalized_like_browsers_send_them() {
+        let file: Settings = toml::from_str(
+            "allow-origin = [\"HTTP://Example.COM:80/\", \"https://x.test:8443\"]\n\
+             allow-host = [\"MyDevice.local.\"]\n",
+        )
+        .unwrap();
+        let config = file.resolve().unwrap();
+        assert_eq!(
+            config.web.allowed_origins,
+            vec!["http://example.com", "https://x.test:8443"]
+        );
+        assert_eq!(config.web.allowed_hosts, vec!["mydevice.local"]);
+        let env = Settings::from_env(|k| {
+            (k == "SHOAL_ALLOW_ORIGIN").then(|| "http://a.test:1, http://b.test:2".into())
+        })
+        .unwrap();
+        assert_eq!(env.resolve().unwrap().web.allowed_origins.len(), 2);
+        for bad in ["*", "null", "ftp://x.test", "http://x.test/app", "x.test"] {
+            let err = Settings {
+                allow_origin: Some(vec![bad.into()]),
+                ..Settings::default()
+            }
+            .resolve()
+            .unwrap_err();
+            assert!(err.to_string().contains("allow-origin"), "{bad}: {err}");
+        }
+        for bad in ["*", "x.test:80", "", "a..b"] {
+            let err = Settings {
+                allow_host: Some(vec![bad.into()]),
+                ..Settings::default()
+            }
+            .resolve()
+            .unwrap_err();
+            assert!(err.to_string().contains("allow-host"), "{bad}: {err}");
+        }
     }
 }

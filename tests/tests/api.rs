@@ -254,7 +254,7 @@ async fn any_content_type_and_chunked_bodies_are_accepted() {
     // Same over raw HTTP, so there is certainly no Content-Length header.
     let chunk = br#"{"data":[{"semantics":"s","name":"n","payload":2}]}"#;
     let mut req = format!(
-        "POST /api/v1/events/publish HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n",
+        "POST /api/v1/events/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n",
         chunk.len()
     )
     .into_bytes();
@@ -279,7 +279,7 @@ async fn oversized_bodies_get_413_and_store_nothing() {
         "/api/v1/events/subscribe",
     ] {
         let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             big.len()
         );
         let (status, _, body) = raw_http(node.api, req.as_bytes()).await.unwrap();
@@ -291,7 +291,7 @@ async fn oversized_bodies_get_413_and_store_nothing() {
     // Chunked, no Content-Length: refused once what arrived passes the limit (the rest of the
     // body is never sent, so the answer cannot be lost to a reset).
     let mut req = format!(
-        "POST /api/v1/events/publish HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n",
+        "POST /api/v1/events/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n",
         big.len()
     )
     .into_bytes();

@@ -404,7 +404,7 @@ async fn the_maximum_blob_size_gives_413_both_with_and_without_content_length() 
     // By Content-Length: refused before the body is read. Sent as headers only over raw HTTP:
     // a client still writing a body the node will not read may see a reset instead of the 413.
     let request = format!(
-        "POST /api/v1/blobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST /api/v1/blobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         LIMIT + 1
     );
     let (status, _, text) = raw_http(node.api, request.as_bytes()).await.unwrap();

@@ -4,7 +4,9 @@
 //! Parties: one Pond app per connection, the node. Goal: real `@actyx/pond` 1.x/2.x apps (and
 //! 3.x through its v1 fallback) run unchanged. Non-goals: authentication (apps on a node are
 //! trusted), the Actyx v2 HTTP API (every other path on the store address is a plain 404 JSON
-//! error, which is what makes Pond 3 fall back to this socket).
+//! error, which is what makes Pond 3 fall back to this socket). Web pages are kept out by the
+//! server's browser-safety guard (`origin.rs`): a WebSocket has no CORS, so without it any page
+//! open in the device's browser could read and write every event here.
 //!
 //! Parts, one module each:
 //! - [`wire`]: frames and payload shapes, parsed by hand so errors name their field;
@@ -96,14 +98,16 @@ pub fn routes(
 }
 
 /// Binds the store API on `node`'s configured `store-addr`; opens the snapshot store in the
-/// data dir.
-pub async fn serve(node: NodeHandle) -> std::io::Result<HttpServer> {
+/// data dir. `api` is the address the node's API (and its pages, whose apps may use this
+/// socket) is served on (browser safety, `origin.rs`).
+pub async fn serve(node: NodeHandle, api: std::net::SocketAddr) -> std::io::Result<HttpServer> {
     let data_dir = node.config().data_dir.clone();
     let snapshots = tokio::task::spawn_blocking(move || Snapshots::open(&data_dir))
         .await
         .map_err(std::io::Error::other)?
         .map_err(std::io::Error::other)?;
     let addr = node.config().store_addr;
+    let guard = crate::origin::Guard::new(&node.config().web).with_page_port(api.port());
     let shared = Arc::new(Shared { node, snapshots });
-    HttpServer::bind(addr, routes(shared)).await
+    HttpServer::bind(addr, guard, routes(shared)).await
 }

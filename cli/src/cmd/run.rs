@@ -51,6 +51,14 @@ pub struct Args {
     /// Seconds a blob fetch waits for any peer to deliver the next block before 404. [default: 10]
     #[arg(long, value_name = "SECS")]
     blob_fetch_timeout_secs: Option<u64>,
+    /// A web origin (e.g. http://192.168.1.30:8080) whose pages may use the APIs besides the
+    /// node's own (repeatable). Other pages get 403 (API.md, Browser safety).
+    #[arg(long, value_name = "URL")]
+    allow_origin: Vec<String>,
+    /// A host name the APIs answer to besides IP addresses and localhost, e.g. mydevice.local
+    /// (repeatable). Other names get 403: protection against DNS rebinding.
+    #[arg(long, value_name = "NAME")]
+    allow_host: Vec<String>,
 }
 
 impl Args {
@@ -69,6 +77,8 @@ impl Args {
             console_retention: self.console_retention,
             max_blob_bytes: self.max_blob_bytes,
             blob_fetch_timeout_secs: self.blob_fetch_timeout_secs,
+            allow_origin: (!self.allow_origin.is_empty()).then_some(self.allow_origin),
+            allow_host: (!self.allow_host.is_empty()).then_some(self.allow_host),
             ..Settings::default()
         }
     }
@@ -125,7 +135,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     let console_addr = node.config().console_addr;
-    let console = match shoal_api::console::serve_node(node.handle()).await {
+    let console = match shoal_api::console::serve_node(node.handle(), api.local_addr()).await {
         Ok(console) => console,
         Err(e) => {
             api.shutdown().await;
@@ -137,7 +147,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     // The WebSocket store API for Pond apps (pond helper: additive).
     let store_addr = node.config().store_addr;
-    let store = match shoal_api::store_api::serve(node.handle()).await {
+    let store = match shoal_api::store_api::serve(node.handle(), api.local_addr()).await {
         Ok(store) => store,
         Err(e) => {
             api.shutdown().await;

@@ -389,8 +389,10 @@ fn open(config: &Config) -> Result<Opened, NodeError> {
         path: config.data_dir.clone(),
         source,
     })?;
-    let identity = Identity::load_or_create(&config.data_dir)?;
+    // The store first: opening it takes the data dir's writer lock, so a second node on this
+    // dir is refused before it reads (or, on a fresh dir, creates) the key.
     let store = Store::open(&config.store_path(), store_config())?;
+    let identity = Identity::load_or_create(&config.data_dir)?;
     let writer = store.writer()?;
     let reader = store.reader()?;
     let offsets: OffsetMap = reader

@@ -488,6 +488,9 @@ fn store_run(events: &[NewEvent], rare: usize, figures: &mut Figures) -> Result<
     // Cold: a freshly opened store has no decoded branch cached, so the first read of each
     // kind also decodes the key branches it walks (~5 bytes of keys per event, compressed).
     let store = Store::open(&path, config())?;
+    // Only reads from here: give up the writer (and with it the store's writer lock), so the
+    // second store opened on the same file below is not refused.
+    drop(store.writer()?);
     let reader = store.reader()?;
     let (count, secs, cpu) = read_all(&reader, &all)?;
     check(count, events.len(), "cold full scan")?;

@@ -37,6 +37,19 @@ pub enum Error {
     /// The disk is full (SQLITE_FULL). Nothing of the failed transaction was kept.
     #[error("disk full: the store could not write; free disk space and retry")]
     Full(#[source] rusqlite::Error),
+    /// Another process (or another open store in this one) holds the store's writer lock:
+    /// a store has one writing process at a time (see `lock.rs`). Nothing was written.
+    #[error(
+        "the store is in use by {}: a store has one writer at a time; stop that process first (lock file {})",
+        holder(.pid),
+        .path.display()
+    )]
+    Locked {
+        /// The lock file.
+        path: std::path::PathBuf,
+        /// The holder's pid, when the lock file names one.
+        pid: Option<u32>,
+    },
     /// The store file is opened read-only, or its single writer was already handed out.
     #[error("not writable: {0}")]
     ReadOnly(&'static str),
@@ -74,6 +87,13 @@ pub(crate) fn is_disk_full(e: &rusqlite::Error) -> bool {
                 || f.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE
         }
         _ => false,
+    }
+}
+
+fn holder(pid: &Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("process {pid}"),
+        None => "another process".to_string(),
     }
 }
 

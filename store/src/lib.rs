@@ -1,7 +1,8 @@
 //! shoal-store: the SQLite block store and the per-source event trees.
 //!
 //! - [`Store`]: opens the SQLite file (WAL mode), hands out the one [`Writer`] and any number of
-//!   [`Reader`]s.
+//!   [`Reader`]s. A store opened for writing is locked to one process (`lock.rs`): a second
+//!   writer is refused with [`Error::Locked`], naming the holder.
 //! - [`Writer`] (`log.rs`): appends batches to a source's banyan tree and moves its alias in one
 //!   transaction; imports replicated trees; packs; collects garbage.
 //! - [`Reader`] (`read.rs`, `inspect.rs`): streaming event reads (forward/backward, filtered by
@@ -22,6 +23,7 @@ mod error;
 mod event;
 mod gc;
 mod inspect;
+mod lock;
 mod log;
 mod offset;
 mod read;

@@ -36,6 +36,7 @@ use std::{
 };
 
 use crate::checkpoint::Checkpointer;
+use crate::lock::WriterLock;
 
 mod import;
 
@@ -166,6 +167,8 @@ pub struct Writer {
     /// Tree nodes from peers already validated by an import (content-addressed, so they stay
     /// valid): later imports of the same source validate only what is new. Bounded.
     validated: std::collections::HashSet<Cid>,
+    /// Makes this the only writing process of the store file (`lock.rs`); dropped last.
+    _lock: WriterLock,
 }
 
 /// Entries of `Writer::validated` before it is cleared.
@@ -180,6 +183,7 @@ impl std::fmt::Debug for Writer {
 impl Writer {
     pub(crate) fn new(
         conn: Connection,
+        lock: WriterLock,
         config: StoreConfig,
         cache: BranchCache<EventTree>,
         roots: RootCache,
@@ -198,6 +202,7 @@ impl Writer {
             written_since_checkpoint: 0,
             checkpointer,
             validated: Default::default(),
+            _lock: lock,
         })
     }
 

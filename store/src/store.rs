@@ -7,6 +7,7 @@
 
 use crate::{
     error::{Error, Result},
+    lock::WriterLock,
     log::Writer,
     read::{Reader, RootCache},
     schema::{self, Durability},
@@ -66,7 +67,8 @@ impl StoreConfig {
 pub struct Store {
     path: PathBuf,
     config: StoreConfig,
-    writer: Mutex<Option<Connection>>,
+    /// The write connection and the lock that makes it the only writer, until taken.
+    writer: Mutex<Option<(Connection, WriterLock)>>,
     cache: BranchCache<EventTree>,
     roots: RootCache,
 }
@@ -79,9 +81,12 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Opens (creating if needed) the store at `path` (a SQLite file; its directory must
-    /// exist), sets WAL mode and creates the schema.
+    /// exist), sets WAL mode and creates the schema. Takes the store's writer lock first (see
+    /// `lock.rs`): fails at once with [`Error::Locked`] while another process writes it.
     pub fn open(path: &Path, config: StoreConfig) -> Result<Store> {
         config.tree.validate()?;
+        // Before anything touches the file: a refused open must change nothing.
+        let lock = WriterLock::acquire(path)?;
         let mut conn = Connection::open(path)?;
         schema::configure_writer(&mut conn, config.durability, config.wal_size_limit)?;
         Ok(Store {
@@ -89,7 +94,7 @@ impl Store {
             cache: BranchCache::new(config.branch_cache_bytes),
             roots: RootCache::default(),
             config,
-            writer: Mutex::new(Some(conn)),
+            writer: Mutex::new(Some((conn, lock))),
         })
     }
 
@@ -115,9 +120,10 @@ impl Store {
         Ok(store)
     }
 
-    /// The one writer. Fails on a read-only store and on the second call.
+    /// The one writer. Fails on a read-only store and on the second call. The writer lock moves
+    /// with it: it is released when the writer is dropped, even if this `Store` lives on.
     pub fn writer(&self) -> Result<Writer> {
-        let conn = self
+        let (conn, lock) = self
             .writer
             .lock()
             .map_err(|_| Error::ReadOnly("writer lock poisoned"))?
@@ -127,6 +133,7 @@ impl Store {
             ))?;
         Writer::new(
             conn,
+            lock,
             self.config.clone(),
             self.cache.clone(),
             self.roots.clone(),

@@ -13,7 +13,8 @@
 //! - HTTP helpers over `reqwest` and [`Ndjson`] for streaming answers; every wait has a timeout.
 //! - [`raw_http`] speaks HTTP/1.1 by hand over TCP, for requests reqwest will not send (a lying
 //!   `Content-Length`).
-//! - [`cli`] runs a `shoal` client command with a timeout (`cli.rs`).
+//! - [`cli`] runs a `shoal` client command with a timeout (`cli.rs`); [`run_on_data_dir`] starts
+//!   a second `shoal run` on a data dir that must refuse it.
 
 mod cli;
 mod http;
@@ -419,6 +420,30 @@ impl Drop for Node {
         }
         self.kill9();
     }
+}
+
+/// Runs `shoal run` on `data_dir` (free ports, no mDNS) and returns its output once it exits,
+/// bounded by [`TIMEOUT`] (one that keeps running fails the call): for a data dir a live node
+/// holds, which must be refused at once.
+pub fn run_on_data_dir(data_dir: &Path) -> Result<CliOutput> {
+    let data = data_dir.to_str().context("data dir is not UTF-8")?;
+    cli(
+        &[
+            "run",
+            "--data-dir",
+            data,
+            "--api-addr",
+            "127.0.0.1:0",
+            "--console-addr",
+            "127.0.0.1:0",
+            "--store-addr",
+            "127.0.0.1:0",
+            "--swarm-addr",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+        ],
+        None,
+    )
 }
 
 /// A test event.

@@ -124,7 +124,26 @@ fn resolve(args: Args) -> anyhow::Result<Config> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let api_addr = config.api_addr;
-    let node = Node::start(config).await.context("cannot start the node")?;
+    let data_dir = config.data_dir.clone();
+    let node = match Node::start(config).await {
+        Ok(node) => node,
+        Err(e) => {
+            let e = anyhow::Error::new(e);
+            // Another process writes this data dir: say who, once, without the error chain.
+            if let Some(shoal_store::Error::Locked { pid, .. }) = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<shoal_store::Error>())
+            {
+                anyhow::bail!(
+                    "data dir {} is in use by {}: a data dir serves one node at a time; stop \
+                     that node or give this one another --data-dir",
+                    data_dir.display(),
+                    super::store::holder(*pid)
+                );
+            }
+            return Err(e).context("cannot start the node");
+        }
+    };
     let api = match shoal_api::serve(node.handle()).await {
         Ok(api) => api,
         Err(e) => {

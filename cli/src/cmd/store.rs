@@ -1,7 +1,8 @@
 //! `shoal store`: the store inspector. Opens a data dir's store file read-only (SQLite WAL
 //! readers never block a running node's writer, so it works while a node uses the dir) and
 //! renders the store library's views: `streams`, `tree`, `events`, `block`, `verify`, `stats`;
-//! `gc` is the one subcommand that writes (it needs the node stopped).
+//! `gc` is the one subcommand that writes: it opens the store for writing, which takes the data
+//! dir's writer lock, so it is refused while a node (or another `gc`) uses the dir.
 //!
 //! This module owns only presentation: every number comes from `shoal_store` (`Reader::sources`,
 //! `tree_shape`, `block`, `verify`, `stats`; `Writer::gc`). Human-readable text by default,
@@ -74,8 +75,8 @@ enum Command {
     /// Blocks and bytes in total; per source bytes per event and compression ratio.
     Stats,
     /// Collect unreachable blocks now and say what was freed. The one subcommand that writes:
-    /// stop the node using the data dir first (a running node collects in the background
-    /// anyway). Blocks unpinned less than a minute ago are kept (grace period).
+    /// refused while a node uses the data dir (stop it first; a running node collects in the
+    /// background anyway). Blocks unpinned less than a minute ago are kept (grace period).
     Gc,
 }
 
@@ -134,8 +135,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             render::stats(&mut out, &stats, json)?;
         }
         Command::Gc => {
-            let store = Store::open(&path_checked(&path)?, StoreConfig::default())
-                .with_context(|| format!("cannot open {} for writing", path.display()))?;
+            let store = match Store::open(&path_checked(&path)?, StoreConfig::default()) {
+                Ok(store) => store,
+                Err(shoal_store::Error::Locked { pid, .. }) => anyhow::bail!(
+                    "data dir {} is in use by {}: stop the node first (a running node collects \
+                     garbage in the background anyway); read-only commands work meanwhile",
+                    args.data_dir.display(),
+                    holder(pid)
+                ),
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("cannot open {} for writing", path.display()))
+                }
+            };
             let mut writer = store
                 .writer()
                 .context("cannot take the store's writer: is a node using this data dir?")?;
@@ -178,6 +190,14 @@ fn open(path: &Path) -> anyhow::Result<shoal_store::Reader> {
     store
         .reader()
         .with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Who holds a data dir's writer lock, for messages: `process 1234` or `another process`.
+pub(crate) fn holder(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("another process (pid {pid})"),
+        None => "another process".to_string(),
+    }
 }
 
 fn no_such_source(source: &SourceId) -> String {

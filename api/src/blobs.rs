@@ -69,7 +69,10 @@ pub fn routes(
         .and(warp::header::optional::<String>("range"))
         .then(
             |name: String, body: bool, blobs: BlobService, range| async move {
-                let name = percent_decode(&name);
+                let name = match percent_decode(&name) {
+                    Ok(name) => name,
+                    Err(e) => return e.into_response(),
+                };
                 match blobs.resolve(&name).await {
                     Ok(cid) => serve(blobs, cid, range, body).await,
                     Err(e) => error::from_blobs(e).into_response(),
@@ -157,7 +160,10 @@ where
 }
 
 async fn set_name(name: String, blobs: BlobService, body: Bytes) -> Response {
-    let name = percent_decode(&name);
+    let name = match percent_decode(&name) {
+        Ok(name) => name,
+        Err(e) => return e.into_response(),
+    };
     let parsed: NameBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
@@ -271,28 +277,44 @@ fn parse_range(header: &str, size: u64) -> RangeSpec {
     }
 }
 
-/// Decodes `%XX` escapes of a path segment (names may contain any character).
-fn percent_decode(s: &str) -> String {
+/// Decodes the `%XX` escapes of a blob name's path segment (names may contain any character);
+/// a `%` not followed by two hex digits stays as it is. Works on bytes, then checks the result
+/// is UTF-8 (400 if not): it sliced the text at byte offsets, so `%a` followed by a multibyte
+/// character panicked the handler (issue 12 item 9), and `u8::from_str_radix` took `%+1` for
+/// an escape.
+fn percent_decode(s: &str) -> Result<String, ApiError> {
+    fn hex(b: u8) -> Option<u8> {
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let high = bytes.get(i + 1).copied().and_then(hex);
+            let low = bytes.get(i + 2).copied().and_then(hex);
+            if let (Some(high), Some(low)) = (high, low) {
+                out.push(high << 4 | low);
                 i += 3;
                 continue;
             }
         }
-        out.push(bytes[i]);
+        out.push(b);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).map_err(|_| {
+        ApiError::bad_request(format!(
+            "name: `{s}` is not UTF-8 once its %-escapes are decoded"
+        ))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn ranges() {
@@ -314,8 +336,61 @@ mod tests {
 
     #[test]
     fn names_are_percent_decoded() {
-        assert_eq!(percent_decode("a%20b%2Fc"), "a b/c");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        let ok = |s: &str| percent_decode(s).unwrap();
+        assert_eq!(ok("a%20b%2Fc"), "a b/c");
+        assert_eq!(ok("100%"), "100%");
+        assert_eq!(ok("%zz%4"), "%zz%4");
+        assert_eq!(ok("%E2%82%AC"), "€");
+        assert_eq!(ok("caf%C3%a9"), "café");
+    }
+
+    /// Issue 12 item 9: `%a` followed by a multibyte character sliced inside that character
+    /// and panicked; `%+1` was taken for an escape; undecodable bytes were replaced silently.
+    #[test]
+    fn issue12_escapes_next_to_multibyte_characters_do_not_panic() {
+        let ok = |s: &str| percent_decode(s).unwrap();
+        assert_eq!(ok("%a€"), "%a€");
+        assert_eq!(ok("%€"), "%€");
+        assert_eq!(ok("€%"), "€%");
+        assert_eq!(ok("%e€%"), "%e€%");
+        assert_eq!(ok("%+1"), "%+1");
+        assert_eq!(ok("%-1"), "%-1");
+        for bad in ["%ff", "%C3", "a%80b", "%E2%82"] {
+            let e = percent_decode(bad).unwrap_err();
+            assert_eq!(e.code(), "ERR_BAD_REQUEST", "{bad}");
+            assert!(e.message().contains("UTF-8"), "{bad}: {}", e.message());
+        }
+    }
+
+    proptest! {
+        /// Any text, rich in `%` and hex digits, decodes or is refused: never a panic.
+        #[test]
+        fn percent_decode_never_panics(s in "([%a-fA-F0-9+€é]|\\PC){0,24}") {
+            let _ = percent_decode(&s);
+        }
+
+        /// Every name survives being escaped byte by byte.
+        #[test]
+        fn percent_decode_inverts_escaping(name in "\\PC{0,16}") {
+            let escaped: String = name.bytes().map(|b| format!("%{b:02X}")).collect();
+            prop_assert_eq!(percent_decode(&escaped).unwrap(), name);
+        }
+
+        /// Any `Range` header gets an answer; a range served is non-empty and inside the blob.
+        #[test]
+        fn parse_range_never_panics(
+            header in "(bytes=)?[ 0-9,\\-]{0,12}|\\PC{0,20}",
+            size in prop_oneof![Just(0u64), Just(1), Just(u64::MAX), any::<u64>()],
+        ) {
+            if let RangeSpec::Bytes(a, b) = parse_range(&header, size) {
+                prop_assert!(a < b && b <= size, "{header}: {a}..{b} of {size}");
+            }
+        }
+
+        /// Any path segment is a CID or a 400.
+        #[test]
+        fn parse_cid_never_panics(s in "(bafk|bafy|Qm|z|f01|B)?\\PC{0,60}") {
+            let _ = parse_cid(&s);
+        }
     }
 }

@@ -230,3 +230,39 @@ fn read(
         follow.then_some(keepalive),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any posted entry is stored or refused with a 400; any `since` parses or is a 400
+        /// (issue 12 item 9's audit).
+        #[test]
+        fn entry_and_since_parsers_never_panic(
+            v in crate::json::arbitrary(),
+            since in "[0-9T:.Z+-]{0,30}|\\PC{0,30}",
+        ) {
+            let full = |field: &str, value: Value| {
+                let mut obj = serde_json::json!({"severity": "info", "logName": "l",
+                    "message": "m", "producerName": "p", "producerVersion": "1"});
+                obj[field] = value;
+                obj
+            };
+            for entry in [
+                v.clone(),
+                full("labels", v.clone()),
+                full("logTimestamp", v.clone()),
+                full("logTimestamp", Value::from(since.clone())),
+                full("additionalData", v.clone()),
+                full("severity", v.clone()),
+            ] {
+                if let Err(e) = parse_entry(entry) {
+                    prop_assert_eq!(e.code(), "ERR_BAD_REQUEST");
+                }
+            }
+            let _ = parse_rfc3339(&since);
+        }
+    }
+}

@@ -620,3 +620,39 @@ async fn a_full_disk_gives_507_and_leaves_the_store_consistent() {
     assert!(body_eq(resp, &data).await);
     assert_eq!(upload_pins(&node).unwrap(), 0, "no upload pin left");
 }
+
+/// Issue 12 item 9: a blob name's `%` escapes were decoded by slicing the text at byte offsets,
+/// so `%a` followed by a multibyte character panicked the handler and the client got no answer.
+/// Now such a name is decoded byte by byte (`%a€` is not an escape: that name is looked up as
+/// is) and one that does not decode to UTF-8 is a 400.
+#[tokio::test]
+async fn issue12_percent_escape_before_a_multibyte_character_is_answered() {
+    // Unknown names and CIDs are looked for on peers until this timeout: keep it short.
+    let options = NodeOptions::default()
+        .arg("--blob-fetch-timeout-secs")
+        .arg("1");
+    let node = Node::start_with(options).unwrap();
+    let get = b"GET /api/v1/blobs/names/%a\xe2\x82\xac HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let (status, _, body) = raw_http(node.api, get).await.unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("ERR_NOT_FOUND"), "{body}");
+
+    let cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
+    let body = format!("{{\"cid\":\"{cid}\"}}");
+    for name in ["%a\u{20ac}", "%e2%82"] {
+        let put = format!(
+            "PUT /api/v1/blobs/names/{name} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let (status, _, answer) = raw_http(node.api, put.as_bytes()).await.unwrap();
+        match name {
+            // Not UTF-8 once decoded.
+            "%e2%82" => {
+                assert_eq!(status, 400, "{answer}");
+                assert!(answer.contains("UTF-8"), "{answer}");
+            }
+            // A valid name, but no such blob here.
+            _ => assert_eq!(status, 404, "{answer}"),
+        }
+    }
+}

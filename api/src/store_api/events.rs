@@ -396,3 +396,27 @@ pub async fn persist(shared: &Shared, payload: Option<&RawValue>, r: &Responder)
         Done::Quiet
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Issue 12 item 9's audit: the event services' payloads parse or are a `badRequest`.
+        #[test]
+        fn payload_parsers_never_panic(v in crate::json::arbitrary()) {
+            let events_request = serde_json::json!({"fromPsnsExcluding": v.clone(),
+                "toPsnsIncluding": {"psns": {}, "default": "max"}, "subscriptionSet": v.clone(),
+                "sortOrder": v.clone(), "count": v.clone()});
+            let persist = serde_json::json!({"events": [v.clone()]});
+            let persist_fields = serde_json::json!({"events": [{"semantics": "s", "name": "n",
+                "timestamp": v.clone(), "tags": v.clone(), "payload": v.clone()}]});
+            for payload in [&v, &events_request, &persist, &persist_fields] {
+                let Ok(raw) = RawValue::from_string(payload.to_string()) else { continue };
+                let _ = EventsRequest::parse(Some(&raw), true);
+                let _ = parse_persist(Some(&raw));
+            }
+        }
+    }
+}

@@ -156,3 +156,54 @@ fn or_subscriptions_treat_empty_as_any() {
     assert!(set.filter(&me).matches(&ev("x", 0, "s", "zz", &[])));
     assert!(!set.matches(&ev("x", 0, "t", "n", &[]), &me));
 }
+
+mod never_panics {
+    //! Issue 12 item 9's audit: every parser of client frames answers any input with a value
+    //! or a `badRequest`, never a panic, and what it accepts is safe to use.
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn frames(v in crate::json::arbitrary(), text in "\\PC{0,40}") {
+            let _ = parse_frame(&text);
+            let _ = parse_frame(&v.to_string());
+            let frame = json!({"type": "request", "serviceId": v.clone(), "requestId": v.clone(),
+                "payload": v.clone()});
+            let _ = parse_frame(&frame.to_string());
+            let cancel = json!({"type": "cancel", "requestId": v.clone()});
+            let _ = parse_frame(&cancel.to_string());
+        }
+
+        #[test]
+        fn payload_shapes(v in crate::json::arbitrary(), psn in any::<u64>()) {
+            let me = SourceId::new("me");
+            let mut present = OffsetMap::new();
+            present.update(SourceId::new("a"), psn);
+            for shape in [v.clone(), json!({"psns": v.clone(), "default": v.clone()}),
+                          json!({"psns": {"a": v.clone()}, "default": "min"})] {
+                if let Ok(m) = OffsetMapWithDefault::parse(&shape, "p") {
+                    let _ = m.lower(&present);
+                    let _ = m.upper(&present);
+                    let _ = m.admits(&SourceId::new("a"), psn);
+                }
+            }
+            for shape in [v.clone(), json!({"type": "or", "subscriptions": v.clone()}),
+                          json!({"type": "tags", "subscriptions": [{"tags": v.clone()}]})] {
+                if let Ok(set) = SubscriptionSet::parse(&shape, "p") {
+                    let _ = set.filter(&me);
+                    let _ = set.matches(&ev("a", psn, "s", "n", &["semantics:s"]), &me);
+                }
+            }
+            let _ = EventKey::parse(&v, "p");
+            let _ = psn_map(&v, "p");
+            if let Value::Object(obj) = &v {
+                for name in ["count", "version", "psn", "lamport"] {
+                    let _ = uint(obj, "p", name);
+                    let _ = int(obj, "p", name);
+                    let _ = string(obj, "p", name);
+                }
+            }
+        }
+    }
+}

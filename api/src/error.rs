@@ -73,6 +73,12 @@ impl ApiError {
         )
     }
 
+    /// 503 from `GET /api/v1/node/health`: the node runs but cannot do its job (the message
+    /// says why). Its own code, so monitors can tell it from a refused request.
+    pub fn unhealthy(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "ERR_UNHEALTHY", message)
+    }
+
     pub fn storage_full(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::INSUFFICIENT_STORAGE,

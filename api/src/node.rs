@@ -1,5 +1,7 @@
-//! `/api/v1/node`: `id` (the source id as plain text) and `info` (JSON; the struct lives in the
-//! engine so that the swarm can add fields without touching the API).
+//! `/api/v1/node`: `id` (the source id as plain text), `info` (JSON; the struct lives in the
+//! engine so that the swarm can add fields without touching the API) and `health` (200
+//! `{"status":"ok"}`, or 503 `ERR_UNHEALTHY` naming the reason; the check is
+//! `shoal_engine::health`).
 
 use shoal_engine::NodeHandle;
 use warp::reply::Response;
@@ -31,5 +33,14 @@ pub fn routes(
         .then(
             |node: NodeHandle| async move { warp::reply::json(&node.info().await).into_response() },
         );
-    id.or(info).unify()
+    let health = warp::path!("api" / "v1" / "node" / "health")
+        .and(warp::get())
+        .and(with())
+        .then(|node: NodeHandle| async move {
+            match shoal_engine::health::check(&node).await {
+                Ok(()) => warp::reply::json(&serde_json::json!({"status": "ok"})).into_response(),
+                Err(e) => crate::error::ApiError::unhealthy(e.to_string()).into_response(),
+            }
+        });
+    id.or(info).unify().or(health).unify()
 }

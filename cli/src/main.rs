@@ -10,8 +10,7 @@ mod cmd;
 mod output;
 mod progress;
 
-use args::{Cli, Command};
-use clap::Parser;
+use args::Command;
 
 fn main() -> std::process::ExitCode {
     // `RUST_BACKTRACE=1` (common on operators' machines) would also make every `anyhow` error
@@ -21,7 +20,7 @@ fn main() -> std::process::ExitCode {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
-    let cli = Cli::parse();
+    let cli = args::parse();
     let result = match cli.command {
         Command::Run(args) => cmd::run::run(args),
         Command::Swarm(args) => cmd::swarm::run(args),
@@ -30,6 +29,7 @@ fn main() -> std::process::ExitCode {
         Command::Logs(args) => cmd::logs::run(args),
         Command::Store(args) => cmd::store::run(args),
         Command::Blobs(args) => cmd::blobs::run(args),
+        Command::Completions(args) => cmd::completions::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

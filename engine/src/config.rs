@@ -72,6 +72,9 @@ pub struct Settings {
     pub allow_origin: Option<Vec<String>>,
     /// Host names the APIs answer to besides IP literals and `localhost`.
     pub allow_host: Option<Vec<String>>,
+    /// What the node logs: a level (`info`) or a `RUST_LOG`-style filter. Read by the binary
+    /// (logging starts before the node); [`Settings::resolve`] does not use it.
+    pub log_level: Option<String>,
 }
 
 impl Settings {
@@ -96,6 +99,7 @@ impl Settings {
                 .or(lower.blob_fetch_timeout_secs),
             allow_origin: self.allow_origin.or(lower.allow_origin),
             allow_host: self.allow_host.or(lower.allow_host),
+            log_level: self.log_level.or(lower.log_level),
         }
     }
 
@@ -141,6 +145,7 @@ impl Settings {
                 .transpose()?,
             allow_origin: list("SHOAL_ALLOW_ORIGIN"),
             allow_host: list("SHOAL_ALLOW_HOST"),
+            log_level: var("SHOAL_LOG_LEVEL"),
         })
     }
 

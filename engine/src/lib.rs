@@ -17,6 +17,7 @@ pub mod console;
 pub mod events;
 pub mod exchange;
 pub mod head;
+pub mod health;
 pub mod identity;
 mod maintenance;
 pub mod node;

@@ -1,6 +1,7 @@
 //! One module per top-level subcommand; each exposes `Args` and `run(Args)`.
 
 pub mod blobs;
+pub mod completions;
 pub mod events;
 pub mod logs;
 pub mod node;

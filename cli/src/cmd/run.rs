@@ -4,7 +4,9 @@
 //! (flag > env > file > default), validated in one step by `shoal_engine::config`.
 //! Once every server is bound, exactly one line goes to stdout:
 //! `shoal ready source=<id> api=<addr> swarm=<multiaddr>` — scripts wait for it. Logs go to
-//! stderr (`RUST_LOG` filters them, default `info`).
+//! stderr, filtered by the first of `--log-level`/`-v`, `RUST_LOG`, `SHOAL_LOG_LEVEL`, the
+//! file's `log-level`, `info`; logging starts once the settings are read, so a bad setting is
+//! reported as the one error line, not as a log line.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -59,6 +61,13 @@ pub struct Args {
     /// (repeatable). Other names get 403: protection against DNS rebinding.
     #[arg(long, value_name = "NAME")]
     allow_host: Vec<String>,
+    /// What to log (to stderr): a level (error, warn, info, debug, trace) or a RUST_LOG-style
+    /// filter such as `info,shoal_engine::swarm=debug`. Wins over RUST_LOG. [default: info]
+    #[arg(long, value_name = "LEVEL", conflicts_with = "verbose")]
+    log_level: Option<String>,
+    /// Log more: -v is --log-level debug, -vv is --log-level trace (libp2p included: noisy).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
 }
 
 impl Args {
@@ -79,14 +88,19 @@ impl Args {
             blob_fetch_timeout_secs: self.blob_fetch_timeout_secs,
             allow_origin: (!self.allow_origin.is_empty()).then_some(self.allow_origin),
             allow_host: (!self.allow_host.is_empty()).then_some(self.allow_host),
+            log_level: match self.verbose {
+                0 => self.log_level,
+                1 => Some("debug".into()),
+                _ => Some("trace".into()),
+            },
             ..Settings::default()
         }
     }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    init_logging();
-    let config = resolve(args)?;
+    let (config, log) = resolve(args)?;
+    init_logging(log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("shoal")
@@ -98,9 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     result
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+fn init_logging(filter: tracing_subscriber::EnvFilter) {
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -109,17 +121,44 @@ fn init_logging() {
         .try_init();
 }
 
-/// flag > env > file > default.
-fn resolve(args: Args) -> anyhow::Result<Config> {
-    let upper = args
-        .settings()
-        .or(Settings::from_env(|k| std::env::var(k).ok())?);
-    let data_dir = upper
+/// flag > env > file > default, and the log filter: flag > `RUST_LOG` > `SHOAL_LOG_LEVEL` >
+/// file > `info` (`RUST_LOG` is the more specific of the two variables, so it wins).
+fn resolve(args: Args) -> anyhow::Result<(Config, tracing_subscriber::EnvFilter)> {
+    let flags = args.settings();
+    let env = Settings::from_env(|k| std::env::var(k).ok())?;
+    let data_dir = flags
         .data_dir
         .clone()
+        .or(env.data_dir.clone())
         .unwrap_or_else(|| Config::default().data_dir);
     let file = Settings::from_file(&data_dir)?;
-    Ok(upper.or(file).resolve()?)
+    let rust_log = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let (log, from) = [
+        (flags.log_level.clone(), "--log-level"),
+        (rust_log, "RUST_LOG"),
+        (env.log_level.clone(), "SHOAL_LOG_LEVEL"),
+        (file.log_level.clone(), "log-level in shoal.toml"),
+    ]
+    .into_iter()
+    .find_map(|(v, from)| v.map(|v| (v, from)))
+    .unwrap_or_else(|| ("info".to_string(), "the default"));
+    let invalid = |why: &dyn std::fmt::Display| {
+        anyhow::anyhow!(
+            "invalid log level `{log}` ({from}): {why}; give error, warn, info, debug, trace or \
+             a filter like info,shoal_engine::swarm=debug"
+        )
+    };
+    // A lone word of ours is a level: EnvFilter would take `inf` as a module name and log
+    // nothing else. RUST_LOG keeps its usual meaning (a lone word is a module there).
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let word = log.trim().to_ascii_lowercase();
+    if from != "RUST_LOG" && !word.contains(['=', ',']) && !LEVELS.contains(&word.as_str()) {
+        return Err(invalid(&"not a level"));
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&log).map_err(|e| invalid(&e))?;
+    Ok((flags.or(env).or(file).resolve()?, filter))
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -153,6 +153,12 @@ impl Handle {
         self.local
     }
 
+    /// Whether the swarm task still runs: it drops its command receiver when it ends, after
+    /// shutdown or a panic (health check).
+    pub fn is_running(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
     fn read<T>(&self, f: impl FnOnce(&Shared) -> T) -> T {
         match self.shared.lock() {
             Ok(g) => f(&g),

@@ -254,6 +254,48 @@ fn parse_subscriptions(v: Option<&Value>) -> Result<Filter, ApiError> {
         let obj = item.as_object().ok_or_else(|| {
             ApiError::bad_request(format!("subscriptions[{i}]: must be an object"))
         })?;
+        // A misspelt key (`nmae`) would otherwise leave a filter that matches everything; v1
+        // clients send only the keys below, so refusing the others breaks none of them.
+        let unknown: Vec<&str> = obj
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !FILTER_KEYS.contains(k))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "subscriptions[{i}]: unknown key(s) {}; a filter has semantics, name, source and \
+                 tags",
+                unknown
+                    .iter()
+                    .map(|k| format!("`{}`", k.chars().take(64).collect::<String>()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        for key in ["fromTime", "toTime"] {
+            if obj.get(key).is_some_and(|v| !v.is_null()) {
+                return Err(ApiError::bad_request(format!(
+                    "subscriptions[{i}].{key}: time filters are not supported by this node yet"
+                )));
+            }
+        }
+        let tags = match obj.get("tags") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(tags)) => tags
+                .iter()
+                .map(|t| match t {
+                    Value::String(t) if !t.is_empty() => Ok(t.clone()),
+                    _ => Err(ApiError::bad_request(format!(
+                        "subscriptions[{i}].tags: must be a list of non-empty strings"
+                    ))),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => {
+                return Err(ApiError::bad_request(format!(
+                    "subscriptions[{i}].tags: must be a list of non-empty strings"
+                )))
+            }
+        };
         let field = |name: &str| match obj.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -265,11 +307,15 @@ fn parse_subscriptions(v: Option<&Value>) -> Result<Filter, ApiError> {
             semantics: field("semantics")?,
             name: field("name")?,
             source: field("source")?.map(SourceId::new),
-            tags: Vec::new(),
+            tags,
         });
     }
     Ok(Filter(selectors))
 }
+
+/// Keys of a v1 subscription filter: the v1 three, and API.md's extensions (`tags`; the time
+/// bounds are recognised so their refusal can say they are not supported yet).
+const FILTER_KEYS: [&str; 6] = ["semantics", "name", "source", "tags", "fromTime", "toTime"];
 
 /// Parses a v1 query body.
 pub fn parse_query(body: &[u8]) -> Result<Query, ApiError> {
@@ -443,6 +489,33 @@ mod tests {
         assert_eq!(q.lower.len(), 1);
         assert_eq!(q.order, Order::SourceOrdered);
         assert_eq!(q.filter, Filter::all());
+    }
+
+    #[test]
+    fn filters_refuse_unknown_keys_and_take_tags() {
+        let m = msg(parse_query(
+            br#"{"upperBound":{},"subscriptions":[{"name":"a"},{"nmae":"a","x":1}],"order":"lamport"}"#,
+        ));
+        assert!(
+            m.starts_with("subscriptions[1]: unknown key(s) `nmae`, `x`"),
+            "{m}"
+        );
+        assert!(msg(parse_subscribe(br#"{"subscriptions":[{"Name":"a"}]}"#))
+            .contains("unknown key(s) `Name`"));
+        assert!(
+            msg(parse_subscribe(br#"{"subscriptions":[{"fromTime":1}]}"#))
+                .starts_with("subscriptions[0].fromTime: time filters are not supported")
+        );
+        assert!(
+            msg(parse_subscribe(br#"{"subscriptions":[{"tags":["a",""]}]}"#))
+                .starts_with("subscriptions[0].tags: must be a list")
+        );
+        let s = parse_subscribe(
+            br#"{"subscriptions":[{"semantics":"s","tags":["a","b"],"fromTime":null}]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.filter.0[0].tags, vec!["a", "b"]);
+        assert_eq!(s.filter.0[0].semantics.as_deref(), Some("s"));
     }
 
     #[test]

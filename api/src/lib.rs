@@ -24,6 +24,7 @@ pub mod server;
 pub mod store_api;
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_engine::{Config, NodeHandle};
@@ -55,11 +56,12 @@ impl ApiConfig {
 pub fn routes(
     node: NodeHandle,
     config: ApiConfig,
+    servers: Arc<node::Servers>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let blob_service =
         shoal_engine::blobs::BlobService::new(node.clone(), node.config().blobs.clone());
     events::routes(node.events(), config)
-        .or(node::routes(node))
+        .or(node::routes(node, servers))
         .unify()
         .or(blobs::routes(blob_service, config.max_body_bytes))
         .unify()
@@ -67,10 +69,11 @@ pub fn routes(
         .unify()
 }
 
-/// Binds the events/node API on `node`'s configured `api-addr`.
-pub async fn serve(node: NodeHandle) -> std::io::Result<HttpServer> {
+/// Binds the events/node API on `node`'s configured `api-addr`; node info reports the other
+/// servers' addresses once they are set in `servers`.
+pub async fn serve(node: NodeHandle, servers: Arc<node::Servers>) -> std::io::Result<HttpServer> {
     let config = ApiConfig::from_config(node.config());
     let addr = node.config().api_addr;
     let guard = origin::Guard::new(&node.config().web);
-    HttpServer::bind(addr, guard, routes(node, config)).await
+    HttpServer::bind(addr, guard, routes(node, config, servers)).await
 }

@@ -1,15 +1,38 @@
 //! `/api/v1/node`: `id` (the source id as plain text), `info` (JSON; the struct lives in the
-//! engine so that the swarm can add fields without touching the API) and `health` (200
+//! engine so that the swarm can add fields without touching the API; this file adds where the
+//! node's other HTTP servers listen, [`Servers`], so clients given only the API URL find the
+//! console) and `health` (200
 //! `{"status":"ok"}`, or 503 `ERR_UNHEALTHY` naming the reason; the check is
 //! `shoal_engine::health`).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 
 use shoal_engine::NodeHandle;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
+/// Where the console and store API servers listen, once bound: `shoal run` binds the API
+/// first and fills this in after the others (their ports may be chosen by the OS). Until then,
+/// and for an API served without them, node info reports the configured addresses.
+#[derive(Debug, Default)]
+pub struct Servers {
+    console: OnceLock<SocketAddr>,
+    store: OnceLock<SocketAddr>,
+}
+
+impl Servers {
+    /// Records the bound addresses (the first call wins).
+    pub fn set(&self, console: SocketAddr, store: SocketAddr) {
+        let _ = self.console.set(console);
+        let _ = self.store.set(store);
+    }
+}
+
 /// The node routes.
 pub fn routes(
     node: NodeHandle,
+    servers: Arc<Servers>,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let with = move || {
         let node = node.clone();
@@ -30,9 +53,27 @@ pub fn routes(
     let info = warp::path!("api" / "v1" / "node" / "info")
         .and(warp::get())
         .and(with())
-        .then(
-            |node: NodeHandle| async move { warp::reply::json(&node.info().await).into_response() },
-        );
+        .then(move |node: NodeHandle| {
+            let servers = servers.clone();
+            async move {
+                let mut info = match serde_json::to_value(node.info().await) {
+                    Ok(info) => info,
+                    Err(e) => {
+                        return crate::error::ApiError::internal(e.to_string()).into_response()
+                    }
+                };
+                let config = node.config();
+                let console = servers
+                    .console
+                    .get()
+                    .copied()
+                    .unwrap_or(config.console_addr);
+                let store = servers.store.get().copied().unwrap_or(config.store_addr);
+                info["consoleAddr"] = console.to_string().into();
+                info["storeAddr"] = store.to_string().into();
+                warp::reply::json(&info).into_response()
+            }
+        });
     let health = warp::path!("api" / "v1" / "node" / "health")
         .and(warp::get())
         .and(with())

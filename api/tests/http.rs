@@ -29,9 +29,13 @@ impl Fixture {
             keepalive: Duration::from_millis(100),
         };
         let addr = "127.0.0.1:0".parse().unwrap();
-        let server = HttpServer::bind(addr, Guard::default(), routes(node.handle(), config))
-            .await
-            .unwrap();
+        let server = HttpServer::bind(
+            addr,
+            Guard::default(),
+            routes(node.handle(), config, Default::default()),
+        )
+        .await
+        .unwrap();
         Fixture {
             _dir: dir,
             node,

@@ -10,8 +10,6 @@ use serde_json::Value;
 
 /// Default URL of the events/node API.
 pub const DEFAULT_NODE: &str = "http://127.0.0.1:4454";
-/// Default URL of the console (logging) API.
-pub const DEFAULT_CONSOLE: &str = "http://127.0.0.1:4457";
 
 /// `--node` and `--json`: every command that talks to a node's events, node or blob API.
 #[derive(clap::Args)]
@@ -67,6 +65,11 @@ impl Client {
             .send()
             .await
             .map_err(|e| self.transport_error(&url, e))?;
+        self.check(resp, path).await
+    }
+
+    /// A success answer as it is; an error status as a one-line error naming it.
+    async fn check(&self, resp: reqwest::Response, path: &str) -> Result<reqwest::Response> {
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -125,6 +128,32 @@ impl Client {
         resp.json()
             .await
             .with_context(|| format!("{url} did not answer JSON"))
+    }
+
+    /// `GET path` → JSON, or `None` when the server answers 404 (a server of the node other
+    /// than its API lacks the path).
+    pub async fn get_json_if_found(&self, path: &str) -> Result<Option<Value>> {
+        let url = self.url(path);
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&url, e))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = self.check(resp, path).await?;
+        let value = resp
+            .json()
+            .await
+            .with_context(|| format!("{url} did not answer JSON"))?;
+        Ok(Some(value))
+    }
+
+    /// The URL this client talks to (scheme and authority).
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     /// `POST path` with a JSON body → the response body as JSON (`Null` if empty).

@@ -136,7 +136,11 @@ impl Out {
         writeln!(self.w, "uptime:     {}s", field("uptimeSecs"))?;
         writeln!(self.w, "streams:    {}", field("streams"))?;
         writeln!(self.w, "events:     {}", field("events"))?;
-        writeln!(self.w, "store:      {} bytes", field("storeBytes"))?;
+        let store = match v["storeBytes"].as_u64() {
+            Some(n) => human_bytes(n),
+            None => field("storeBytes"),
+        };
+        writeln!(self.w, "store:      {store}")?;
         let addrs: Vec<String> = v["listenAddrs"]
             .as_array()
             .map(|a| a.iter().map(plain).collect())

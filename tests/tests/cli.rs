@@ -146,20 +146,33 @@ async fn publish_query_offsets_human_and_json() {
             "--json",
             "--node",
             url,
-            "--from",
+            "--after",
             &json!({node.source.clone(): 1}).to_string(),
             "--to",
             &json!({node.source.clone(): 3}).to_string(),
         ],
         None,
     ));
-    assert_eq!(
-        bounded
+    let offsets = |events: &[Value]| {
+        events
             .iter()
             .map(|e| e["offset"].as_u64().unwrap())
-            .collect::<Vec<_>>(),
-        [2, 3]
-    );
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(offsets(&bounded), [2, 3]);
+    // `--from`, the old name of `--after`, keeps its exclusive meaning and warns.
+    let after = json!({node.source.clone(): 1}).to_string();
+    let to = json!({node.source.clone(): 3}).to_string();
+    let old = cli(
+        &[
+            "events", "query", "--json", "--node", url, "--from", &after, "--to", &to,
+        ],
+        None,
+    )
+    .unwrap();
+    assert!(old.status.success(), "{}", old.stderr);
+    assert!(old.stderr.contains("use --after"), "{}", old.stderr);
+    assert_eq!(offsets(&json_lines(&old.stdout)), [2, 3]);
     let human = ok(
         &["events", "query", "--name", "robot1", "--node", url],
         None,
@@ -241,6 +254,14 @@ async fn node_info_and_logs_tail() {
         human.contains(&node.source) && human.contains("uptime"),
         "{human}"
     );
+    // Sizes for people in text, bytes in JSON.
+    let store_line = human.lines().find(|l| l.starts_with("store:")).unwrap();
+    assert!(
+        store_line.ends_with("B") && !store_line.contains("bytes"),
+        "{store_line}"
+    );
+    assert!(info["storeBytes"].is_u64());
+    assert_eq!(info["consoleAddr"], node.console.to_string());
 
     let console = format!("http://{}", node.console);
     let entry = json!({"severity": "warn", "logName": "app", "message": "disk almost full",
@@ -254,14 +275,29 @@ async fn node_info_and_logs_tail() {
     .await
     .unwrap();
     expect_status(&resp, 201).unwrap();
-    let human = ok(&["logs", "tail", "--node", &console], None);
+    // `--node` is the API URL as everywhere; the node says where its console is.
+    let human = ok(&["logs", "tail", "--node", &url], None);
     assert!(
         human.contains("WARN") && human.contains("disk almost full") && human.contains("disk=sda"),
         "{human}"
     );
-    let lines = json_lines(&ok(&["logs", "tail", "--json", "--node", &console], None));
+    let lines = json_lines(&ok(&["logs", "tail", "--json", "--node", &url], None));
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["message"], "disk almost full");
+    // The console's own URL: with --console, or (as before) with --node and a hint.
+    let direct = json_lines(&ok(
+        &["logs", "tail", "--json", "--console", &console],
+        None,
+    ));
+    assert_eq!(direct, lines);
+    let old = cli(&["logs", "tail", "--json", "--node", &console], None).unwrap();
+    assert!(old.status.success(), "{}", old.stderr);
+    assert!(
+        old.stderr.contains("hint") && old.stderr.contains("--console"),
+        "{}",
+        old.stderr
+    );
+    assert_eq!(json_lines(&old.stdout), lines);
     let none = ok(
         &[
             "logs",
@@ -269,14 +305,13 @@ async fn node_info_and_logs_tail() {
             "--since",
             "2999-01-01T00:00:00+01:00",
             "--node",
-            &console,
+            &url,
         ],
         None,
     );
     assert!(none.is_empty(), "{none}");
 
-    let follow =
-        CliStream::spawn(&["logs", "tail", "--follow", "--json", "--node", &console]).unwrap();
+    let follow = CliStream::spawn(&["logs", "tail", "--follow", "--json", "--node", &url]).unwrap();
     assert!(follow.next_line().unwrap().contains("disk almost full"));
     let mut next = entry.clone();
     next["message"] = json!("followed");
@@ -311,4 +346,105 @@ fn connection_refused_says_which_url_and_exits_non_zero() {
         assert!(msg.contains(&url), "names the URL: {msg}");
         assert!(msg.contains("--node"), "says what to do: {msg}");
     }
+}
+
+/// `events publish` with nothing to publish and a terminal on stdin says what to type instead
+/// of waiting silently for NDJSON.
+#[test]
+fn publish_without_arguments_on_a_terminal_says_what_to_type() {
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty fills two fresh descriptors, which we own from here on.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty failed");
+    // SAFETY: both descriptors are open and owned by nobody else.
+    let (master, slave) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(master),
+            std::os::fd::OwnedFd::from_raw_fd(slave),
+        )
+    };
+    let mut child = std::process::Command::new(shoal_tests::shoal_bin())
+        .args(["events", "publish", "--node", "http://127.0.0.1:9"])
+        .stdin(std::process::Stdio::from(slave))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + shoal_tests::TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("`shoal events publish` on a terminal waited for input");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    drop(master);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("SEMANTICS NAME PAYLOAD") && stderr.contains("--file"),
+        "{stderr}"
+    );
+}
+
+/// shoal's own events (`shoal.*`, here a blob name) are not shown by query and subscribe unless
+/// asked for with `--internal` or a filter naming their semantics.
+#[tokio::test]
+async fn internal_events_are_hidden_unless_asked() {
+    let node = Node::start().unwrap();
+    let url = format!("http://{}", node.api);
+    let url = url.as_str();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), b"manual").unwrap();
+    let path = file.path().to_str().unwrap();
+    ok(
+        &["blobs", "put", path, "--name", "manual", "--node", url],
+        None,
+    );
+    ok(&["events", "publish", "s", "n", "1", "--node", url], None);
+
+    let semantics = |out: &str| {
+        json_lines(out)
+            .iter()
+            .map(|e| e["stream"]["semantics"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let plain = ok(&["events", "query", "--json", "--node", url], None);
+    assert_eq!(semantics(&plain), ["s"]);
+    let all = ok(
+        &["events", "query", "--json", "--internal", "--node", url],
+        None,
+    );
+    assert_eq!(semantics(&all), ["shoal.blob-name", "s"]);
+    let named = ok(
+        &[
+            "events",
+            "query",
+            "--json",
+            "--semantics",
+            "shoal.blob-name",
+            "--node",
+            url,
+        ],
+        None,
+    );
+    assert_eq!(semantics(&named), ["shoal.blob-name"]);
+
+    let sub = CliStream::spawn(&["events", "subscribe", "--json", "--node", url]).unwrap();
+    let first: Value = serde_json::from_str(&sub.next_line().unwrap()).unwrap();
+    assert_eq!(first["stream"]["semantics"], "s");
 }

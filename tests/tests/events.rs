@@ -3,7 +3,7 @@
 //! duplicate, also while publishes race with the catch-up, and resume exactly from an offset map.
 
 use serde_json::{json, Value};
-use shoal_tests::{event, Node};
+use shoal_tests::{event, expect_error, Node};
 
 fn offsets_of(events: &[Value]) -> Vec<u64> {
     events
@@ -180,9 +180,31 @@ async fn subscription_filters() {
         query(json!([{"semantics": "none"}])).await,
         Vec::<u64>::new()
     );
-    // Unknown fields in a filter are ignored.
+    // A key a filter does not have is refused, naming it (issue 19: a typo such as `nmae`
+    // used to be ignored, so the filter matched everything). Tags are a filter key.
+    let resp = node
+        .post(
+            "/api/v1/events/query",
+            &json!({"upperBound": {s.clone(): 11}, "order": "lamport",
+                    "subscriptions": [{"semantics": "even", "colour": "red"}]}),
+        )
+        .await
+        .unwrap();
+    expect_error(resp, 400, "ERR_BAD_REQUEST", "`colour`")
+        .await
+        .unwrap();
+    let resp = node
+        .post(
+            "/api/v1/events/subscribe",
+            &json!({"subscriptions": [{"nmae": "name0"}]}),
+        )
+        .await
+        .unwrap();
+    expect_error(resp, 400, "ERR_BAD_REQUEST", "`nmae`")
+        .await
+        .unwrap();
     assert_eq!(
-        query(json!([{"semantics": "even", "colour": "red"}]))
+        query(json!([{"semantics": "even", "tags": []}]))
             .await
             .len(),
         6
@@ -210,6 +232,18 @@ async fn tags_are_stored_and_returned() {
     assert_eq!(tags, ["a", "b"]);
     assert!(events[1].get("tags").is_none(), "{}", events[1]);
     assert!(events[2].get("tags").is_none(), "{}", events[2]);
+    // A v1 filter may name tags (API.md extension): events carrying every one of them.
+    let upper = node.offsets().await.unwrap();
+    for (tags, n) in [
+        (json!(["a"]), 1),
+        (json!(["a", "b"]), 1),
+        (json!(["a", "c"]), 0),
+        (json!([]), 3),
+    ] {
+        let body = json!({"upperBound": upper, "order": "lamport",
+                          "subscriptions": [{"semantics": "s", "tags": tags}]});
+        assert_eq!(node.query(&body).await.unwrap().len(), n, "tags {tags}");
+    }
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use serde_json::Value;
 
 use crate::client::{block_on, Client, NodeArgs};
+use crate::output::human_bytes;
 use crate::progress::{Progress, Unit};
 
 /// Arguments of `shoal blobs`.
@@ -28,6 +29,8 @@ pub struct Args {
 enum Command {
     /// Store a file as a blob; prints its CID.
     Put {
+        /// The file to store (streamed, never read whole into memory).
+        #[arg(value_name = "FILE")]
         file: PathBuf,
         /// Also name the blob swarm-wide (the latest naming wins).
         #[arg(long)]
@@ -38,16 +41,28 @@ enum Command {
     },
     /// Download a blob (by CID or name) into a file, or to stdout without -o.
     Get {
+        /// The blob's CID (from `put` or `ls`) or a name given with `put --name`.
+        #[arg(value_name = "CID|NAME")]
         blob: String,
+        /// Write the blob into FILE (created or truncated) instead of stdout.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
     /// Write a blob (by CID or name) to stdout.
-    Cat { blob: String },
-    /// List the blobs stored on the node.
+    Cat {
+        /// The blob's CID (from `put` or `ls`) or a name given with `put --name`.
+        #[arg(value_name = "CID|NAME")]
+        blob: String,
+    },
+    /// List the blobs stored on the node (sizes human-readable; bytes with --json).
     Ls,
     /// Delete a blob (its chunks are freed unless another blob uses them).
-    Rm { cid: String },
+    Rm {
+        /// The blob's CID (see `shoal blobs ls`); names are not accepted, so a name that
+        /// now points elsewhere never deletes the wrong blob.
+        #[arg(value_name = "CID")]
+        cid: String,
+    },
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -204,15 +219,15 @@ async fn ls(client: &Client, json: bool) -> Result<()> {
     }
     writeln!(
         out,
-        "{:<62} {:>12} {:<8} {:<6} NAME",
+        "{:<62} {:>10} {:<8} {:<6} NAME",
         "CID", "SIZE", "COMPLETE", "PINNED"
     )?;
     for b in list.as_array().into_iter().flatten() {
         writeln!(
             out,
-            "{:<62} {:>12} {:<8} {:<6} {}",
+            "{:<62} {:>10} {:<8} {:<6} {}",
             b["cid"].as_str().unwrap_or(""),
-            b["size"].as_u64().unwrap_or(0),
+            human_bytes(b["size"].as_u64().unwrap_or(0)),
             b["complete"].as_bool().unwrap_or(false),
             b["pinned"].as_bool().unwrap_or(false),
             b["name"].as_str().unwrap_or("")

@@ -4,7 +4,9 @@
 //! Publish takes one event from arguments (`<semantics> <name> <payload-json> [--tag T]...`) or
 //! many as NDJSON (`--file FILE`, `--file -` or no arguments for stdin), sent in batches; each
 //! batch is one request, stored whole or not at all. Query and subscribe print what the node
-//! streams; subscribe runs until interrupted (Ctrl-C) or the node goes away.
+//! streams, less shoal's own `shoal.*` events unless asked (`--internal`); subscribe runs until
+//! interrupted (Ctrl-C) or the node goes away. Bounds: `--after` is exclusive (the API's
+//! `lowerBound`), `--to` inclusive, like `store events --from/--to`'s inclusive range.
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -70,9 +72,49 @@ struct FilterArgs {
     /// three flags above).
     #[arg(long, conflicts_with_all = ["semantics", "name", "source"])]
     subscriptions: Option<String>,
-    /// Exclusive lower bound, an offset map as JSON, e.g. '{"<source>":41}'.
-    #[arg(long)]
+    /// Only events after these offsets (exclusive): an offset map as JSON, e.g.
+    /// '{"<source>":41}' for offset 42 on; give what a previous run printed last to resume.
+    #[arg(long, value_name = "OFFSETS")]
+    after: Option<String>,
+    /// The old name of --after, exclusive like it (unlike `store events --from`, inclusive):
+    /// still accepted, with a warning.
+    #[arg(long, value_name = "OFFSETS", hide = true, conflicts_with = "after")]
     from: Option<String>,
+    /// Also show shoal's own events (semantics `shoal.*`, e.g. `shoal.blob-name` for blob
+    /// names), hidden by default; a filter that names a `shoal.` semantics shows them too.
+    #[arg(long)]
+    internal: bool,
+}
+
+impl FilterArgs {
+    /// Whether events of `shoal.*` semantics are printed.
+    fn shows_internal(&self) -> bool {
+        self.internal
+            || self
+                .semantics
+                .as_deref()
+                .is_some_and(|s| s.starts_with(INTERNAL_PREFIX))
+            || self
+                .subscriptions
+                .as_deref()
+                .is_some_and(|s| s.contains(INTERNAL_PREFIX))
+    }
+}
+
+/// Semantics prefix of the events the node writes for itself (blob names, ...).
+const INTERNAL_PREFIX: &str = "shoal.";
+
+/// Whether an NDJSON event line is one of shoal's own (`stream.semantics` = `shoal.*`).
+fn is_internal(line: &str) -> bool {
+    // Cheap test first: most lines do not mention the prefix at all.
+    if !line.contains("\"shoal.") {
+        return false;
+    }
+    serde_json::from_str::<Value>(line).is_ok_and(|v| {
+        v["stream"]["semantics"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(INTERNAL_PREFIX))
+    })
 }
 
 #[derive(clap::Args)]
@@ -128,6 +170,14 @@ async fn publish(client: &Client, format: Format, args: PublishArgs) -> Result<(
         let stamps = send_batch(client, vec![event]).await?;
         out.published(&stamps, 1)?;
         return out.flush();
+    }
+    // No event given and nothing piped in: say what to type instead of waiting for input the
+    // user does not know is expected (`--file -` asks for the terminal on purpose).
+    if args.file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        bail!(
+            "no event given: `shoal events publish SEMANTICS NAME PAYLOAD` (e.g. com.example \
+             robot1 '{{\"temp\":21}}'), or NDJSON with --file FILE or on a pipe"
+        );
     }
     let input: Box<dyn BufRead> = match args.file.as_deref() {
         None | Some("-") => Box::new(std::io::stdin().lock()),
@@ -228,11 +278,17 @@ fn filter_body(f: &FilterArgs) -> Result<(Value, Option<Value>)> {
             json!([one])
         }
     };
-    let lower = f
-        .from
-        .as_deref()
-        .map(|t| offset_map("--from", t))
-        .transpose()?;
+    if f.from.is_some() {
+        eprintln!(
+            "shoal: warning: --from is exclusive here (events after those offsets), unlike \
+             `store events --from`; use --after, which means the same"
+        );
+    }
+    let lower = match (&f.after, &f.from) {
+        (Some(t), _) => Some(offset_map("--after", t)?),
+        (None, Some(t)) => Some(offset_map("--from", t)?),
+        (None, None) => None,
+    };
     Ok((subscriptions, lower))
 }
 
@@ -260,9 +316,12 @@ async fn query(client: &Client, format: Format, args: QueryArgs) -> Result<()> {
     let mut lines = client.post_lines("/api/v1/events/query", &body).await?;
     let mut out = Out::new(format, false);
     let mut progress = Progress::new("query", Unit::Events, None, Progress::wanted(true));
+    let internal = args.filter.shows_internal();
     while let Some(line) = lines.next_line().await? {
-        out.event(&line)?;
         progress.add(1);
+        if internal || !is_internal(&line) {
+            out.event(&line)?;
+        }
     }
     progress.finish();
     out.flush()
@@ -276,8 +335,11 @@ async fn subscribe(client: &Client, format: Format, args: SubscribeArgs) -> Resu
     }
     let mut lines = client.post_lines("/api/v1/events/subscribe", &body).await?;
     let mut out = Out::new(format, true);
+    let internal = args.filter.shows_internal();
     while let Some(line) = lines.next_line().await? {
-        out.event(&line)?;
+        if internal || !is_internal(&line) {
+            out.event(&line)?;
+        }
     }
     bail!("the node closed the subscription (it may have shut down)")
 }

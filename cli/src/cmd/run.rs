@@ -183,7 +183,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             return Err(e).context("cannot start the node");
         }
     };
-    let api = match shoal_api::serve(node.handle()).await {
+    let servers = std::sync::Arc::new(shoal_api::node::Servers::default());
+    let api = match shoal_api::serve(node.handle(), servers.clone()).await {
         Ok(api) => api,
         Err(e) => {
             node.shutdown().await;
@@ -216,6 +217,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             });
         }
     };
+    servers.set(console.local_addr(), store.local_addr());
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(

@@ -141,9 +141,17 @@ pub fn from_events(e: EventsError, prefix: &str) -> ApiError {
             };
             ApiError::bad_request(format!("{location}: {reason}"))
         }
-        EventsError::StorageFull(m) => ApiError::storage_full(m),
-        EventsError::ShuttingDown => ApiError::overloaded("the node is shutting down; retry"),
-        EventsError::Storage(m) => ApiError::internal(m),
+        EventsError::StorageFull(e) => ApiError::storage_full(e.to_string()),
+        EventsError::ShuttingDown => {
+            ApiError::overloaded("the node is shutting down; nothing was stored; retry later")
+        }
+        // Not "retry": the request may have been carried out, and a blind retry of a publish
+        // stores its events twice.
+        EventsError::Interrupted => ApiError::overloaded(
+            "the node shut down during the request; it may have been stored: \
+             query before publishing again",
+        ),
+        e @ (EventsError::Storage(_) | EventsError::Task(_)) => ApiError::internal(e.to_string()),
     }
 }
 
@@ -157,9 +165,11 @@ pub fn from_blobs(e: BlobsError) -> ApiError {
             "ERR_PAYLOAD_TOO_LARGE",
             e.to_string(),
         ),
-        BlobsError::StorageFull(m) => ApiError::storage_full(m),
+        BlobsError::StorageFull(e) => ApiError::storage_full(e.to_string()),
         BlobsError::ShuttingDown => ApiError::overloaded("the node is shutting down; retry"),
-        e @ (BlobsError::Storage(_) | BlobsError::Corrupt(_)) => ApiError::internal(e.to_string()),
+        e @ (BlobsError::Storage(_) | BlobsError::Corrupt(_) | BlobsError::Task(_)) => {
+            ApiError::internal(e.to_string())
+        }
     }
 }
 

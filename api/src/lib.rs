@@ -58,8 +58,7 @@ pub fn routes(
     config: ApiConfig,
     servers: Arc<node::Servers>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    let blob_service =
-        shoal_engine::blobs::BlobService::new(node.clone(), node.config().blobs.clone());
+    let blob_service = node.blobs();
     events::routes(node.events(), config)
         .or(node::routes(node, servers))
         .unify()

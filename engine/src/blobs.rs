@@ -24,7 +24,7 @@ mod fetch;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -33,12 +33,13 @@ use futures::{Stream, StreamExt};
 use serde_json::value::RawValue;
 use shoal_store::blob::{self, TreeBuilder};
 use shoal_store::cid::{cid_of, RAW};
-use shoal_store::OffsetMap;
+use shoal_store::{OffsetMap, Store};
 use tokio::sync::mpsc;
 
-use crate::events::{EventsError, Filter, Order, PublishEvent, Query, StreamSelector};
+use crate::events::{
+    BlobWrite, EventService, EventsError, Filter, Order, PublishEvent, Query, StreamSelector,
+};
 use crate::exchange::FetchEvent;
-use crate::node::NodeHandle;
 
 pub use fetch::{BlobStream, Opened};
 pub use shoal_store::blob::{BlobEntry, BlobMeta, Freed, CHUNK_SIZE};
@@ -94,9 +95,12 @@ pub enum BlobsError {
     TooLarge { limit: u64 },
     /// The disk is full; the upload was dropped and the store is as before.
     #[error("storage full: {0}")]
-    StorageFull(String),
+    StorageFull(#[source] Arc<shoal_store::Error>),
     #[error("storage error: {0}")]
-    Storage(String),
+    Storage(#[source] Arc<shoal_store::Error>),
+    /// A blocking task died (a bug: it panicked).
+    #[error("a blob task failed: {0}")]
+    Task(#[source] Arc<tokio::task::JoinError>),
     /// The client's body broke off; nothing was kept.
     #[error("cannot read the request body: {0}")]
     Body(String),
@@ -111,9 +115,9 @@ pub enum BlobsError {
 impl From<shoal_store::Error> for BlobsError {
     fn from(e: shoal_store::Error) -> Self {
         match e {
-            e if e.is_full() => BlobsError::StorageFull(e.to_string()),
+            e if e.is_full() => BlobsError::StorageFull(Arc::new(e)),
             e @ shoal_store::Error::Corrupt { .. } => BlobsError::Corrupt(e.to_string()),
-            e => BlobsError::Storage(e.to_string()),
+            e => BlobsError::Storage(Arc::new(e)),
         }
     }
 }
@@ -124,10 +128,17 @@ impl From<EventsError> for BlobsError {
             EventsError::Invalid { field, reason, .. } => {
                 BlobsError::Invalid(format!("{field}: {reason}"))
             }
-            EventsError::StorageFull(m) => BlobsError::StorageFull(m),
-            EventsError::Storage(m) => BlobsError::Storage(m),
-            EventsError::ShuttingDown => BlobsError::ShuttingDown,
+            EventsError::StorageFull(e) => BlobsError::StorageFull(e),
+            EventsError::Storage(e) => BlobsError::Storage(e),
+            EventsError::Task(e) => BlobsError::Task(e),
+            EventsError::ShuttingDown | EventsError::Interrupted => BlobsError::ShuttingDown,
         }
+    }
+}
+
+impl From<tokio::task::JoinError> for BlobsError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        BlobsError::Task(Arc::new(e))
     }
 }
 
@@ -168,9 +179,10 @@ pub struct BlobService {
 }
 
 struct Inner {
-    node: NodeHandle,
+    events: EventService,
+    store: Arc<Store>,
     config: BlobsConfig,
-    fetch: RwLock<Option<Arc<dyn BlockFetch>>>,
+    fetch: Arc<dyn BlockFetch>,
     init: tokio::sync::OnceCell<()>,
     uploads: AtomicU64,
     /// Uploads whose pin could not be dropped (disk full): retried before the next upload.
@@ -178,12 +190,20 @@ struct Inner {
 }
 
 impl BlobService {
-    pub fn new(node: NodeHandle, config: BlobsConfig) -> Self {
+    /// The blob service over `store`, writing through `events`' writer, fetching what is not
+    /// here through `fetch` (the swarm).
+    pub fn new(
+        events: EventService,
+        store: Arc<Store>,
+        fetch: Arc<dyn BlockFetch>,
+        config: BlobsConfig,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                node,
+                events,
+                store,
                 config,
-                fetch: RwLock::new(None),
+                fetch,
                 init: tokio::sync::OnceCell::new(),
                 uploads: AtomicU64::new(0),
                 unpin_later: Mutex::new(Vec::new()),
@@ -191,28 +211,12 @@ impl BlobService {
         }
     }
 
-    /// Lets reads of non-local blobs ask peers (set once the swarm runs).
-    pub fn set_fetcher(&self, fetch: Arc<dyn BlockFetch>) {
-        if let Ok(mut slot) = self.inner.fetch.write() {
-            *slot = Some(fetch);
-        }
-    }
-
     pub fn config(&self) -> &BlobsConfig {
         &self.inner.config
     }
 
-    /// The fetcher set with [`Self::set_fetcher`], else the node's swarm.
-    fn fetcher(&self) -> Option<Arc<dyn BlockFetch>> {
-        self.inner
-            .fetch
-            .read()
-            .ok()
-            .and_then(|f| f.clone())
-            .or_else(|| {
-                let swarm = self.inner.node.swarm()?;
-                Some(Arc::new(swarm) as Arc<dyn BlockFetch>)
-            })
+    fn fetcher(&self) -> &Arc<dyn BlockFetch> {
+        &self.inner.fetch
     }
 
     /// Creates the blob tables on first use.
@@ -220,20 +224,16 @@ impl BlobService {
         self.inner
             .init
             .get_or_try_init(|| async {
-                self.writer(blob::init).await?;
+                self.inner.events.blob_write(BlobWrite::Init).await?;
                 Ok::<(), BlobsError>(())
             })
             .await?;
         Ok(())
     }
 
-    /// Runs `f` on the writer thread.
-    async fn writer<T, F>(&self, f: F) -> Result<T, BlobsError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut shoal_store::Writer) -> shoal_store::Result<T> + Send + 'static,
-    {
-        Ok(self.inner.node.events().with_writer(f).await??)
+    /// One blob write on the writer thread.
+    async fn write(&self, write: BlobWrite) -> Result<(), BlobsError> {
+        Ok(self.inner.events.blob_write(write).await?)
     }
 
     /// Runs `f` with a fresh read connection on a blocking thread.
@@ -243,11 +243,8 @@ impl BlobService {
         F: FnOnce(&shoal_store::Reader) -> shoal_store::Result<T> + Send + 'static,
     {
         self.ready().await?;
-        let store = self.inner.node.store().clone();
-        tokio::task::spawn_blocking(move || f(&store.reader()?))
-            .await
-            .map_err(|e| BlobsError::Storage(e.to_string()))?
-            .map_err(Into::into)
+        let store = self.inner.store.clone();
+        Ok(tokio::task::spawn_blocking(move || f(&store.reader()?)).await??)
     }
 
     /// Stores the bytes of `body` as a blob; returns its CID and size. Never holds more than a
@@ -274,7 +271,6 @@ impl BlobService {
             links: Vec::new(),
             batch_bytes: 0,
             in_flight: std::collections::VecDeque::new(),
-            prev: Arc::new(Mutex::new(None)),
             done: false,
         };
         let result = upload.run(body, &options).await;
@@ -293,7 +289,7 @@ impl BlobService {
     /// full), the next upload retries it, and the next start drops every upload pin.
     async fn unpin(&self, id: String) {
         let retry = id.clone();
-        if let Err(e) = self.writer(move |w| blob::abort_upload(w, &id)).await {
+        if let Err(e) = self.write(BlobWrite::Abort { upload: id }).await {
             tracing::warn!(upload = %retry, error = %e, "cannot unpin an abandoned upload yet");
             if let Ok(mut later) = self.inner.unpin_later.lock() {
                 later.push(retry);
@@ -331,7 +327,7 @@ impl BlobService {
     /// not known here.
     pub async fn delete(&self, cid: Cid) -> Result<blob::Freed, BlobsError> {
         self.ready().await?;
-        let freed = self.writer(move |w| blob::delete(w, &cid)).await?;
+        let freed = self.inner.events.blob_delete(cid).await?;
         let freed = freed.ok_or_else(|| BlobsError::NotFound(format!("no blob {cid} here")))?;
         tracing::info!(%cid, blocks = freed.blocks, bytes = freed.bytes, "blob deleted");
         Ok(freed)
@@ -347,10 +343,9 @@ impl BlobService {
         let payload =
             serde_json::json!({"cid": cid.to_string(), "size": meta.size, "mime": meta.mime});
         let payload = RawValue::from_string(payload.to_string())
-            .map_err(|e| BlobsError::Storage(e.to_string()))?;
+            .map_err(|e| BlobsError::Invalid(format!("name: {e}")))?;
         self.inner
-            .node
-            .events()
+            .events
             .publish(vec![PublishEvent {
                 semantics: NAME_SEMANTICS.into(),
                 name: name.into(),
@@ -380,7 +375,7 @@ impl BlobService {
             }]),
             order: Order::LamportReverse,
         };
-        let mut events = self.inner.node.events().query(query);
+        let mut events = self.inner.events.query(query);
         let not_found = || BlobsError::NotFound(format!("no blob is named {name:?}"));
         let event = events.next().await.ok_or_else(not_found)??;
         #[derive(serde::Deserialize)]
@@ -411,8 +406,6 @@ struct Upload {
     links: Vec<(Cid, Vec<u8>)>,
     batch_bytes: usize,
     in_flight: std::collections::VecDeque<Job>,
-    /// The upload's latest manifest; each writer job reads it, links it and moves it on.
-    prev: Arc<Mutex<Option<Cid>>>,
     done: bool,
 }
 
@@ -459,10 +452,12 @@ impl Upload {
             name: options.name.clone(),
             mime: options.mime.clone(),
         };
-        let id = self.id.clone();
-        let m = meta.clone();
         self.service
-            .writer(move |w| blob::commit_upload(w, &id, &last, &m))
+            .write(BlobWrite::Commit {
+                upload: self.id.clone(),
+                last,
+                meta: meta.clone(),
+            })
             .await?;
         tracing::info!(%cid, size, "blob stored");
         Ok(meta)
@@ -486,9 +481,7 @@ impl Upload {
 
     /// Extends the tree with a hashed chunk; queues the batch at the writer once it is full.
     async fn hashed(&mut self, hashing: Hashing) -> Result<(), BlobsError> {
-        let (cid, data) = hashing
-            .await
-            .map_err(|e| BlobsError::Storage(e.to_string()))?;
+        let (cid, data) = hashing.await?;
         self.links
             .extend(self.builder.push_chunk(cid, data.len() as u64)?);
         self.batch_bytes += data.len();
@@ -513,25 +506,13 @@ impl Upload {
             }
         }
         let service = self.service.clone();
-        let (id, prev) = (self.id.clone(), self.prev.clone());
-        self.in_flight.push_back(tokio::spawn(async move {
-            service
-                .writer(move |w| {
-                    let mut blocks: Vec<(Cid, &[u8])> =
-                        hashed.iter().map(|(c, d)| (*c, d.as_ref())).collect();
-                    blocks.extend(links.iter().map(|(c, d)| (*c, d.as_slice())));
-                    // Jobs may reach the writer in any order: each manifest links the one
-                    // before it, so the pin covers every batch either way.
-                    let last = prev.lock().map(|p| *p).unwrap_or(None);
-                    let manifest = blob::put_hashed(w, &blocks, Some((&id, last)))?;
-                    if let Ok(mut p) = prev.lock() {
-                        *p = manifest;
-                    }
-                    Ok(())
-                })
-                .await?;
-            Ok(())
-        }));
+        let write = BlobWrite::Put {
+            chunks: hashed,
+            links,
+            upload: Some(self.id.clone()),
+        };
+        self.in_flight
+            .push_back(tokio::spawn(async move { service.write(write).await }));
         Ok(())
     }
 }
@@ -551,7 +532,7 @@ impl Drop for Upload {
 }
 
 async fn join(job: Job) -> Result<(), BlobsError> {
-    job.await.map_err(|e| BlobsError::Storage(e.to_string()))?
+    job.await?
 }
 
 /// Boxed byte stream of a read.

@@ -1,8 +1,9 @@
 //! shoal-engine: the node without its HTTP face.
 //!
 //! Principal types:
-//! - [`Node`] (`node.rs`): starts identity, store, writer and (later) swarm; owns their tasks;
-//!   [`Node::shutdown`] flushes everything. Its module doc draws the task graph.
+//! - [`Node`] (`node.rs`): builds every part in dependency order, each with only the handles it
+//!   needs; owns their tasks; [`Node::shutdown`] flushes everything. Its module doc draws the
+//!   task graph. Front ends get a [`NodeHandle`].
 //! - [`EventService`] (`events/`): publish (group commit), query (three orders), subscribe
 //!   (stored then live, no gap, no duplicate), offsets; the one path by which local and
 //!   replicated events reach subscribers ([`SourceUpdate`] on one broadcast).
@@ -13,6 +14,7 @@
 
 pub mod blobs;
 pub mod config;
+pub mod connectivity;
 pub mod console;
 pub mod events;
 pub mod exchange;
@@ -27,9 +29,16 @@ pub mod swarm;
 
 pub use config::{Config, ConfigError, Settings};
 pub use events::{
-    EventService, EventStream, EventsError, Filter, Order, PublishEvent, Published, Query,
+    EventService, EventStream, EventsError, Filter, Order, Origin, PublishEvent, Published, Query,
     SourceUpdate, Stamp, StreamSelector, Subscription,
 };
 pub use identity::{Identity, IdentityError};
-pub use node::{NetworkState, Node, NodeError, NodeHandle, NodeInfo, PeerInfo};
+pub use node::{Node, NodeError, NodeHandle, NodeInfo};
+pub use swarm::{NetworkState, PeerInfo};
 pub use shoal_store::{Event, OffsetMap, SourceId};
+
+/// Resolves once the node's shutdown signal is true (or its sender is gone). Holds no borrow
+/// of the watch, so a `select!` over it stays `Send`.
+pub(crate) async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}

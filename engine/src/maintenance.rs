@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::node::NodeHandle;
+use crate::events::{EventService, EventsError};
+use crate::swarm::NetworkState;
 
 /// Time between GC rounds.
 const PERIOD: Duration = Duration::from_secs(30);
@@ -25,9 +26,13 @@ const GC_BUDGET: usize = 2_000;
 /// Steps in one round at most, so a huge backlog is worked off over several rounds.
 const MAX_STEPS: usize = 50;
 
-/// Runs until `shutdown` becomes true. Dropping the returned handle's task is safe.
-pub(crate) fn spawn(node: NodeHandle) -> tokio::task::JoinHandle<()> {
-    let mut shutdown: watch::Receiver<bool> = node.shutdown_signal();
+/// Runs GC steps through `events`' writer, pausing while `network` knows of heads beyond the
+/// store, until `shutdown` becomes true. Dropping the returned handle's task is safe.
+pub(crate) fn spawn(
+    events: EventService,
+    network: watch::Receiver<NetworkState>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(PERIOD);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -35,21 +40,21 @@ pub(crate) fn spawn(node: NodeHandle) -> tokio::task::JoinHandle<()> {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = crate::stopped(&mut shutdown) => return,
             }
-            if syncing(&node) {
+            if syncing(&events, &network) {
                 tracing::debug!("gc round skipped: a sync is in progress");
                 continue;
             }
-            round(&node).await;
+            round(&events).await;
         }
     })
 }
 
 /// Whether some source is known beyond what is stored (its sync is pending or running).
-fn syncing(node: &NodeHandle) -> bool {
-    let stored = node.events().offsets();
-    let network = node.network().borrow();
+fn syncing(events: &EventService, network: &watch::Receiver<NetworkState>) -> bool {
+    let stored = events.offsets();
+    let network = network.borrow();
     network
         .known
         .iter()
@@ -57,29 +62,28 @@ fn syncing(node: &NodeHandle) -> bool {
 }
 
 /// One GC round: bounded steps while there is more garbage, then a checkpoint.
-async fn round(node: &NodeHandle) {
-    let events = node.events();
+async fn round(events: &EventService) {
     let (mut blocks, mut bytes) = (0u64, 0u64);
     for _ in 0..MAX_STEPS {
-        match events.with_writer(|w| w.gc(GC_BUDGET)).await {
-            Ok(Ok(stats)) => {
+        match events.gc_step(GC_BUDGET).await {
+            Ok(stats) => {
                 blocks += stats.blocks_deleted;
                 bytes += stats.bytes_freed;
                 if !stats.more {
                     break;
                 }
             }
-            Ok(Err(err)) => {
+            Err(EventsError::ShuttingDown | EventsError::Interrupted) => return,
+            Err(err) => {
                 tracing::warn!(%err, "gc step failed; retrying next round");
                 return;
             }
-            Err(_) => return, // the writer is shutting down
         }
     }
     if blocks > 0 {
         tracing::info!(blocks, bytes, "gc freed unreachable blocks");
         // The store's checkpoint thread does it: no wait for readers on the writer's thread.
-        if let Ok(Err(err)) = events.with_writer(|w| w.request_checkpoint()).await {
+        if let Err(err) = events.request_checkpoint().await {
             tracing::warn!(%err, "wal checkpoint failed");
         }
     }

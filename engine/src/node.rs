@@ -1,38 +1,54 @@
-//! [`Node`]: starts the node's parts, owns their tasks, and shuts them down in order.
+//! [`Node`]: builds the node's parts in dependency order, each with only the handles it needs,
+//! owns their tasks, and shuts them down in order. Nothing is bound late: when a part is built,
+//! everything it talks to exists.
 //!
-//! Task graph (arrows = bounded channels; `=>` = broadcast):
+//! Task graph (`──▶` bounded mpsc, `══▶` broadcast, `··▶` watch; who owns what):
 //!
 //! ```text
-//!  HTTP / Pond API handlers ──publish──▶ [writer thread] ◀──import/run── swarm (issue 4)
-//!        │        ▲                            │  owns the store's write connection,
-//!        │        │ EventStream                │  the Lamport clock persistence
-//!        │        │ (bounded chunks)           ├─▶ offsets watch  (offsets, requestPresent)
-//!        │   [query: spawn_blocking]           └═▶ updates broadcast (Arc<SourceUpdate>)
-//!        │        ▲  read-only connection              ║            ║
-//!        └─query──┘                                    ▼            ▼
-//!        └─subscribe──▶ [subscription task] ◀══════════╝     swarm (gossip heads)
-//!                         └─ catch-up/lag re-reads: spawn_blocking, read-only connection
+//!  HTTP / Pond API ──Append──▶ [writer thread] ─commit─▶ store (write connection)
+//!   │    ▲   │                  owns every local tree,    ├··▶ offsets      (node info, Pond)
+//!   │    │   │                  the Lamport clock;        └══▶ SourceUpdate (subscribers,
+//!   │    │   │                  group commit                    replicator)
+//!   │    │   └─query/subscribe─▶ [read tasks: spawn_blocking, read-only connections]
+//!   │    │
+//!   │  blobs (BlobService) ──Blob*─▶ writer;  ──Fetch──▶ swarm
+//!   │
+//!   │  [replicator] ◀──Event::Head── [swarm task] ──··▶ NetworkState (node info, GC, Pond)
+//!   │   targets, syncs ──ImportBatch/PutBlocks──▶ writer   owns libp2p Swarm, the head book
+//!   │   ══SourceUpdate(Local)══▶ signs our head ──Publish/Stored/Fetch──▶ swarm
+//!   │
+//!   │  [maintenance] ──Gc/Checkpoint──▶ writer   (pauses while NetworkState shows a sync)
+//!   └─ logs ──▶ [console writer thread] (its own SQLite file)
 //! ```
 //!
-//! Shutdown ([`Node::shutdown`]): the shutdown watch flips (subscriptions end), then the writer
-//! gets `Shutdown` behind every command already queued: it commits them, persists the clock and
+//! Failure reporting: the writer answers every command with a `Result` (a failed commit rolls
+//! back and is reported to each waiter); the swarm, replicator and maintenance tasks log and
+//! retry (a peer's fault never reaches an app); a task that ends early ends quietly and the
+//! node's health shows it through its watch (the swarm's `NetworkState` stops changing).
+//!
+//! Shutdown ([`Node::shutdown`]): the shutdown watch flips (subscriptions, the replicator,
+//! maintenance and the swarm end; the swarm saves its head book), then the writer gets
+//! `Shutdown` behind every command already queued: it commits them, persists the clock and
 //! closes the write connection before the call returns. Servers (HTTP) are stopped by their
 //! owner (the CLI) before this, so no new publish races it; a publish that does race it gets
-//! `ShuttingDown`.
+//! `ShuttingDown` (not taken: nothing stored) or `Interrupted` (may be stored).
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
 use serde::Serialize;
 use shoal_store::{OffsetMap, SourceId, Store, StoreConfig};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
+use crate::blobs::BlobService;
 use crate::config::Config;
-use crate::events::{writer, EventService, LamportClock};
+use crate::events::{self, EventService, LamportClock};
+use crate::exchange::StoreBlocks;
 use crate::identity::{Identity, IdentityError};
+use crate::swarm::{self, NetworkState, PeerInfo};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -52,33 +68,7 @@ pub enum NodeError {
     #[error("cannot start a task: {0}")]
     Spawn(#[source] std::io::Error),
     #[error("cannot start the swarm: {0}")]
-    Replication(#[from] crate::replication::ReplicationError),
-}
-
-/// A peer as the swarm sees it (filled in by the swarm).
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PeerInfo {
-    pub peer_id: String,
-    pub addrs: Vec<String>,
-    pub connected: bool,
-    /// Microseconds since the Unix epoch, when last heard of.
-    pub last_seen: Option<u64>,
-    /// Highest offset of this node's own events the peer stores, as of the peer's last digest
-    /// (every few seconds); absent until it reported any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub our_offset_stored: Option<u64>,
-}
-
-/// The swarm's view of the network, published by the swarm task on [`Node::network`]; empty
-/// until a swarm runs.
-#[derive(Debug, Clone, Default)]
-pub struct NetworkState {
-    /// Addresses the swarm actually listens on (concrete ports).
-    pub listen_addrs: Vec<Multiaddr>,
-    pub peers: Vec<PeerInfo>,
-    /// Highest offset per source known from verified heads (may run ahead of what is stored).
-    pub known: std::collections::BTreeMap<SourceId, u64>,
+    Swarm(#[from] swarm::Error),
 }
 
 /// Replication progress of one source: stored here vs known from the swarm.
@@ -111,94 +101,115 @@ pub struct NodeInfo {
     pub sources: Vec<SourceProgress>,
 }
 
-/// A running node. Owns the writer thread; [`Node::shutdown`] stops it. Front ends keep a
-/// [`NodeHandle`] instead (cheap to clone, no shutdown power).
+/// A running node. Owns the writer thread and the node's tasks; [`Node::shutdown`] stops them.
+/// Front ends keep a [`NodeHandle`] instead (cheap to clone, no shutdown power).
 pub struct Node {
     handle: NodeHandle,
     shutdown: watch::Sender<bool>,
-    commands: tokio::sync::mpsc::Sender<writer::Command>,
-    writer: Option<std::thread::JoinHandle<()>>,
-    /// The swarm and replicator (issue 4).
-    replication: Option<crate::replication::Replication>,
+    writer: Option<events::WriterThread>,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
 
-/// What front ends (HTTP, Pond store API, swarm) need of a node; cheap to clone.
+/// What front ends (HTTP, Pond store API, CLI) need of a node; cheap to clone. Subsystems inside
+/// the engine never get one: each is built with the handles it uses.
 #[derive(Clone)]
 pub struct NodeHandle {
     identity: Identity,
     config: Arc<Config>,
     store: Arc<Store>,
     events: EventService,
-    network: Arc<watch::Sender<NetworkState>>,
+    blobs: BlobService,
+    network: watch::Receiver<NetworkState>,
     started: Instant,
     shutdown: watch::Receiver<bool>,
     console: crate::console::Console,
-    /// The swarm, once it runs (the blob service fetches blocks through it).
-    swarm: Arc<std::sync::OnceLock<crate::swarm::Handle>>,
 }
+
+/// How long each task gets to end after the shutdown signal before it is aborted.
+const TASK_GRACE: Duration = Duration::from_secs(5);
 
 impl Node {
     /// Creates the data dir and key if needed, opens the store, recovers the clock and offsets,
-    /// and starts the writer. The blocking parts run on a blocking thread.
+    /// and starts every part in dependency order: writer → console → swarm → replicator →
+    /// blobs → maintenance. Returns once the swarm listens. The blocking parts run on a
+    /// blocking thread.
     pub async fn start(config: Config) -> Result<Node, NodeError> {
         let cfg = config.clone();
-        let opened = tokio::task::spawn_blocking(move || open(&cfg))
-            .await
-            .map_err(|e| NodeError::Spawn(std::io::Error::other(e)))??;
-        let (identity, store, writer_conn, offsets, clock) = opened;
-        let store = Arc::new(store);
-        let clock = Arc::new(clock);
-        let (handles, thread) = writer::spawn(
-            writer_conn,
-            store.reader()?,
-            identity.source().clone(),
+        let Opened {
+            identity,
+            store,
+            writer,
+            packer,
             offsets,
             clock,
-            config.events.clone(),
-        )
-        .map_err(NodeError::Spawn)?;
-        let commands = handles.commands.clone();
-        let console = crate::console::Console::start(&config.data_dir, config.console_retention)?;
+        } = tokio::task::spawn_blocking(move || open(&cfg))
+            .await
+            .map_err(|e| NodeError::Spawn(std::io::Error::other(e)))??;
+        let store = Arc::new(store);
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let events = EventService::new(
-            identity.source().clone(),
+        let (events, writer) = events::start(
+            writer,
+            packer,
             store.clone(),
-            handles,
+            identity.source().clone(),
+            offsets.clone(),
+            clock,
             config.events.clone(),
             shutdown_rx.clone(),
+        )
+        .map_err(NodeError::Spawn)?;
+        let started = async {
+            let console = crate::console::Console::start(&config.data_dir, config.console_retention)?;
+            let swarm = start_swarm(&config, &identity, &store, offsets, shutdown_rx.clone()).await?;
+            Ok::<_, NodeError>((console, swarm))
+        };
+        let (console, spawned) = match started.await {
+            Ok(parts) => parts,
+            Err(e) => {
+                let _ = shutdown.send(true);
+                writer.stop().await;
+                return Err(e);
+            }
+        };
+        let swarm = spawned.handle;
+        let replicator = crate::replication::spawn(
+            events.clone(),
+            swarm.clone(),
+            spawned.events,
+            identity.keypair().clone(),
+            spawned.resumed,
+            shutdown_rx.clone(),
         );
+        let blobs = BlobService::new(
+            events.clone(),
+            store.clone(),
+            Arc::new(swarm.clone()),
+            config.blobs.clone(),
+        );
+        let maintenance =
+            crate::maintenance::spawn(events.clone(), swarm.status(), shutdown_rx.clone());
         tracing::info!(source = %identity.source(), data_dir = %config.data_dir.display(), "node started");
-        let mut node = Node {
+        Ok(Node {
             handle: NodeHandle {
                 identity,
                 config: Arc::new(config),
                 store,
                 events,
-                network: Arc::new(watch::channel(NetworkState::default()).0),
+                blobs,
+                network: swarm.status(),
                 started: Instant::now(),
                 shutdown: shutdown_rx,
                 console,
-                swarm: Arc::new(std::sync::OnceLock::new()),
             },
             shutdown,
-            commands,
-            writer: Some(thread),
-            replication: None,
-        };
-        // Store upkeep: GC of replaced blocks; ends with the shutdown signal.
-        crate::maintenance::spawn(node.handle.clone());
-        // The swarm and replicator (issue 4): returns once the swarm listens.
-        match crate::replication::start(node.handle()).await {
-            Ok(r) => {
-                let _ = node.handle.swarm.set(r.swarm().clone());
-                node.replication = Some(r);
-            }
-            Err(e) => {
-                node.shutdown().await;
-                return Err(e.into());
-            }
-        }
-        Ok(node)
+            writer: Some(writer),
+            // Stopped in this order: the replicator before the swarm it sends to.
+            tasks: vec![
+                ("replicator", replicator),
+                ("maintenance", maintenance),
+                ("swarm", spawned.task),
+            ],
+        })
     }
 
     /// A handle for front ends.
@@ -235,24 +246,19 @@ impl Node {
         let _ = self.shutdown.send(true);
     }
 
-    /// Stops the node: ends subscriptions, commits what the writer has queued, persists the
-    /// clock and closes the store. Not cancel-safe: await it to the end.
+    /// Stops the node: ends subscriptions and tasks (each gets [`TASK_GRACE`], then is
+    /// aborted: imports are atomic), commits what the writer has queued, persists the clock and
+    /// closes the store. Not cancel-safe: await it to the end.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        if let Some(replication) = self.replication.take() {
-            replication.stop().await;
+        for (name, mut task) in std::mem::take(&mut self.tasks) {
+            if tokio::time::timeout(TASK_GRACE, &mut task).await.is_err() {
+                tracing::warn!(task = name, "task did not stop in time; aborted");
+                task.abort();
+            }
         }
-        let (reply, done) = oneshot::channel();
-        if self
-            .commands
-            .send(writer::Command::Shutdown(reply))
-            .await
-            .is_ok()
-        {
-            let _ = done.await;
-        }
-        if let Some(thread) = self.writer.take() {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        if let Some(writer) = self.writer.take() {
+            writer.stop().await;
         }
         tracing::info!(source = %self.handle.source(), "node stopped");
     }
@@ -267,6 +273,11 @@ impl NodeHandle {
     /// The event service (clone it freely).
     pub fn events(&self) -> EventService {
         self.events.clone()
+    }
+
+    /// The blob service (clone it freely).
+    pub fn blobs(&self) -> BlobService {
+        self.blobs.clone()
     }
 
     pub fn source(&self) -> &SourceId {
@@ -286,14 +297,10 @@ impl NodeHandle {
         &self.store
     }
 
-    /// The swarm's handle, once it runs.
-    pub fn swarm(&self) -> Option<crate::swarm::Handle> {
-        self.swarm.get().cloned()
-    }
-
-    /// Where the swarm publishes its listen addresses and peers.
-    pub fn network(&self) -> &Arc<watch::Sender<NetworkState>> {
-        &self.network
+    /// The swarm's view of the network (listen addresses, peers, known offsets); changes wake
+    /// the receiver.
+    pub fn network(&self) -> watch::Receiver<NetworkState> {
+        self.network.clone()
     }
 
     /// Flips to `true` when the node shuts down: long-lived tasks (swarm, servers) select on it.
@@ -308,7 +315,17 @@ impl NodeHandle {
         let addr = listening
             .or_else(|| self.config.swarm_addrs.first().cloned())
             .unwrap_or_else(Multiaddr::empty);
-        dialable(&addr, self.identity.peer_id())
+        swarm::dialable(&addr, self.identity.peer_id())
+    }
+
+    /// The swarm's connectivity as Pond's `requestConnectivity` reports it.
+    pub fn connectivity(&self, specials: &[String]) -> crate::connectivity::Connectivity {
+        crate::connectivity::Connectivity::of(
+            &self.network.borrow(),
+            &self.events.offsets(),
+            self.source(),
+            specials,
+        )
     }
 
     /// A snapshot for `GET /api/v1/node/info`. Safe to drop.
@@ -340,13 +357,33 @@ impl NodeHandle {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_secs: self.started.elapsed().as_secs(),
             listen_addrs: network.listen_addrs.iter().map(|a| a.to_string()).collect(),
-            peers: network.peers,
+            peers: network.peers.into_values().collect(),
             streams,
             events: offsets.iter().map(|(_, o)| o + 1).sum(),
             store_bytes,
             sources: source_progress(&offsets, &network.known),
         }
     }
+}
+
+/// Starts the swarm with the node's settings; `offsets` is what the store holds now.
+async fn start_swarm(
+    config: &Config,
+    identity: &Identity,
+    store: &Store,
+    offsets: OffsetMap,
+    shutdown: watch::Receiver<bool>,
+) -> Result<swarm::Spawned, NodeError> {
+    let mut swarm_cfg = swarm::Config::new(identity.keypair().clone());
+    swarm_cfg.listen = config.swarm_addrs.clone();
+    swarm_cfg.peers = config.peers.clone();
+    swarm_cfg.mdns = config.mdns;
+    swarm_cfg.heads_file = Some(config.data_dir.join(swarm::HEADS_FILE));
+    if let Some(path) = &config.swarm_key {
+        swarm_cfg.swarm_key = Some(swarm::read_swarm_key(path)?);
+    }
+    let blocks = Arc::new(StoreBlocks::open(store)?);
+    Ok(swarm::spawn(swarm_cfg, blocks, offsets, shutdown).await?)
 }
 
 /// Union of stored and known offsets, by source.
@@ -376,13 +413,16 @@ fn source_progress(
     all.into_values().collect()
 }
 
-type Opened = (
-    Identity,
-    Store,
-    shoal_store::Writer,
-    OffsetMap,
-    LamportClock,
-);
+/// What `open` recovers from the data dir.
+struct Opened {
+    identity: Identity,
+    store: Store,
+    writer: shoal_store::Writer,
+    /// The packer thread's read connection.
+    packer: shoal_store::Reader,
+    offsets: OffsetMap,
+    clock: LamportClock,
+}
 
 fn open(config: &Config) -> Result<Opened, NodeError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
@@ -401,7 +441,14 @@ fn open(config: &Config) -> Result<Opened, NodeError> {
         .map(|info| (info.source, info.last_offset))
         .collect();
     let clock = LamportClock::recover(&reader)?;
-    Ok((identity, store, writer, offsets, clock))
+    Ok(Opened {
+        identity,
+        packer: store.reader()?,
+        store,
+        writer,
+        offsets,
+        clock,
+    })
 }
 
 /// The store settings a node uses. Every append compresses its new leaf on the writer thread,
@@ -414,25 +461,6 @@ fn store_config() -> StoreConfig {
     config.tree.zstd_level_append = 1;
     config.tree.zstd_level_pack = 3;
     config
-}
-
-/// `addr` with a wildcard IP replaced by loopback and `/p2p/<peer>` appended (once).
-pub fn dialable(addr: &Multiaddr, peer: libp2p::PeerId) -> Multiaddr {
-    let mut out = Multiaddr::empty();
-    for p in addr.iter() {
-        match p {
-            Protocol::Ip4(ip) if ip.is_unspecified() => {
-                out.push(Protocol::Ip4([127, 0, 0, 1].into()))
-            }
-            Protocol::Ip6(ip) if ip.is_unspecified() => {
-                out.push(Protocol::Ip6(std::net::Ipv6Addr::LOCALHOST))
-            }
-            Protocol::P2p(_) => {}
-            other => out.push(other),
-        }
-    }
-    out.push(Protocol::P2p(peer));
-    out
 }
 
 impl Drop for Node {

@@ -206,7 +206,7 @@ mod liar {
 
     pub struct Garbage;
     impl BlockSource for Garbage {
-        fn get_block(&self, _: &cid::Cid) -> Result<Option<Vec<u8>>, String> {
+        fn get_block(&self, _: &cid::Cid) -> Result<Option<Vec<u8>>, shoal_store::Error> {
             Ok(Some(b"definitely not the block you asked for".to_vec()))
         }
     }
@@ -225,9 +225,13 @@ mod liar {
         cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
         cfg.peers = vec![target.swarm.parse().unwrap()];
         cfg.mdns = false;
-        let (handle, _events, _task) = swarm::spawn(cfg, Arc::new(Garbage)).await.unwrap();
-        std::mem::forget(_events); // keep the channel open; the liar ignores what it hears
-        (handle, key)
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        std::mem::forget(stop); // never stopped: it ends with the test's runtime
+        let spawned = swarm::spawn(cfg, Arc::new(Garbage), Default::default(), shutdown)
+            .await
+            .unwrap();
+        std::mem::forget(spawned.events); // keep the channel open; the liar ignores what it hears
+        (spawned.handle, key)
     }
 
     /// A head claiming `victim`'s source, signed with the liar's key.
@@ -354,18 +358,24 @@ mod gate {
 
     impl BlockSource for Blocks {
         // Runs on a blocking thread of the relay's runtime.
-        fn get_block(&self, cid: &cid::Cid) -> Result<Option<Vec<u8>>, String> {
-            let open = self.0.open.lock().map_err(|e| e.to_string())?;
+        fn get_block(&self, cid: &cid::Cid) -> Result<Option<Vec<u8>>, shoal_store::Error> {
+            let failed = |e: &dyn std::fmt::Display| shoal_store::Error::Invalid(e.to_string());
+            let open = self.0.open.lock().map_err(|e| failed(&e))?;
             let (open, _) = self
                 .0
                 .changed
                 .wait_timeout_while(open, TIMEOUT, |open| !*open)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| failed(&e))?;
             if !*open {
                 return Ok(None);
             }
             drop(open);
-            let swarm = self.0.swarm.get().ok_or("relay not started")?.clone();
+            let swarm = self
+                .0
+                .swarm
+                .get()
+                .ok_or_else(|| failed(&"relay not started"))?
+                .clone();
             let cid = *cid;
             tokio::runtime::Handle::current().block_on(async move {
                 let (tx, mut rx) = tokio::sync::mpsc::channel(4);
@@ -374,7 +384,7 @@ mod gate {
                     preferred: vec![],
                     reply: tx,
                 };
-                swarm.send(fetch).await.map_err(|e| e.to_string())?;
+                swarm.send(fetch).await.map_err(|e| failed(&e))?;
                 match tokio::time::timeout(TIMEOUT, rx.recv()).await {
                     Ok(Some(FetchEvent::Blocks(mut blocks))) => Ok(blocks.pop().map(|(_, d)| d)),
                     _ => Ok(None),
@@ -400,9 +410,17 @@ mod gate {
         cfg.mdns = false;
         let gate = Arc::new(Gate::default());
         gate.open();
-        let (handle, events, _task) = swarm::spawn(cfg, Arc::new(Blocks(gate.clone())))
-            .await
-            .unwrap();
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        std::mem::forget(stop); // never stopped: it ends with the test's runtime
+        let spawned = swarm::spawn(
+            cfg,
+            Arc::new(Blocks(gate.clone())),
+            Default::default(),
+            shutdown,
+        )
+        .await
+        .unwrap();
+        let (handle, events) = (spawned.handle, spawned.events);
         let addr = handle.dialable_addr().unwrap().to_string();
         let _ = gate.swarm.set(handle);
         Relay {

@@ -45,12 +45,12 @@ pub fn from_events(e: EventsError, prefix: &str) -> ErrorKind {
             Some(i) => format!("{prefix}[{i}].{field}: {reason}"),
             None => format!("{prefix}: {field}: {reason}"),
         }),
-        EventsError::StorageFull(m) => ErrorKind::ServiceError(Value::String(m)),
-        EventsError::ShuttingDown => {
-            ErrorKind::ServiceError(Value::String("the node is shutting down".into()))
+        EventsError::StorageFull(e) => ErrorKind::ServiceError(Value::String(e.to_string())),
+        e @ (EventsError::ShuttingDown | EventsError::Interrupted) => {
+            ErrorKind::ServiceError(Value::String(e.to_string()))
         }
-        EventsError::Storage(m) => {
-            tracing::warn!(error = %m, "store API: storage error");
+        e @ (EventsError::Storage(_) | EventsError::Task(_)) => {
+            tracing::warn!(error = %e, "store API: storage error");
             ErrorKind::InternalError
         }
     }

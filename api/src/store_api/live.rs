@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use shoal_engine::connectivity::{Connectivity, Status};
 use shoal_engine::{NetworkState, OffsetMap, SourceId};
 
 use super::conn::{Done, Outcome, Responder};
@@ -43,15 +44,10 @@ pub async fn present(shared: &Shared, r: &Responder) -> Outcome {
     }
 }
 
-/// Highest offsets known from verified heads (gossip; may run ahead of what is stored).
-fn known(network: &NetworkState) -> BTreeMap<SourceId, u64> {
-    network.known.clone()
-}
-
 /// Stored offsets raised by those known from verified heads.
 fn highest(offsets: &OffsetMap, network: &NetworkState) -> BTreeMap<SourceId, u64> {
     let mut map = stored(offsets);
-    for (s, o) in known(network) {
+    for (s, &o) in &network.known {
         let e = map.entry(s.clone()).or_insert(o);
         *e = (*e).max(o);
     }
@@ -60,7 +56,7 @@ fn highest(offsets: &OffsetMap, network: &NetworkState) -> BTreeMap<SourceId, u6
 
 pub async fn highest_seen(shared: &Shared, r: &Responder) -> Outcome {
     let mut offsets = shared.node.events().offsets_watch();
-    let mut network = shared.node.network().subscribe();
+    let mut network = shared.node.network();
     let mut shutdown = shared.node.shutdown_signal();
     let mut last: Option<BTreeMap<SourceId, u64>> = None;
     loop {
@@ -79,66 +75,21 @@ pub async fn highest_seen(shared: &Shared, r: &Responder) -> Outcome {
     }
 }
 
-/// Our own events that no peer is known to store (as of the peers' last digests): what this
-/// node would lose if it died now.
-fn events_to_send(network: &NetworkState, offsets: &OffsetMap, own: &SourceId) -> u64 {
-    let ours = offsets.get(own).map_or(0, |o| o + 1);
-    let held = network
-        .peers
-        .iter()
-        .filter_map(|p| p.our_offset_stored)
-        .max()
-        .map_or(0, |o| o + 1);
-    ours.saturating_sub(held)
-}
-
-/// The status of API.md's `requestConnectivity`, from the peers the swarm knows.
-fn status(
-    network: &NetworkState,
-    offsets: &OffsetMap,
-    own: &SourceId,
-    specials: &[String],
-) -> (&'static str, Value) {
-    let peers = network.peers.len();
-    let connected: Vec<&str> = network
-        .peers
-        .iter()
-        .filter(|p| p.connected)
-        .map(|p| p.peer_id.as_str())
-        .collect();
-    let specials_disconnected: Vec<&String> = specials
-        .iter()
-        .filter(|s| !connected.contains(&s.as_str()))
-        .collect();
-    let events_to_read: u64 = known(network)
-        .into_iter()
-        .map(|(s, k)| {
-            let s = &s;
-            let have = offsets.get(s).map_or(0, |o| o + 1);
-            (k + 1).saturating_sub(have)
-        })
-        .sum();
-    let events_to_send = events_to_send(network, offsets, own);
-    // Alone (no peer known, or none connected) a node reads nothing new from anyone.
-    if connected.is_empty() {
-        return (
-            "NotConnected",
-            json!({"eventsToRead": events_to_read, "eventsToSend": events_to_send}),
-        );
-    }
-    if connected.len() == peers && specials_disconnected.is_empty() {
-        return ("FullyConnected", json!({}));
-    }
-    let level = (connected.len() * 100).checked_div(peers).unwrap_or(100);
-    (
-        "PartiallyConnected",
-        json!({
-            "specialsDisconnected": specials_disconnected,
-            "swarmConnectivityLevel": level,
-            "eventsToRead": events_to_read,
-            "eventsToSend": events_to_send,
+/// API.md's `requestConnectivity` report: the engine's [`Connectivity`] in Pond's shape.
+fn report(c: &Connectivity) -> Value {
+    match c.status {
+        Status::FullyConnected => json!({}),
+        Status::NotConnected => json!({
+            "eventsToRead": c.events_to_read,
+            "eventsToSend": c.events_to_send,
         }),
-    )
+        Status::PartiallyConnected => json!({
+            "specialsDisconnected": c.specials_disconnected,
+            "swarmConnectivityLevel": c.level,
+            "eventsToRead": c.events_to_read,
+            "eventsToSend": c.events_to_send,
+        }),
+    }
 }
 
 pub async fn connectivity(shared: &Shared, payload: Option<&RawValue>, r: &Responder) -> Outcome {
@@ -156,7 +107,6 @@ pub async fn connectivity(shared: &Shared, payload: Option<&RawValue>, r: &Respo
     };
     let every =
         Duration::from_millis(wire::uint(&obj, "payload", "reportEveryMs")?).max(MIN_REPORT);
-    let events = shared.node.events();
     let mut shutdown = shared.node.shutdown_signal();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -166,9 +116,9 @@ pub async fn connectivity(shared: &Shared, payload: Option<&RawValue>, r: &Respo
             _ = tick.tick() => {}
             _ = shutdown.changed() => return Ok(Done::Quiet),
         }
-        let network = shared.node.network().borrow().clone();
-        let (name, mut extra) =
-            status(&network, &events.offsets(), shared.node.source(), &specials);
+        let connectivity = shared.node.connectivity(&specials);
+        let name = connectivity.status.as_str();
+        let mut extra = report(&connectivity);
         let since = match current {
             Some((n, since)) if n == name => since,
             _ => {

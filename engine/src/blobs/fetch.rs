@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{BlobService, BlobsError, ByteStream};
+use crate::events::BlobWrite;
 use crate::exchange::FetchEvent;
 
 /// A blob's bytes, streamed.
@@ -54,10 +55,6 @@ impl Opened {
     pub fn size(&self) -> u64 {
         self.meta.size
     }
-}
-
-fn store_err(e: impl std::fmt::Display) -> BlobsError {
-    BlobsError::Storage(e.to_string())
 }
 
 pub(super) async fn open(svc: &BlobService, cid: Cid) -> Result<Opened, BlobsError> {
@@ -95,8 +92,12 @@ pub(super) async fn open(svc: &BlobService, cid: Cid) -> Result<Opened, BlobsErr
         not_a_blob()
     })?;
     let size = root.size;
-    svc.writer(move |w| blob::cache_root(w, &cid, &data, size))
-        .await?;
+    svc.write(BlobWrite::CacheRoot {
+        cid,
+        data,
+        size,
+    })
+    .await?;
     tracing::info!(%cid, size, "fetching blob from peers");
     Ok(Opened {
         meta: BlobMeta {
@@ -113,9 +114,7 @@ pub(super) async fn open(svc: &BlobService, cid: Cid) -> Result<Opened, BlobsErr
 /// Fetches every block of `cids` from peers (retrying until the fetch timeout passes without
 /// progress); returns them in no particular order.
 async fn fetch_all(svc: &BlobService, cids: Vec<Cid>) -> Result<Vec<(Cid, Bytes)>, BlobsError> {
-    let fetcher = svc
-        .fetcher()
-        .ok_or_else(|| BlobsError::NotFound("not here, and no swarm to ask".into()))?;
+    let fetcher = svc.fetcher().clone();
     let timeout = svc.config().fetch_timeout;
     let (tx, mut rx) = mpsc::channel(16);
     let mut wanted: HashSet<Cid> = cids.iter().copied().collect();
@@ -163,10 +162,10 @@ pub(super) fn read_range(svc: BlobService, opened: Opened, start: u64, end: u64)
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         let result = async {
-            let store = svc.inner.node.store().clone();
+            let store = svc.inner.store.clone();
             let reader = tokio::task::spawn_blocking(move || store.reader())
                 .await
-                .map_err(store_err)??;
+                ??;
             let mut read = Read {
                 svc,
                 reader,
@@ -270,7 +269,7 @@ impl Read {
                 // then reports the blob complete.
                 self.store_fetched().await?;
                 while let Some(w) = self.writes.pop_front() {
-                    w.await.map_err(store_err)??;
+                    w.await??;
                 }
             }
             let from = start.saturating_sub(c.offset) as usize;
@@ -280,7 +279,7 @@ impl Read {
             }
         }
         while let Some(w) = self.writes.pop_front() {
-            w.await.map_err(store_err)??;
+            w.await??;
         }
         if self.fetched > 0 {
             let secs = self.started.elapsed().as_secs_f64().max(1e-3);
@@ -330,12 +329,11 @@ impl Read {
                 .collect();
             if !missing.is_empty() {
                 let got = fetch_all(&self.svc, missing).await?;
-                let to_store = got.clone();
                 self.svc
-                    .writer(move |w| {
-                        let refs: Vec<(Cid, &[u8])> =
-                            to_store.iter().map(|(c, d)| (*c, d.as_ref())).collect();
-                        blob::put_hashed(w, &refs, None).map(|_| ())
+                    .write(BlobWrite::Put {
+                        chunks: got.clone(),
+                        links: Vec::new(),
+                        upload: None,
                     })
                     .await?;
                 blocks.extend(got);
@@ -361,7 +359,7 @@ impl Read {
         let reader = self.reader.clone();
         let data = tokio::task::spawn_blocking(move || reader.get_block(&cid))
             .await
-            .map_err(store_err)??;
+            ??;
         Ok(data.map(Bytes::from))
     }
 
@@ -377,7 +375,7 @@ impl Read {
             Ok::<_, shoal_store::Error>(out)
         })
         .await
-        .map_err(store_err)?
+        ?
         .map_err(Into::into)
     }
 
@@ -406,7 +404,7 @@ impl Read {
             Ok::<_, shoal_store::Error>(out)
         })
         .await
-        .map_err(store_err)??;
+        ??;
         let mut seen = HashSet::new();
         let absent: Vec<Cid> = absent.into_iter().filter(|c| seen.insert(*c)).collect();
         for group in absent.chunks(FETCH_GROUP) {
@@ -416,10 +414,7 @@ impl Read {
     }
 
     async fn ask(&mut self, cids: Vec<Cid>) -> Result<(), BlobsError> {
-        let fetcher = self
-            .svc
-            .fetcher()
-            .ok_or_else(|| BlobsError::NotFound("a chunk is not here, and no swarm".into()))?;
+        let fetcher = self.svc.fetcher().clone();
         let tx = match &self.fetch {
             Some((tx, _)) => tx.clone(),
             None => {
@@ -513,18 +508,17 @@ impl Read {
         self.unwritten_bytes = 0;
         while self.writes.len() >= WRITES_IN_FLIGHT {
             if let Some(w) = self.writes.pop_front() {
-                w.await.map_err(store_err)??;
+                w.await??;
             }
         }
         let svc = self.svc.clone();
         self.writes.push_back(tokio::spawn(async move {
-            svc.writer(move |w| {
-                let refs: Vec<(Cid, &[u8])> =
-                    blocks.iter().map(|(c, d)| (*c, d.as_ref())).collect();
-                blob::put_hashed(w, &refs, None).map(|_| ())
+            svc.write(BlobWrite::Put {
+                chunks: blocks,
+                links: Vec::new(),
+                upload: None,
             })
-            .await?;
-            Ok(())
+            .await
         }));
         Ok(())
     }

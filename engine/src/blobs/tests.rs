@@ -1,5 +1,5 @@
-//! Blob service tests on real nodes (no swarm): put/read/range/delete on one node, and fetching
-//! through a fake exchange that serves another node's store, honest or lying.
+//! Blob service tests on a real store and writer, without a node or a swarm: put/read/range/
+//! delete, and fetching through a fake exchange that serves another store, honest or lying.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,10 +8,29 @@ use futures::StreamExt;
 use rand::{RngCore, SeedableRng};
 
 use super::*;
-use crate::{Config, Node};
+use crate::events::testing::{self, Parts};
 
-async fn node(dir: &std::path::Path) -> Node {
-    Node::start(Config::for_tests(dir)).await.unwrap()
+/// A peerless exchange: nothing is ever found.
+struct NoPeers;
+
+impl BlockFetch for NoPeers {
+    fn fetch(&self, cids: Vec<Cid>, reply: mpsc::Sender<FetchEvent>) -> BoxFuture<'static, bool> {
+        Box::pin(async move {
+            let _ = reply.send(FetchEvent::NotFound(cids)).await;
+            true
+        })
+    }
+}
+
+/// A blob service over a fresh store in `dir`, fetching through `fetch`.
+fn service(
+    dir: &std::path::Path,
+    config: BlobsConfig,
+    fetch: Arc<dyn BlockFetch>,
+) -> (BlobService, Parts) {
+    let parts = testing::start(dir, "blob-test");
+    let svc = BlobService::new(parts.events.clone(), parts.store.clone(), fetch, config);
+    (svc, parts)
 }
 
 fn random(n: usize, seed: u64) -> Vec<u8> {
@@ -47,8 +66,7 @@ async fn read_all(
 #[tokio::test]
 async fn put_read_ranges_dedup_delete() {
     let dir = tempfile::tempdir().unwrap();
-    let node = node(dir.path()).await;
-    let svc = BlobService::new(node.handle(), BlobsConfig::default());
+    let (svc, parts) = service(dir.path(), BlobsConfig::default(), Arc::new(NoPeers));
     let c = CHUNK_SIZE;
     for n in [0, 1, c - 1, c, c + 1, 3 * c + 17] {
         let data = random(n, n as u64);
@@ -76,31 +94,30 @@ async fn put_read_ranges_dedup_delete() {
         svc.delete(big).await,
         Err(BlobsError::NotFound(_))
     ));
-    node.shutdown().await;
+    parts.writer.stop().await;
 }
 
 #[tokio::test]
 async fn too_large_is_refused_and_unpinned() {
     let dir = tempfile::tempdir().unwrap();
-    let node = node(dir.path()).await;
     let config = BlobsConfig {
         max_blob_bytes: 2 * CHUNK_SIZE as u64,
         ..BlobsConfig::default()
     };
-    let svc = BlobService::new(node.handle(), config);
+    let (svc, parts) = service(dir.path(), config, Arc::new(NoPeers));
     let data = random(3 * CHUNK_SIZE, 1);
     let err = svc
         .put(body(&data), PutOptions::default())
         .await
         .unwrap_err();
     assert!(matches!(err, BlobsError::TooLarge { .. }), "{err}");
-    let r = node.handle().store().reader().unwrap();
+    let r = parts.store.reader().unwrap();
     let pins: Vec<_> = ["blob-upload/"]
         .iter()
         .filter_map(|p| r.alias(&format!("{p}{}-0", std::process::id())).unwrap())
         .collect();
     assert!(pins.is_empty());
-    node.shutdown().await;
+    parts.writer.stop().await;
 }
 
 /// Serves blocks from another node's store, optionally corrupting the first answer for each
@@ -145,23 +162,22 @@ impl BlockFetch for FakeSwarm {
 #[tokio::test]
 async fn fetches_missing_chunks_from_a_peer_and_resumes() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, b) = (node(da.path()).await, node(db.path()).await);
-    let sa = BlobService::new(a.handle(), BlobsConfig::default());
-    let config = BlobsConfig {
-        fetch_timeout: Duration::from_secs(2),
-        ..BlobsConfig::default()
-    };
-    let sb = BlobService::new(b.handle(), config);
+    let (sa, a) = service(da.path(), BlobsConfig::default(), Arc::new(NoPeers));
     let data = random(5 * CHUNK_SIZE + 9, 7);
     let cid = sa
         .put(body(&data), PutOptions::default())
         .await
         .unwrap()
         .cid;
-    sb.set_fetcher(Arc::new(FakeSwarm {
-        reader: a.handle().store().reader().unwrap(),
+    let config = BlobsConfig {
+        fetch_timeout: Duration::from_secs(2),
+        ..BlobsConfig::default()
+    };
+    let peer_a = Arc::new(FakeSwarm {
+        reader: a.store.reader().unwrap(),
         lie_once: AtomicBool::new(true),
-    }));
+    });
+    let (sb, b) = service(db.path(), config, peer_a);
     // A range first: only its chunks are fetched.
     let got = read_all(&sb, cid, CHUNK_SIZE as u64 + 5, 2 * CHUNK_SIZE as u64)
         .await
@@ -177,6 +193,6 @@ async fn fetches_missing_chunks_from_a_peer_and_resumes() {
     assert!(sb.open(cid).await.unwrap().complete);
     let listed = sb.list().await.unwrap();
     assert!(listed[0].complete && !listed[0].pinned);
-    a.shutdown().await;
-    b.shutdown().await;
+    a.writer.stop().await;
+    b.writer.stop().await;
 }

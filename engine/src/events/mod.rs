@@ -28,7 +28,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::config::EventsConfig;
 pub use lamport::LamportClock;
-pub use writer::{ImportOutcome, ImportRequest, SourceUpdate, Stamp};
+pub use writer::{BlobWrite, ImportOutcome, ImportRequest, Origin, SourceUpdate, Stamp};
 
 /// Longest `semantics` or `name`, in bytes (API.md).
 pub const MAX_NAME_BYTES: usize = 1024;
@@ -38,7 +38,8 @@ pub const MAX_TAGS: usize = 64;
 /// leaf (`TreeConfig::max_uncompressed_leaf_size`, 1 MiB, less the CBOR string header).
 pub const MAX_PAYLOAD_BYTES: usize = 1_000_000;
 
-/// Why an event-service call failed.
+/// Why an event-service call failed. Cheap to clone: one commit's error is answered to every
+/// waiter of the group.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EventsError {
     /// Bad input; nothing was stored. `index` is the event's position in a publish batch.
@@ -50,22 +51,42 @@ pub enum EventsError {
     },
     /// The disk is full; nothing of the failed batch was stored.
     #[error("storage full: {0}")]
-    StorageFull(String),
+    StorageFull(#[source] Arc<shoal_store::Error>),
     /// The store failed. For a publish: the batch was not stored (the transaction rolled back).
     #[error("storage error: {0}")]
-    Storage(String),
-    /// The node is shutting down. For a publish: the batch may or may not have been stored.
+    Storage(#[source] Arc<shoal_store::Error>),
+    /// A blocking read task died (a bug: it panicked); nothing was changed.
+    #[error("a read task failed: {0}")]
+    Task(#[source] Arc<tokio::task::JoinError>),
+    /// The node is shutting down and did not take the call: nothing was stored.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The node shut down while the call was queued or running: a publish may or may not have
+    /// been stored (query before publishing it again, or it may be stored twice).
+    #[error("the node shut down during the call; it may have been carried out")]
+    Interrupted,
+}
+
+impl EventsError {
+    /// Whether the failed call may still have acted (a publish may be stored).
+    pub fn may_have_acted(&self) -> bool {
+        matches!(self, EventsError::Interrupted)
+    }
 }
 
 impl From<shoal_store::Error> for EventsError {
     fn from(e: shoal_store::Error) -> Self {
         if e.is_full() {
-            EventsError::StorageFull(e.to_string())
+            EventsError::StorageFull(Arc::new(e))
         } else {
-            EventsError::Storage(e.to_string())
+            EventsError::Storage(Arc::new(e))
         }
+    }
+}
+
+impl From<tokio::task::JoinError> for EventsError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        EventsError::Task(Arc::new(e))
     }
 }
 
@@ -351,28 +372,73 @@ struct Inner {
     shutdown: watch::Receiver<bool>,
 }
 
-impl EventService {
-    pub(crate) fn new(
-        source: SourceId,
-        store: Arc<Store>,
-        handles: writer::Handles,
-        config: EventsConfig,
-        shutdown: watch::Receiver<bool>,
-    ) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                source,
-                store,
-                commands: handles.commands,
-                updates: handles.updates,
-                offsets: handles.offsets,
-                clock: handles.clock,
-                config,
-                shutdown,
-            }),
+/// The writer thread of a running event service; [`WriterThread::stop`] commits what is queued,
+/// persists the clock and closes the store's write connection.
+pub struct WriterThread {
+    commands: mpsc::Sender<writer::Command>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WriterThread {
+    /// Stops the writer after every command queued before this call. Not cancel-safe: await it
+    /// to the end.
+    pub async fn stop(mut self) {
+        let (reply, done) = oneshot::channel();
+        if self
+            .commands
+            .send(writer::Command::Shutdown(reply))
+            .await
+            .is_ok()
+        {
+            let _ = done.await;
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
     }
+}
 
+/// Starts the writer thread on `writer` (and its packer on `packer`, a read connection of the
+/// same store) and the event service over it. `offsets` and `clock` are what the store holds
+/// now; queries and subscriptions end when `shutdown` flips.
+pub fn start(
+    writer: shoal_store::Writer,
+    packer: shoal_store::Reader,
+    store: Arc<Store>,
+    source: SourceId,
+    offsets: OffsetMap,
+    clock: LamportClock,
+    config: EventsConfig,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<(EventService, WriterThread)> {
+    let (handles, thread) = writer::spawn(
+        writer,
+        packer,
+        source.clone(),
+        offsets,
+        Arc::new(clock),
+        config.clone(),
+    )?;
+    let thread = WriterThread {
+        commands: handles.commands.clone(),
+        thread: Some(thread),
+    };
+    let service = EventService {
+        inner: Arc::new(Inner {
+            source,
+            store,
+            commands: handles.commands,
+            updates: handles.updates,
+            offsets: handles.offsets,
+            clock: handles.clock,
+            config,
+            shutdown,
+        }),
+    };
+    Ok((service, thread))
+}
+
+impl EventService {
     /// This node's source id.
     pub fn source(&self) -> &SourceId {
         &self.inner.source
@@ -388,9 +454,9 @@ impl EventService {
         for (i, e) in events.iter_mut().enumerate() {
             e.validate(i)?;
         }
-        let (reply, rx) = oneshot::channel();
-        self.send(writer::Command::Append { events, reply }).await?;
-        let stamps = rx.await.map_err(|_| EventsError::ShuttingDown)??;
+        let stamps = self
+            .call(|reply| writer::Command::Append { events, reply })
+            .await?;
         Ok(Published {
             source: self.inner.source.clone(),
             stamps,
@@ -435,26 +501,9 @@ impl EventService {
         subscribe::spawn(self.reads(), self.updates(), subscription)
     }
 
-    /// Replication: moves `source` to the tree `root` whose blocks are all stored already (see
-    /// `shoal_store::Writer::import`), then tells subscribers. Safe to drop: the import either
-    /// happens entirely or not at all.
-    pub async fn import(
-        &self,
-        source: SourceId,
-        root: shoal_store::Cid,
-    ) -> Result<shoal_store::Imported, EventsError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(writer::Command::Import {
-            source,
-            root,
-            reply,
-        })
-        .await?;
-        rx.await.map_err(|_| EventsError::ShuttingDown)?
-    }
-
     /// Replication, batched: one writer command that puts each request's blocks and imports
     /// each complete root (see [`writer::Command::ImportBatch`]); one outcome per request.
+    /// Safe to drop: each import happens entirely or not at all.
     pub async fn import_batch(
         &self,
         imports: Vec<ImportRequest>,
@@ -462,33 +511,45 @@ impl EventService {
         let (reply, rx) = oneshot::channel();
         self.send(writer::Command::ImportBatch { imports, reply })
             .await?;
-        rx.await.map_err(|_| EventsError::ShuttingDown)
+        rx.await.map_err(|_| EventsError::Interrupted)
     }
 
-    /// Runs `f` on the writer thread with exclusive use of the store's write connection (block
-    /// puts, gc, pack, console or snapshot tables). `f` must not move a source's alias: that
-    /// is [`Self::import`]'s job, because subscribers must hear of it.
-    pub async fn with_writer<T, F>(&self, f: F) -> Result<T, EventsError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut shoal_store::Writer) -> T + Send + 'static,
-    {
-        let (reply, rx) = oneshot::channel();
-        let job: writer::Job = Box::new(move |w| {
-            let _ = reply.send(f(w));
-        });
-        self.send(writer::Command::Run(job)).await?;
-        rx.await.map_err(|_| EventsError::ShuttingDown)
+    /// Stores blocks fetched ahead of their import (hash-checked by the store).
+    pub async fn put_blocks(&self, blocks: Vec<(shoal_store::Cid, Vec<u8>)>) -> Result<(), EventsError> {
+        self.call(|reply| writer::Command::PutBlocks { blocks, reply })
+            .await
+    }
+
+    /// One blob write on the writer (see [`BlobWrite`]).
+    pub async fn blob_write(&self, write: BlobWrite) -> Result<(), EventsError> {
+        self.call(|reply| writer::Command::Blob { write, reply }).await
+    }
+
+    /// Unpins blob `cid` and frees its blocks nothing else uses; `None` if not known here.
+    pub async fn blob_delete(
+        &self,
+        cid: shoal_store::Cid,
+    ) -> Result<Option<shoal_store::blob::Freed>, EventsError> {
+        self.call(|reply| writer::Command::BlobDelete { cid, reply })
+            .await
+    }
+
+    /// One garbage-collection step of at most `budget` blocks.
+    pub async fn gc_step(&self, budget: usize) -> Result<shoal_store::GcStats, EventsError> {
+        self.call(|reply| writer::Command::Gc { budget, reply }).await
+    }
+
+    /// Asks the store's checkpoint thread for a WAL checkpoint.
+    pub async fn request_checkpoint(&self) -> Result<(), EventsError> {
+        self.call(|reply| writer::Command::Checkpoint { reply })
+            .await
     }
 
     /// Streams stored: distinct (semantics, name, source) over all sources (API.md's
     /// `streams` of node info). Read from the trees' summaries, on a blocking thread.
     pub async fn stream_count(&self) -> Result<u64, EventsError> {
         let reader = self.reader()?;
-        tokio::task::spawn_blocking(move || reader.stream_count())
-            .await
-            .map_err(|e| EventsError::Storage(format!("counting streams: {e}")))?
-            .map_err(EventsError::from)
+        Ok(tokio::task::spawn_blocking(move || reader.stream_count()).await??)
     }
 
     /// A read-only connection for ad-hoc reads (use it in `spawn_blocking`).
@@ -496,10 +557,27 @@ impl EventService {
         Ok(self.inner.store.reader()?)
     }
 
+    /// Runs `f` on the writer thread (tests hold the writer with it).
+    #[cfg(test)]
+    pub(crate) async fn hold_writer(&self, f: impl FnOnce() + Send + 'static) {
+        let _ = self.send(writer::Command::Hold(Box::new(f))).await;
+    }
+
     /// Commands waiting for the writer (tests use it to line up a group commit).
     #[cfg(test)]
     pub(crate) fn queued(&self) -> usize {
         self.inner.commands.max_capacity() - self.inner.commands.capacity()
+    }
+
+    /// Sends the command `make` builds around a reply channel and waits for the answer.
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(writer::Reply<T>) -> writer::Command,
+    ) -> Result<T, EventsError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(make(reply)).await?;
+        // Queued, so the writer may act on it even if its answer is lost.
+        rx.await.map_err(|_| EventsError::Interrupted)?
     }
 
     async fn send(&self, command: writer::Command) -> Result<(), EventsError> {
@@ -566,6 +644,48 @@ pub(crate) fn plan(
         }
     }
     plan
+}
+
+/// An event service over a fresh store, without the rest of a node (engine unit tests).
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// The event service over a new store in `dir`; stop it with `writer.stop()`.
+    pub(crate) struct Parts {
+        pub events: EventService,
+        pub store: Arc<Store>,
+        pub writer: WriterThread,
+        /// Subscriptions end when this flips or is dropped.
+        pub _shutdown: watch::Sender<bool>,
+    }
+
+    pub(crate) fn start(dir: &std::path::Path, source: &str) -> Parts {
+        let store = Store::open(&dir.join("store.sqlite"), shoal_store::StoreConfig::default())
+            .expect("open store");
+        let reader = store.reader().expect("reader");
+        let clock = LamportClock::recover(&reader).expect("clock");
+        let writer = store.writer().expect("writer");
+        let store = Arc::new(store);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (events, writer) = super::start(
+            writer,
+            reader,
+            store.clone(),
+            SourceId::new(source),
+            OffsetMap::new(),
+            clock,
+            EventsConfig::default(),
+            shutdown_rx,
+        )
+        .expect("start writer");
+        Parts {
+            events,
+            store,
+            writer,
+            _shutdown: shutdown,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -146,7 +146,7 @@ async fn queued_publishes_share_one_commit() {
             let events = events.clone();
             async move {
                 events
-                    .with_writer(move |_| {
+                    .hold_writer(move || {
                         let _ = holding.send(());
                         let _ = hold.recv_timeout(WAIT);
                     })
@@ -175,7 +175,7 @@ async fn queued_publishes_share_one_commit() {
         .await
         .unwrap();
         release.send(()).unwrap();
-        blocker.await.unwrap().unwrap();
+        blocker.await.unwrap();
         let mut stamps = Vec::new();
         for p in publishers {
             stamps.extend(p.await.unwrap().stamps);

@@ -74,7 +74,36 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// Read access to local blocks for answering `Want`s; called on a blocking thread.
 pub trait BlockSource: Send + Sync + 'static {
     /// The block's bytes, or `None` if it is not here.
-    fn get_block(&self, cid: &Cid) -> Result<Option<Vec<u8>>, String>;
+    fn get_block(&self, cid: &Cid) -> Result<Option<Vec<u8>>, shoal_store::Error>;
+}
+
+/// Read connections of [`StoreBlocks`]: as many as the swarm serves `Want`s at once.
+const SERVE_READERS: usize = 4;
+
+/// Serves peers' `Want`s from the store through a few read connections, taken in turn: one
+/// connection (a mutex) made concurrent `Want`s for blob chunks (1 MiB each) wait on each other.
+pub struct StoreBlocks {
+    readers: Vec<shoal_store::Reader>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl StoreBlocks {
+    pub fn open(store: &shoal_store::Store) -> Result<StoreBlocks, shoal_store::Error> {
+        let readers = (0..SERVE_READERS)
+            .map(|_| store.reader())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(StoreBlocks {
+            readers,
+            next: Default::default(),
+        })
+    }
+}
+
+impl BlockSource for StoreBlocks {
+    fn get_block(&self, cid: &Cid) -> Result<Option<Vec<u8>>, shoal_store::Error> {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.readers[i % self.readers.len()].get_block(cid)
+    }
 }
 
 /// The libp2p behaviour of the exchange.
@@ -130,7 +159,7 @@ mod tests {
 
     struct Map(HashMap<Cid, Vec<u8>>);
     impl BlockSource for Map {
-        fn get_block(&self, cid: &Cid) -> Result<Option<Vec<u8>>, String> {
+        fn get_block(&self, cid: &Cid) -> Result<Option<Vec<u8>>, shoal_store::Error> {
             Ok(self.0.get(cid).cloned())
         }
     }

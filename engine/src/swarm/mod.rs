@@ -3,8 +3,9 @@
 //!
 //! ```text
 //!   replication ──Command──▶ [swarm task] ──Event::Head──▶ replication
-//!   (Publish, Stored,          owns Swarm,          (verified heads, inline blocks)
-//!    Fetch → FetchEvents)      Fetcher, heads
+//!   blobs ──Command::Fetch──▶  owns Swarm,     ──FetchEvents──▶ the fetch's caller
+//!   (Publish, Stored,          Fetcher, the       (verified heads, inline blocks)
+//!    Fetch, Dial)              head book ──watch──▶ NetworkState (node info, GC, store API)
 //!                                 │ Want from a peer
 //!                                 ▼
 //!                       spawn_blocking(BlockSource)   (bounded by a semaphore)
@@ -12,7 +13,9 @@
 //!
 //! The task touches no SQLite: blocks for peers are read by blocking workers through
 //! [`crate::exchange::BlockSource`]; received heads and blocks go out as [`Event`]s and
-//! [`crate::exchange::FetchEvent`]s. Every head is verified (signature by the claimed source)
+//! [`crate::exchange::FetchEvent`]s. It owns the head book (`heads.rs`: the newest known and the
+//! stored head per source, saved across restarts) and is the only writer of [`NetworkState`],
+//! which it publishes on a `watch`. Every head is verified (signature by the claimed source)
 //! before gossipsub may forward it or anyone sees it. All channels are bounded; a full event
 //! channel drops the head (the periodic digest brings it back).
 //!
@@ -22,21 +25,26 @@
 
 mod behaviour;
 pub mod gossip;
+mod heads;
 mod task;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use cid::Cid;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::pnet::PreSharedKey;
 use libp2p::{Multiaddr, PeerId};
-use tokio::sync::mpsc;
+use serde::Serialize;
+use shoal_store::{OffsetMap, SourceId};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use behaviour::BuildError;
+pub use heads::FILE as HEADS_FILE;
 pub(crate) use task::age_ms;
 
 use crate::exchange::{BlockSource, FetchEvent};
@@ -55,6 +63,8 @@ pub struct Config {
     pub mdns: bool,
     /// How often each connected peer is sent our digest (catch-up, multi-hop).
     pub digest_interval: Duration,
+    /// Where the head book is saved across restarts (`None`: not saved).
+    pub heads_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -66,6 +76,7 @@ impl Config {
             swarm_key: None,
             mdns: true,
             digest_interval: Duration::from_secs(5),
+            heads_file: None,
         }
     }
 }
@@ -114,32 +125,47 @@ pub enum Event {
     },
 }
 
-/// A peer as the node API shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A peer as node info shows it (`GET /api/v1/node/info` `peers[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PeerInfo {
-    pub peer_id: PeerId,
-    pub addrs: Vec<Multiaddr>,
+    pub peer_id: String,
+    pub addrs: Vec<String>,
     pub connected: bool,
-    pub last_seen: SystemTime,
+    /// Microseconds since the Unix epoch, when last heard of.
+    pub last_seen: u64,
     /// Highest offset of this node's own events the peer stores, from the peer's last digest
-    /// (sent on connect and every `digest_interval`; kept after it disconnects).
+    /// (sent on connect and every `digest_interval`; kept after it disconnects); absent until
+    /// it reported any.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub our_offset_stored: Option<u64>,
 }
 
-/// State the task publishes for readers (small; the lock is never held across `.await`).
-#[derive(Debug, Default)]
-pub(crate) struct Shared {
-    listen: Vec<Multiaddr>,
-    peers: BTreeMap<PeerId, PeerInfo>,
-    /// Highest offset per source known from verified heads (may be ahead of what is stored).
-    known: BTreeMap<PeerId, u64>,
+/// The swarm's view of the network. The swarm task is its only writer and publishes it on a
+/// `watch` ([`Handle::status`]); everyone else reads it there.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkState {
+    /// Addresses the swarm actually listens on (concrete ports), loopback first: that is what
+    /// `shoal run` prints when listening on 0.0.0.0.
+    pub listen_addrs: Vec<Multiaddr>,
+    pub peers: BTreeMap<PeerId, PeerInfo>,
+    /// Highest offset per source known from verified heads (may run ahead of what is stored).
+    pub known: BTreeMap<SourceId, u64>,
+}
+
+impl NetworkState {
+    /// An address another node can dial, ending in `/p2p/<id>`: loopback if we listen on it
+    /// (as with 0.0.0.0), else the first concrete listen address.
+    pub fn dialable_addr(&self, local: PeerId) -> Option<Multiaddr> {
+        self.listen_addrs.first().map(|a| dialable(a, local))
+    }
 }
 
 /// A handle to the swarm task; cheap to clone. The task stops when every handle is dropped.
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Command>,
-    shared: Arc<Mutex<Shared>>,
+    status: watch::Receiver<NetworkState>,
     local: PeerId,
 }
 
@@ -159,42 +185,44 @@ impl Handle {
         !self.tx.is_closed()
     }
 
-    fn read<T>(&self, f: impl FnOnce(&Shared) -> T) -> T {
-        match self.shared.lock() {
-            Ok(g) => f(&g),
-            Err(poisoned) => f(&poisoned.into_inner()),
-        }
+    /// The network state as the swarm task publishes it (changes wake the receiver).
+    pub fn status(&self) -> watch::Receiver<NetworkState> {
+        self.status.clone()
     }
 
-    /// Addresses the swarm listens on.
-    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
-        self.read(|s| s.listen.clone())
-    }
-
-    /// An address another node can dial, ending in `/p2p/<id>`: loopback if we listen on it
-    /// (as with 0.0.0.0), else the first concrete listen address.
+    /// See [`NetworkState::dialable_addr`].
     pub fn dialable_addr(&self) -> Option<Multiaddr> {
-        let addrs = self.listen_addrs();
-        let is_loopback = |a: &Multiaddr| {
-            a.iter()
-                .any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_loopback()))
-        };
-        let pick = addrs
-            .iter()
-            .find(|a| is_loopback(a))
-            .or_else(|| addrs.first())?;
-        Some(pick.clone().with(Protocol::P2p(self.local)))
+        self.status.borrow().dialable_addr(self.local)
     }
 
     /// Known peers (connected or seen).
     pub fn peers(&self) -> Vec<PeerInfo> {
-        self.read(|s| s.peers.values().cloned().collect())
+        self.status.borrow().peers.values().cloned().collect()
     }
 
     /// Highest offset per source known from gossip.
-    pub fn known_offsets(&self) -> BTreeMap<PeerId, u64> {
-        self.read(|s| s.known.clone())
+    pub fn known_offsets(&self) -> BTreeMap<SourceId, u64> {
+        self.status.borrow().known.clone()
     }
+}
+
+/// `addr` with a wildcard IP replaced by loopback and `/p2p/<peer>` appended (once).
+pub fn dialable(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
+    let mut out = Multiaddr::empty();
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(ip) if ip.is_unspecified() => {
+                out.push(Protocol::Ip4([127, 0, 0, 1].into()))
+            }
+            Protocol::Ip6(ip) if ip.is_unspecified() => {
+                out.push(Protocol::Ip6(std::net::Ipv6Addr::LOCALHOST))
+            }
+            Protocol::P2p(_) => {}
+            other => out.push(other),
+        }
+    }
+    out.push(Protocol::P2p(peer));
+    out
 }
 
 /// Reads a swarm key file (`/key/swarm/psk/1.0.0/` format).
@@ -213,20 +241,51 @@ pub fn generate_swarm_key() -> String {
     PreSharedKey::new(bytes).to_key_file()
 }
 
-/// Starts the swarm task: listens, dials the bootstrap peers, and returns once the first listen
-/// address is known (so it can be printed). `blocks` answers peers' `Want`s.
+/// A started swarm: what the rest of the node keeps of it.
+pub struct Spawned {
+    pub handle: Handle,
+    /// Verified heads from the network, for the replicator.
+    pub events: mpsc::Receiver<Event>,
+    /// Saved heads beyond what the store holds: syncs to resume.
+    pub resumed: Vec<SignedHead>,
+    /// Ends after `shutdown` flips (saving the head book) or when every handle is dropped.
+    pub task: JoinHandle<()>,
+}
+
+/// Starts the swarm task: loads the head book (`stored` is what the store holds now), listens,
+/// dials the bootstrap peers, and returns once the first listen address is known (so it can be
+/// printed). `blocks` answers peers' `Want`s.
 pub async fn spawn(
     config: Config,
     blocks: Arc<dyn BlockSource>,
-) -> Result<(Handle, mpsc::Receiver<Event>, JoinHandle<()>), Error> {
+    stored: OffsetMap,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Spawned, Error> {
     let local = config.keypair.public().to_peer_id();
-    let shared = Arc::new(Mutex::new(Shared::default()));
+    let file = config.heads_file.clone();
+    let (book, resumed) =
+        tokio::task::spawn_blocking(move || heads::HeadBook::load(file, local, &stored))
+            .await
+            .map_err(|_| Error::Stopped)?;
+    let initial = NetworkState {
+        known: resumed
+            .iter()
+            .map(|h| (heads::source_id(&h.head.source), h.head.offset))
+            .collect(),
+        ..NetworkState::default()
+    };
+    let (status_tx, status) = watch::channel(initial);
     let (tx, rx) = mpsc::channel(256);
     let (events_tx, events_rx) = mpsc::channel(1024);
-    let mut task = task::Task::new(config, blocks, rx, events_tx, shared.clone())?;
+    let mut task = task::Task::new(config, blocks, rx, events_tx, status_tx, book)?;
     task.wait_listening().await?;
-    let join = tokio::spawn(task.run());
-    Ok((Handle { tx, shared, local }, events_rx, join))
+    let task = tokio::spawn(task.run(shutdown));
+    Ok(Spawned {
+        handle: Handle { tx, status, local },
+        events: events_rx,
+        resumed,
+        task,
+    })
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! (finish local work before taking new peer work).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
@@ -11,10 +11,11 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self as rr, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, mdns, ping, Multiaddr, PeerId, Swarm};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::behaviour::{self, Behaviour, BehaviourEvent};
-use super::{gossip, Command, Config, Error, Event, PeerInfo, Shared};
+use super::heads::{source_id, HeadBook};
+use super::{dialable, gossip, Command, Config, Error, Event, NetworkState, PeerInfo};
 use crate::exchange::wire::source_hash;
 use crate::exchange::{self, BlockSource, DigestEntry, Fetcher, Request, Response};
 use crate::head::SignedHead;
@@ -34,6 +35,20 @@ pub(crate) fn age_ms(timestamp: u64) -> f64 {
     now.saturating_sub(timestamp) as f64 / 1000.0
 }
 
+/// Microseconds since the Unix epoch (0 for times before it).
+fn micros(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
 /// An address to stay connected to, redialled with backoff while its peer is not connected:
 /// a bootstrap `--peer`, or one mDNS found (until mDNS says it expired). mDNS reports a peer
 /// once, not again when its connection drops, so without this a peer lost in a network
@@ -51,16 +66,15 @@ pub(super) struct Task {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
-    shared: Arc<Mutex<Shared>>,
+    /// What the rest of the node sees of the network; this task is its only writer.
+    status: watch::Sender<NetworkState>,
     blocks: Arc<dyn BlockSource>,
     served_tx: mpsc::Sender<(ResponseChannel<Response>, Response)>,
     served_rx: mpsc::Receiver<(ResponseChannel<Response>, Response)>,
     serve_limit: Arc<Semaphore>,
     fetcher: Fetcher<OutboundRequestId>,
-    /// Best verified head seen per source.
-    known: HashMap<PeerId, SignedHead>,
-    /// Heads whose trees are stored here (what digests are answered with).
-    stored: HashMap<PeerId, SignedHead>,
+    /// Known and stored heads per source.
+    heads: HeadBook,
     topic: gossipsub::IdentTopic,
     redial: Vec<Redial>,
     digest_interval: Duration,
@@ -74,7 +88,8 @@ impl Task {
         blocks: Arc<dyn BlockSource>,
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
-        shared: Arc<Mutex<Shared>>,
+        status: watch::Sender<NetworkState>,
+        heads: HeadBook,
     ) -> Result<Self, Error> {
         let key = config.keypair.clone();
         let transport = behaviour::transport(&key, config.swarm_key)?;
@@ -114,14 +129,13 @@ impl Task {
             swarm,
             commands,
             events,
-            shared,
+            status,
             blocks,
             served_tx,
             served_rx,
             serve_limit: Arc::new(Semaphore::new(SERVE_CONCURRENCY)),
             fetcher: Fetcher::default(),
-            known: HashMap::new(),
-            stored: HashMap::new(),
+            heads,
             topic,
             redial,
             digest_interval: config.digest_interval,
@@ -129,11 +143,10 @@ impl Task {
         })
     }
 
-    fn shared(&self, f: impl FnOnce(&mut Shared)) {
-        match self.shared.lock() {
-            Ok(mut g) => f(&mut g),
-            Err(poisoned) => f(&mut poisoned.into_inner()),
-        }
+    /// Changes the published network state; `f` says whether readers should be woken (a
+    /// peer's `last_seen` moving is not worth waking anyone for: they read it when they look).
+    fn status(&self, f: impl FnOnce(&mut NetworkState) -> bool) {
+        self.status.send_if_modified(f);
     }
 
     /// Drives the swarm until it reports its first listen address (bounded wait).
@@ -162,7 +175,7 @@ impl Task {
         }
     }
 
-    pub(super) async fn run(mut self) {
+    pub(super) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut digest = tokio::time::interval(self.digest_interval);
@@ -176,6 +189,7 @@ impl Task {
                     // The requester may have gone away; nothing to do then.
                     let _ = self.swarm.behaviour_mut().exchange.send_response(channel, response);
                 }
+                _ = crate::stopped(&mut shutdown) => break,
                 cmd = self.commands.recv() => match cmd {
                     Some(cmd) => self.on_command(cmd),
                     None => break,
@@ -183,12 +197,16 @@ impl Task {
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
                 _ = tick.tick(), if self.fetcher.sessions() > 0 => {}
                 _ = digest.tick() => self.send_digests(),
-                _ = redial.tick() => self.redial(),
+                _ = redial.tick() => {
+                    self.redial();
+                    self.heads.save_if_due();
+                }
             }
             if self.fetcher.sessions() > 0 {
                 self.pump_fetches();
             }
         }
+        self.heads.save_now();
         tracing::debug!("swarm task stopped");
     }
 
@@ -197,7 +215,7 @@ impl Task {
             Command::Publish { head, blocks } => {
                 let data = gossip::encode(&head, &blocks);
                 self.remember_known(&head);
-                self.stored.insert(head.head.source, head);
+                self.heads.set_stored(head);
                 let topic = self.topic.clone();
                 if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
                     // No subscribed peer yet is normal; digests catch them up later.
@@ -206,13 +224,7 @@ impl Task {
             }
             Command::Stored(head) => {
                 self.remember_known(&head);
-                let newer = self
-                    .stored
-                    .get(&head.head.source)
-                    .is_none_or(|s| s.head.offset < head.head.offset);
-                if newer {
-                    self.stored.insert(head.head.source, head);
-                }
+                self.heads.set_stored(head);
             }
             Command::Fetch {
                 cids,
@@ -231,16 +243,12 @@ impl Task {
 
     /// Raises the known offset of a head's source; true if it is news.
     fn remember_known(&mut self, head: &SignedHead) -> bool {
-        let source = head.head.source;
-        let news = self
-            .known
-            .get(&source)
-            .is_none_or(|k| k.head.offset < head.head.offset);
+        let news = self.heads.remember_known(head);
         if news {
-            self.known.insert(source, head.clone());
-            let offset = head.head.offset;
-            self.shared(|s| {
+            let (source, offset) = (source_id(&head.head.source), head.head.offset);
+            self.status(|s| {
                 s.known.insert(source, offset);
+                true
             });
         }
         news
@@ -260,10 +268,10 @@ impl Task {
     }
 
     fn digest(&self) -> Vec<DigestEntry> {
-        self.stored
-            .iter()
-            .map(|(source, h)| DigestEntry {
-                source_hash: source_hash(source),
+        self.heads
+            .stored_heads()
+            .map(|h| DigestEntry {
+                source_hash: source_hash(&h.head.source),
                 offset: h.head.offset,
             })
             .collect()
@@ -290,10 +298,12 @@ impl Task {
         else {
             return;
         };
-        self.shared(|s| {
-            if let Some(p) = s.peers.get_mut(&peer) {
+        self.status(|s| match s.peers.get_mut(&peer) {
+            Some(p) if p.our_offset_stored != Some(offset) => {
                 p.our_offset_stored = Some(offset);
+                true
             }
+            _ => false,
         });
     }
 
@@ -302,14 +312,14 @@ impl Task {
         let theirs: HashMap<[u8; 8], u64> =
             entries.iter().map(|e| (e.source_hash, e.offset)).collect();
         let heads = self
-            .stored
-            .iter()
-            .filter(|(source, h)| {
+            .heads
+            .stored_heads()
+            .filter(|h| {
                 theirs
-                    .get(&source_hash(source))
+                    .get(&source_hash(&h.head.source))
                     .is_none_or(|&o| o < h.head.offset)
             })
-            .map(|(_, h)| h.clone())
+            .cloned()
             .take(MAX_HEADS_PER_ANSWER)
             .collect();
         Response::Heads(heads)
@@ -349,23 +359,31 @@ impl Task {
     }
 
     fn touch_peer(&mut self, peer: PeerId, connected: Option<bool>, addr: Option<Multiaddr>) {
-        self.shared(|s| {
-            let p = s.peers.entry(peer).or_insert_with(|| PeerInfo {
-                peer_id: peer,
-                addrs: vec![],
-                connected: false,
-                last_seen: SystemTime::now(),
-                our_offset_stored: None,
+        let now = micros(SystemTime::now());
+        self.status(|s| {
+            let mut changed = false;
+            let p = s.peers.entry(peer).or_insert_with(|| {
+                changed = true;
+                PeerInfo {
+                    peer_id: peer.to_string(),
+                    addrs: vec![],
+                    connected: false,
+                    last_seen: now,
+                    our_offset_stored: None,
+                }
             });
-            p.last_seen = SystemTime::now();
+            p.last_seen = now;
             if let Some(c) = connected {
+                changed |= p.connected != c;
                 p.connected = c;
             }
-            if let Some(a) = addr {
+            if let Some(a) = addr.map(|a| a.to_string()) {
                 if !p.addrs.contains(&a) && p.addrs.len() < 16 {
                     p.addrs.push(a);
+                    changed = true;
                 }
             }
+            changed
         });
     }
 
@@ -373,10 +391,18 @@ impl Task {
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "swarm listening");
-                self.shared(|s| s.listen.push(address));
+                self.status(|s| {
+                    s.listen_addrs.push(address);
+                    // Loopback first: it is what `shoal run` prints when listening on 0.0.0.0.
+                    s.listen_addrs.sort_by_key(|a| !is_loopback(a));
+                    true
+                });
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
-                self.shared(|s| s.listen.retain(|a| a != &address));
+                self.status(|s| {
+                    s.listen_addrs.retain(|a| a != &address);
+                    true
+                });
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -457,7 +483,7 @@ impl Task {
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 let now = Instant::now();
                 for (peer, addr) in found {
-                    let addr = crate::node::dialable(&addr, peer);
+                    let addr = dialable(&addr, peer);
                     if peer == *self.swarm.local_peer_id()
                         || self.redial.iter().any(|r| r.addr == addr)
                     {
@@ -477,7 +503,7 @@ impl Task {
             }
             BehaviourEvent::Mdns(mdns::Event::Expired(gone)) => {
                 for (peer, addr) in gone {
-                    let addr = crate::node::dialable(&addr, peer);
+                    let addr = dialable(&addr, peer);
                     self.redial.retain(|r| !(r.mdns && r.addr == addr));
                     tracing::debug!(%peer, %addr, "mDNS record expired");
                 }
@@ -498,10 +524,7 @@ impl Task {
                 // Not stored here yet: forward it even when a newer head overtook it on
                 // another path, so its inline blocks (which the newer head's tree needs, and
                 // which the newer head does not carry) reach the peers behind us too.
-                let unstored = self
-                    .stored
-                    .get(&source)
-                    .is_none_or(|s| s.head.offset < offset);
+                let unstored = self.heads.is_unstored(&source, offset);
                 if source == *self.swarm.local_peer_id() || !unstored {
                     // Ours, or stored already: don't forward it again.
                     gossipsub::MessageAcceptance::Ignore
@@ -592,11 +615,7 @@ impl Task {
             if source == *self.swarm.local_peer_id() {
                 continue;
             }
-            let behind = self
-                .stored
-                .get(&source)
-                .is_none_or(|s| s.head.offset < head.head.offset);
-            if behind {
+            if self.heads.is_unstored(&source, head.head.offset) {
                 self.remember_known(&head);
                 self.emit(head, vec![], peer);
             }
@@ -622,3 +641,4 @@ impl Task {
         });
     }
 }
+

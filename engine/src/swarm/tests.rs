@@ -12,7 +12,7 @@ use crate::head::Head;
 
 struct Map(HashMap<Cid, Vec<u8>>);
 impl BlockSource for Map {
-    fn get_block(&self, cid: &Cid) -> Result<Option<Vec<u8>>, String> {
+    fn get_block(&self, cid: &Cid) -> Result<Option<Vec<u8>>, shoal_store::Error> {
         Ok(self.0.get(cid).cloned())
     }
 }
@@ -20,7 +20,7 @@ impl BlockSource for Map {
 /// Answers every want with garbage.
 struct Liar;
 impl BlockSource for Liar {
-    fn get_block(&self, _: &Cid) -> Result<Option<Vec<u8>>, String> {
+    fn get_block(&self, _: &Cid) -> Result<Option<Vec<u8>>, shoal_store::Error> {
         Ok(Some(b"not the block you wanted".to_vec()))
     }
 }
@@ -49,10 +49,18 @@ async fn node(
     blocks: Arc<dyn BlockSource>,
 ) -> (Keypair, Handle, mpsc::Receiver<Event>) {
     let key = Keypair::generate_ed25519();
-    let (h, rx, _join) = spawn(config(key.clone(), peers, psk), blocks)
-        .await
-        .unwrap();
-    (key, h, rx)
+    // Never signalled (a dropped sender would stop the swarm): the task ends with the runtime.
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    std::mem::forget(stop);
+    let spawned = spawn(
+        config(key.clone(), peers, psk),
+        blocks,
+        shoal_store::OffsetMap::new(),
+        shutdown,
+    )
+    .await
+    .unwrap();
+    (key, spawned.handle, spawned.events)
 }
 
 async fn wait_connected(h: &Handle, n: usize) {
@@ -139,7 +147,8 @@ async fn gossip_carries_head_and_inline_blocks() {
     assert_eq!(from, a.local_peer_id());
     // Either via gossip (with the block inline) or via the digest answer (without).
     assert!(blocks.is_empty() || blocks == vec![blk]);
-    assert!(b.known_offsets().contains_key(&ka.public().to_peer_id()));
+    assert!(b.known_offsets()
+        .contains_key(&SourceId::new(ka.public().to_peer_id().to_string())));
 }
 
 #[tokio::test]

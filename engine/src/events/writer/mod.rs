@@ -9,11 +9,13 @@
 //! After each commit, in this order: the offsets watch is raised, one `Arc<SourceUpdate>` is
 //! sent on the update broadcast, the waiters are answered. The broadcast is the single path by
 //! which subscribers (and the swarm) learn of new events, local ([`Command::Append`]) or
-//! replicated ([`Command::Import`]). Raising the offsets first means a subscriber that reads the
+//! replicated ([`Command::ImportBatch`], `import.rs`). Raising the offsets first means a subscriber that reads the
 //! offsets after subscribing to the broadcast cannot miss a commit (see `subscribe.rs`).
 //!
 //! It runs on its own OS thread, not a tokio worker: SQLite calls block, and a dedicated thread
 //! needs neither `spawn_blocking` per batch nor a hop back. It knows nothing of HTTP or peers.
+//! Other store writes come as typed commands too (block puts for syncs, blob batches, GC steps;
+//! `upkeep.rs`): nothing else in the engine holds the write connection.
 //!
 //! Packing (rewriting the chain of small unpacked appends into full, better compressed leaves)
 //! is CPU work of milliseconds that grows with the last leaf, so it is kept off the commit
@@ -28,17 +30,24 @@
 //! packer). The packer runs at normal priority on purpose: niced (10) on a loaded machine it
 //! fell behind, and the inline backstop stalled commits for 13-88 ms (measured).
 
-use std::sync::{mpsc as std_mpsc, Arc};
+mod import;
+mod packer;
+mod upkeep;
+
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use shoal_store::{
-    Cid, Event, NewEvent, OffsetMap, PackTicket, PreparedPack, Reader, SourceId, Writer,
-};
+use bytes::Bytes;
+use shoal_store::blob::{BlobMeta, Freed};
+use shoal_store::{Cid, Event, GcStats, NewEvent, OffsetMap, Reader, SourceId, Writer};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::lamport::{self, LamportClock};
 use super::{EventsError, PublishEvent};
 use crate::config::EventsConfig;
+pub use import::{ImportOutcome, ImportRequest};
+use packer::Packer;
 
 /// Where one published event went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,74 +68,87 @@ pub struct SourceUpdate {
     pub events: Option<Arc<[Event]>>,
     /// The source's new tree root.
     pub root: Cid,
-    /// Appended here (`true`) or imported from a peer.
-    pub local: bool,
-    /// Lamport and timestamp of the last event (local appends; 0 for imports).
-    pub lamport: u64,
-    pub timestamp: u64,
-    /// Blocks the append created (local appends small enough to inline; else empty): the
-    /// swarm's gossip fast path.
-    pub new_blocks: Arc<[(Cid, Vec<u8>)]>,
+    pub origin: Origin,
 }
 
-/// A job run with the write connection (see `EventService::with_writer`).
-pub type Job = Box<dyn FnOnce(&mut Writer) + Send>;
+/// Where the events of a [`SourceUpdate`] came from.
+#[derive(Debug)]
+pub enum Origin {
+    /// Appended here: what the swarm needs to sign and gossip the new head.
+    Local {
+        /// Lamport and timestamp of the last event.
+        lamport: u64,
+        timestamp: u64,
+        /// Blocks the append created, when small enough to inline (else empty): the swarm's
+        /// gossip fast path.
+        new_blocks: Arc<[(Cid, Vec<u8>)]>,
+    },
+    /// Imported from a peer's tree.
+    Replicated,
+}
 
-/// What the writer does.
+/// The writer's answer to one command.
+pub type Reply<T> = oneshot::Sender<Result<T, EventsError>>;
+
+/// What the writer does. Each command is one store transaction, except consecutive
+/// [`Command::Append`]s, which are folded into one (group commit).
 pub enum Command {
     /// Validated events of one publish request.
     Append {
         events: Vec<PublishEvent>,
-        reply: oneshot::Sender<Result<Vec<Stamp>, EventsError>>,
+        reply: Reply<Vec<Stamp>>,
     },
-    /// Replication: move `source` to `root` (all blocks present).
-    Import {
-        source: SourceId,
-        root: Cid,
-        reply: oneshot::Sender<Result<shoal_store::Imported, EventsError>>,
-    },
-    /// Replication, batched: for each request put its blocks (gossip's inline blocks), then
-    /// import its root if complete. One command for the heads of many sources.
+    /// Replication, batched: for each request put its blocks (gossip's inline blocks or
+    /// fetched ones), then import its root if complete. One transaction for many sources.
     ImportBatch {
         imports: Vec<ImportRequest>,
         reply: oneshot::Sender<Vec<ImportOutcome>>,
     },
-    /// Anything else that needs the write connection.
-    Run(Job),
+    /// Blocks fetched ahead of their import (a large sync), hash-checked by the store.
+    PutBlocks {
+        blocks: Vec<(Cid, Vec<u8>)>,
+        reply: Reply<()>,
+    },
+    /// Blob bytes and pins (see `crate::blobs`).
+    Blob { write: BlobWrite, reply: Reply<()> },
+    /// Unpins a blob and frees the blocks nothing else uses; `None` if it was not known.
+    BlobDelete {
+        cid: Cid,
+        reply: Reply<Option<Freed>>,
+    },
+    /// One bounded garbage-collection step (see `maintenance.rs`).
+    Gc { budget: usize, reply: Reply<GcStats> },
+    /// Asks the store's checkpoint thread for a WAL checkpoint (it does not wait for it).
+    Checkpoint { reply: Reply<()> },
     /// Finish what is queued before this, persist the clock, close, then reply.
     Shutdown(oneshot::Sender<()>),
+    /// Tests: runs a closure on the writer thread (to hold it while commands queue up).
+    #[cfg(test)]
+    Hold(Box<dyn FnOnce() + Send>),
 }
 
-/// One source of an [`Command::ImportBatch`].
-#[derive(Debug)]
-pub struct ImportRequest {
-    pub source: SourceId,
-    pub root: Cid,
-    /// Blocks to put first (hash-verified by the store).
-    pub blocks: Vec<(Cid, Vec<u8>)>,
-}
-
-/// What became of one [`ImportRequest`].
-#[derive(Debug)]
-pub enum ImportOutcome {
-    /// The source moved to the root; subscribers were told.
-    Imported(shoal_store::Imported),
-    /// The root is the source's tree already.
-    Current,
-    /// These blocks are still absent (fetch them, then import).
-    Missing(Vec<Cid>),
-    Failed(EventsError),
-}
-
-/// Imported events up to this many travel with the update (subscribers need no store read).
-const IMPORT_INLINE_EVENTS: u64 = 1024;
-
-fn own_source_error() -> EventsError {
-    EventsError::Invalid {
-        index: None,
-        field: "source",
-        reason: "cannot import this node's own source".into(),
-    }
+/// Blob writes, each one transaction (see `shoal_store::blob`).
+pub enum BlobWrite {
+    /// Creates the blob tables if needed.
+    Init,
+    /// Stores hashed chunks and the link blocks they completed. With `upload`, the batch is
+    /// also pinned under that upload (the writer chains each upload's manifests, so batches
+    /// may arrive in any order); without, the blocks are fetched ones.
+    Put {
+        chunks: Vec<(Cid, Bytes)>,
+        links: Vec<(Cid, Vec<u8>)>,
+        upload: Option<String>,
+    },
+    /// Finishes an upload: the last link blocks, the metadata, the root's pin.
+    Commit {
+        upload: String,
+        last: Vec<(Cid, Vec<u8>)>,
+        meta: BlobMeta,
+    },
+    /// Drops the pin of an upload that will not finish.
+    Abort { upload: String },
+    /// Keeps a fetched root block and the size it declares, pinned as cached.
+    CacheRoot { cid: Cid, data: Bytes, size: u64 },
 }
 
 /// The channel ends the rest of the engine keeps.
@@ -162,6 +184,7 @@ pub(crate) fn spawn(
         config,
         last_timestamp: 0,
         lamport_covered: persisted,
+        uploads: HashMap::new(),
     };
     let thread = std::thread::Builder::new()
         .name("shoal-writer".into())
@@ -189,6 +212,8 @@ struct State {
     last_timestamp: u64,
     /// Highest lamport that is durable (persisted meta or a stored event).
     lamport_covered: u64,
+    /// The latest manifest of each upload in progress (see [`BlobWrite::Put`]).
+    uploads: HashMap<String, Option<Cid>>,
 }
 
 /// Waiters of one group commit, with how many events each brought.
@@ -232,17 +257,26 @@ impl State {
                     }
                     self.append(batch, waiters);
                 }
-                Command::Import {
-                    source,
-                    root,
-                    reply,
-                } => {
-                    let _ = reply.send(self.import(source, root));
-                }
                 Command::ImportBatch { imports, reply } => {
                     let _ = reply.send(self.import_batch(imports));
                 }
-                Command::Run(job) => job(&mut self.writer),
+                Command::PutBlocks { blocks, reply } => {
+                    let _ = reply.send(self.writer.put_blocks(&blocks).map_err(Into::into));
+                }
+                Command::Blob { write, reply } => {
+                    let _ = reply.send(self.blob(write).map_err(Into::into));
+                }
+                Command::BlobDelete { cid, reply } => {
+                    let _ = reply.send(shoal_store::blob::delete(&mut self.writer, &cid).map_err(Into::into));
+                }
+                Command::Gc { budget, reply } => {
+                    let _ = reply.send(self.writer.gc(budget).map_err(Into::into));
+                }
+                Command::Checkpoint { reply } => {
+                    let _ = reply.send(self.writer.request_checkpoint().map_err(Into::into));
+                }
+                #[cfg(test)]
+                Command::Hold(f) => f(),
                 Command::Shutdown(reply) => {
                     self.persist_clock();
                     drop(self);
@@ -346,10 +380,11 @@ impl State {
                     last: appended.last,
                     events: (share && !shared.is_empty()).then(|| shared.into()),
                     root: appended.root,
-                    local: true,
-                    lamport: first_lamport + n - 1,
-                    timestamp: last_timestamp,
-                    new_blocks,
+                    origin: Origin::Local {
+                        lamport: first_lamport + n - 1,
+                        timestamp: last_timestamp,
+                        new_blocks,
+                    },
                 };
                 // No receivers is fine (no subscriber, no swarm yet).
                 let _ = self.updates.send(Arc::new(update));
@@ -378,133 +413,6 @@ impl State {
         }
     }
 
-    fn import(
-        &mut self,
-        source: SourceId,
-        root: Cid,
-    ) -> Result<shoal_store::Imported, EventsError> {
-        match self.try_import(source, root)? {
-            ImportOutcome::Imported(imported) => Ok(imported),
-            ImportOutcome::Missing(missing) => {
-                Err(shoal_store::Error::MissingBlock(missing[0]).into())
-            }
-            ImportOutcome::Current => Err(shoal_store::Error::NotExtending {
-                source_id: String::new(),
-                root: Box::new(root),
-                reason: "it is the current tree".into(),
-            }
-            .into()),
-            ImportOutcome::Failed(e) => Err(e),
-        }
-    }
-
-    /// Puts every request's blocks and imports each complete root, all in ONE store
-    /// transaction (see `shoal_store::Writer::import_batch`), then tells subscribers.
-    fn import_batch(&mut self, imports: Vec<ImportRequest>) -> Vec<ImportOutcome> {
-        let mut blocks = Vec::new();
-        let mut targets = Vec::with_capacity(imports.len());
-        for r in imports {
-            blocks.extend(r.blocks);
-            targets.push((r.source, r.root));
-        }
-        // Only this node appends to its own log; a peer's copy of it is never newer.
-        let own = targets
-            .iter()
-            .map(|(s, _)| s == &self.source)
-            .collect::<Vec<_>>();
-        let store_targets: Vec<(SourceId, Cid)> = targets
-            .iter()
-            .zip(&own)
-            .filter(|(_, own)| !**own)
-            .map(|(t, _)| t.clone())
-            .collect();
-        let mut results =
-            match self
-                .writer
-                .import_batch(&blocks, &store_targets, IMPORT_INLINE_EVENTS)
-            {
-                Ok(results) => results.into_iter(),
-                Err(e) => {
-                    // Gossip blocks were hash-checked already: this is the disk. Fail them all.
-                    tracing::warn!(error = %e, sources = targets.len(), "import batch failed");
-                    let err = EventsError::from(e);
-                    return targets
-                        .into_iter()
-                        .map(|_| ImportOutcome::Failed(err.clone()))
-                        .collect();
-                }
-            };
-        targets
-            .into_iter()
-            .zip(own)
-            .map(|((source, root), own)| {
-                if own {
-                    return ImportOutcome::Failed(own_source_error());
-                }
-                match results.next() {
-                    Some(Ok(attempt)) => self.imported(source, root, attempt),
-                    Some(Err(e)) => ImportOutcome::Failed(e.into()),
-                    None => ImportOutcome::Failed(EventsError::from(shoal_store::Error::Invalid(
-                        "the store answered fewer imports than asked".into(),
-                    ))),
-                }
-            })
-            .collect()
-    }
-
-    /// Imports `root` as `source`'s tree if complete; on success raises the offsets and
-    /// broadcasts the update (with the events when there are few).
-    fn try_import(&mut self, source: SourceId, root: Cid) -> Result<ImportOutcome, EventsError> {
-        if source == self.source {
-            return Err(own_source_error());
-        }
-        let attempt = self
-            .writer
-            .try_import(&source, root, IMPORT_INLINE_EVENTS)?;
-        Ok(self.imported(source, root, attempt))
-    }
-
-    /// After the store answered an import: raises the offsets and broadcasts the update.
-    fn imported(
-        &mut self,
-        source: SourceId,
-        root: Cid,
-        attempt: shoal_store::ImportAttempt,
-    ) -> ImportOutcome {
-        let (imported, events) = match attempt {
-            shoal_store::ImportAttempt::Imported { imported, events } => (imported, events),
-            shoal_store::ImportAttempt::Current => return ImportOutcome::Current,
-            shoal_store::ImportAttempt::Missing(m) => return ImportOutcome::Missing(m),
-        };
-        let known = self.offsets.borrow().get(&source);
-        if known.is_some_and(|k| k >= imported.last) {
-            return ImportOutcome::Imported(imported);
-        }
-        self.offsets.send_modify(|o| {
-            o.update(source.clone(), imported.last);
-        });
-        let update = SourceUpdate {
-            source,
-            first: imported.first,
-            last: imported.last,
-            // Shared like a local append's events, under the same size bound.
-            events: events
-                .filter(|e| {
-                    !e.is_empty()
-                        && e.iter().map(|e| e.payload.get().len()).sum::<usize>()
-                            <= self.config.inline_update_bytes
-                })
-                .map(Arc::from),
-            root,
-            local: false,
-            lamport: 0,
-            timestamp: 0,
-            new_blocks: Arc::new([]),
-        };
-        let _ = self.updates.send(Arc::new(update));
-        ImportOutcome::Imported(imported)
-    }
-
     fn persist_clock(&mut self) {
         let value = self.clock.current();
         if value <= self.lamport_covered {
@@ -521,83 +429,3 @@ impl State {
     }
 }
 
-/// The packer thread: computes packs of this node's tree on its own read connection, one at a
-/// time, for the writer (see the module doc). Dropping it stops and joins the thread.
-struct Packer {
-    jobs: Option<std_mpsc::Sender<PackTicket>>,
-    done: std_mpsc::Receiver<Result<PreparedPack, shoal_store::Error>>,
-    in_flight: bool,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Packer {
-    fn spawn(reader: Reader) -> std::io::Result<Packer> {
-        let (jobs, tickets) = std_mpsc::channel::<PackTicket>();
-        let (results, done) = std_mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("shoal-packer".into())
-            .spawn(move || {
-                // Ends when the writer drops its sender (shutdown).
-                while let Ok(ticket) = tickets.recv() {
-                    let started = std::time::Instant::now();
-                    let prepared = reader.prepare_pack(ticket);
-                    tracing::debug!(took = ?started.elapsed(), ok = prepared.is_ok(), "pack prepared");
-                    if results.send(prepared).is_err() {
-                        return;
-                    }
-                }
-            })?;
-        Ok(Packer {
-            jobs: Some(jobs),
-            done,
-            in_flight: false,
-            thread: Some(thread),
-        })
-    }
-
-    /// No pack is being computed or waiting to be installed.
-    fn idle(&self) -> bool {
-        !self.in_flight
-    }
-
-    fn start(&mut self, ticket: PackTicket) {
-        if let Some(jobs) = &self.jobs {
-            self.in_flight = jobs.send(ticket).is_ok();
-        }
-    }
-
-    /// A finished pack, if one is waiting (never blocks).
-    fn ready(&mut self) -> Option<PreparedPack> {
-        if !self.in_flight {
-            return None;
-        }
-        match self.done.try_recv() {
-            Ok(Ok(pack)) => {
-                self.in_flight = false;
-                Some(pack)
-            }
-            Ok(Err(e)) => {
-                // Not fatal: the next commit asks again, and `append` packs inline as a backstop.
-                tracing::warn!(error = %e, "background pack failed");
-                self.in_flight = false;
-                None
-            }
-            Err(std_mpsc::TryRecvError::Empty) => None,
-            Err(std_mpsc::TryRecvError::Disconnected) => {
-                tracing::error!("the packer thread is gone; packing inline from now on");
-                self.jobs = None;
-                self.in_flight = false;
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Packer {
-    fn drop(&mut self) {
-        self.jobs = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}

@@ -1,0 +1,429 @@
+//! Replication: turns verified heads from the swarm into imported trees, and local appends into
+//! gossiped heads.
+//!
+//! One task (the *replicator*) owns, per source, the sync *target* (the newest head heard of
+//! that is not stored yet), the peers that announced it and the inline blocks that came with
+//! gossip. Which head is stored per source is the swarm's head book (`swarm/heads.rs`); the
+//! replicator reports each finished import to it with `Command::Stored`.
+//!
+//! A source with a new target joins the next *import batch*: ONE writer command
+//! (`EventService::import_batch`) that puts the inline blocks of every source in the batch and
+//! imports each tree that is then complete (the store checks it extends the current one and
+//! moves the alias atomically; subscribers get the events, carried in the update, through the
+//! same path as local events). At most one batch is in flight; heads arriving meanwhile
+//! supersede older targets and wait for the next one, so under load batches grow instead of
+//! queueing writer work per head. A tree still missing blocks becomes a fetching sync
+//! (`sync.rs`; at most one per source, [`MAX_SYNCS`] in all). A newer head arriving mid-sync
+//! supersedes the target: the running sync (a prefix of the newer tree, whose blocks are
+//! reused) finishes first, then the newer one starts at once. A failed sync is retried with
+//! backoff (blocks not found: 200 ms doubling, the relaying peers may still be syncing; else
+//! 2 s …), capped at 30 s, or at once when a newer head arrives.
+//!
+//! Local appends (updates of [`Origin::Local`]) are signed as heads and handed to the swarm with
+//! their new blocks for the gossip fast path. Every head seen raises the Lamport clock.
+//!
+//! The replicator never touches the write connection except through the event service (writer
+//! thread), nor the network except through the swarm's handle.
+
+mod sync;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use cid::Cid;
+use libp2p::identity::Keypair;
+use libp2p::PeerId;
+use shoal_store::{EventFilter, SourceId};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::events::{EventService, EventsError, ImportOutcome, ImportRequest, Origin, SourceUpdate};
+use crate::head::{Head, SignedHead};
+use crate::swarm::{self, Command, Event};
+use sync::SyncError;
+
+/// Fetching syncs running at once (different sources).
+pub const MAX_SYNCS: usize = 32;
+/// Sources per import batch (one writer command).
+const MAX_BATCH: usize = 256;
+/// Inline blocks kept for syncs not started yet, all sources together.
+const MAX_STASHED_BYTES: usize = 32 << 20;
+/// First retry after blocks were not found (doubles per failure).
+const NOT_FOUND_RETRY: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Starts the replicator: it takes verified heads from `heads` (the swarm's events), syncs and
+/// imports them through `events`, and gossips local appends through `swarm`, signed with
+/// `keypair`. `resumed` are targets saved before a restart. Ends when `shutdown` flips or the
+/// swarm's event channel closes; dropping the handle's task is safe (imports are atomic).
+pub fn spawn(
+    events: EventService,
+    swarm: swarm::Handle,
+    heads: mpsc::Receiver<Event>,
+    keypair: Keypair,
+    resumed: Vec<SignedHead>,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let mut replicator = Replicator {
+        own: keypair.public().to_peer_id(),
+        keypair,
+        events,
+        swarm,
+        sources: HashMap::new(),
+        syncs: JoinSet::new(),
+        batches: JoinSet::new(),
+        batch_queue: Vec::new(),
+        stashed: 0,
+    };
+    for head in resumed {
+        let st = replicator.sources.entry(head.head.source).or_default();
+        st.target = Some(head);
+    }
+    tokio::spawn(async move {
+        replicator.publish_own().await;
+        replicator.start_due();
+        replicator.run(heads, shutdown).await
+    })
+}
+
+#[derive(Default)]
+struct SourceState {
+    target: Option<SignedHead>,
+    /// Peers that announced the target (asked first).
+    peers: Vec<PeerId>,
+    stash: Vec<(Cid, Vec<u8>)>,
+    /// In an import batch or a fetching sync.
+    running: bool,
+    retry_at: Option<Instant>,
+    failures: u32,
+}
+
+type SyncResult = (PeerId, SignedHead, Result<u64, SyncError>);
+type BatchResult = (
+    Vec<(PeerId, SignedHead)>,
+    Result<Vec<ImportOutcome>, EventsError>,
+);
+
+struct Replicator {
+    events: EventService,
+    keypair: Keypair,
+    own: PeerId,
+    swarm: swarm::Handle,
+    sources: HashMap<PeerId, SourceState>,
+    syncs: JoinSet<SyncResult>,
+    /// The import batch in flight (at most one; see `flush_batch`).
+    batches: JoinSet<BatchResult>,
+    /// Sources waiting for the next import batch.
+    batch_queue: Vec<PeerId>,
+    stashed: usize,
+}
+
+fn source_id(peer: &PeerId) -> SourceId {
+    SourceId::new(peer.to_string())
+}
+
+impl Replicator {
+    async fn run(mut self, mut heads: mpsc::Receiver<Event>, mut shutdown: watch::Receiver<bool>) {
+        let mut updates = self.events.updates();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                biased;
+                _ = crate::stopped(&mut shutdown) => break,
+                Some(done) = self.batches.join_next(), if !self.batches.is_empty() => match done {
+                    Ok(result) => self.on_batch_done(result).await,
+                    Err(e) => tracing::error!(error = %e, "an import batch task failed"),
+                },
+                Some(done) = self.syncs.join_next(), if !self.syncs.is_empty() => match done {
+                    Ok(result) => self.on_sync_done(result).await,
+                    Err(e) => tracing::error!(error = %e, "a sync task failed"),
+                },
+                update = updates.recv() => match update {
+                    Ok(u) => self.on_update(&u).await,
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.publish_own().await,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                ev = heads.recv() => match ev {
+                    Some(Event::Head { head, blocks, from }) => self.on_head(head, blocks, from),
+                    None => break,
+                },
+                _ = tick.tick() => self.start_due(),
+            }
+            self.flush_batch();
+        }
+        self.syncs.abort_all();
+    }
+
+    /// A local append: sign its head and gossip it with its new blocks.
+    async fn on_update(&mut self, u: &SourceUpdate) {
+        let Origin::Local {
+            lamport,
+            timestamp,
+            new_blocks,
+        } = &u.origin
+        else {
+            return;
+        };
+        let head = Head {
+            source: self.own,
+            root: u.root,
+            offset: u.last,
+            lamport: *lamport,
+            timestamp: *timestamp,
+        };
+        match head.sign(&self.keypair) {
+            Ok(head) => {
+                let blocks = new_blocks.to_vec();
+                let _ = self.swarm.send(Command::Publish { head, blocks }).await;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot sign our head"),
+        }
+    }
+
+    /// Signs and publishes our own head from the store (startup, or after lagging).
+    async fn publish_own(&mut self) {
+        let reader = match self.events.reader() {
+            Ok(r) => r,
+            Err(e) => return tracing::warn!(error = %e, "cannot read our own head"),
+        };
+        let source = source_id(&self.own);
+        let own = self.own;
+        let read =
+            tokio::task::spawn_blocking(move || -> Result<Option<Head>, shoal_store::Error> {
+                let Some(info) = reader.source(&source)? else {
+                    return Ok(None);
+                };
+                let last = reader
+                    .events(
+                        &source,
+                        info.last_offset..=info.last_offset,
+                        &EventFilter::all(),
+                        false,
+                    )?
+                    .next()
+                    .transpose()?;
+                Ok(Some(Head {
+                    source: own,
+                    root: info.root,
+                    offset: info.last_offset,
+                    lamport: last.as_ref().map_or(0, |e| e.lamport),
+                    timestamp: last.as_ref().map_or(0, |e| e.timestamp),
+                }))
+            })
+            .await;
+        let head = match read {
+            Ok(Ok(Some(head))) => head,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => return tracing::warn!(error = %e, "cannot read our own head"),
+            Err(e) => return tracing::warn!(error = %e, "reading our own head panicked"),
+        };
+        if let Ok(head) = head.sign(&self.keypair) {
+            let _ = self
+                .swarm
+                .send(Command::Publish {
+                    head,
+                    blocks: vec![],
+                })
+                .await;
+        }
+    }
+
+    fn stored_offset(&self, source: &PeerId) -> Option<u64> {
+        self.events.offsets().get(&source_id(source))
+    }
+
+    fn on_head(&mut self, head: SignedHead, blocks: Vec<(Cid, Vec<u8>)>, from: PeerId) {
+        self.events.observe_lamport(head.head.lamport);
+        let source = head.head.source;
+        if source == self.own {
+            return;
+        }
+        let stored = self.stored_offset(&source);
+        if stored.is_some_and(|o| o > head.head.offset) {
+            return;
+        }
+        let stashed_total = self.stashed;
+        let st = self.sources.entry(source).or_default();
+        // Keep inline blocks even when this head is not the newest: a newer target may need them.
+        let size: usize = blocks.iter().map(|(_, d)| d.len()).sum();
+        if !blocks.is_empty() && stashed_total + size <= MAX_STASHED_BYTES {
+            st.stash.extend(blocks);
+            self.stashed += size;
+        }
+        if !st.peers.contains(&from) {
+            st.peers.insert(0, from);
+            st.peers.truncate(8);
+        }
+        if st
+            .target
+            .as_ref()
+            .is_some_and(|t| t.head.offset >= head.head.offset)
+        {
+            return;
+        }
+        tracing::debug!(%source, offset = head.head.offset, %from, "newer head");
+        st.target = Some(head);
+        st.retry_at = None;
+        self.maybe_start(source);
+    }
+
+    fn start_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PeerId> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| {
+                !s.running && s.target.is_some() && s.retry_at.is_none_or(|t| t <= now)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for source in due {
+            self.maybe_start(source);
+        }
+    }
+
+    /// Queues `source`'s target for the next import batch (if it is not syncing already).
+    fn maybe_start(&mut self, source: PeerId) {
+        let Some(st) = self.sources.get_mut(&source) else {
+            return;
+        };
+        if st.running || st.target.is_none() || st.retry_at.is_some_and(|t| t > Instant::now()) {
+            return;
+        }
+        st.running = true;
+        self.batch_queue.push(source);
+    }
+
+    /// Starts the next import batch unless one is in flight: ONE writer command puts the
+    /// inline blocks of every queued source and imports each complete target. Heads that
+    /// arrive meanwhile supersede older targets and wait for the next batch, so under load
+    /// batches grow instead of queueing one writer round trip per head.
+    fn flush_batch(&mut self) {
+        if !self.batches.is_empty() || self.batch_queue.is_empty() {
+            return;
+        }
+        let take = self.batch_queue.len().min(MAX_BATCH);
+        let mut heads = Vec::with_capacity(take);
+        let mut imports = Vec::with_capacity(take);
+        for source in self.batch_queue.drain(..take) {
+            let Some(st) = self.sources.get_mut(&source) else {
+                continue;
+            };
+            let Some(head) = st.target.clone() else {
+                st.running = false;
+                continue;
+            };
+            let stash = std::mem::take(&mut st.stash);
+            let bytes: usize = stash.iter().map(|(_, d)| d.len()).sum();
+            self.stashed -= bytes.min(self.stashed);
+            imports.push(ImportRequest {
+                source: source_id(&source),
+                root: head.head.root,
+                blocks: stash,
+            });
+            heads.push((source, head));
+        }
+        if imports.is_empty() {
+            return;
+        }
+        let events = self.events.clone();
+        self.batches.spawn(async move {
+            let result = events.import_batch(imports).await;
+            (heads, result)
+        });
+    }
+
+    async fn on_batch_done(&mut self, (heads, result): BatchResult) {
+        let outcomes = match result {
+            Ok(o) => o,
+            Err(e) => {
+                for (source, head) in heads {
+                    self.sync_failed(source, &head, &SyncError::Events(e.clone()));
+                }
+                self.start_due();
+                return;
+            }
+        };
+        for ((source, head), outcome) in heads.into_iter().zip(outcomes) {
+            match outcome {
+                ImportOutcome::Imported(i) => {
+                    self.sync_ok(source, head, i.last + 1 - i.first).await
+                }
+                ImportOutcome::Current => self.sync_ok(source, head, 0).await,
+                ImportOutcome::Failed(e) => self.sync_failed(source, &head, &SyncError::Events(e)),
+                ImportOutcome::Missing(missing) => {
+                    if self.syncs.len() >= MAX_SYNCS {
+                        // Not now: `start_due` queues it again once syncs finish.
+                        if let Some(st) = self.sources.get_mut(&source) {
+                            st.running = false;
+                        }
+                        continue;
+                    }
+                    let peers = self
+                        .sources
+                        .get(&source)
+                        .map(|st| st.peers.clone())
+                        .unwrap_or_default();
+                    let events = self.events.clone();
+                    let swarm = self.swarm.clone();
+                    self.syncs.spawn(async move {
+                        let result = sync::sync(&events, &swarm, &head, missing, peers).await;
+                        (source, head, result)
+                    });
+                }
+            }
+        }
+        self.start_due();
+    }
+
+    async fn on_sync_done(&mut self, (source, head, result): SyncResult) {
+        match result {
+            Ok(events) => self.sync_ok(source, head, events).await,
+            Err(e) => self.sync_failed(source, &head, &e),
+        }
+        self.start_due();
+    }
+
+    async fn sync_ok(&mut self, source: PeerId, head: SignedHead, events: u64) {
+        let Some(st) = self.sources.get_mut(&source) else {
+            return;
+        };
+        st.running = false;
+        st.failures = 0;
+        st.retry_at = None;
+        if st
+            .target
+            .as_ref()
+            .is_some_and(|t| t.head.offset <= head.head.offset)
+        {
+            st.target = None;
+        }
+        if events > 0 {
+            tracing::debug!(
+                %source, offset = head.head.offset, events,
+                age_ms = crate::swarm::age_ms(head.head.timestamp), "sync finished"
+            );
+        }
+        let _ = self.swarm.send(Command::Stored(head)).await;
+    }
+
+    fn sync_failed(&mut self, source: PeerId, head: &SignedHead, e: &SyncError) {
+        let Some(st) = self.sources.get_mut(&source) else {
+            return;
+        };
+        st.running = false;
+        st.failures += 1;
+        let backoff = match e {
+            // Usually transient: the peers that relayed the head are still syncing it
+            // themselves. Ask again soon, then back off.
+            SyncError::NotFound(_) => {
+                (NOT_FOUND_RETRY * (1 << (st.failures - 1).min(8))).min(MAX_BACKOFF)
+            }
+            _ => Duration::from_secs(1 << st.failures.min(5)).min(MAX_BACKOFF),
+        };
+        st.retry_at = Some(Instant::now() + backoff);
+        tracing::warn!(%source, offset = head.head.offset, error = %e, retry_in = ?backoff, "sync failed");
+    }
+}
+

@@ -1,0 +1,183 @@
+//! The head book: per source, the newest verified head heard of (*known*) and the head whose
+//! tree is stored here (*stored*, what digest answers carry). It is the one place these live:
+//! the swarm task owns it; the replicator learns of heads through `Event::Head` and reports a
+//! finished import with `Command::Stored`; node info reads the known offsets from the swarm's
+//! published `NetworkState`.
+//!
+//! The store keeps each source's root but not the signature over it, so the book is saved to
+//! `<data-dir>/swarm-heads` (written atomically, at most once per [`SAVE_PERIOD`]) and read back
+//! at start: a stored head whose offset is still the store's is served again; a known head
+//! beyond the store is handed to the replicator to resume its sync. File layout: a sequence of
+//! `kind: u8` (0 stored, 1 known), `len: u16` BE, `len` bytes of an encoded `SignedHead`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use shoal_store::{OffsetMap, SourceId};
+
+use crate::head::SignedHead;
+
+/// File name inside the data dir.
+pub const FILE: &str = "swarm-heads";
+/// The file is rewritten at most this often.
+pub const SAVE_PERIOD: Duration = Duration::from_secs(1);
+
+const STORED: u8 = 0;
+const KNOWN: u8 = 1;
+
+/// Known and stored heads per source (see the module doc).
+#[derive(Default)]
+pub(crate) struct HeadBook {
+    known: HashMap<PeerId, SignedHead>,
+    stored: HashMap<PeerId, SignedHead>,
+    file: Option<PathBuf>,
+    dirty: bool,
+    saved: Option<Instant>,
+}
+
+pub(crate) fn source_id(peer: &PeerId) -> SourceId {
+    SourceId::new(peer.to_string())
+}
+
+impl HeadBook {
+    /// Reads the book from `file` (missing or damaged: starts empty). `stored_offsets` is
+    /// what the store holds now. Returns the book and the known heads beyond the store (syncs
+    /// to resume). Heads of `own` are skipped: our own head comes from our store.
+    pub(crate) fn load(
+        file: Option<PathBuf>,
+        own: PeerId,
+        stored_offsets: &OffsetMap,
+    ) -> (HeadBook, Vec<SignedHead>) {
+        let bytes = match file.as_deref().map(std::fs::read) {
+            Some(Ok(b)) => b,
+            Some(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(error = %e, "cannot read the saved heads; starting without them");
+                Vec::new()
+            }
+            _ => Vec::new(),
+        };
+        let mut book = HeadBook {
+            file,
+            ..HeadBook::default()
+        };
+        let mut resume = Vec::new();
+        let mut r = crate::head::Reader::new(&bytes);
+        while !r.is_empty() {
+            let (Ok(kind), Ok(len)) = (r.u8(), r.u16()) else {
+                break;
+            };
+            let Ok(head) = r.take(usize::from(len)).and_then(SignedHead::decode) else {
+                break;
+            };
+            if head.verify().is_err() || head.head.source == own {
+                continue;
+            }
+            let stored = stored_offsets.get(&source_id(&head.head.source));
+            if kind == STORED && stored == Some(head.head.offset) {
+                book.set_stored(head);
+            } else if kind == KNOWN && stored.is_none_or(|o| o < head.head.offset) {
+                tracing::info!(source = %head.head.source, offset = head.head.offset, "resuming an incomplete sync");
+                book.remember_known(&head);
+                resume.push(head);
+            }
+        }
+        book.dirty = false;
+        (book, resume)
+    }
+
+    /// Raises the known head of `head`'s source; true if it is news.
+    pub(crate) fn remember_known(&mut self, head: &SignedHead) -> bool {
+        let news = self
+            .known
+            .get(&head.head.source)
+            .is_none_or(|k| k.head.offset < head.head.offset);
+        if news {
+            self.known.insert(head.head.source, head.clone());
+            self.dirty = true;
+        }
+        news
+    }
+
+    /// `head`'s tree is stored here now (also raises the known head); true if it is newer
+    /// than the stored head before.
+    pub(crate) fn set_stored(&mut self, head: SignedHead) -> bool {
+        self.remember_known(&head);
+        let newer = self
+            .stored
+            .get(&head.head.source)
+            .is_none_or(|s| s.head.offset < head.head.offset);
+        if newer {
+            self.stored.insert(head.head.source, head);
+            self.dirty = true;
+        }
+        newer
+    }
+
+    /// Every stored head.
+    pub(crate) fn stored_heads(&self) -> impl Iterator<Item = &SignedHead> {
+        self.stored.values()
+    }
+
+    /// Whether `offset` of `source` is beyond what is stored here.
+    pub(crate) fn is_unstored(&self, source: &PeerId, offset: u64) -> bool {
+        self.stored
+            .get(source)
+            .is_none_or(|s| s.head.offset < offset)
+    }
+
+    /// Saves the book if it changed and the last save is [`SAVE_PERIOD`] ago (off the async
+    /// threads; the file is replaced atomically).
+    pub(crate) fn save_if_due(&mut self) {
+        if !self.dirty || self.saved.is_some_and(|t| t.elapsed() < SAVE_PERIOD) {
+            return;
+        }
+        let Some(path) = self.file.clone() else {
+            return;
+        };
+        self.dirty = false;
+        self.saved = Some(Instant::now());
+        let bytes = self.encode();
+        tokio::task::spawn_blocking(move || save(&path, &bytes));
+    }
+
+    /// Saves the book now if it changed (at shutdown; blocking).
+    pub(crate) fn save_now(&mut self) {
+        if let (true, Some(path)) = (self.dirty, self.file.as_deref()) {
+            save(path, &self.encode());
+            self.dirty = false;
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut put = |kind: u8, h: &SignedHead| {
+            let b = h.encode();
+            // A signed head is ~150 bytes; anything else is a bug, not worth a broken file.
+            let Ok(len) = u16::try_from(b.len()) else {
+                return;
+            };
+            out.push(kind);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(&b);
+        };
+        for h in self.stored.values() {
+            put(STORED, h);
+        }
+        for (source, h) in &self.known {
+            if self.is_unstored(source, h.head.offset) {
+                put(KNOWN, h);
+            }
+        }
+        out
+    }
+}
+
+fn save(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    let res = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = res {
+        tracing::warn!(path = %path.display(), error = %e, "cannot save known heads");
+    }
+}

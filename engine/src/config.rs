@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use libp2p::Multiaddr;
+
+pub use crate::events::EventsConfig;
 use serde::Deserialize;
 
 /// Name of the optional settings file inside the data dir.
@@ -374,40 +376,6 @@ pub struct WebConfig {
     pub allowed_origins: Vec<String>,
     /// Host names (`Host` header) accepted besides IP literals and `localhost`, lower case.
     pub allowed_hosts: Vec<String>,
-}
-
-/// Bounds of the event service's channels and batches; each is a memory bound, see the field.
-#[derive(Debug, Clone)]
-pub struct EventsConfig {
-    /// Group commit cap: most events appended in one transaction. Bounds the writer's batch
-    /// memory and how long one commit can delay the next waiter.
-    pub max_commit_events: usize,
-    /// Writer command queue (requests waiting for the writer). Publishers wait when it is full.
-    pub command_queue: usize,
-    /// Committed updates kept for subscribers that have not caught up yet. A subscriber further
-    /// behind re-reads the store instead.
-    pub update_channel: usize,
-    /// Updates whose events total more payload bytes than this are broadcast without their
-    /// events (subscribers read them from the store): bounds the broadcast ring's memory to
-    /// about `update_channel * inline_update_bytes`.
-    pub inline_update_bytes: usize,
-    /// Events per chunk handed from a store reader thread to a query or subscription stream.
-    pub read_chunk: usize,
-    /// Chunks buffered between a reader thread and its consumer.
-    pub read_chunks_buffered: usize,
-}
-
-impl Default for EventsConfig {
-    fn default() -> Self {
-        Self {
-            max_commit_events: 10_000,
-            command_queue: 1024,
-            update_channel: 128,
-            inline_update_bytes: 64 * 1024,
-            read_chunk: 256,
-            read_chunks_buffered: 4,
-        }
-    }
 }
 
 impl Default for Config {

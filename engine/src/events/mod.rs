@@ -26,9 +26,42 @@ use serde_json::value::RawValue;
 use shoal_store::{Event, EventFilter, OffsetMap, Selector, SourceId, Store};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::config::EventsConfig;
 pub use lamport::LamportClock;
 pub use writer::{BlobWrite, ImportOutcome, ImportRequest, Origin, SourceUpdate, Stamp};
+
+/// Bounds of the event service's channels and batches; each is a memory bound, see the field.
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    /// Group commit cap: most events appended in one transaction. Bounds the writer's batch
+    /// memory and how long one commit can delay the next waiter.
+    pub max_commit_events: usize,
+    /// Writer command queue (requests waiting for the writer). Publishers wait when it is full.
+    pub command_queue: usize,
+    /// Committed updates kept for subscribers that have not caught up yet. A subscriber further
+    /// behind re-reads the store instead.
+    pub update_channel: usize,
+    /// Updates whose events total more payload bytes than this are broadcast without their
+    /// events (subscribers read them from the store): bounds the broadcast ring's memory to
+    /// about `update_channel * inline_update_bytes`.
+    pub inline_update_bytes: usize,
+    /// Events per chunk handed from a store reader thread to a query or subscription stream.
+    pub read_chunk: usize,
+    /// Chunks buffered between a reader thread and its consumer.
+    pub read_chunks_buffered: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            max_commit_events: 10_000,
+            command_queue: 1024,
+            update_channel: 128,
+            inline_update_bytes: 64 * 1024,
+            read_chunk: 256,
+            read_chunks_buffered: 4,
+        }
+    }
+}
 
 /// Longest `semantics` or `name`, in bytes (API.md).
 pub const MAX_NAME_BYTES: usize = 1024;
@@ -660,11 +693,18 @@ pub(crate) mod testing {
         pub _shutdown: watch::Sender<bool>,
     }
 
+    /// Opens (or creates) the store in `dir` for `source`, with what it holds.
     pub(crate) fn start(dir: &std::path::Path, source: &str) -> Parts {
         let store = Store::open(&dir.join("store.sqlite"), shoal_store::StoreConfig::default())
             .expect("open store");
         let reader = store.reader().expect("reader");
         let clock = LamportClock::recover(&reader).expect("clock");
+        let offsets: OffsetMap = reader
+            .sources()
+            .expect("sources")
+            .into_iter()
+            .map(|info| (info.source, info.last_offset))
+            .collect();
         let writer = store.writer().expect("writer");
         let store = Arc::new(store);
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -673,7 +713,7 @@ pub(crate) mod testing {
             reader,
             store.clone(),
             SourceId::new(source),
-            OffsetMap::new(),
+            offsets,
             clock,
             EventsConfig::default(),
             shutdown_rx,

@@ -130,11 +130,13 @@ impl Replicator {
         loop {
             tokio::select! {
                 biased;
-                _ = crate::stopped(&mut shutdown) => break,
+                // A finished batch first, also at shutdown: its `Stored` reports let the swarm
+                // save those heads before it stops.
                 Some(done) = self.batches.join_next(), if !self.batches.is_empty() => match done {
                     Ok(result) => self.on_batch_done(result).await,
                     Err(e) => tracing::error!(error = %e, "an import batch task failed"),
                 },
+                _ = crate::stopped(&mut shutdown) => break,
                 Some(done) = self.syncs.join_next(), if !self.syncs.is_empty() => match done {
                     Ok(result) => self.on_sync_done(result).await,
                     Err(e) => tracing::error!(error = %e, "a sync task failed"),
@@ -427,3 +429,6 @@ impl Replicator {
     }
 }
 
+
+#[cfg(test)]
+mod tests;

@@ -115,6 +115,13 @@ impl HeadBook {
         newer
     }
 
+    /// The known offset of every source.
+    pub(crate) fn known_offsets(&self) -> impl Iterator<Item = (SourceId, u64)> + '_ {
+        self.known
+            .iter()
+            .map(|(source, h)| (source_id(source), h.head.offset))
+    }
+
     /// Every stored head.
     pub(crate) fn stored_heads(&self) -> impl Iterator<Item = &SignedHead> {
         self.stored.values()

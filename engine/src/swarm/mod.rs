@@ -268,10 +268,7 @@ pub async fn spawn(
             .await
             .map_err(|_| Error::Stopped)?;
     let initial = NetworkState {
-        known: resumed
-            .iter()
-            .map(|h| (heads::source_id(&h.head.source), h.head.offset))
-            .collect(),
+        known: book.known_offsets().collect(),
         ..NetworkState::default()
     };
     let (status_tx, status) = watch::channel(initial);

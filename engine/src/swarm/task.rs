@@ -206,6 +206,12 @@ impl Task {
                 self.pump_fetches();
             }
         }
+        // Heads reported stored just before the shutdown are saved too.
+        while let Ok(cmd) = self.commands.try_recv() {
+            if let Command::Stored(head) = cmd {
+                self.heads.set_stored(head);
+            }
+        }
         self.heads.save_now();
         tracing::debug!("swarm task stopped");
     }

@@ -45,7 +45,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::lamport::{self, LamportClock};
 use super::{EventsError, PublishEvent};
-use crate::config::EventsConfig;
+use super::EventsConfig;
 pub use import::{ImportOutcome, ImportRequest};
 use packer::Packer;
 
@@ -109,7 +109,7 @@ pub enum Command {
         blocks: Vec<(Cid, Vec<u8>)>,
         reply: Reply<()>,
     },
-    /// Blob bytes and pins (see `crate::blobs`).
+    /// Blob bytes and pins (the blob service's writes).
     Blob { write: BlobWrite, reply: Reply<()> },
     /// Unpins a blob and frees the blocks nothing else uses; `None` if it was not known.
     BlobDelete {

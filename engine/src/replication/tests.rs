@@ -1,0 +1,145 @@
+//! The replicator without a node: two event services, each with a real swarm on 127.0.0.1 and
+//! a replicator between them, built from exactly the handles `node.rs` gives them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+
+use super::*;
+use crate::events::testing::{self, Parts};
+use crate::events::PublishEvent;
+use crate::exchange::StoreBlocks;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Half {
+    parts: Parts,
+    swarm: swarm::Handle,
+    source: SourceId,
+    keypair: Keypair,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+async fn half(dir: &std::path::Path, peers: Vec<libp2p::Multiaddr>) -> Half {
+    half_with(dir, peers, Keypair::generate_ed25519()).await
+}
+
+/// A half on `dir` (new or reopened) with `keypair`; its head book is saved in `dir`.
+async fn half_with(dir: &std::path::Path, peers: Vec<libp2p::Multiaddr>, keypair: Keypair) -> Half {
+    let own = keypair.public().to_peer_id();
+    let parts = testing::start(dir, &own.to_string());
+    let (stop, shutdown) = watch::channel(false);
+    let mut cfg = swarm::Config::new(keypair.clone());
+    cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    cfg.peers = peers;
+    cfg.mdns = false;
+    cfg.digest_interval = Duration::from_millis(300);
+    cfg.heads_file = Some(dir.join(swarm::HEADS_FILE));
+    let blocks = Arc::new(StoreBlocks::open(&parts.store).unwrap());
+    let stored = parts.events.offsets();
+    let spawned = swarm::spawn(cfg, blocks, stored, shutdown.clone())
+        .await
+        .unwrap();
+    let replicator = spawn(
+        parts.events.clone(),
+        spawned.handle.clone(),
+        spawned.events,
+        keypair.clone(),
+        spawned.resumed,
+        shutdown,
+    );
+    Half {
+        parts,
+        swarm: spawned.handle,
+        source: SourceId::new(own.to_string()),
+        keypair: keypair.clone(),
+        stop,
+        tasks: vec![replicator, spawned.task],
+    }
+}
+
+impl Half {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(WAIT, t).await;
+        }
+        self.parts.writer.stop().await;
+    }
+}
+
+fn event(i: usize) -> PublishEvent {
+    PublishEvent {
+        semantics: "s".into(),
+        name: "n".into(),
+        tags: vec![],
+        payload: RawValue::from_string(i.to_string()).unwrap(),
+        timestamp: None,
+    }
+}
+
+async fn wait_offset(events: &EventService, source: &SourceId, offset: u64) {
+    let mut offsets = events.offsets_watch();
+    tokio::time::timeout(WAIT, offsets.wait_for(|o| o.get(source) >= Some(offset)))
+        .await
+        .expect("replicated in time")
+        .expect("writer alive");
+}
+
+/// Appends on A reach B through gossip (inline blocks) and, for a larger batch, through a
+/// fetching sync; B's swarm then knows and stores A's head, and the GC pause clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_replicate_through_the_replicator() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = half(da.path(), vec![]).await;
+    let b = half(db.path(), vec![a.swarm.dialable_addr().unwrap()]).await;
+    a.parts.events.publish(vec![event(0)]).await.unwrap();
+    wait_offset(&b.parts.events, &a.source, 0).await;
+    // Many events at once: too large to inline, so B fetches the blocks.
+    let batch: Vec<_> = (1..=3000).map(event).collect();
+    a.parts.events.publish(batch).await.unwrap();
+    wait_offset(&b.parts.events, &a.source, 3000).await;
+    let mut status = b.swarm.status();
+    tokio::time::timeout(WAIT, status.wait_for(|s| s.known.get(&a.source) == Some(&3000)))
+        .await
+        .unwrap()
+        .unwrap();
+    // B's own events go the other way.
+    b.parts.events.publish(vec![event(7)]).await.unwrap();
+    wait_offset(&a.parts.events, &b.source, 0).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// B saves the signed heads it stores (the store keeps roots, not signatures): restarted while
+/// A is gone, it still knows A's head and serves it to C, which never met A (multi-hop through
+/// the head book).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_relay_serves_what_it_stored() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = half(dirs[0].path(), vec![]).await;
+    let b = half(dirs[1].path(), vec![a.swarm.dialable_addr().unwrap()]).await;
+    let batch: Vec<_> = (0..500).map(event).collect();
+    a.parts.events.publish(batch).await.unwrap();
+    wait_offset(&b.parts.events, &a.source, 499).await;
+    // B's digests tell A how far B's head book stores A's events.
+    let mut a_status = a.swarm.status();
+    tokio::time::timeout(
+        WAIT,
+        a_status.wait_for(|s| s.peers.values().any(|p| p.our_offset_stored == Some(499))),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let (a_source, b_key) = (a.source.clone(), b.keypair.clone());
+    a.stop().await;
+    b.stop().await;
+    let b = half_with(dirs[1].path(), vec![], b_key).await;
+    assert_eq!(b.swarm.known_offsets().get(&a_source), Some(&499));
+    let c = half(dirs[2].path(), vec![b.swarm.dialable_addr().unwrap()]).await;
+    wait_offset(&c.parts.events, &a_source, 499).await;
+    b.stop().await;
+    c.stop().await;
+}

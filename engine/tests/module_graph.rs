@@ -5,7 +5,7 @@
 //!
 //! The graph is read from the sources: an edge `a → b` for every `crate::b` (or `b` inside a
 //! `use crate::{…}` list) in a non-test file of module `a`. Test code (`tests.rs` files and
-//! inline `#[cfg(test)] mod tests`) may reach anywhere.
+//! inline `#[cfg(test)] mod …`) may reach anywhere.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -21,12 +21,20 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The file without its inline test module (everything from `#[cfg(test)]\nmod tests` on).
+/// The file without its inline test modules (everything from the first `#[cfg(test)]` that
+/// opens a `mod` on): they sit at the end of a file, by the house style.
 fn production_part(text: &str) -> &str {
-    match text.find("#[cfg(test)]\nmod tests") {
-        Some(i) => &text[..i],
-        None => text,
+    let mut from = 0;
+    while let Some(i) = text[from..].find("#[cfg(test)]\n") {
+        let at = from + i;
+        let next = text[at..].lines().nth(1).unwrap_or("");
+        let item = next.trim_start_matches("pub(crate) ").trim_start_matches("pub ");
+        if item.starts_with("mod ") {
+            return &text[..at];
+        }
+        from = at + 1;
     }
+    text
 }
 
 /// Identifiers that follow `crate::`, and those inside `use crate::{…}` lists.

@@ -695,8 +695,13 @@ pub(crate) mod testing {
 
     /// Opens (or creates) the store in `dir` for `source`, with what it holds.
     pub(crate) fn start(dir: &std::path::Path, source: &str) -> Parts {
-        let store = Store::open(&dir.join("store.sqlite"), shoal_store::StoreConfig::default())
-            .expect("open store");
+        start_with(dir, source, EventsConfig::default())
+    }
+
+    /// [`start`] with other event-service bounds.
+    pub(crate) fn start_with(dir: &std::path::Path, source: &str, config: EventsConfig) -> Parts {
+        let path = dir.join(crate::config::STORE_FILE);
+        let store = Store::open(&path, shoal_store::StoreConfig::default()).expect("open store");
         let reader = store.reader().expect("reader");
         let clock = LamportClock::recover(&reader).expect("clock");
         let offsets: OffsetMap = reader
@@ -715,7 +720,7 @@ pub(crate) mod testing {
             SourceId::new(source),
             offsets,
             clock,
-            EventsConfig::default(),
+            config,
             shutdown_rx,
         )
         .expect("start writer");

@@ -16,6 +16,26 @@ use super::*;
 use crate::config::Config;
 use crate::node::Node;
 
+/// The event service alone (writer, packer, reads) on a data dir: no swarm, no node.
+struct Service {
+    parts: testing::Parts,
+    source: SourceId,
+}
+
+impl Service {
+    fn events(&self) -> EventService {
+        self.parts.events.clone()
+    }
+
+    fn source(&self) -> &SourceId {
+        &self.source
+    }
+
+    async fn shutdown(self) {
+        self.parts.writer.stop().await;
+    }
+}
+
 const WAIT: Duration = Duration::from_secs(30);
 
 fn ev(semantics: &str, name: &str, payload: &str) -> PublishEvent {
@@ -28,13 +48,15 @@ fn ev(semantics: &str, name: &str, payload: &str) -> PublishEvent {
     }
 }
 
-async fn start(dir: &std::path::Path, tune: impl FnOnce(&mut Config)) -> Node {
+const SOURCE: &str = "events-test";
+
+async fn start(dir: &std::path::Path, tune: impl FnOnce(&mut Config)) -> Service {
     let mut config = Config::for_tests(dir);
     tune(&mut config);
-    tokio::time::timeout(WAIT, Node::start(config))
-        .await
-        .unwrap()
-        .unwrap()
+    Service {
+        parts: testing::start_with(dir, SOURCE, config.events),
+        source: SourceId::new(SOURCE),
+    }
 }
 
 /// Collects `n` events from a stream, failing if they do not come within [`WAIT`].
@@ -500,7 +522,10 @@ async fn stalled_subscriber_does_not_block_publishing() {
 async fn node_info_counts_streams_not_sources() {
     let dir = tempfile::tempdir().unwrap();
     let stored = populate(dir.path(), 7); // three sources, names x and y of semantics "sem"
-    let node = start(dir.path(), |_| {}).await;
+    let node = tokio::time::timeout(WAIT, Node::start(Config::for_tests(dir.path())))
+        .await
+        .unwrap()
+        .unwrap();
     node.events()
         .publish(vec![
             ev("a", "1", "1"),

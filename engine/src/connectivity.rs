@@ -87,7 +87,9 @@ impl Connectivity {
         };
         Connectivity {
             status,
-            level: (connected_count * 100).checked_div(known_peers).unwrap_or(100),
+            level: (connected_count * 100)
+                .checked_div(known_peers)
+                .unwrap_or(100),
             specials_disconnected,
             events_to_read,
             events_to_send: ours.saturating_sub(held),
@@ -131,7 +133,9 @@ mod tests {
         offsets.update(own.clone(), 9);
         offsets.update(SourceId::new("other"), 4);
         let mut network = NetworkState::default();
-        network.peers.extend([peer("a", true, Some(6)), peer("b", false, Some(2))]);
+        network
+            .peers
+            .extend([peer("a", true, Some(6)), peer("b", false, Some(2))]);
         network.known.insert(SourceId::new("other"), 7);
         let c = Connectivity::of(&network, &offsets, &own, &["a".into()]);
         assert_eq!(c.status, Status::PartiallyConnected);

@@ -34,8 +34,8 @@ pub use events::{
 };
 pub use identity::{Identity, IdentityError};
 pub use node::{Node, NodeError, NodeHandle, NodeInfo};
-pub use swarm::{NetworkState, PeerInfo};
 pub use shoal_store::{Event, OffsetMap, SourceId};
+pub use swarm::{NetworkState, PeerInfo};
 
 /// Resolves once the node's shutdown signal is true (or its sender is gone). Holds no borrow
 /// of the watch, so a `select!` over it stays `Send`.

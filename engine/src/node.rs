@@ -159,8 +159,10 @@ impl Node {
         )
         .map_err(NodeError::Spawn)?;
         let started = async {
-            let console = crate::console::Console::start(&config.data_dir, config.console_retention)?;
-            let swarm = start_swarm(&config, &identity, &store, offsets, shutdown_rx.clone()).await?;
+            let console =
+                crate::console::Console::start(&config.data_dir, config.console_retention)?;
+            let swarm =
+                start_swarm(&config, &identity, &store, offsets, shutdown_rx.clone()).await?;
             Ok::<_, NodeError>((console, swarm))
         };
         let (console, spawned) = match started.await {

@@ -28,7 +28,9 @@ fn production_part(text: &str) -> &str {
     while let Some(i) = text[from..].find("#[cfg(test)]\n") {
         let at = from + i;
         let next = text[at..].lines().nth(1).unwrap_or("");
-        let item = next.trim_start_matches("pub(crate) ").trim_start_matches("pub ");
+        let item = next
+            .trim_start_matches("pub(crate) ")
+            .trim_start_matches("pub ");
         if item.starts_with("mod ") {
             return &text[..at];
         }
@@ -130,7 +132,10 @@ fn cycle_from(
 #[test]
 fn engine_modules_have_no_dependency_cycle() {
     let edges = graph();
-    assert!(edges.contains_key("node") && edges.contains_key("swarm"), "{edges:?}");
+    assert!(
+        edges.contains_key("node") && edges.contains_key("swarm"),
+        "{edges:?}"
+    );
     for module in edges.keys() {
         let mut path = vec![module.clone()];
         if let Some(cycle) = cycle_from(&edges, module, &mut path) {
@@ -147,6 +152,9 @@ fn the_reader_finds_edges() {
     let refs = crate_refs("use crate::events::{A, B};\nuse crate::{swarm, head::X};\n");
     assert_eq!(
         refs,
-        ["events", "swarm", "head"].iter().map(|s| s.to_string()).collect()
+        ["events", "swarm", "head"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     );
 }

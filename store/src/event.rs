@@ -56,6 +56,45 @@ impl From<String> for SourceId {
     }
 }
 
+/// Position of an event in its source's log: 0 for the first, one more for each next.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Offset(pub u64);
+
+/// A Lamport timestamp: strictly increasing along each source's log and above every lamport
+/// its node saw before (the order events sort in across sources).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Lamport(pub u64);
+
+impl Offset {
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl Lamport {
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Offset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for Lamport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// An event to append: everything but source and offset, which the log assigns.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewEvent {

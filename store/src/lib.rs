@@ -36,7 +36,7 @@ pub mod tree;
 
 pub use crate::cid::Cid;
 pub use crate::error::{Error, Result};
-pub use crate::event::{Event, EventFilter, NewEvent, Selector, SourceId};
+pub use crate::event::{Event, EventFilter, Lamport, NewEvent, Offset, Selector, SourceId};
 pub use crate::gc::GcStats;
 pub use crate::inspect::{
     BlockView, NodeShape, Problem, ProblemKind, SourceStats, Stats, TreeShape, VerifyReport,

@@ -376,8 +376,8 @@ pub async fn persist(shared: &Shared, payload: Option<&RawValue>, r: &Responder)
             tags.dedup();
             Event {
                 source: published.source.clone(),
-                offset: stamp.offset,
-                lamport: stamp.lamport,
+                offset: stamp.offset.get(),
+                lamport: stamp.lamport.get(),
                 timestamp: stamp.timestamp,
                 semantics: e.semantics,
                 name: e.name,

@@ -92,12 +92,7 @@ pub(super) async fn open(svc: &BlobService, cid: Cid) -> Result<Opened, BlobsErr
         not_a_blob()
     })?;
     let size = root.size;
-    svc.write(BlobWrite::CacheRoot {
-        cid,
-        data,
-        size,
-    })
-    .await?;
+    svc.write(BlobWrite::CacheRoot { cid, data, size }).await?;
     tracing::info!(%cid, size, "fetching blob from peers");
     Ok(Opened {
         meta: BlobMeta {
@@ -163,9 +158,7 @@ pub(super) fn read_range(svc: BlobService, opened: Opened, start: u64, end: u64)
     tokio::spawn(async move {
         let result = async {
             let store = svc.inner.store.clone();
-            let reader = tokio::task::spawn_blocking(move || store.reader())
-                .await
-                ??;
+            let reader = tokio::task::spawn_blocking(move || store.reader()).await??;
             let mut read = Read {
                 svc,
                 reader,
@@ -357,9 +350,7 @@ impl Read {
 
     async fn local(&self, cid: Cid) -> Result<Option<Bytes>, BlobsError> {
         let reader = self.reader.clone();
-        let data = tokio::task::spawn_blocking(move || reader.get_block(&cid))
-            .await
-            ??;
+        let data = tokio::task::spawn_blocking(move || reader.get_block(&cid)).await??;
         Ok(data.map(Bytes::from))
     }
 
@@ -374,8 +365,7 @@ impl Read {
             }
             Ok::<_, shoal_store::Error>(out)
         })
-        .await
-        ?
+        .await?
         .map_err(Into::into)
     }
 
@@ -403,8 +393,7 @@ impl Read {
             }
             Ok::<_, shoal_store::Error>(out)
         })
-        .await
-        ??;
+        .await??;
         let mut seen = HashSet::new();
         let absent: Vec<Cid> = absent.into_iter().filter(|c| seen.insert(*c)).collect();
         for group in absent.chunks(FETCH_GROUP) {

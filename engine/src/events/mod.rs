@@ -548,14 +548,18 @@ impl EventService {
     }
 
     /// Stores blocks fetched ahead of their import (hash-checked by the store).
-    pub async fn put_blocks(&self, blocks: Vec<(shoal_store::Cid, Vec<u8>)>) -> Result<(), EventsError> {
+    pub async fn put_blocks(
+        &self,
+        blocks: Vec<(shoal_store::Cid, Vec<u8>)>,
+    ) -> Result<(), EventsError> {
         self.call(|reply| writer::Command::PutBlocks { blocks, reply })
             .await
     }
 
     /// One blob write on the writer (see [`BlobWrite`]).
     pub async fn blob_write(&self, write: BlobWrite) -> Result<(), EventsError> {
-        self.call(|reply| writer::Command::Blob { write, reply }).await
+        self.call(|reply| writer::Command::Blob { write, reply })
+            .await
     }
 
     /// Unpins blob `cid` and frees its blocks nothing else uses; `None` if not known here.
@@ -569,7 +573,8 @@ impl EventService {
 
     /// One garbage-collection step of at most `budget` blocks.
     pub async fn gc_step(&self, budget: usize) -> Result<shoal_store::GcStats, EventsError> {
-        self.call(|reply| writer::Command::Gc { budget, reply }).await
+        self.call(|reply| writer::Command::Gc { budget, reply })
+            .await
     }
 
     /// Asks the store's checkpoint thread for a WAL checkpoint.

@@ -140,7 +140,7 @@ async fn rejected_batch_stores_nothing() {
         .publish(vec![ev("s", "n", "{ \"a\" : 1 }")])
         .await
         .unwrap();
-    assert_eq!(ok.stamps[0].offset, 0);
+    assert_eq!(ok.stamps[0].offset.get(), 0);
     let stored = collect(events.query(Query {
         lower: OffsetMap::new(),
         upper: None,
@@ -204,10 +204,12 @@ async fn queued_publishes_share_one_commit() {
         }
         stamps.sort_by_key(|s| s.offset);
         assert_eq!(
-            stamps.iter().map(|s| s.offset).collect::<Vec<_>>(),
+            stamps.iter().map(|s| s.offset.get()).collect::<Vec<_>>(),
             (0..50).collect::<Vec<_>>()
         );
-        assert!(stamps.windows(2).all(|w| w[1].lamport == w[0].lamport + 1));
+        assert!(stamps
+            .windows(2)
+            .all(|w| w[1].lamport.get() == w[0].lamport.get() + 1));
         let mut commits = Vec::new();
         while commits.iter().sum::<u64>() < 50 {
             let u = tokio::time::timeout(WAIT, updates.recv())
@@ -240,7 +242,7 @@ async fn lamport_survives_restart_and_observation() {
         .await
         .unwrap();
     assert_eq!(
-        p.stamps.iter().map(|s| s.lamport).collect::<Vec<_>>(),
+        p.stamps.iter().map(|s| s.lamport.get()).collect::<Vec<_>>(),
         vec![1, 2, 3]
     );
     node.shutdown().await;
@@ -253,8 +255,8 @@ async fn lamport_survives_restart_and_observation() {
         .publish(vec![ev("s", "n", "4")])
         .await
         .unwrap();
-    assert_eq!(p.stamps[0].lamport, 4);
-    assert_eq!(p.stamps[0].offset, 3);
+    assert_eq!(p.stamps[0].lamport.get(), 4);
+    assert_eq!(p.stamps[0].offset.get(), 3);
     // A lamport seen from a peer raises the clock, and that survives a restart too.
     node.events().observe_lamport(100);
     node.shutdown().await;
@@ -265,7 +267,7 @@ async fn lamport_survives_restart_and_observation() {
         .publish(vec![ev("s", "n", "5")])
         .await
         .unwrap();
-    assert_eq!(p.stamps[0].lamport, 101);
+    assert_eq!(p.stamps[0].lamport.get(), 101);
     node.shutdown().await;
 }
 

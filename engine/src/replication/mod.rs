@@ -37,7 +37,9 @@ use shoal_store::{EventFilter, SourceId};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::events::{EventService, EventsError, ImportOutcome, ImportRequest, Origin, SourceUpdate};
+use crate::events::{
+    EventService, EventsError, ImportOutcome, ImportRequest, Origin, SourceUpdate,
+};
 use crate::head::{Head, SignedHead};
 use crate::swarm::{self, Command, Event};
 use sync::SyncError;
@@ -428,7 +430,6 @@ impl Replicator {
         tracing::warn!(%source, offset = head.head.offset, error = %e, retry_in = ?backoff, "sync failed");
     }
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -102,10 +102,13 @@ async fn appends_replicate_through_the_replicator() {
     a.parts.events.publish(batch).await.unwrap();
     wait_offset(&b.parts.events, &a.source, 3000).await;
     let mut status = b.swarm.status();
-    tokio::time::timeout(WAIT, status.wait_for(|s| s.known.get(&a.source) == Some(&3000)))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(
+        WAIT,
+        status.wait_for(|s| s.known.get(&a.source) == Some(&3000)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     // B's own events go the other way.
     b.parts.events.publish(vec![event(7)]).await.unwrap();
     wait_offset(&a.parts.events, &b.source, 0).await;

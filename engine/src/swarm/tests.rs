@@ -147,7 +147,8 @@ async fn gossip_carries_head_and_inline_blocks() {
     assert_eq!(from, a.local_peer_id());
     // Either via gossip (with the block inline) or via the digest answer (without).
     assert!(blocks.is_empty() || blocks == vec![blk]);
-    assert!(b.known_offsets()
+    assert!(b
+        .known_offsets()
         .contains_key(&SourceId::new(ka.public().to_peer_id().to_string())));
 }
 

@@ -134,5 +134,4 @@ impl State {
         let _ = self.updates.send(Arc::new(update));
         ImportOutcome::Imported(imported)
     }
-
 }

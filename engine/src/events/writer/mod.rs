@@ -40,20 +40,23 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use shoal_store::blob::{BlobMeta, Freed};
-use shoal_store::{Cid, Event, GcStats, NewEvent, OffsetMap, Reader, SourceId, Writer};
+use shoal_store::{
+    Cid, Event, GcStats, Lamport, NewEvent, Offset, OffsetMap, Reader, SourceId, Writer,
+};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::lamport::{self, LamportClock};
-use super::{EventsError, PublishEvent};
 use super::EventsConfig;
+use super::{EventsError, PublishEvent};
 pub use import::{ImportOutcome, ImportRequest};
 use packer::Packer;
 
 /// Where one published event went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
-    pub offset: u64,
-    pub lamport: u64,
+    pub offset: Offset,
+    pub lamport: Lamport,
+    /// Microseconds since the Unix epoch.
     pub timestamp: u64,
 }
 
@@ -117,7 +120,10 @@ pub enum Command {
         reply: Reply<Option<Freed>>,
     },
     /// One bounded garbage-collection step (see `maintenance.rs`).
-    Gc { budget: usize, reply: Reply<GcStats> },
+    Gc {
+        budget: usize,
+        reply: Reply<GcStats>,
+    },
     /// Asks the store's checkpoint thread for a WAL checkpoint (it does not wait for it).
     Checkpoint { reply: Reply<()> },
     /// Finish what is queued before this, persist the clock, close, then reply.
@@ -267,7 +273,9 @@ impl State {
                     let _ = reply.send(self.blob(write).map_err(Into::into));
                 }
                 Command::BlobDelete { cid, reply } => {
-                    let _ = reply.send(shoal_store::blob::delete(&mut self.writer, &cid).map_err(Into::into));
+                    let _ = reply.send(
+                        shoal_store::blob::delete(&mut self.writer, &cid).map_err(Into::into),
+                    );
                 }
                 Command::Gc { budget, reply } => {
                     let _ = reply.send(self.writer.gc(budget).map_err(Into::into));
@@ -392,8 +400,8 @@ impl State {
                 for (count, reply) in waiters {
                     let stamps = (i..i + count)
                         .map(|j| Stamp {
-                            offset: appended.first + j as u64,
-                            lamport: first_lamport + j as u64,
+                            offset: Offset(appended.first + j as u64),
+                            lamport: Lamport(first_lamport + j as u64),
                             timestamp: timestamps[j],
                         })
                         .collect();
@@ -428,4 +436,3 @@ impl State {
         }
     }
 }
-

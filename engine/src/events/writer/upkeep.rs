@@ -24,7 +24,8 @@ impl State {
                         // Each manifest links the one before it, so the pin covers every batch
                         // whatever order they came in.
                         let prev = self.uploads.get(&id).copied().flatten();
-                        let manifest = blob::put_hashed(&mut self.writer, &blocks, Some((&id, prev)))?;
+                        let manifest =
+                            blob::put_hashed(&mut self.writer, &blocks, Some((&id, prev)))?;
                         self.uploads.insert(id, manifest);
                         Ok(())
                     }

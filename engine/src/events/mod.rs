@@ -2,31 +2,37 @@
 //! (HTTP API, Pond store API, CLI) and the swarm go through.
 //!
 //! Parts, one module each:
-//! - [`writer`]: the single writer task (group commit, imports), the only code that appends;
+//! - [`writer`]: the single writer thread (group commit, imports, every other store write as a
+//!   typed command), the only code that holds the write connection;
 //! - [`lamport`]: the clock;
+//! - `publish.rs`: what an app publishes and its validation (so every front end rejects the
+//!   same inputs with the same reasons); `filter.rs`: what a read asks for;
 //! - [`query`]: bounded, ordered reads on read-only connections;
-//! - [`subscribe`]: stored-then-live streams fed by the writer's update broadcast.
+//! - [`subscribe`]: stored-then-live streams fed by the writer's update broadcast;
+//! - `stream.rs`: [`EventStream`], the bounded stream queries and subscriptions hand out.
 //!
-//! This module owns the request types and their validation (so every front end rejects the same
-//! inputs with the same reasons) and [`EventStream`], the bounded stream queries and
-//! subscriptions hand out. It knows nothing of HTTP or peers.
+//! This file holds [`EventService`] (the handle), [`EventsError`] and [`start`]. It knows
+//! nothing of HTTP or peers.
 
+mod filter;
 pub mod lamport;
+mod publish;
 pub mod query;
+mod stream;
 pub mod subscribe;
 pub mod writer;
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use futures::Stream;
-use serde_json::value::RawValue;
-use shoal_store::{Event, EventFilter, OffsetMap, Selector, SourceId, Store};
+use shoal_store::{EventFilter, OffsetMap, SourceId, Store};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+pub use filter::{Filter, Order, Query, StreamSelector, Subscription};
 pub use lamport::LamportClock;
+pub use publish::{PublishEvent, Published, MAX_NAME_BYTES, MAX_PAYLOAD_BYTES, MAX_TAGS};
+pub(crate) use stream::ChunkSender;
+pub use stream::EventStream;
 pub use writer::{BlobWrite, ImportOutcome, ImportRequest, Origin, SourceUpdate, Stamp};
 
 /// Bounds of the event service's channels and batches; each is a memory bound, see the field.
@@ -62,14 +68,6 @@ impl Default for EventsConfig {
         }
     }
 }
-
-/// Longest `semantics` or `name`, in bytes (API.md).
-pub const MAX_NAME_BYTES: usize = 1024;
-/// Most tags per event (API.md).
-pub const MAX_TAGS: usize = 64;
-/// Largest payload of one event, in bytes of compact JSON: one event must fit into one tree
-/// leaf (`TreeConfig::max_uncompressed_leaf_size`, 1 MiB, less the CBOR string header).
-pub const MAX_PAYLOAD_BYTES: usize = 1_000_000;
 
 /// Why an event-service call failed. Cheap to clone: one commit's error is answered to every
 /// waiter of the group.
@@ -128,263 +126,6 @@ fn invalid(index: Option<usize>, field: &'static str, reason: impl Into<String>)
         index,
         field,
         reason: reason.into(),
-    }
-}
-
-/// One event to publish, as an app gives it.
-#[derive(Debug, Clone)]
-pub struct PublishEvent {
-    pub semantics: String,
-    pub name: String,
-    /// Any order, duplicates allowed: the service sorts and dedups.
-    pub tags: Vec<String>,
-    /// Any JSON; whitespace is stripped before storing.
-    pub payload: Box<RawValue>,
-    /// `None` = now (the v1 API); Pond's `persistEvents` keeps the client's timestamp.
-    pub timestamp: Option<u64>,
-}
-
-impl PublishEvent {
-    /// Checks the API.md rules and normalises tags and payload. `index` names the event in
-    /// error messages.
-    fn validate(&mut self, index: usize) -> Result<(), EventsError> {
-        let i = Some(index);
-        check_name(i, "semantics", &self.semantics)?;
-        check_name(i, "name", &self.name)?;
-        if self.tags.iter().any(|t| t.is_empty()) {
-            return Err(invalid(i, "tags", "a tag must not be empty"));
-        }
-        self.tags.sort_unstable();
-        self.tags.dedup();
-        if self.tags.len() > MAX_TAGS {
-            return Err(invalid(
-                i,
-                "tags",
-                format!("at most {MAX_TAGS} tags per event, got {}", self.tags.len()),
-            ));
-        }
-        if let Some(compact) = compact_json(self.payload.get()) {
-            self.payload =
-                RawValue::from_string(compact).map_err(|e| invalid(i, "payload", e.to_string()))?;
-        }
-        let size = self.payload.get().len();
-        if size > MAX_PAYLOAD_BYTES {
-            return Err(invalid(
-                i,
-                "payload",
-                format!("at most {MAX_PAYLOAD_BYTES} bytes of JSON per event, got {size}"),
-            ));
-        }
-        Ok(())
-    }
-}
-
-fn check_name(index: Option<usize>, field: &'static str, value: &str) -> Result<(), EventsError> {
-    if value.trim().is_empty() {
-        return Err(invalid(
-            index,
-            field,
-            "must contain at least one non-whitespace character",
-        ));
-    }
-    if value.len() > MAX_NAME_BYTES {
-        return Err(invalid(
-            index,
-            field,
-            format!("at most {MAX_NAME_BYTES} bytes, got {}", value.len()),
-        ));
-    }
-    Ok(())
-}
-
-/// `json` without whitespace outside strings, or `None` if it has none (the common case: no
-/// copy). The input is valid JSON (it parsed as a `RawValue`), so this only drops bytes.
-fn compact_json(json: &str) -> Option<String> {
-    let bytes = json.as_bytes();
-    let mut in_string = false;
-    let mut escaped = false;
-    let needs = bytes.iter().any(|&b| {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            false
-        } else {
-            match b {
-                b'"' => {
-                    in_string = true;
-                    false
-                }
-                b' ' | b'\n' | b'\r' | b'\t' => true,
-                _ => false,
-            }
-        }
-    });
-    if !needs {
-        return None;
-    }
-    let mut out = String::with_capacity(json.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for c in json.chars() {
-        if in_string {
-            out.push(c);
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_string = false,
-                _ => {}
-            }
-        } else if !matches!(c, ' ' | '\n' | '\r' | '\t') {
-            if c == '"' {
-                in_string = true;
-            }
-            out.push(c);
-        }
-    }
-    Some(out)
-}
-
-/// The answer to a publish: where each event went, in request order.
-#[derive(Debug, Clone)]
-pub struct Published {
-    pub source: SourceId,
-    pub stamps: Vec<Stamp>,
-}
-
-/// One alternative of a query filter: every field given must equal the event's, and the event
-/// must carry every listed tag.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StreamSelector {
-    pub semantics: Option<String>,
-    pub name: Option<String>,
-    pub source: Option<SourceId>,
-    pub tags: Vec<String>,
-}
-
-/// Events matching any of the selectors. An empty list matches nothing;
-/// `vec![StreamSelector::default()]` matches everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filter(pub Vec<StreamSelector>);
-
-impl Filter {
-    /// Everything.
-    pub fn all() -> Self {
-        Filter(vec![StreamSelector::default()])
-    }
-
-    /// The store filter for one source, `None` when nothing of `source` can match (its reads
-    /// are skipped entirely).
-    pub fn for_source(&self, source: &SourceId) -> Option<EventFilter> {
-        let selectors: Vec<Selector> = self
-            .0
-            .iter()
-            .filter(|s| s.source.as_ref().is_none_or(|src| src == source))
-            .map(|s| Selector {
-                semantics: s.semantics.clone(),
-                name: s.name.clone(),
-                tags: s.tags.clone(),
-            })
-            .collect();
-        if selectors.is_empty() {
-            return None;
-        }
-        if selectors.iter().any(|s| *s == Selector::default()) {
-            // One catch-all alternative: let the store skip filtering altogether.
-            return Some(EventFilter::all());
-        }
-        Some(EventFilter::selectors(selectors))
-    }
-
-    /// Does `event` match? (Live events are filtered in memory with the same rules.)
-    pub fn matches(&self, event: &Event) -> bool {
-        self.0.iter().any(|s| {
-            s.source.as_ref().is_none_or(|src| *src == event.source)
-                && s.semantics.as_deref().is_none_or(|x| x == event.semantics)
-                && s.name.as_deref().is_none_or(|x| x == event.name)
-                && s.tags
-                    .iter()
-                    .all(|t| event.tags.iter().any(|have| have == t))
-        })
-    }
-}
-
-/// Result order of a query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Order {
-    /// Ascending `(lamport, source, offset)`.
-    Lamport,
-    /// Descending `(lamport, source, offset)`.
-    LamportReverse,
-    /// Per source ascending offset, sources in ascending id order.
-    SourceOrdered,
-}
-
-/// A bounded read of stored events.
-#[derive(Debug, Clone)]
-pub struct Query {
-    /// Exclusive: events with offset above the bound; absent source = from the start.
-    pub lower: OffsetMap,
-    /// Inclusive; `None` = everything stored now. With `Some`, absent sources contribute nothing.
-    pub upper: Option<OffsetMap>,
-    pub filter: Filter,
-    pub order: Order,
-}
-
-/// Stored then live events.
-#[derive(Debug, Clone)]
-pub struct Subscription {
-    /// Exclusive lower bound; absent source = from the start.
-    pub lower: OffsetMap,
-    pub filter: Filter,
-}
-
-/// Chunks of events travel between a reader thread and the consumer; bounded by
-/// [`EventsConfig::read_chunks_buffered`].
-pub(crate) type ChunkSender = mpsc::Sender<Result<Vec<Event>, EventsError>>;
-
-/// A stream of events from a query or subscription. Memory is bounded: the producer waits when
-/// the consumer does not read. Dropping it cancels the producer.
-pub struct EventStream {
-    rx: mpsc::Receiver<Result<Vec<Event>, EventsError>>,
-    current: std::vec::IntoIter<Event>,
-}
-
-impl EventStream {
-    pub(crate) fn new(rx: mpsc::Receiver<Result<Vec<Event>, EventsError>>) -> Self {
-        Self {
-            rx,
-            current: Vec::new().into_iter(),
-        }
-    }
-
-    /// The rest of the current chunk, or the next chunk: for consumers that send arrays.
-    pub async fn next_chunk(&mut self) -> Option<Result<Vec<Event>, EventsError>> {
-        let rest: Vec<Event> = self.current.by_ref().collect();
-        if !rest.is_empty() {
-            return Some(Ok(rest));
-        }
-        self.rx.recv().await
-    }
-}
-
-impl Stream for EventStream {
-    type Item = Result<Event, EventsError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            if let Some(event) = self.current.next() {
-                return Poll::Ready(Some(Ok(event)));
-            }
-            match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(Ok(chunk))) => self.current = chunk.into_iter(),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
     }
 }
 

@@ -10,8 +10,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 use serde_json::value::RawValue;
-use shoal_store::{NewEvent, OffsetMap, SourceId, Store, StoreConfig};
+use shoal_store::{Event, NewEvent, OffsetMap, SourceId, Store, StoreConfig};
 
+use super::publish::compact_json;
 use super::*;
 use crate::config::Config;
 use crate::node::Node;

@@ -20,12 +20,13 @@
 //! channel drops the head (the periodic digest brings it back).
 //!
 //! Membership: TCP + optional pnet swarm key + noise + yamux; identify; ping (a failed ping
-//! closes the connection); mDNS unless disabled; `--peer` addresses redialled with exponential
-//! backoff (1 s to 30 s) whenever not connected.
+//! closes the connection); mDNS unless disabled; `--peer` addresses (and mDNS finds, at most
+//! 64) redialled with exponential backoff (1 s to 30 s) whenever not connected (`redial.rs`).
 
 mod behaviour;
 pub mod gossip;
 mod heads;
+mod redial;
 mod task;
 
 use std::collections::BTreeMap;

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::behaviour::{self, Behaviour, BehaviourEvent};
 use super::heads::{source_id, HeadBook};
+use super::redial::{self, Added, Redials};
 use super::{dialable, gossip, Command, Config, Error, Event, NetworkState, PeerInfo};
 use crate::exchange::wire::source_hash;
 use crate::exchange::{self, BlockSource, DigestEntry, Fetcher, Request, Response};
@@ -24,8 +25,6 @@ use crate::head::SignedHead;
 const SERVE_CONCURRENCY: usize = 4;
 /// Heads per digest answer (the response must stay under its size cap).
 const MAX_HEADS_PER_ANSWER: usize = 1000;
-const BACKOFF_MIN: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Milliseconds since `timestamp` (µs since the epoch) for logs; 0 if in the future.
 pub(crate) fn age_ms(timestamp: u64) -> f64 {
@@ -49,19 +48,6 @@ fn is_loopback(addr: &Multiaddr) -> bool {
     })
 }
 
-/// An address to stay connected to, redialled with backoff while its peer is not connected:
-/// a bootstrap `--peer`, or one mDNS found (until mDNS says it expired). mDNS reports a peer
-/// once, not again when its connection drops, so without this a peer lost in a network
-/// blip would stay lost until its mDNS record expired (minutes).
-struct Redial {
-    addr: Multiaddr,
-    peer: Option<PeerId>,
-    backoff: Duration,
-    next: Instant,
-    /// Found by mDNS (forgotten when it expires), not given as a `--peer` (kept for good).
-    mdns: bool,
-}
-
 pub(super) struct Task {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
@@ -76,7 +62,7 @@ pub(super) struct Task {
     /// Known and stored heads per source.
     heads: HeadBook,
     topic: gossipsub::IdentTopic,
-    redial: Vec<Redial>,
+    redial: Redials,
     digest_interval: Duration,
     /// Whether any listen address was requested.
     listening: bool,
@@ -109,21 +95,7 @@ impl Task {
                 reason: e.to_string(),
             })?;
         }
-        let now = Instant::now();
-        let redial = config
-            .peers
-            .iter()
-            .map(|addr| Redial {
-                addr: addr.clone(),
-                peer: addr.iter().find_map(|p| match p {
-                    Protocol::P2p(id) => Some(id),
-                    _ => None,
-                }),
-                backoff: BACKOFF_MIN,
-                next: now,
-                mdns: false,
-            })
-            .collect();
+        let redial = Redials::new(&config.peers, Instant::now());
         let (served_tx, served_rx) = mpsc::channel(64);
         Ok(Self {
             swarm,
@@ -340,23 +312,9 @@ impl Task {
     }
 
     fn redial(&mut self) {
-        let now = Instant::now();
-        for i in 0..self.redial.len() {
-            let connected = self.redial[i]
-                .peer
-                .is_some_and(|p| self.swarm.is_connected(&p));
-            let b = &mut self.redial[i];
-            if connected {
-                b.backoff = BACKOFF_MIN;
-                b.next = now + BACKOFF_MIN;
-                continue;
-            }
-            if now < b.next {
-                continue;
-            }
-            b.next = now + b.backoff;
-            b.backoff = (b.backoff * 2).min(BACKOFF_MAX);
-            let addr = b.addr.clone();
+        let swarm = &self.swarm;
+        let due = self.redial.due(Instant::now(), |p| swarm.is_connected(p));
+        for addr in due {
             tracing::debug!(%addr, "dialling");
             if let Err(e) = self.swarm.dial(addr.clone()) {
                 tracing::debug!(%addr, error = %e, "dial failed");
@@ -418,11 +376,7 @@ impl Task {
             } => {
                 let addr = endpoint.get_remote_address().clone();
                 if endpoint.is_dialer() {
-                    for b in &mut self.redial {
-                        if b.peer.is_none() && b.addr == addr {
-                            b.peer = Some(peer_id);
-                        }
-                    }
+                    self.redial.learned(&addr, peer_id);
                 }
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, %addr, "peer connected");
@@ -489,20 +443,18 @@ impl Task {
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 let now = Instant::now();
                 for (peer, addr) in found {
-                    let addr = dialable(&addr, peer);
-                    if peer == *self.swarm.local_peer_id()
-                        || self.redial.iter().any(|r| r.addr == addr)
-                    {
+                    if peer == *self.swarm.local_peer_id() {
                         continue;
                     }
-                    tracing::info!(%peer, %addr, "discovered by mDNS");
-                    self.redial.push(Redial {
-                        addr,
-                        peer: Some(peer),
-                        backoff: BACKOFF_MIN,
-                        next: now,
-                        mdns: true,
-                    });
+                    let addr = dialable(&addr, peer);
+                    match self.redial.add_mdns(addr.clone(), peer, now) {
+                        Added::New => tracing::info!(%peer, %addr, "discovered by mDNS"),
+                        Added::Known => {}
+                        Added::Full => tracing::warn!(
+                            %peer, %addr, limit = redial::MAX_MDNS,
+                            "mDNS found more peers than are kept; ignored until some expire"
+                        ),
+                    }
                 }
                 // Dial at once, not at the next redial tick.
                 self.redial();
@@ -510,7 +462,7 @@ impl Task {
             BehaviourEvent::Mdns(mdns::Event::Expired(gone)) => {
                 for (peer, addr) in gone {
                     let addr = dialable(&addr, peer);
-                    self.redial.retain(|r| !(r.mdns && r.addr == addr));
+                    self.redial.expire_mdns(&addr);
                     tracing::debug!(%peer, %addr, "mDNS record expired");
                 }
             }

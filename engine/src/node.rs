@@ -138,22 +138,17 @@ impl Node {
         let Opened {
             identity,
             store,
-            writer,
-            packer,
-            offsets,
-            clock,
+            recovered,
         } = tokio::task::spawn_blocking(move || open(&cfg))
             .await
             .map_err(|e| NodeError::Spawn(std::io::Error::other(e)))??;
         let store = Arc::new(store);
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let offsets = recovered.offsets.clone();
         let (events, writer) = events::start(
-            writer,
-            packer,
+            recovered,
             store.clone(),
             identity.source().clone(),
-            offsets.clone(),
-            clock,
             config.events.clone(),
             shutdown_rx.clone(),
         )
@@ -419,11 +414,7 @@ fn source_progress(
 struct Opened {
     identity: Identity,
     store: Store,
-    writer: shoal_store::Writer,
-    /// The packer thread's read connection.
-    packer: shoal_store::Reader,
-    offsets: OffsetMap,
-    clock: LamportClock,
+    recovered: events::Recovered,
 }
 
 fn open(config: &Config) -> Result<Opened, NodeError> {
@@ -445,11 +436,13 @@ fn open(config: &Config) -> Result<Opened, NodeError> {
     let clock = LamportClock::recover(&reader)?;
     Ok(Opened {
         identity,
-        packer: store.reader()?,
+        recovered: events::Recovered {
+            writer,
+            packer: store.reader()?,
+            offsets,
+            clock,
+        },
         store,
-        writer,
-        offsets,
-        clock,
     })
 }
 

@@ -172,25 +172,32 @@ impl WriterThread {
     }
 }
 
-/// Starts the writer thread on `writer` (and its packer on `packer`, a read connection of the
-/// same store) and the event service over it. `offsets` and `clock` are what the store holds
-/// now; queries and subscriptions end when `shutdown` flips.
+/// What the writer takes over from an opened store.
+pub struct Recovered {
+    /// The store's one write connection.
+    pub writer: shoal_store::Writer,
+    /// A read connection for the packer thread.
+    pub packer: shoal_store::Reader,
+    /// What the store holds now.
+    pub offsets: OffsetMap,
+    pub clock: LamportClock,
+}
+
+/// Starts the writer thread (and its packer) on `recovered` and the event service over it, for
+/// this node's `source`; queries and subscriptions end when `shutdown` flips.
 pub fn start(
-    writer: shoal_store::Writer,
-    packer: shoal_store::Reader,
+    recovered: Recovered,
     store: Arc<Store>,
     source: SourceId,
-    offsets: OffsetMap,
-    clock: LamportClock,
     config: EventsConfig,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<(EventService, WriterThread)> {
     let (handles, thread) = writer::spawn(
-        writer,
-        packer,
+        recovered.writer,
+        recovered.packer,
         source.clone(),
-        offsets,
-        Arc::new(clock),
+        recovered.offsets,
+        Arc::new(recovered.clock),
         config.clone(),
     )?;
     let thread = WriterThread {
@@ -456,16 +463,18 @@ pub(crate) mod testing {
             .into_iter()
             .map(|info| (info.source, info.last_offset))
             .collect();
-        let writer = store.writer().expect("writer");
+        let recovered = Recovered {
+            writer: store.writer().expect("writer"),
+            packer: reader,
+            offsets,
+            clock,
+        };
         let store = Arc::new(store);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (events, writer) = super::start(
-            writer,
-            reader,
+            recovered,
             store.clone(),
             SourceId::new(source),
-            offsets,
-            clock,
             config,
             shutdown_rx,
         )

@@ -297,8 +297,8 @@ impl Task {
                     .get(&source_hash(&h.head.source))
                     .is_none_or(|&o| o < h.head.offset)
             })
-            .cloned()
             .take(MAX_HEADS_PER_ANSWER)
+            .cloned()
             .collect();
         Response::Heads(heads)
     }

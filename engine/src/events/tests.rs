@@ -551,3 +551,50 @@ async fn node_info_counts_streams_not_sources() {
     assert_eq!(info.sources.len(), 4);
     node.shutdown().await;
 }
+
+/// A publish queued behind the writer's shutdown may or may not be stored: it is `Interrupted`
+/// (HTTP: "may have been stored"), never a plain "retry"; one sent after the writer is gone was
+/// not taken at all (`ShuttingDown`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_cut_off_by_shutdown_says_it_may_be_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(dir.path(), |_| {}).await;
+    let events = service.events();
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let (holding, held) = tokio::sync::oneshot::channel::<()>();
+    events
+        .hold_writer(move || {
+            let _ = holding.send(());
+            let _ = hold.recv_timeout(WAIT);
+        })
+        .await;
+    tokio::time::timeout(WAIT, held).await.unwrap().unwrap();
+    // Shutdown is queued first, then the publish behind it.
+    let stop = tokio::spawn(service.parts.writer.stop());
+    tokio::time::timeout(WAIT, async {
+        while events.queued() < 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let publish = tokio::spawn({
+        let events = events.clone();
+        async move { events.publish(vec![ev("s", "n", "1")]).await }
+    });
+    tokio::time::timeout(WAIT, async {
+        while events.queued() < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .unwrap();
+    release.send(()).unwrap();
+    let err = publish.await.unwrap().unwrap_err();
+    assert!(matches!(err, EventsError::Interrupted), "{err:?}");
+    assert!(err.may_have_acted());
+    stop.await.unwrap();
+    let err = events.publish(vec![ev("s", "n", "2")]).await.unwrap_err();
+    assert!(matches!(err, EventsError::ShuttingDown), "{err:?}");
+    assert!(!err.may_have_acted());
+}

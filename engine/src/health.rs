@@ -46,8 +46,9 @@ pub async fn check(node: &NodeHandle) -> Result<(), Unhealthy> {
         Ok(Ok(Err(e))) => return Err(Unhealthy::Store(e)),
         Ok(Ok(Ok(()))) => {}
     }
-    match node.swarm() {
-        Some(swarm) if swarm.is_running() => Ok(()),
-        _ => Err(Unhealthy::SwarmStopped),
+    if node.swarm_running() {
+        Ok(())
+    } else {
+        Err(Unhealthy::SwarmStopped)
     }
 }

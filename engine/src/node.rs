@@ -23,8 +23,8 @@
 //!
 //! Failure reporting: the writer answers every command with a `Result` (a failed commit rolls
 //! back and is reported to each waiter); the swarm, replicator and maintenance tasks log and
-//! retry (a peer's fault never reaches an app); a task that ends early ends quietly and the
-//! node's health shows it through its watch (the swarm's `NetworkState` stops changing).
+//! retry (a peer's fault never reaches an app); a task that ends early (a bug) shows in
+//! `GET /api/v1/node/health` for the swarm (`health.rs`: its `NetworkState` watch closes).
 //!
 //! Shutdown ([`Node::shutdown`]): the shutdown watch flips (subscriptions, the replicator,
 //! maintenance and the swarm end; the swarm saves its head book), then the writer gets
@@ -298,6 +298,12 @@ impl NodeHandle {
     /// the receiver.
     pub fn network(&self) -> watch::Receiver<NetworkState> {
         self.network.clone()
+    }
+
+    /// Whether the swarm task still runs: it owns the sender of [`Self::network`], so the watch
+    /// closes when the task ends (after shutdown, or a panic).
+    pub fn swarm_running(&self) -> bool {
+        self.network.has_changed().is_ok()
     }
 
     /// Flips to `true` when the node shuts down: long-lived tasks (swarm, servers) select on it.

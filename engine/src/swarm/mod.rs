@@ -180,12 +180,6 @@ impl Handle {
         self.local
     }
 
-    /// Whether the swarm task still runs: it drops its command receiver when it ends, after
-    /// shutdown or a panic (health check).
-    pub fn is_running(&self) -> bool {
-        !self.tx.is_closed()
-    }
-
     /// The network state as the swarm task publishes it (changes wake the receiver).
     pub fn status(&self) -> watch::Receiver<NetworkState> {
         self.status.clone()

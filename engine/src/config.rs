@@ -19,6 +19,7 @@ use libp2p::Multiaddr;
 
 pub use crate::events::EventsConfig;
 use serde::Deserialize;
+pub use shoal_store::Durability;
 
 /// Name of the optional settings file inside the data dir.
 pub const CONFIG_FILE: &str = "shoal.toml";
@@ -77,6 +78,8 @@ pub struct Settings {
     /// What the node logs: a level (`info`) or a `RUST_LOG`-style filter. Read by the binary
     /// (logging starts before the node); [`Settings::resolve`] does not use it.
     pub log_level: Option<String>,
+    /// What a committed write survives: `process` (default) or `power`.
+    pub durability: Option<String>,
 }
 
 impl Settings {
@@ -102,6 +105,7 @@ impl Settings {
             allow_origin: self.allow_origin.or(lower.allow_origin),
             allow_host: self.allow_host.or(lower.allow_host),
             log_level: self.log_level.or(lower.log_level),
+            durability: self.durability.or(lower.durability),
         }
     }
 
@@ -148,6 +152,7 @@ impl Settings {
             allow_origin: list("SHOAL_ALLOW_ORIGIN"),
             allow_host: list("SHOAL_ALLOW_HOST"),
             log_level: var("SHOAL_LOG_LEVEL"),
+            durability: var("SHOAL_DURABILITY"),
         })
     }
 
@@ -240,6 +245,20 @@ impl Settings {
                 .map(|h| parse_host(h))
                 .collect::<Result<_, _>>()?,
         };
+        let durability = match self.durability.as_deref().map(str::trim) {
+            None => d.durability,
+            Some("process") => Durability::Process,
+            Some("power") => Durability::PowerLoss,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "durability",
+                    value: other.into(),
+                    reason: "expected `process` (survives a killed process) or `power` \
+                             (also survives power loss: one fsync per commit)"
+                        .into(),
+                })
+            }
+        };
         Ok(Config {
             data_dir: self.data_dir.unwrap_or(d.data_dir),
             api_addr: addr("api-addr", self.api_addr, d.api_addr)?,
@@ -264,6 +283,7 @@ impl Settings {
                 ..d.events
             },
             web,
+            durability,
         })
     }
 }
@@ -365,6 +385,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// Which web pages and host names the APIs serve (API.md "Browser safety").
     pub web: WebConfig,
+    /// What a committed write survives (`--durability`).
+    pub durability: Durability,
 }
 
 /// Browser safety (API.md): who besides the node's own pages may use its APIs from a browser.
@@ -395,6 +417,7 @@ impl Default for Config {
             keepalive: Duration::from_secs(10),
             events: EventsConfig::default(),
             web: WebConfig::default(),
+            durability: Durability::default(),
         }
     }
 }
@@ -482,7 +505,7 @@ mod tests {
     fn allowed_origins_are_normalized_like_browsers_send_them() {
         let file: Settings = toml::from_str(
             "allow-origin = [\"HTTP://Example.COM:80/\", \"https://x.test:8443\"]\n\
-             allow-host = [\"MyDevice.local.\"]\n",
+             allow-host = [\"MyDevice.local.\"]\ndurability = \"power\"\n",
         )
         .unwrap();
         let config = file.resolve().unwrap();
@@ -491,11 +514,16 @@ mod tests {
             vec!["http://example.com", "https://x.test:8443"]
         );
         assert_eq!(config.web.allowed_hosts, vec!["mydevice.local"]);
+        assert_eq!(config.durability, Durability::PowerLoss);
         let env = Settings::from_env(|k| {
             (k == "SHOAL_ALLOW_ORIGIN").then(|| "http://a.test:1, http://b.test:2".into())
         })
         .unwrap();
         assert_eq!(env.resolve().unwrap().web.allowed_origins.len(), 2);
+        assert_eq!(
+            Settings::default().resolve().unwrap().durability,
+            Durability::Process
+        );
         for bad in ["*", "null", "ftp://x.test", "http://x.test/app", "x.test"] {
             let err = Settings {
                 allow_origin: Some(vec![bad.into()]),
@@ -514,5 +542,12 @@ mod tests {
             .unwrap_err();
             assert!(err.to_string().contains("allow-host"), "{bad}: {err}");
         }
+        let err = Settings {
+            durability: Some("disk".into()),
+            ..Settings::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("durability"), "{err}");
     }
 }

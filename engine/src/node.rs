@@ -430,7 +430,8 @@ fn open(config: &Config) -> Result<Opened, NodeError> {
     })?;
     // The store first: opening it takes the data dir's writer lock, so a second node on this
     // dir is refused before it reads (or, on a fresh dir, creates) the key.
-    let store = Store::open(&config.store_path(), store_config())?;
+    let store = Store::open(&config.store_path(), store_config(config.durability))?;
+    store.check_on_open()?;
     let identity = Identity::load_or_create(&config.data_dir)?;
     let writer = store.writer()?;
     let reader = store.reader()?;
@@ -457,8 +458,11 @@ fn open(config: &Config) -> Result<Opened, NodeError> {
 /// cleared per leaf). Packing runs on the packer thread, but on a 2-core device it competes
 /// with publishing for CPU: level 3 costs a few ms per leaf where level 10 costs ~30 ms (for
 /// 17% fewer bytes and ~25% faster leaf reads; see BENCHMARKS.md, Store).
-fn store_config() -> StoreConfig {
-    let mut config = StoreConfig::default();
+fn store_config(durability: shoal_store::Durability) -> StoreConfig {
+    let mut config = StoreConfig {
+        durability,
+        ..StoreConfig::default()
+    };
     config.tree.zstd_level_append = 1;
     config.tree.zstd_level_pack = 3;
     config

@@ -156,6 +156,12 @@ pub(crate) fn all_aliases(conn: &Connection) -> Result<Vec<(String, Cid)>> {
     aliases(conn, schema::ALL_ALIASES, [])
 }
 
+/// Aliases whose root block is absent (the start-up check, `check.rs`): one indexed lookup per
+/// alias, no block read.
+pub(crate) fn aliases_without_root(conn: &Connection) -> Result<Vec<(String, Cid)>> {
+    aliases(conn, schema::ALIASES_WITHOUT_ROOT, [])
+}
+
 /// The `(name, cid)` rows of an alias query.
 fn aliases(
     conn: &Connection,

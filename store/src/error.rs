@@ -62,6 +62,18 @@ pub enum Error {
     /// A failure inside the banyan tree code that is not a missing block.
     #[error("tree: {0}")]
     Tree(String),
+    /// The start-up check (`check.rs`) found damage; nothing was changed.
+    #[error(
+        "the store {} is damaged: {problem}. A node does not start on a damaged store: run \
+         `shoal store verify --data-dir {}` to list every problem",
+        .path.display(),
+        .data_dir.display()
+    )]
+    Damaged {
+        path: std::path::PathBuf,
+        data_dir: std::path::PathBuf,
+        problem: String,
+    },
     /// Filesystem errors around opening the store.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),

@@ -5,6 +5,7 @@
 //!   writer is refused with [`Error::Locked`], naming the holder.
 //! - [`Writer`] (`log.rs`): appends batches to a source's banyan tree and moves its alias in one
 //!   transaction; imports replicated trees; packs; collects garbage.
+//! - [`Store::check_on_open`] (`check.rs`): the bounded start-up integrity check.
 //! - [`Reader`] (`read.rs`, `inspect.rs`): streaming event reads (forward/backward, filtered by
 //!   selectors and lamport/time ranges), blocks by CID, and the inspector's views.
 //! - Shared types: [`SourceId`], [`NewEvent`], [`Event`], [`EventFilter`], [`Selector`],
@@ -16,6 +17,7 @@
 
 pub mod blob;
 mod blocks;
+mod check;
 mod checkpoint;
 pub mod cid;
 pub mod console;
@@ -34,6 +36,7 @@ mod store;
 mod streams;
 pub mod tree;
 
+pub use crate::check::{OpenCheck, QUICK_CHECK_MAX_BYTES};
 pub use crate::cid::Cid;
 pub use crate::error::{Error, Result};
 pub use crate::event::{Event, EventFilter, Lamport, NewEvent, Offset, Selector, SourceId};

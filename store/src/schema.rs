@@ -218,6 +218,9 @@ pub(crate) const COUNT_BLOCKS: &str = "SELECT count(*), coalesce(sum(length(data
 pub(crate) const COUNT_CIDS: &str = "SELECT count(*) FROM cids";
 pub(crate) const ALL_ALIASES: &str =
     "SELECT aliases.name, cids.cid FROM aliases JOIN cids ON cids.id = aliases.id ORDER BY 1";
+pub(crate) const ALIASES_WITHOUT_ROOT: &str = "SELECT aliases.name, cids.cid FROM aliases \
+     JOIN cids ON cids.id = aliases.id \
+     WHERE NOT EXISTS (SELECT 1 FROM blocks WHERE blocks.id = aliases.id) ORDER BY 1";
 
 /// Seconds since the Unix epoch, for `added` / `retired.at`.
 pub(crate) fn now_secs() -> i64 {

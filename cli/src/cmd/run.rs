@@ -68,6 +68,10 @@ pub struct Args {
     /// Log more: -v is --log-level debug, -vv is --log-level trace (libp2p included: noisy).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// What a stored event survives: `process` (a killed process; may lose the last commits on
+    /// power loss) or `power` (also power loss: one fsync per commit). [default: process]
+    #[arg(long, value_name = "process|power")]
+    durability: Option<String>,
 }
 
 impl Args {
@@ -93,6 +97,7 @@ impl Args {
                 1 => Some("debug".into()),
                 _ => Some("trace".into()),
             },
+            durability: self.durability,
             ..Settings::default()
         }
     }

@@ -7,6 +7,13 @@
 //!   restarted after storing the events, so the figure is not the filling's leftovers);
 //! - publish→subscriber latency at 1,000 events/s (p50, p99).
 //!
+//! `--durability process|power` starts the nodes with that setting (default: the node's,
+//! `process`) and measures, in every run, a reference on the same filesystem: small SQLite
+//! commits per second with the same `synchronous` setting (WAL mode, one 100-byte row per
+//! transaction, one thread, for [`REFERENCE_TIME`]). The publish figures are also printed as
+//! ratios to it, which carry over between machines better than events/s (an fsync costs what the
+//! disk makes it cost). The query run prints the node's start-up check time on the stored set.
+//!
 //! Run: `cargo run --release -p shoal-tests --bin bench_node [-- --runs 3 --query-events 1000000]`.
 //! The node is the real `shoal run` binary of the same profile (built by the harness). Request
 //! bodies are encoded before the clock starts, so the client's JSON work is not measured; the
@@ -28,6 +35,8 @@ struct Settings {
     latency_events: usize,
     /// Run only these benchmarks (`batched`, `single`, `latency`, `query`); empty = all.
     only: Vec<String>,
+    /// `--durability` of the nodes (`process` or `power`).
+    durability: String,
 }
 
 impl Settings {
@@ -44,6 +53,7 @@ fn settings() -> Result<Settings> {
         query_events: 1_000_000,
         latency_events: 5_000,
         only: Vec::new(),
+        durability: "process".into(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -65,6 +75,15 @@ fn settings() -> Result<Settings> {
                     .context("--only needs batched, single, latency or query")?
                     .clone(),
             ),
+            "--durability" => {
+                s.durability = it
+                    .next()
+                    .context("--durability needs process or power")?
+                    .clone();
+                if !matches!(s.durability.as_str(), "process" | "power") {
+                    bail!("--durability must be process or power");
+                }
+            }
             "--quick" => {
                 s.runs = 1;
                 s.batched_events = 40_000;
@@ -78,10 +97,42 @@ fn settings() -> Result<Settings> {
     Ok(s)
 }
 
-fn start_node() -> Result<Node> {
-    let mut opts = NodeOptions::default();
-    opts.env.push(("RUST_LOG".into(), "warn".into()));
+fn start_node(s: &Settings) -> Result<Node> {
+    let mut opts = NodeOptions::default()
+        .arg("--durability")
+        .arg(s.durability.clone());
+    // The start-up check's report (info) is read back by the query run.
+    opts.env
+        .push(("RUST_LOG".into(), "warn,shoal_store::check=info".into()));
     Node::start_with(opts)
+}
+
+/// How long each reference measurement runs.
+const REFERENCE_TIME: Duration = Duration::from_secs(3);
+
+/// The reference: one-row SQLite commits per second in WAL mode with the `synchronous` setting
+/// `durability` stands for, in a fresh temp dir (the filesystem the harness's nodes use).
+fn reference_commits(durability: &str) -> Result<f64> {
+    let dir = tempfile::Builder::new()
+        .prefix("shoal-bench-ref-")
+        .tempdir()?;
+    let conn = rusqlite::Connection::open(dir.path().join("ref.sqlite"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let sync = if durability == "power" {
+        "FULL"
+    } else {
+        "NORMAL"
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, data BLOB NOT NULL)")?;
+    let row = vec![0x5au8; 100];
+    let start = Instant::now();
+    let mut commits = 0u64;
+    while start.elapsed() < REFERENCE_TIME {
+        conn.execute("INSERT INTO t (data) VALUES (?1)", [&row])?;
+        commits += 1;
+    }
+    Ok(commits as f64 / start.elapsed().as_secs_f64())
 }
 
 fn payload(i: usize) -> Value {
@@ -294,6 +345,15 @@ async fn main() -> Result<()> {
         .unwrap_or(0);
     println!("machine: {cores} cores");
 
+    println!(
+        "durability: {} (reference: one-row SQLite commits, WAL, synchronous={})",
+        s.durability,
+        if s.durability == "power" {
+            "FULL"
+        } else {
+            "NORMAL"
+        }
+    );
     let (mut batched, mut single, mut query, mut rss, mut p50, mut p99) = (
         Vec::new(),
         Vec::new(),
@@ -302,20 +362,25 @@ async fn main() -> Result<()> {
         Vec::new(),
         Vec::new(),
     );
+    let mut reference = Vec::new();
     for run in 0..s.runs {
         let mut line = format!("run {}:", run + 1);
+        if s.wants("batched") || s.wants("single") {
+            reference.push(reference_commits(&s.durability)?);
+            line += &format!(" reference {:.0} commits/s", reference[run]);
+        }
         if s.wants("batched") {
-            let node = start_node()?;
+            let node = start_node(&s)?;
             batched.push(publish_throughput(&node, 4, 100, s.batched_events).await?);
             line += &format!(" batched {:.0}/s", batched[run]);
         }
         if s.wants("single") {
-            let node = start_node()?;
+            let node = start_node(&s)?;
             single.push(publish_throughput(&node, 16, 1, s.single_events).await?);
             line += &format!(" single {:.0}/s", single[run]);
         }
         if s.wants("latency") {
-            let node = start_node()?;
+            let node = start_node(&s)?;
             let (a, b) = latency(&node, s.latency_events, 1000).await?;
             p50.push(a.as_secs_f64() * 1e6);
             p99.push(b.as_secs_f64() * 1e6);
@@ -327,12 +392,38 @@ async fn main() -> Result<()> {
         query_runs(&s, &mut query, &mut rss).await?;
     }
     report(&s, &batched, &single, &query, &p50, &p99, &rss);
+    report_ratios(&reference, &batched, &single);
     Ok(())
+}
+
+/// The publish figures as ratios to the same run's reference (medians of the per-run ratios).
+fn report_ratios(reference: &[f64], batched: &[f64], single: &[f64]) {
+    if reference.is_empty() {
+        return;
+    }
+    println!(
+        "{:<36} {}",
+        "reference: one-row SQLite commits",
+        fmt_runs(reference, "commits/s", 1.0)
+    );
+    for (name, values) in [("batched", batched), ("single", single)] {
+        if values.len() != reference.len() {
+            continue;
+        }
+        let ratios: Vec<f64> = values.iter().zip(reference).map(|(v, r)| v / r).collect();
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "{:<36} median {:.2}x (runs: {})",
+            format!("{name} events/s ÷ reference"),
+            median(ratios.clone()),
+            each.join(", ")
+        );
+    }
 }
 
 /// One node holds the query set; the query is run `runs` times over it.
 async fn query_runs(s: &Settings, query: &mut Vec<f64>, rss: &mut Vec<f64>) -> Result<()> {
-    let node = start_node()?;
+    let node = start_node(s)?;
     let fill_start = Instant::now();
     let fill = publish_throughput(&node, 4, 1000, s.query_events).await?;
     println!(
@@ -343,6 +434,15 @@ async fn query_runs(s: &Settings, query: &mut Vec<f64>, rss: &mut Vec<f64>) -> R
     // A fresh process for the queries: the peak RSS then belongs to serving the query, not to
     // allocator pages left over from storing a million events a moment ago.
     let node = node.restart()?;
+    // The start-up check on this store (the last report in the log is this start's).
+    let log = node.log();
+    if let Some(line) = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("store start-up check passed"))
+    {
+        println!("start-up check on the stored set: {}", line.trim());
+    }
     if let Some(pid) = node.pid() {
         println!(
             "node restarted; RSS before the queries {} MiB",

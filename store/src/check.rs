@@ -10,7 +10,7 @@
 //!   last leaf, the leaf the next append extends and the events the Lamport clock recovers from
 //!   (a few block reads per source);
 //! - SQLite's `PRAGMA quick_check` (page, b-tree and record structure; no index cross-check)
-//!   when the file is at most [`QUICK_CHECK_MAX_BYTES`]: it reads the whole file, so a larger
+//!   when file and WAL hold at most [`QUICK_CHECK_MAX_BYTES`]: it reads them whole, so a larger
 //!   store skips it and says so in the report. See `BENCHMARKS.md` ("Start-up check") for what it
 //!   costs.
 //!
@@ -27,19 +27,21 @@ use crate::error::{Error, Result};
 use crate::event::EventFilter;
 use crate::store::Store;
 
-/// Largest store file (bytes) whose SQLite structure is checked at start-up; above it the check
-/// is skipped. `quick_check` read ~1 GB/s here (BENCHMARKS.md), so this bounds it to well under
-/// a second even on a slower device.
-pub const QUICK_CHECK_MAX_BYTES: u64 = 256 << 20;
+/// Largest store (file plus WAL, bytes) whose SQLite structure is checked at start-up; above
+/// it that part is skipped. `quick_check` reads every page: measured here (BENCHMARKS.md,
+/// "Start-up check") at ~1.3 GB/s from the page cache (a restarted process) but ~60 MB/s from a
+/// cold disk (the first start after a reboot), so 64 MiB costs at most about a second.
+pub const QUICK_CHECK_MAX_BYTES: u64 = 64 << 20;
 
 /// What the start-up check did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenCheck {
     pub aliases: u64,
     pub sources: u64,
-    /// `quick_check` ran (`true`) or was skipped because the file is larger than
+    /// `quick_check` ran (`true`) or was skipped because file and WAL hold more than
     /// [`QUICK_CHECK_MAX_BYTES`].
     pub quick_check: bool,
+    /// The store file plus its WAL.
     pub file_bytes: u64,
     pub took: Duration,
 }
@@ -107,7 +109,7 @@ impl Store {
                 }
             }
         }
-        let file_bytes = std::fs::metadata(self.path())?.len();
+        let file_bytes = std::fs::metadata(self.path())?.len() + wal_bytes(self.path());
         let quick_check = file_bytes <= QUICK_CHECK_MAX_BYTES;
         if quick_check {
             let conn = reader.lock()?;
@@ -143,6 +145,13 @@ impl Store {
         );
         Ok(report)
     }
+}
+
+/// Bytes in the store's WAL file (`<file>-wal`), 0 if there is none.
+fn wal_bytes(path: &Path) -> u64 {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(wal).map_or(0, |m| m.len())
 }
 
 fn damaged(path: &Path, problem: String) -> Error {

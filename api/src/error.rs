@@ -126,6 +126,12 @@ impl std::error::Error for ApiError {}
 
 impl warp::reject::Reject for ApiError {}
 
+impl From<crate::fields::FieldError> for ApiError {
+    fn from(e: crate::fields::FieldError) -> Self {
+        ApiError::bad_request(e.0)
+    }
+}
+
 /// Engine errors, with `prefix` naming where in the request an invalid field sits (e.g. `data`
 /// for a publish body).
 pub fn from_events(e: EventsError, prefix: &str) -> ApiError {

@@ -22,7 +22,7 @@ use warp::{Filter as _, Reply};
 
 use crate::error::{from_events, ApiError};
 use crate::json::{write_str, write_str_array};
-use crate::{body, ndjson, ApiConfig};
+use crate::{body, fields, ndjson, ApiConfig};
 
 /// The event routes.
 pub fn routes(
@@ -251,63 +251,28 @@ fn parse_subscriptions(v: Option<&Value>) -> Result<Filter, ApiError> {
     };
     let mut selectors = Vec::with_capacity(list.len());
     for (i, item) in list.iter().enumerate() {
-        let obj = item.as_object().ok_or_else(|| {
-            ApiError::bad_request(format!("subscriptions[{i}]: must be an object"))
-        })?;
+        let path = format!("subscriptions[{i}]");
+        let obj = fields::object(item, &path, "an object")?;
         // A misspelt key (`nmae`) would otherwise leave a filter that matches everything; v1
         // clients send only the keys below, so refusing the others breaks none of them.
-        let unknown: Vec<&str> = obj
-            .keys()
-            .map(String::as_str)
-            .filter(|k| !FILTER_KEYS.contains(k))
-            .collect();
-        if !unknown.is_empty() {
-            return Err(ApiError::bad_request(format!(
-                "subscriptions[{i}]: unknown key(s) {}; a filter has semantics, name, source and \
-                 tags",
-                unknown
-                    .iter()
-                    .map(|k| format!("`{}`", k.chars().take(64).collect::<String>()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
+        fields::only_known_keys(
+            obj,
+            &path,
+            &FILTER_KEYS,
+            "a filter has semantics, name, source and tags",
+        )?;
         for key in ["fromTime", "toTime"] {
             if obj.get(key).is_some_and(|v| !v.is_null()) {
                 return Err(ApiError::bad_request(format!(
-                    "subscriptions[{i}].{key}: time filters are not supported by this node yet"
+                    "{path}.{key}: time filters are not supported by this node yet"
                 )));
             }
         }
-        let tags = match obj.get("tags") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(tags)) => tags
-                .iter()
-                .map(|t| match t {
-                    Value::String(t) if !t.is_empty() => Ok(t.clone()),
-                    _ => Err(ApiError::bad_request(format!(
-                        "subscriptions[{i}].tags: must be a list of non-empty strings"
-                    ))),
-                })
-                .collect::<Result<_, _>>()?,
-            Some(_) => {
-                return Err(ApiError::bad_request(format!(
-                    "subscriptions[{i}].tags: must be a list of non-empty strings"
-                )))
-            }
-        };
-        let field = |name: &str| match obj.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(ApiError::bad_request(format!(
-                "subscriptions[{i}].{name}: must be a string"
-            ))),
-        };
         selectors.push(StreamSelector {
-            semantics: field("semantics")?,
-            name: field("name")?,
-            source: field("source")?.map(SourceId::new),
-            tags,
+            semantics: fields::opt_string(obj, &path, "semantics")?,
+            name: fields::opt_string(obj, &path, "name")?,
+            source: fields::opt_string(obj, &path, "source")?.map(SourceId::new),
+            tags: fields::string_list(obj, &path, "tags")?,
         });
     }
     Ok(Filter(selectors))

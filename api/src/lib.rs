@@ -16,6 +16,7 @@ pub mod body;
 pub mod console;
 pub mod error;
 pub mod events;
+pub mod fields;
 mod json;
 pub mod ndjson;
 pub mod node;

@@ -19,15 +19,9 @@ use crate::json::{write_str, write_str_array};
 /// Pond 2.x writes this into `semantics` and `name` of tag-only events.
 pub const PLACEHOLDER: &str = "_t_";
 
-/// A parse failure; the message names the field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadRequest(pub String);
-
-impl BadRequest {
-    pub fn at(path: &str, reason: impl std::fmt::Display) -> Self {
-        BadRequest(format!("{path}: {reason}"))
-    }
-}
+/// A parse failure; the message names the field (the v1 API's field errors, shared).
+pub use crate::fields::FieldError as BadRequest;
+pub use crate::fields::{field, int, string, uint};
 
 pub type Parsed<T> = Result<T, BadRequest>;
 
@@ -223,37 +217,6 @@ pub fn object(payload: Option<&RawValue>, what: &str) -> Parsed<Map<String, Valu
         Ok(Value::Object(m)) => Ok(m),
         _ => Err(BadRequest::at("payload", format!("must be {what}"))),
     }
-}
-
-pub fn field<'a>(obj: &'a Map<String, Value>, path: &str, name: &str) -> Parsed<&'a Value> {
-    match obj.get(name) {
-        None | Some(Value::Null) => Err(BadRequest::at(&format!("{path}.{name}"), "missing")),
-        Some(v) => Ok(v),
-    }
-}
-
-pub fn string(obj: &Map<String, Value>, path: &str, name: &str) -> Parsed<String> {
-    match field(obj, path, name)? {
-        Value::String(s) => Ok(s.clone()),
-        _ => Err(BadRequest::at(
-            &format!("{path}.{name}"),
-            "must be a string",
-        )),
-    }
-}
-
-pub fn uint(obj: &Map<String, Value>, path: &str, name: &str) -> Parsed<u64> {
-    field(obj, path, name)?
-        .as_u64()
-        .ok_or_else(|| BadRequest::at(&format!("{path}.{name}"), "must be a non-negative integer"))
-}
-
-/// Any JSON number as i64 (Pond sends integers; floats are truncated).
-pub fn int(obj: &Map<String, Value>, path: &str, name: &str) -> Parsed<i64> {
-    let v = field(obj, path, name)?;
-    v.as_i64()
-        .or_else(|| v.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
-        .ok_or_else(|| BadRequest::at(&format!("{path}.{name}"), "must be a number"))
 }
 
 /// `{"lamport","psn","sourceId"}`, ordered `(lamport, sourceId, psn)`.

@@ -94,7 +94,9 @@ async fn append(console: &Console, body: &[u8]) -> Result<(), ApiError> {
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
     let entry = parse_entry(value)?;
     console.append(entry).await.map_err(|e| match &e {
-        ConsoleError::Store(StoreError::Full(_)) => ApiError::storage_full(e.to_string()),
+        ConsoleError::Store(store) if matches!(**store, StoreError::Full(_)) => {
+            ApiError::storage_full(e.to_string())
+        }
         ConsoleError::Closed => ApiError::overloaded("the node is shutting down; retry"),
         _ => ApiError::internal(e.to_string()),
     })

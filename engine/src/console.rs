@@ -43,15 +43,28 @@ const PAGE: usize = 512;
 /// Failures of the console service.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
-    /// The console log file failed; for an append, nothing was stored.
+    /// The console log file failed; for an append, nothing of its batch was stored. Shared:
+    /// one failed batch answers every waiter in it.
     #[error("console log: {0}")]
-    Store(#[from] shoal_store::console::Error),
+    Store(#[source] Arc<shoal_store::console::Error>),
     /// The service is shutting down; the entry may not have been stored.
     #[error("the console service is shut down")]
     Closed,
-    /// A reading task failed unexpectedly.
-    #[error("console reader failed: {0}")]
-    Reader(String),
+    /// The console's writer thread could not be started.
+    #[error("cannot start the console writer thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// An entry could not be encoded (a bug: entries are plain data).
+    #[error("cannot encode a console entry: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// A reading task died (a bug: it panicked).
+    #[error("a console read failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+impl From<shoal_store::console::Error> for ConsoleError {
+    fn from(e: shoal_store::console::Error) -> Self {
+        ConsoleError::Store(Arc::new(e))
+    }
 }
 
 /// Severity of an entry.
@@ -141,7 +154,7 @@ impl Console {
         std::thread::Builder::new()
             .name("console-writer".into())
             .spawn(move || write_loop(writer, rx, thread_updates))
-            .map_err(|e| ConsoleError::Reader(format!("cannot start the writer thread: {e}")))?;
+            .map_err(ConsoleError::Spawn)?;
         Ok(Console {
             tx,
             updates,
@@ -163,8 +176,7 @@ impl Console {
                 ts
             }
         };
-        let json = serde_json::to_string(&entry)
-            .map_err(|e| ConsoleError::Reader(format!("cannot encode entry: {e}")))?;
+        let json = serde_json::to_string(&entry).map_err(ConsoleError::Encode)?;
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Append {
@@ -266,7 +278,7 @@ impl ReadState {
             Ok::<_, ConsoleError>((reader, page))
         })
         .await
-        .map_err(|e| ConsoleError::Reader(e.to_string()))??;
+        .map_err(ConsoleError::Task)??;
         self.reader = Some(reader);
         let more = !page.is_empty();
         self.buffer.extend(page);
@@ -301,13 +313,9 @@ fn write_loop(
             }
             Err(e) => {
                 tracing::warn!("console log append failed: {e}");
-                let msg = e.to_string();
-                let mut replies = replies.into_iter();
-                if let Some(r) = replies.next() {
-                    let _ = r.send(Err(e.into()));
-                }
+                let e = Arc::new(e);
                 for r in replies {
-                    let _ = r.send(Err(ConsoleError::Reader(msg.clone())));
+                    let _ = r.send(Err(ConsoleError::Store(e.clone())));
                 }
             }
         }

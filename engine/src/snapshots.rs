@@ -24,8 +24,12 @@ pub const KEEP_PER_FISH: usize = 8;
 pub enum SnapshotError {
     #[error("snapshot store: {0}")]
     Store(#[from] StoreError),
-    #[error("the snapshot store is unavailable: {0}")]
-    Unavailable(String),
+    /// A previous call panicked while holding the database (a bug); the store is not used again.
+    #[error("the snapshot store is unavailable: a previous call failed unexpectedly")]
+    Poisoned,
+    /// The blocking task died (a bug: it panicked).
+    #[error("a snapshot call failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 impl SnapshotError {
@@ -57,13 +61,11 @@ impl Snapshots {
     {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
-            let mut guard = db
-                .lock()
-                .map_err(|_| SnapshotError::Unavailable("a previous call panicked".into()))?;
+            let mut guard = db.lock().map_err(|_| SnapshotError::Poisoned)?;
             f(&mut guard).map_err(SnapshotError::from)
         })
         .await
-        .map_err(|e| SnapshotError::Unavailable(e.to_string()))?
+        .map_err(SnapshotError::Task)?
     }
 
     /// Stores `snapshot`; false if the fish already has a newer version (nothing stored).

@@ -109,8 +109,9 @@ mod tests {
                 peer_id: id.into(),
                 addrs: vec![],
                 connected,
-                last_seen: 0,
+                last_seen: None,
                 our_offset_stored: ours,
+                last_error: None,
             },
         )
     }

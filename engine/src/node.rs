@@ -37,6 +37,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
 use serde::Serialize;
 use shoal_store::{OffsetMap, SourceId, Store, StoreConfig};
@@ -61,13 +62,14 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Identity(#[from] IdentityError),
-    #[error("cannot open the store: {0}")]
+    // The causes are `#[source]`s, not repeated in the messages: error chains print each once.
+    #[error("cannot open the store")]
     Store(#[from] shoal_store::Error),
-    #[error("cannot open the console log: {0}")]
+    #[error("cannot open the console log")]
     Console(#[from] crate::console::ConsoleError),
-    #[error("cannot start a task: {0}")]
+    #[error("cannot start a task")]
     Spawn(#[source] std::io::Error),
-    #[error("cannot start the swarm: {0}")]
+    #[error("cannot start the swarm")]
     Swarm(#[from] swarm::Error),
 }
 
@@ -382,8 +384,20 @@ async fn start_swarm(
     swarm_cfg.peers = config.peers.clone();
     swarm_cfg.mdns = config.mdns;
     swarm_cfg.heads_file = Some(config.data_dir.join(swarm::HEADS_FILE));
-    if let Some(path) = &config.swarm_key {
-        swarm_cfg.swarm_key = Some(swarm::read_swarm_key(path)?);
+    let reachable = config.mdns
+        || config.swarm_addrs.iter().any(|a| {
+            !a.iter()
+                .any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_loopback()))
+        });
+    match &config.swarm_key {
+        Some(path) => swarm_cfg.swarm_key = Some(swarm::read_swarm_key(path)?),
+        // A loopback-only node without mDNS (tests, one-machine setups) is not exposed.
+        None if !reachable => {}
+        None => tracing::warn!(
+            "no swarm key: any shoal node that reaches this one (mDNS finds them on the LAN) can \
+             join the swarm and read and write every stream; `shoal swarm keygen -o swarm.key` \
+             makes one, `--swarm-key swarm.key` on every node uses it"
+        ),
     }
     let blocks = Arc::new(StoreBlocks::open(store)?);
     Ok(swarm::spawn(swarm_cfg, blocks, offsets, shutdown).await?)

@@ -35,7 +35,9 @@ pub struct Args {
     /// Bootstrap peer, e.g. /ip4/127.0.0.1/tcp/4002/p2p/<id> (repeatable).
     #[arg(long, value_name = "MULTIADDR")]
     peer: Vec<String>,
-    /// Pre-shared swarm key file; nodes with other keys cannot connect.
+    /// Pre-shared swarm key file; nodes with other keys cannot connect. Without one, any shoal
+    /// node that reaches this one (mDNS finds them on the LAN) joins the swarm: make a key with
+    /// `shoal swarm keygen -o FILE` and give every node the same file.
     #[arg(long, value_name = "FILE")]
     swarm_key: Option<PathBuf>,
     /// Disable LAN discovery (mDNS).

@@ -89,10 +89,31 @@ pub enum Error {
     Build(#[from] BuildError),
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: Multiaddr, reason: String },
+    #[error(
+        "swarm address {addr} is in use by another process; give this node another --swarm-addr"
+    )]
+    InUse {
+        addr: Multiaddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the swarm task has stopped")]
     Stopped,
-    #[error("cannot read swarm key {path}: {reason}")]
-    SwarmKey { path: String, reason: String },
+    #[error("cannot read the swarm key {path}; make one with `shoal swarm keygen -o {path}`")]
+    SwarmKeyRead {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is not a swarm key (a `/key/swarm/psk/1.0.0/` file); make one with \
+         `shoal swarm keygen -o FILE` and give every node of the swarm the same file"
+    )]
+    SwarmKeyFormat {
+        path: String,
+        #[source]
+        source: libp2p::pnet::KeyParseError,
+    },
 }
 
 /// What the rest of the node asks of the swarm.
@@ -133,13 +154,17 @@ pub struct PeerInfo {
     pub peer_id: String,
     pub addrs: Vec<String>,
     pub connected: bool,
-    /// Microseconds since the Unix epoch, when last heard of.
-    pub last_seen: u64,
+    /// Microseconds since the Unix epoch, when last heard of (`None`: never, only dialled).
+    pub last_seen: Option<u64>,
     /// Highest offset of this node's own events the peer stores, from the peer's last digest
     /// (sent on connect and every `digest_interval`; kept after it disconnects); absent until
     /// it reported any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub our_offset_stored: Option<u64>,
+    /// Why the last attempt to connect failed, until a connection succeeds (e.g. "handshake
+    /// failed: different swarm key?", "Connection refused").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// The swarm's view of the network. The swarm task is its only writer and publishes it on a
@@ -222,12 +247,45 @@ pub fn dialable(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
 
 /// Reads a swarm key file (`/key/swarm/psk/1.0.0/` format).
 pub fn read_swarm_key(path: &std::path::Path) -> Result<PreSharedKey, Error> {
-    let err = |reason: String| Error::SwarmKey {
-        path: path.display().to_string(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    text.parse::<PreSharedKey>().map_err(|e| err(e.to_string()))
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| Error::SwarmKeyRead {
+        path: shown.clone(),
+        source,
+    })?;
+    text.parse::<PreSharedKey>()
+        .map_err(|source| Error::SwarmKeyFormat {
+            path: shown,
+            source,
+        })
+}
+
+/// Refuses a listen address whose TCP port another process holds. libp2p binds with
+/// `SO_REUSEPORT`, so a second node on the same port would start and silently share (or steal)
+/// the first one's connections; a plain bind, which does not share, tells.
+fn check_port_free(addr: &Multiaddr) -> Result<(), Error> {
+    let mut ip = None;
+    let mut port = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    match (ip, port) {
+        (Some(ip), Some(port)) if port != 0 => std::net::TcpListener::bind((ip, port))
+            .map(drop)
+            .or_else(|source| match source.kind() {
+                std::io::ErrorKind::AddrInUse => Err(Error::InUse {
+                    addr: addr.clone(),
+                    source,
+                }),
+                // Other failures (no such address here) are libp2p's to report.
+                _ => Ok(()),
+            }),
+        _ => Ok(()),
+    }
 }
 
 /// A new random swarm key in the standard file format.
@@ -256,6 +314,9 @@ pub async fn spawn(
     stored: OffsetMap,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Spawned, Error> {
+    for addr in &config.listen {
+        check_port_free(addr)?;
+    }
     let local = config.keypair.public().to_peer_id();
     let file = config.heads_file.clone();
     let (book, resumed) =

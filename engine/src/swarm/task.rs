@@ -34,6 +34,34 @@ pub(crate) fn age_ms(timestamp: u64) -> f64 {
     now.saturating_sub(timestamp) as f64 / 1000.0
 }
 
+/// Incoming handshake failures are warned of at most this often.
+const INCOMING_WARN_PERIOD: Duration = Duration::from_secs(60);
+
+/// Whether a dial failed in the transport upgrade (pnet, noise) rather than at TCP (refused,
+/// unreachable): with swarm keys, what a key mismatch looks like (the bytes after pnet are
+/// garbage to the other side, which resets the connection).
+fn is_handshake_failure(error: &str) -> bool {
+    error.to_ascii_lowercase().contains("handshake")
+}
+
+/// The same for an accepted connection: TCP is up already, so any failure to negotiate the
+/// upgrade is a handshake failure.
+fn is_incoming_handshake_failure(error: &str) -> bool {
+    is_handshake_failure(error) || error.to_ascii_lowercase().contains("negotiate")
+}
+
+/// What to tell an operator about a failed connection.
+fn failure_reason(error: &str, keyed: bool) -> String {
+    if !is_handshake_failure(error) {
+        return error.to_string();
+    }
+    if keyed {
+        "handshake failed: different swarm key?".into()
+    } else {
+        "handshake failed: does the peer use a swarm key? (this node has none)".into()
+    }
+}
+
 /// Microseconds since the Unix epoch (0 for times before it).
 fn micros(t: SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
@@ -66,6 +94,13 @@ pub(super) struct Task {
     digest_interval: Duration,
     /// Whether any listen address was requested.
     listening: bool,
+    /// This node uses a swarm key (how to read a failed handshake).
+    keyed: bool,
+    /// Peers whose dials fail since they were last connected (each is warned of once).
+    failing: HashSet<PeerId>,
+    /// When an incoming handshake failure was last warned of (at most one a minute: anyone
+    /// can connect and fail).
+    incoming_warned: Option<Instant>,
 }
 
 impl Task {
@@ -112,6 +147,9 @@ impl Task {
             redial,
             digest_interval: config.digest_interval,
             listening: !config.listen.is_empty(),
+            keyed: config.swarm_key.is_some(),
+            failing: HashSet::new(),
+            incoming_warned: None,
         })
     }
 
@@ -322,6 +360,29 @@ impl Task {
         }
     }
 
+    /// A dial of `peer` failed: node info shows why; the log says it once per streak of
+    /// failures (the redial goes on with backoff, at debug level).
+    fn dial_failed(&mut self, peer: PeerId, reason: String, error: &str) {
+        if self.failing.insert(peer) {
+            tracing::warn!(%peer, %reason, %error, "cannot connect to peer; retrying with backoff up to 30 s");
+        } else {
+            tracing::debug!(%peer, %error, "dial failed again");
+        }
+        self.status(|s| {
+            let p = s.peers.entry(peer).or_insert_with(|| PeerInfo {
+                peer_id: peer.to_string(),
+                addrs: vec![],
+                connected: false,
+                last_seen: None,
+                our_offset_stored: None,
+                last_error: None,
+            });
+            let changed = p.last_error.as_deref() != Some(reason.as_str());
+            p.last_error = Some(reason);
+            changed
+        });
+    }
+
     fn touch_peer(&mut self, peer: PeerId, connected: Option<bool>, addr: Option<Multiaddr>) {
         let now = micros(SystemTime::now());
         self.status(|s| {
@@ -332,11 +393,12 @@ impl Task {
                     peer_id: peer.to_string(),
                     addrs: vec![],
                     connected: false,
-                    last_seen: now,
+                    last_seen: Some(now),
                     our_offset_stored: None,
+                    last_error: None,
                 }
             });
-            p.last_seen = now;
+            p.last_seen = Some(now);
             if let Some(c) = connected {
                 changed |= p.connected != c;
                 p.connected = c;
@@ -380,6 +442,14 @@ impl Task {
                 }
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, %addr, "peer connected");
+                    self.failing.remove(&peer_id);
+                    self.status(|s| match s.peers.get_mut(&peer_id) {
+                        Some(p) if p.last_error.is_some() => {
+                            p.last_error = None;
+                            true
+                        }
+                        _ => false,
+                    });
                     // Catch up at once instead of waiting for the next digest round.
                     let digest = self.digest();
                     self.swarm
@@ -400,14 +470,34 @@ impl Task {
                 self.touch_peer(peer_id, Some(false), None);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                tracing::debug!(peer = ?peer_id, %error, "outgoing connection failed");
+                let error = error.to_string();
+                let reason = failure_reason(&error, self.keyed);
+                match peer_id {
+                    Some(peer) => self.dial_failed(peer, reason, &error),
+                    None => tracing::warn!(%reason, %error, "dial failed (retrying with backoff)"),
+                }
             }
             SwarmEvent::IncomingConnectionError {
                 error,
                 send_back_addr,
                 ..
             } => {
-                tracing::debug!(from = %send_back_addr, %error, "incoming connection failed");
+                let error = error.to_string();
+                let handshake = is_incoming_handshake_failure(&error);
+                let reason =
+                    failure_reason(if handshake { "handshake" } else { &error }, self.keyed);
+                let due = self
+                    .incoming_warned
+                    .is_none_or(|t| t.elapsed() >= INCOMING_WARN_PERIOD);
+                if handshake && due {
+                    self.incoming_warned = Some(Instant::now());
+                    tracing::warn!(
+                        from = %send_back_addr, %reason,
+                        "a connecting peer failed the handshake (more are logged at debug level for a minute)"
+                    );
+                } else {
+                    tracing::debug!(from = %send_back_addr, %error, "incoming connection failed");
+                }
             }
             SwarmEvent::Behaviour(ev) => self.on_behaviour_event(ev),
             _ => {}

@@ -157,7 +157,9 @@ pub fn from_events(e: EventsError, prefix: &str) -> ApiError {
             "the node shut down during the request; it may have been stored: \
              query before publishing again",
         ),
-        e @ (EventsError::Storage(_) | EventsError::Task(_)) => ApiError::internal(e.to_string()),
+        e @ (EventsError::Storage(_) | EventsError::Task(_) | EventsError::ClockExhausted) => {
+            ApiError::internal(e.to_string())
+        }
     }
 }
 
@@ -173,9 +175,10 @@ pub fn from_blobs(e: BlobsError) -> ApiError {
         ),
         BlobsError::StorageFull(e) => ApiError::storage_full(e.to_string()),
         BlobsError::ShuttingDown => ApiError::overloaded("the node is shutting down; retry"),
-        e @ (BlobsError::Storage(_) | BlobsError::Corrupt(_) | BlobsError::Task(_)) => {
-            ApiError::internal(e.to_string())
-        }
+        e @ (BlobsError::Storage(_)
+        | BlobsError::Corrupt(_)
+        | BlobsError::Task(_)
+        | BlobsError::Name(_)) => ApiError::internal(e.to_string()),
     }
 }
 

@@ -98,6 +98,9 @@ pub enum BlobsError {
     StorageFull(#[source] Arc<shoal_store::Error>),
     #[error("storage error: {0}")]
     Storage(#[source] Arc<shoal_store::Error>),
+    /// The name event could not be published (the event service refused it).
+    #[error("cannot record the blob's name: {0}")]
+    Name(#[source] EventsError),
     /// A blocking task died (a bug: it panicked).
     #[error("a blob task failed: {0}")]
     Task(#[source] Arc<tokio::task::JoinError>),
@@ -132,6 +135,7 @@ impl From<EventsError> for BlobsError {
             EventsError::Storage(e) => BlobsError::Storage(e),
             EventsError::Task(e) => BlobsError::Task(e),
             EventsError::ShuttingDown | EventsError::Interrupted => BlobsError::ShuttingDown,
+            e @ EventsError::ClockExhausted => BlobsError::Name(e),
         }
     }
 }

@@ -56,6 +56,11 @@ impl From<String> for SourceId {
     }
 }
 
+/// Largest lamport a store accepts: JavaScript clients read lamports as numbers, which are
+/// exact only up to 2^53 - 1, and a clock that could reach 2^64 could wrap. A peer's tree with a
+/// larger lamport is refused, so one bad device cannot push every node's clock there.
+pub const MAX_LAMPORT: u64 = (1 << 53) - 1;
+
 /// Position of an event in its source's log: 0 for the first, one more for each next.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,

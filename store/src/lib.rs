@@ -39,7 +39,9 @@ pub mod tree;
 pub use crate::check::{OpenCheck, QUICK_CHECK_MAX_BYTES};
 pub use crate::cid::Cid;
 pub use crate::error::{Error, Result};
-pub use crate::event::{Event, EventFilter, Lamport, NewEvent, Offset, Selector, SourceId};
+pub use crate::event::{
+    Event, EventFilter, Lamport, NewEvent, Offset, Selector, SourceId, MAX_LAMPORT,
+};
 pub use crate::gc::GcStats;
 pub use crate::inspect::{
     BlockView, NodeShape, Problem, ProblemKind, SourceStats, Stats, TreeShape, VerifyReport,

@@ -67,7 +67,11 @@ fn import_copies_and_extends() {
     assert!(sync(&ra, &mut wb, &rb, &first) > 0);
     assert_eq!(
         wb.import(&src, first).unwrap(),
-        shoal_store::Imported { first: 0, last: 19 }
+        shoal_store::Imported {
+            first: 0,
+            last: 19,
+            last_lamport: 19
+        }
     );
     assert_eq!(all(&rb, &src), all(&ra, &src)[..20].to_vec());
 
@@ -78,7 +82,8 @@ fn import_copies_and_extends() {
         wb.import(&src, packed).unwrap(),
         shoal_store::Imported {
             first: 20,
-            last: 59
+            last: 59,
+            last_lamport: 59
         }
     );
     assert_eq!(all(&rb, &src), all(&ra, &src));
@@ -263,8 +268,22 @@ fn import_batch_imports_many_sources_and_fails_each_alone() {
     assert_eq!(
         imported,
         vec![
-            (Imported { first: 0, last: 9 }, Some(10)),
-            (Imported { first: 0, last: 3 }, Some(4))
+            (
+                Imported {
+                    first: 0,
+                    last: 9,
+                    last_lamport: 9
+                },
+                Some(10)
+            ),
+            (
+                Imported {
+                    first: 0,
+                    last: 3,
+                    last_lamport: 3
+                },
+                Some(4)
+            )
         ]
     );
     assert_eq!(all(&rb, &s1), all(&ra, &s1));
@@ -286,7 +305,8 @@ fn import_batch_imports_many_sources_and_fails_each_alone() {
         Ok(ImportAttempt::Imported {
             imported: Imported {
                 first: 10,
-                last: 10
+                last: 10,
+                last_lamport: 10
             },
             ..
         })
@@ -334,4 +354,49 @@ fn import_batch_with_a_bad_block_stores_nothing() {
     let answers = batch_sync(&[&ra], &mut wb, &[(src.clone(), next)]);
     assert!(matches!(answers[0], Ok(ImportAttempt::Imported { .. })));
     assert_eq!(all(&rb, &src), all(&ra, &src));
+}
+
+/// Lamports order events across sources and pick the winner of a name: a peer's tree whose
+/// lamports do not increase, or pass what JavaScript clients can read (issue 12 item 1), is
+/// refused and the source keeps its tree.
+#[test]
+fn import_refuses_lamports_that_do_not_increase_or_pass_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Store::open(&dir.path().join("b.sqlite"), StoreConfig::debug()).unwrap();
+    let (mut wb, rb) = (b.writer().unwrap(), b.reader().unwrap());
+    let cases: [(&str, Vec<u64>, Vec<u64>); 4] = [
+        ("decreasing", vec![1, 2, 3], vec![5, 4]),
+        ("repeated", vec![1, 2, 3], vec![3]),
+        (
+            "past the limit",
+            vec![1],
+            vec![shoal_store::MAX_LAMPORT + 1],
+        ),
+        ("within one append", vec![], vec![7, 7]),
+    ];
+    for (i, (what, before, after)) in cases.into_iter().enumerate() {
+        let a = Store::open(
+            &dir.path().join(format!("a{i}.sqlite")),
+            StoreConfig::debug(),
+        )
+        .unwrap();
+        let (mut wa, ra) = (a.writer().unwrap(), a.reader().unwrap());
+        let src = SourceId::new(format!("s{i}"));
+        let lamported = |l: &[u64]| l.iter().map(|&l| ev(l, "x")).collect::<Vec<_>>();
+        let mut good = None;
+        if !before.is_empty() {
+            let root = wa.append(&src, lamported(&before)).unwrap().root;
+            sync(&ra, &mut wb, &rb, &root);
+            wb.import(&src, root).unwrap();
+            good = Some(root);
+        }
+        let bad = wa.append(&src, lamported(&after)).unwrap().root;
+        sync(&ra, &mut wb, &rb, &bad);
+        let err = wb.import(&src, bad).unwrap_err();
+        assert!(
+            matches!(&err, Error::NotExtending { reason, .. } if reason.contains("lamport")),
+            "{what}: {err}"
+        );
+        assert_eq!(rb.source(&src).unwrap().map(|s| s.root), good, "{what}");
+    }
 }

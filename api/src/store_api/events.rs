@@ -49,7 +49,7 @@ pub fn from_events(e: EventsError, prefix: &str) -> ErrorKind {
         e @ (EventsError::ShuttingDown | EventsError::Interrupted) => {
             ErrorKind::ServiceError(Value::String(e.to_string()))
         }
-        e @ (EventsError::Storage(_) | EventsError::Task(_)) => {
+        e @ (EventsError::Storage(_) | EventsError::Task(_) | EventsError::ClockExhausted) => {
             tracing::warn!(error = %e, "store API: storage error");
             ErrorKind::InternalError
         }

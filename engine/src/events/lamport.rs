@@ -13,7 +13,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use shoal_store::{EventFilter, Reader};
+use shoal_store::{EventFilter, Reader, MAX_LAMPORT};
 
 /// Meta key of the persisted clock (8 bytes, big-endian).
 pub const META_KEY: &str = "lamport";
@@ -37,25 +37,28 @@ impl LamportClock {
         self.current.load(Ordering::SeqCst)
     }
 
-    /// Raises the clock to at least `seen`, so the next local event sorts after it.
+    /// Raises the clock to at least `seen` (at most [`MAX_LAMPORT`]), so the next local event
+    /// sorts after it. Callers pass lamports of imported, checked events, never a peer's claim.
     pub fn observe(&self, seen: u64) {
-        self.current.fetch_max(seen, Ordering::SeqCst);
+        self.current
+            .fetch_max(seen.min(MAX_LAMPORT), Ordering::SeqCst);
     }
 
-    /// Takes `n` consecutive lamports (n ≥ 1) and returns the first. Concurrent observers can
-    /// only raise the result; values are never handed out twice.
-    pub fn reserve(&self, n: u64) -> u64 {
+    /// Takes `n` consecutive lamports (n ≥ 1) and returns the first, or `None` when that would
+    /// pass [`MAX_LAMPORT`] (nothing is taken then). Concurrent observers can only raise the
+    /// result; values are never handed out twice.
+    pub fn reserve(&self, n: u64) -> Option<u64> {
         let mut cur = self.current.load(Ordering::SeqCst);
         loop {
             // A fresh node's first event gets lamport 1 when nothing was seen: 0 stays "before
             // everything", like offset -1.
-            let first = cur.saturating_add(1);
-            let last = cur.saturating_add(n.max(1));
+            let first = cur.checked_add(1)?;
+            let last = cur.checked_add(n.max(1)).filter(|l| *l <= MAX_LAMPORT)?;
             match self
                 .current
                 .compare_exchange(cur, last, Ordering::SeqCst, Ordering::SeqCst)
             {
-                Ok(_) => return first,
+                Ok(_) => return Some(first),
                 Err(actual) => cur = actual,
             }
         }
@@ -93,7 +96,7 @@ impl LamportClock {
                 max = max.max(event?.lamport);
             }
         }
-        Ok(Self::new(max))
+        Ok(Self::new(max.min(MAX_LAMPORT)))
     }
 
     /// The value to persist under [`META_KEY`].
@@ -109,22 +112,40 @@ mod tests {
     #[test]
     fn reservations_are_consecutive_and_above_observed() {
         let clock = LamportClock::new(0);
-        assert_eq!(clock.reserve(3), 1);
+        assert_eq!(clock.reserve(3), Some(1));
         assert_eq!(clock.current(), 3);
         clock.observe(10);
         clock.observe(5);
-        assert_eq!(clock.reserve(1), 11);
-        assert_eq!(clock.reserve(2), 12);
+        assert_eq!(clock.reserve(1), Some(11));
+        assert_eq!(clock.reserve(2), Some(12));
         assert_eq!(clock.current(), 13);
+    }
+
+    /// A lamport seen near 2^64 used to make every later local lamport huge (JS clients lose
+    /// precision above 2^53) or wrap; now the clock stops at MAX_LAMPORT and refuses to go on.
+    #[test]
+    fn the_clock_never_passes_max_lamport() {
+        let clock = LamportClock::new(0);
+        clock.observe(u64::MAX - 1);
+        assert_eq!(clock.current(), MAX_LAMPORT);
+        assert_eq!(clock.reserve(1), None);
+        assert_eq!(
+            clock.current(),
+            MAX_LAMPORT,
+            "a refused reservation takes nothing"
+        );
+        let clock = LamportClock::new(MAX_LAMPORT - 2);
+        assert_eq!(clock.reserve(3), None);
+        assert_eq!(clock.reserve(2), Some(MAX_LAMPORT - 1));
     }
 
     #[test]
     fn unreserve_only_when_untouched() {
         let clock = LamportClock::new(4);
-        let first = clock.reserve(3);
+        let first = clock.reserve(3).unwrap();
         clock.unreserve(first, 3);
         assert_eq!(clock.current(), 4);
-        let first = clock.reserve(3);
+        let first = clock.reserve(3).unwrap();
         clock.observe(100);
         clock.unreserve(first, 3);
         assert_eq!(clock.current(), 100);
@@ -136,7 +157,11 @@ mod tests {
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let clock = clock.clone();
-                std::thread::spawn(move || (0..1000).map(|_| clock.reserve(2)).collect::<Vec<_>>())
+                std::thread::spawn(move || {
+                    (0..1000)
+                        .map(|_| clock.reserve(2).unwrap())
+                        .collect::<Vec<_>>()
+                })
             })
             .collect();
         let mut all: Vec<u64> = handles

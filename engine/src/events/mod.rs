@@ -86,6 +86,11 @@ pub enum EventsError {
     /// The store failed. For a publish: the batch was not stored (the transaction rolled back).
     #[error("storage error: {0}")]
     Storage(#[source] Arc<shoal_store::Error>),
+    /// The node's Lamport clock reached [`shoal_store::MAX_LAMPORT`]: nothing was stored. Cannot
+    /// happen by counting (2^53 events); the clock only gets there if a lamport that high was
+    /// stored, which imports refuse.
+    #[error("the node's Lamport clock is at its limit; nothing was stored")]
+    ClockExhausted,
     /// A blocking read task died (a bug: it panicked); nothing was changed.
     #[error("a read task failed: {0}")]
     Task(#[source] Arc<tokio::task::JoinError>),

@@ -20,7 +20,8 @@
 //! 2 s …), capped at 30 s, or at once when a newer head arrives.
 //!
 //! Local appends (updates of [`Origin::Local`]) are signed as heads and handed to the swarm with
-//! their new blocks for the gossip fast path. Every head seen raises the Lamport clock.
+//! their new blocks for the gossip fast path. A head's lamport is only its source's claim: the
+//! clock moves with the events an import checked (the writer raises it), never before.
 //!
 //! The replicator never touches the write connection except through the event service (writer
 //! thread), nor the network except through the swarm's handle.
@@ -28,6 +29,7 @@
 mod sync;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cid::Cid;
@@ -81,10 +83,13 @@ pub fn spawn(
         let st = replicator.sources.entry(head.head.source).or_default();
         st.target = Some(head);
     }
+    // Subscribed before this returns: an append right after `spawn` is gossiped too (one
+    // before it is covered by `publish_own`).
+    let updates = replicator.events.updates();
     tokio::spawn(async move {
         replicator.publish_own().await;
         replicator.start_due();
-        replicator.run(heads, shutdown).await
+        replicator.run(updates, heads, shutdown).await
     })
 }
 
@@ -125,8 +130,12 @@ fn source_id(peer: &PeerId) -> SourceId {
 }
 
 impl Replicator {
-    async fn run(mut self, mut heads: mpsc::Receiver<Event>, mut shutdown: watch::Receiver<bool>) {
-        let mut updates = self.events.updates();
+    async fn run(
+        mut self,
+        mut updates: broadcast::Receiver<Arc<SourceUpdate>>,
+        mut heads: mpsc::Receiver<Event>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -238,7 +247,12 @@ impl Replicator {
     }
 
     fn on_head(&mut self, head: SignedHead, blocks: Vec<(Cid, Vec<u8>)>, from: PeerId) {
-        self.events.observe_lamport(head.head.lamport);
+        // The head's lamport is the source's claim: the clock moves only with imported,
+        // checked events (the writer does it), and a lamport no tree may hold drops the head.
+        if head.head.lamport > shoal_store::MAX_LAMPORT {
+            tracing::warn!(source = %head.head.source, %from, lamport = head.head.lamport, "dropped a head with a lamport past the limit");
+            return;
+        }
         let source = head.head.source;
         if source == self.own {
             return;
@@ -408,6 +422,16 @@ impl Replicator {
                 %source, offset = head.head.offset, events,
                 age_ms = crate::swarm::age_ms(head.head.timestamp), "sync finished"
             );
+        }
+        // The tree is checked; the head's own claims are not: one whose offset is not its
+        // tree's is not kept or relayed (its source signed a wrong head).
+        let stored = self.stored_offset(&source);
+        if stored != Some(head.head.offset) {
+            tracing::warn!(
+                %source, claimed = head.head.offset, stored = ?stored,
+                "a head's offset does not match its tree; dropped (the source signed a wrong head)"
+            );
+            return;
         }
         let _ = self.swarm.send(Command::Stored(head)).await;
     }

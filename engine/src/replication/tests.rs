@@ -84,7 +84,7 @@ async fn wait_offset(events: &EventService, source: &SourceId, offset: u64) {
     let mut offsets = events.offsets_watch();
     tokio::time::timeout(WAIT, offsets.wait_for(|o| o.get(source) >= Some(offset)))
         .await
-        .expect("replicated in time")
+        .unwrap_or_else(|_| panic!("{source} at {offset} not replicated within {WAIT:?}"))
         .expect("writer alive");
 }
 
@@ -145,4 +145,55 @@ async fn a_restarted_relay_serves_what_it_stored() {
     wait_offset(&c.parts.events, &a_source, 499).await;
     b.stop().await;
     c.stop().await;
+}
+
+/// A head's lamport is only its source's claim (issue 12 item 1): B's clock moves with the
+/// events an import checked, so a head claiming lamport 2^50 over a tree that holds nothing of
+/// the kind leaves B's next lamports small. It used to raise B's clock on arrival.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heads_lamport_does_not_move_the_clock() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = half(dirs[0].path(), vec![]).await;
+    let b = half(dirs[1].path(), vec![a.swarm.dialable_addr().unwrap()]).await;
+    a.parts.events.publish(vec![event(0)]).await.unwrap();
+    wait_offset(&b.parts.events, &a.source, 0).await;
+    let root = a
+        .parts
+        .store
+        .reader()
+        .unwrap()
+        .source(&a.source)
+        .unwrap()
+        .unwrap()
+        .root;
+    // Signed with A's key (a buggy or compromised device), claiming one more event than its
+    // tree holds, relayed by F.
+    let forged = Head {
+        source: a.keypair.public().to_peer_id(),
+        root,
+        offset: 1,
+        lamport: 1 << 50,
+        timestamp: 0,
+    }
+    .sign(&a.keypair)
+    .unwrap();
+    let f = half(dirs[2].path(), vec![b.swarm.dialable_addr().unwrap()]).await;
+    f.parts.events.publish(vec![event(0)]).await.unwrap();
+    wait_offset(&b.parts.events, &f.source, 0).await;
+    f.swarm
+        .send(Command::Publish {
+            head: forged,
+            blocks: vec![],
+        })
+        .await
+        .unwrap();
+    // F's next event follows the forged head on the same connection: once B holds it, B's
+    // replicator has taken the forged head too (in order).
+    f.parts.events.publish(vec![event(1)]).await.unwrap();
+    wait_offset(&b.parts.events, &f.source, 1).await;
+    let stamp = b.parts.events.publish(vec![event(9)]).await.unwrap().stamps[0];
+    assert!(stamp.lamport.get() < 100, "{stamp:?}");
+    for h in [a, b, f] {
+        h.stop().await;
+    }
 }

@@ -9,6 +9,7 @@
 
 use super::{guarded, ImportAttempt, Imported, Writer, MAX_VALIDATED};
 use crate::read::{alias_root, load_tree, lock};
+use crate::MAX_LAMPORT;
 use crate::{
     blocks,
     cid::{Cid, DAG_CBOR},
@@ -204,6 +205,8 @@ impl Writer {
         let roots = self.roots.clone();
         let new = guarded(root, || load_tree(&forest, &roots, &root))?;
         let new_count = new.count();
+        // The lamport of the event before the first new one: each new one must be above.
+        let mut prev_lamport: Option<u64> = None;
         let old_count = match current {
             None => 0,
             Some(current) => {
@@ -221,6 +224,7 @@ impl Writer {
                     if ours.is_none() || ours != theirs {
                         return Err(not_extending(format!("event {at} differs")));
                     }
+                    prev_lamport = ours.map(|(key, _)| key.lamport);
                 }
                 old_count
             }
@@ -243,6 +247,17 @@ impl Writer {
                 false,
             )? {
                 let event = event?;
+                // Lamports order events across sources (and pick the winner of a name): one
+                // that does not increase, or is past what clients can read, breaks both.
+                if prev_lamport.is_some_and(|p| event.lamport <= p) || event.lamport > MAX_LAMPORT {
+                    return Err(not_extending(format!(
+                        "event {} has lamport {} after {}: lamports must increase, up to {MAX_LAMPORT}",
+                        event.offset,
+                        event.lamport,
+                        prev_lamport.map_or("none".to_string(), |p| p.to_string()),
+                    )));
+                }
+                prev_lamport = Some(event.lamport);
                 if keep {
                     kept.push(event);
                 }
@@ -263,6 +278,7 @@ impl Writer {
             imported: Imported {
                 first: old_count,
                 last: new_count - 1,
+                last_lamport: prev_lamport.unwrap_or(0),
             },
             events: keep.then_some(kept),
             validated,

@@ -78,6 +78,9 @@ pub struct Appended {
 pub struct Imported {
     pub first: u64,
     pub last: u64,
+    /// Lamport of the last imported event (checked: lamports strictly increase along a
+    /// source and stay at most [`crate::MAX_LAMPORT`]).
+    pub last_lamport: u64,
 }
 
 /// Result of [`Writer::try_import`].

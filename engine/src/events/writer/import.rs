@@ -109,6 +109,8 @@ impl State {
             shoal_store::ImportAttempt::Current => return ImportOutcome::Current,
             shoal_store::ImportAttempt::Missing(m) => return ImportOutcome::Missing(m),
         };
+        // Only now, with the tree checked, may its lamports move our clock.
+        self.clock.observe(imported.last_lamport);
         let known = self.offsets.borrow().get(&source);
         if known.is_some_and(|k| k >= imported.last) {
             return ImportOutcome::Imported(imported);

@@ -312,7 +312,16 @@ impl State {
 
     fn append(&mut self, batch: Vec<PublishEvent>, waiters: Waiters) {
         let n = batch.len() as u64;
-        let first_lamport = self.clock.reserve(n);
+        let Some(first_lamport) = self.clock.reserve(n) else {
+            tracing::error!(
+                lamport = self.clock.current(),
+                "the Lamport clock is at its limit; refusing to append"
+            );
+            for (_, reply) in waiters {
+                let _ = reply.send(Err(EventsError::ClockExhausted));
+            }
+            return;
+        };
         let now = self.now_micros();
         let payload_bytes: usize = batch.iter().map(|e| e.payload.get().len()).sum();
         let share = payload_bytes <= self.config.inline_update_bytes;

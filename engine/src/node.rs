@@ -17,7 +17,8 @@
 //!   │   targets, syncs ──ImportBatch/PutBlocks──▶ writer   owns libp2p Swarm, the head book
 //!   │   ══SourceUpdate(Local)══▶ signs our head ──Publish/Stored/Fetch──▶ swarm
 //!   │
-//!   │  [maintenance] ──Gc/Checkpoint──▶ writer   (pauses while NetworkState shows a sync)
+//!   │  [maintenance] ──Gc/Checkpoint──▶ writer   (waits while a sync receives blocks:
+//!   │                                               the replicator's sync-activity watch)
 //!   └─ logs ──▶ [console writer thread] (its own SQLite file)
 //! ```
 //!
@@ -171,7 +172,7 @@ impl Node {
             }
         };
         let swarm = spawned.handle;
-        let replicator = crate::replication::spawn(
+        let replication = crate::replication::spawn(
             events.clone(),
             swarm.clone(),
             spawned.events,
@@ -185,8 +186,11 @@ impl Node {
             Arc::new(swarm.clone()),
             config.blobs.clone(),
         );
-        let maintenance =
-            crate::maintenance::spawn(events.clone(), swarm.status(), shutdown_rx.clone());
+        let maintenance = crate::maintenance::spawn(
+            events.clone(),
+            replication.sync_activity,
+            shutdown_rx.clone(),
+        );
         tracing::info!(source = %identity.source(), data_dir = %config.data_dir.display(), "node started");
         Ok(Node {
             handle: NodeHandle {
@@ -204,7 +208,7 @@ impl Node {
             writer: Some(writer),
             // Stopped in this order: the replicator before the swarm it sends to.
             tasks: vec![
-                ("replicator", replicator),
+                ("replicator", replication.task),
                 ("maintenance", maintenance),
                 ("swarm", spawned.task),
             ],

@@ -272,11 +272,15 @@ impl<K: Hash + Eq> Fetcher<K> {
             return report;
         };
         let bad: std::collections::HashSet<Cid> = report.bad_blocks.iter().copied().collect();
+        // A responder defers CIDs only once its answer is full, and always sends at least one
+        // block it has: an answer without a good block that leaves CIDs unanswered withholds
+        // them. Asked again, such a peer would stall the fetch for ever.
+        let withheld = good.is_empty();
         for c in &f.cids {
             if outstanding.contains(c) {
-                // Missing, wrong, or deferred: ask again; don't ask this peer again for a CID
-                // it said it lacks or answered wrongly.
-                if have_not.contains(c) || bad.contains(c) {
+                // Missing, wrong, withheld or deferred: ask again; don't ask this peer again
+                // for a CID it said it lacks, answered wrongly or withheld.
+                if have_not.contains(c) || bad.contains(c) || withheld {
                     s.tried.entry(*c).or_default().push(f.peer);
                 }
                 s.queue.push_back(*c);

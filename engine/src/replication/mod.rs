@@ -56,10 +56,19 @@ const MAX_STASHED_BYTES: usize = 32 << 20;
 const NOT_FOUND_RETRY: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// The running replicator.
+pub struct Spawned {
+    /// Ends when `shutdown` flips or the swarm's event channel closes; dropping or aborting it
+    /// is safe (imports are atomic).
+    pub task: JoinHandle<()>,
+    /// When a sync last received blocks (`None`: never): fetched blocks are unreferenced until
+    /// their import, so GC waits while this is recent (`maintenance.rs`).
+    pub sync_activity: watch::Receiver<Option<Instant>>,
+}
+
 /// Starts the replicator: it takes verified heads from `heads` (the swarm's events), syncs and
 /// imports them through `events`, and gossips local appends through `swarm`, signed with
-/// `keypair`. `resumed` are targets saved before a restart. Ends when `shutdown` flips or the
-/// swarm's event channel closes; dropping the handle's task is safe (imports are atomic).
+/// `keypair`. `resumed` are targets saved before a restart.
 pub fn spawn(
     events: EventService,
     swarm: swarm::Handle,
@@ -67,7 +76,8 @@ pub fn spawn(
     keypair: Keypair,
     resumed: Vec<SignedHead>,
     shutdown: watch::Receiver<bool>,
-) -> JoinHandle<()> {
+) -> Spawned {
+    let (activity, sync_activity) = watch::channel(None);
     let mut replicator = Replicator {
         own: keypair.public().to_peer_id(),
         keypair,
@@ -78,6 +88,7 @@ pub fn spawn(
         batches: JoinSet::new(),
         batch_queue: Vec::new(),
         stashed: 0,
+        activity: Arc::new(activity),
     };
     for head in resumed {
         let st = replicator.sources.entry(head.head.source).or_default();
@@ -86,11 +97,15 @@ pub fn spawn(
     // Subscribed before this returns: an append right after `spawn` is gossiped too (one
     // before it is covered by `publish_own`).
     let updates = replicator.events.updates();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         replicator.publish_own().await;
         replicator.start_due();
         replicator.run(updates, heads, shutdown).await
-    })
+    });
+    Spawned {
+        task,
+        sync_activity,
+    }
 }
 
 #[derive(Default)]
@@ -123,6 +138,8 @@ struct Replicator {
     /// Sources waiting for the next import batch.
     batch_queue: Vec<PeerId>,
     stashed: usize,
+    /// Written by sync tasks whenever they receive blocks.
+    activity: Arc<watch::Sender<Option<Instant>>>,
 }
 
 fn source_id(peer: &PeerId) -> SourceId {
@@ -385,8 +402,10 @@ impl Replicator {
                         .unwrap_or_default();
                     let events = self.events.clone();
                     let swarm = self.swarm.clone();
+                    let activity = self.activity.clone();
                     self.syncs.spawn(async move {
-                        let result = sync::sync(&events, &swarm, &head, missing, peers).await;
+                        let result =
+                            sync::sync(&events, &swarm, &activity, &head, missing, peers).await;
                         (source, head, result)
                     });
                 }

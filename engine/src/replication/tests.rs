@@ -42,7 +42,7 @@ async fn half_with(dir: &std::path::Path, peers: Vec<libp2p::Multiaddr>, keypair
     let spawned = swarm::spawn(cfg, blocks, stored, shutdown.clone())
         .await
         .unwrap();
-    let replicator = spawn(
+    let replication = spawn(
         parts.events.clone(),
         spawned.handle.clone(),
         spawned.events,
@@ -56,7 +56,7 @@ async fn half_with(dir: &std::path::Path, peers: Vec<libp2p::Multiaddr>, keypair
         source: SourceId::new(own.to_string()),
         keypair: keypair.clone(),
         stop,
-        tasks: vec![replicator, spawned.task],
+        tasks: vec![replication.task, spawned.task],
     }
 }
 

@@ -59,6 +59,38 @@ fn have_not_is_retried_on_another_peer() {
     assert_eq!(f.sessions(), 0, "finished session is dropped");
 }
 
+/// Issue 12 item 5: a peer that answers every `Want` with neither blocks nor have-not used to
+/// be asked again and again (its CIDs looked deferred), stalling the fetch; now the CIDs go to
+/// another peer, and to `NotFound` once every peer withheld them.
+#[test]
+fn a_peer_that_withholds_everything_is_not_asked_again() {
+    let all = blocks(2);
+    let (staller, honest) = (PeerId::random(), PeerId::random());
+    let (tx, mut rx) = mpsc::channel(8);
+    let mut f = Fetcher::default();
+    f.add(all.iter().map(|x| x.0).collect(), tx, vec![staller]);
+    let mut k = 0;
+    let reqs = send_all(&mut f, &[staller, honest], &mut k);
+    assert_eq!(reqs[0].1, staller);
+    f.on_response(&reqs[0].0, vec![], vec![]);
+    let reqs = send_all(&mut f, &[staller, honest], &mut k);
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].1, honest, "the staller is not asked again");
+    // The honest peer defers one after sending the other: that deferral is legitimate.
+    f.on_response(&reqs[0].0, vec![all[0].clone()], vec![]);
+    assert!(matches!(rx.try_recv().unwrap(), FetchEvent::Blocks(_)));
+    let reqs = send_all(&mut f, &[staller, honest], &mut k);
+    assert_eq!(reqs[0].1, honest);
+    assert_eq!(reqs[0].2, vec![all[1].0]);
+    // Now both withhold it: reported not found rather than asked for ever.
+    f.on_response(&reqs[0].0, vec![], vec![]);
+    assert!(send_all(&mut f, &[staller, honest], &mut k).is_empty());
+    match rx.try_recv().unwrap() {
+        FetchEvent::NotFound(c) => assert_eq!(c, vec![all[1].0]),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn wrong_block_is_reported_and_fetched_elsewhere() {
     let all = blocks(1);

@@ -35,10 +35,28 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) if is_broken_pipe(&err) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("shoal: {err:#}");
+            eprintln!("shoal: {}", chain_message(&err));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, `: `-separated, each said once: many library errors
+/// put their cause into their own message *and* report it as their source (so an API answer,
+/// which shows one message, is complete), which `{:#}` would print twice.
+fn chain_message(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// Output piped into `head` and closed early is not a failure.
@@ -48,4 +66,42 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
             .downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Like the library errors: the cause in the message and as the source.
+    #[derive(Debug)]
+    struct Read {
+        path: &'static str,
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Read {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot read {}: {}", self.path, self.source)
+        }
+    }
+
+    impl std::error::Error for Read {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let err = anyhow::Error::new(Read {
+            path: "x",
+            source: io,
+        })
+        .context("cannot start");
+        assert_eq!(
+            chain_message(&err),
+            "cannot start: cannot read x: No such file"
+        );
+    }
 }

@@ -31,6 +31,11 @@ use crate::error::{Error, Result};
 /// Suffix of the lock file beside the store file (`store.sqlite` → `store.sqlite.lock`).
 pub const LOCK_SUFFIX: &str = ".lock";
 
+/// How often, and how long apart, a lock held under this process's own pid is tried again
+/// (see `acquire`): a fork-to-exec window lasts microseconds to milliseconds.
+const OWN_PID_TRIES: u32 = 50;
+const OWN_PID_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The held lock; released when dropped (the file is closed) or when the process ends.
 #[derive(Debug)]
 pub(crate) struct WriterLock {
@@ -51,15 +56,24 @@ impl WriterLock {
             .create(true)
             .truncate(false)
             .open(&path)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(Error::Locked {
-                    pid: holder_pid(&mut file),
-                    path,
-                })
+        let mut tries = 0;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) => {
+                    let pid = holder_pid(&mut file);
+                    // Held under our own pid: this process let go of it, but a child that
+                    // another thread is spawning may still hold a copy of the descriptor
+                    // between its fork and exec (close-on-exec drops it then). Wait for that.
+                    if pid == Some(std::process::id()) && tries < OWN_PID_TRIES {
+                        tries += 1;
+                        std::thread::sleep(OWN_PID_RETRY);
+                        continue;
+                    }
+                    return Err(Error::Locked { pid, path });
+                }
+                Err(TryLockError::Error(e)) => return Err(Error::Io(e)),
             }
-            Err(TryLockError::Error(e)) => return Err(Error::Io(e)),
         }
         // Ours now: replace the previous holder's pid with ours. A process refused between the
         // truncate and the write reads no pid and says so; it is never shown a wrong one.

@@ -19,6 +19,12 @@ use shoal_store::{OffsetMap, SourceId};
 
 use crate::head::SignedHead;
 
+/// Sources the book keeps at most. Every source costs memory here, in the replicator, in the
+/// node's network state, a line in the heads file and a digest entry; a peer holding the swarm
+/// key could invent sources without end (issue 12 item 3). Heads of further sources are dropped
+/// (a real swarm of shop-floor devices is far smaller).
+pub const MAX_SOURCES: usize = 10_000;
+
 /// File name inside the data dir.
 pub const FILE: &str = "swarm-heads";
 /// The file is rewritten at most this often.
@@ -85,6 +91,12 @@ impl HeadBook {
         }
         book.dirty = false;
         (book, resume)
+    }
+
+    /// Whether a head of `source` may be taken: it is known already, or there is room for one
+    /// more source (see [`MAX_SOURCES`]).
+    pub(crate) fn has_room_for(&self, source: &PeerId) -> bool {
+        self.known.contains_key(source) || self.known.len() < MAX_SOURCES
     }
 
     /// Raises the known head of `head`'s source; true if it is news.
@@ -186,5 +198,43 @@ fn save(path: &Path, bytes: &[u8]) {
     let res = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path));
     if let Err(e) = res {
         tracing::warn!(path = %path.display(), error = %e, "cannot save known heads");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::Head;
+
+    fn head(source: PeerId, offset: u64) -> SignedHead {
+        // The book does not verify (the swarm did, before): a dummy signature will do.
+        SignedHead {
+            head: Head {
+                source,
+                root: cid::Cid::default(),
+                offset,
+                lamport: offset,
+                timestamp: 0,
+            },
+            signature: vec![0; 64],
+        }
+    }
+
+    /// Issue 12 item 3: a peer inventing sources cannot grow the book (and with it the node's
+    /// memory, heads file and digests) without end.
+    #[test]
+    fn the_book_keeps_at_most_max_sources() {
+        let mut book = HeadBook::default();
+        let first = PeerId::random();
+        assert!(book.remember_known(&head(first, 0)));
+        for _ in 1..MAX_SOURCES {
+            let source = PeerId::random();
+            assert!(book.has_room_for(&source));
+            book.remember_known(&head(source, 0));
+        }
+        let invented = PeerId::random();
+        assert!(!book.has_room_for(&invented), "full");
+        assert!(book.has_room_for(&first), "known sources still move on");
+        assert!(book.remember_known(&head(first, 1)));
     }
 }

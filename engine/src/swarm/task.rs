@@ -14,7 +14,7 @@ use libp2p::{gossipsub, identify, mdns, ping, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::behaviour::{self, Behaviour, BehaviourEvent};
-use super::heads::{source_id, HeadBook};
+use super::heads::{self, source_id, HeadBook};
 use super::redial::{self, Added, Redials};
 use super::{dialable, gossip, Command, Config, Error, Event, NetworkState, PeerInfo};
 use crate::exchange::wire::source_hash;
@@ -101,6 +101,8 @@ pub(super) struct Task {
     /// When an incoming handshake failure was last warned of (at most one a minute: anyone
     /// can connect and fail).
     incoming_warned: Option<Instant>,
+    /// When a head was last dropped for the source limit (warned at most once a minute).
+    limit_warned: Option<Instant>,
 }
 
 impl Task {
@@ -150,6 +152,7 @@ impl Task {
             keyed: config.swarm_key.is_some(),
             failing: HashSet::new(),
             incoming_warned: None,
+            limit_warned: None,
         })
     }
 
@@ -565,6 +568,10 @@ impl Task {
                 tracing::warn!(peer = %from, error = %e, "dropped invalid gossip");
                 gossipsub::MessageAcceptance::Reject
             }
+            Ok(m) if !self.heads.has_room_for(&m.head.head.source) => {
+                self.source_limit_reached(from);
+                gossipsub::MessageAcceptance::Ignore
+            }
             Ok(m) => {
                 let source = m.head.head.source;
                 let offset = m.head.head.offset;
@@ -663,10 +670,30 @@ impl Task {
             if source == *self.swarm.local_peer_id() {
                 continue;
             }
+            if !self.heads.has_room_for(&source) {
+                self.source_limit_reached(peer);
+                continue;
+            }
             if self.heads.is_unstored(&source, head.head.offset) {
                 self.remember_known(&head);
                 self.emit(head, vec![], peer);
             }
+        }
+    }
+
+    /// A head of one source too many was dropped: warned at most once a minute, naming the
+    /// peer that sent it.
+    fn source_limit_reached(&mut self, peer: PeerId) {
+        if self
+            .limit_warned
+            .is_none_or(|t| t.elapsed() >= INCOMING_WARN_PERIOD)
+        {
+            self.limit_warned = Some(Instant::now());
+            tracing::warn!(
+                %peer, limit = heads::MAX_SOURCES,
+                "this node knows as many sources as it keeps; heads of new sources are dropped \
+                 (more are not logged for a minute)"
+            );
         }
     }
 

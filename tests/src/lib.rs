@@ -375,6 +375,26 @@ impl Node {
         Ok(body["data"].as_array().cloned().unwrap_or_default())
     }
 
+    /// Polls `GET /api/v1/node/info` until `done` holds (panics after [`TIMEOUT`], showing the
+    /// last answer); returns that answer.
+    pub async fn wait_info(&self, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let info: Value = self
+                .get("/api/v1/node/info")
+                .await
+                .expect("node info")
+                .json()
+                .await
+                .expect("node info is JSON");
+            if done(&info) {
+                return info;
+            }
+            assert!(Instant::now() < deadline, "node info never matched: {info}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `GET /api/v1/events/offsets`.
     pub async fn offsets(&self) -> Result<Value> {
         let resp = self.get("/api/v1/events/offsets").await?;

@@ -54,7 +54,7 @@ async fn two_nodes_replicate_both_ways() {
     assert_eq!(a.query_all().await.unwrap(), b.query_all().await.unwrap());
     // Node info shows A as a connected peer and A's stream as stored and known (it is
     // refreshed a few times a second, so poll).
-    wait_info(&b, |info| {
+    b.wait_info(|info| {
         let peers = info["peers"].as_array().cloned().unwrap_or_default();
         let sources = info["sources"].as_array().cloned().unwrap_or_default();
         peers
@@ -66,7 +66,7 @@ async fn two_nodes_replicate_both_ways() {
     })
     .await;
     // And, from B's digests, that B holds all of A's events.
-    wait_info(&a, |info| {
+    a.wait_info(|info| {
         let peers = info["peers"].as_array().cloned().unwrap_or_default();
         peers
             .iter()
@@ -76,24 +76,6 @@ async fn two_nodes_replicate_both_ways() {
 }
 
 /// Polls `GET /api/v1/node/info` until `done` holds.
-async fn wait_info(node: &Node, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let info: Value = node
-            .get("/api/v1/node/info")
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if done(&info) {
-            return info;
-        }
-        assert!(Instant::now() < deadline, "node info never matched: {info}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn line_of_three_converges() {
     // A – B – C: A and C are never connected; events hop through B.
@@ -157,7 +139,7 @@ async fn other_swarm_key_gets_nothing() {
     converge(&b, &json!({ a.source.clone(): 4 })).await;
     // B (same key) has everything; C (other key) has nothing and is connected to no one.
     assert_eq!(c.offsets().await.unwrap(), json!({}));
-    let info = wait_info(&c, |_| true).await;
+    let info = c.wait_info(|_| true).await;
     assert!(
         info["peers"]
             .as_array()
@@ -636,7 +618,7 @@ async fn mdns_discovery_without_peer_addresses() {
     let expected = json!({ a.source.clone(): 2, b.source.clone(): 1 });
     converge(&a, &expected).await;
     converge(&b, &expected).await;
-    wait_info(&b, |info| {
+    b.wait_info(|info| {
         info["peers"].as_array().is_some_and(|peers| {
             peers
                 .iter()

@@ -8,26 +8,15 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use shoal_tests::{cli, free_port, Node, NodeOptions, TIMEOUT};
 
-/// Polls node info until `done` holds for one of its peers; returns that peer.
+/// Waits until one of `node`'s peers satisfies `done`; returns that peer.
 async fn wait_peer(node: &Node, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let info: Value = node
-            .get("/api/v1/node/info")
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if let Some(p) = info["peers"]
+    let peer_of = |info: &Value| {
+        info["peers"]
             .as_array()
-            .and_then(|peers| peers.iter().find(|p| done(p)))
-        {
-            return p.clone();
-        }
-        assert!(Instant::now() < deadline, "no peer matched: {info}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .and_then(|peers| peers.iter().find(|p| done(p)).cloned())
+    };
+    let info = node.wait_info(|info| peer_of(info).is_some()).await;
+    peer_of(&info).unwrap_or_default()
 }
 
 fn keygen(dir: &std::path::Path, name: &str) -> String {

@@ -20,6 +20,7 @@ pub mod fields;
 mod json;
 pub mod ndjson;
 pub mod node;
+pub mod nodes;
 pub mod origin;
 pub mod server;
 pub mod store_api;
@@ -61,6 +62,8 @@ pub fn routes(
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let blob_service = node.blobs();
     events::routes(node.events(), config)
+        .or(nodes::routes(node.clone()))
+        .unify()
         .or(node::routes(node, servers))
         .unify()
         .or(blobs::routes(blob_service, config.max_body_bytes))

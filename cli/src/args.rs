@@ -28,6 +28,8 @@ pub enum Command {
     Events(cmd::events::Args),
     /// Information about a running node.
     Node(cmd::node::Args),
+    /// Every node of the swarm, also those not directly connected.
+    Nodes(cmd::nodes::Args),
     /// Read a node's console log.
     Logs(cmd::logs::Args),
     /// Put, get, list and delete blobs on a running node.

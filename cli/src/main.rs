@@ -26,6 +26,7 @@ fn main() -> std::process::ExitCode {
         Command::Swarm(args) => cmd::swarm::run(args),
         Command::Events(args) => cmd::events::run(args),
         Command::Node(args) => cmd::node::run(args),
+        Command::Nodes(args) => cmd::nodes::run(args),
         Command::Logs(args) => cmd::logs::run(args),
         Command::Store(args) => cmd::store::run(args),
         Command::Blobs(args) => cmd::blobs::run(args),

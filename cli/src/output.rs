@@ -182,6 +182,49 @@ impl Out {
         Ok(())
     }
 
+    /// `GET /api/v1/nodes`: one line per node (the source in full: it is what `--to` takes).
+    pub fn nodes(&mut self, v: &Value) -> Result<()> {
+        let nodes = match (self.format, v.as_array()) {
+            (Format::Human, Some(nodes)) => nodes,
+            _ => {
+                writeln!(self.w, "{v}")?;
+                return Ok(());
+            }
+        };
+        writeln!(
+            self.w,
+            "{:<52}  {:<16}  {:<8}  {:<9}  {:<9}  {:<12}  EVENTS",
+            "SOURCE", "NAME", "VERSION", "CONNECTED", "LAST SEEN", "APPS RUN/ALL"
+        )?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        for n in nodes {
+            let seen = match n["lastSeen"].as_u64() {
+                Some(t) => format!("{}s ago", now.saturating_sub(t) / 1_000_000),
+                None => "-".into(),
+            };
+            let connected = if n["connected"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "via peers"
+            };
+            let apps = format!("{}/{}", n["apps"]["running"], n["apps"]["deployed"]);
+            writeln!(
+                self.w,
+                "{:<52}  {:<16}  {:<8}  {:<9}  {:<9}  {:<12}  {}",
+                plain(&n["source"]),
+                plain(&n["displayName"]),
+                plain(&n["version"]),
+                connected,
+                seen,
+                apps,
+                n["events"]
+            )?;
+        }
+        Ok(())
+    }
+
     pub fn flush(&mut self) -> Result<()> {
         self.w.flush()?;
         Ok(())

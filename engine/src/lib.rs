@@ -25,6 +25,7 @@ mod maintenance;
 pub mod node;
 pub mod replication;
 pub mod snapshots;
+pub mod status;
 pub mod swarm;
 
 pub use config::{Config, ConfigError, Settings};

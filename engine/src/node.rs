@@ -17,6 +17,9 @@
 //!   │   targets, syncs ──ImportBatch/PutBlocks──▶ writer   owns libp2p Swarm, the head book
 //!   │   ══SourceUpdate(Local)══▶ signs our head ──Publish/Stored/Fetch──▶ swarm
 //!   │
+//!   │  [status announcer] ──AnnounceStatus (signed, every 5 s / on change)──▶ swarm
+//!   │   reads offsets, NetworkState, the apps' report; swarm keeps others' statuses in memory
+//!   │
 //!   │  [maintenance] ──Gc/Checkpoint──▶ writer   (waits while a sync receives blocks:
 //!   │                                               the replicator's sync-activity watch)
 //!   └─ logs ──▶ [console writer thread] (its own SQLite file)
@@ -126,6 +129,10 @@ pub struct NodeHandle {
     started: Instant,
     shutdown: watch::Receiver<bool>,
     console: crate::console::Console,
+    /// Every node of the swarm (`GET /api/v1/nodes`), from the status gossip.
+    nodes: crate::status::announce::Nodes,
+    /// What the status announces of this node's apps; the apps part writes it.
+    local_apps: Arc<watch::Sender<crate::status::announce::LocalApps>>,
 }
 
 /// How long each task gets to end after the shutdown signal before it is aborted.
@@ -191,6 +198,16 @@ impl Node {
             replication.sync_activity,
             shutdown_rx.clone(),
         );
+        let (local_apps, local_apps_rx) = watch::channel(Default::default());
+        let local =
+            crate::status::announce::Local::new(events.clone(), swarm.status(), local_apps_rx);
+        let announcer = tokio::spawn(crate::status::announce::run(
+            identity.keypair().clone(),
+            local.clone(),
+            swarm.clone(),
+            shutdown_rx.clone(),
+        ));
+        let nodes = crate::status::announce::Nodes::new(local, swarm.clone());
         tracing::info!(source = %identity.source(), data_dir = %config.data_dir.display(), "node started");
         Ok(Node {
             handle: NodeHandle {
@@ -203,6 +220,8 @@ impl Node {
                 started: Instant::now(),
                 shutdown: shutdown_rx,
                 console,
+                nodes,
+                local_apps: Arc::new(local_apps),
             },
             shutdown,
             writer: Some(writer),
@@ -210,6 +229,7 @@ impl Node {
             tasks: vec![
                 ("replicator", replication.task),
                 ("maintenance", maintenance),
+                ("status", announcer),
                 ("swarm", spawned.task),
             ],
         })
@@ -276,6 +296,20 @@ impl NodeHandle {
     /// The event service (clone it freely).
     pub fn events(&self) -> EventService {
         self.events.clone()
+    }
+
+    /// Every node of the swarm, from the status gossip (this node included).
+    pub fn nodes(&self) -> crate::status::announce::Nodes {
+        self.nodes.clone()
+    }
+
+    /// Replaces what this node's status says of its apps (announced soon after).
+    pub fn report_apps(&self, apps: crate::status::announce::LocalApps) {
+        self.local_apps.send_if_modified(|old| {
+            let changed = *old != apps;
+            *old = apps;
+            changed
+        });
     }
 
     /// The blob service (clone it freely).

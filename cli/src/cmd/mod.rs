@@ -5,6 +5,7 @@ pub mod completions;
 pub mod events;
 pub mod logs;
 pub mod node;
+pub mod nodes;
 pub mod run;
 pub mod store;
 pub mod swarm;

@@ -27,6 +27,7 @@ mod behaviour;
 pub mod gossip;
 mod heads;
 mod redial;
+mod statuses;
 mod task;
 
 use std::collections::BTreeMap;
@@ -41,11 +42,12 @@ use libp2p::pnet::PreSharedKey;
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
 use shoal_store::{OffsetMap, SourceId};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use behaviour::BuildError;
 pub use heads::FILE as HEADS_FILE;
+pub use statuses::Received as ReceivedStatus;
 pub(crate) use task::age_ms;
 
 use crate::exchange::{BlockSource, FetchEvent};
@@ -134,6 +136,10 @@ pub enum Command {
     },
     /// Dial an address once.
     Dial(Multiaddr),
+    /// Gossip this node's signed status (`crate::status`).
+    AnnounceStatus(crate::status::SignedStatus),
+    /// Every other node's status as last received and not expired.
+    Statuses(oneshot::Sender<Vec<ReceivedStatus>>),
 }
 
 /// What the swarm tells replication.

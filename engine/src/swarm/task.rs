@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use super::behaviour::{self, Behaviour, BehaviourEvent};
 use super::heads::{self, source_id, HeadBook};
 use super::redial::{self, Added, Redials};
+use super::statuses::{Offer, StatusBook};
 use super::{dialable, gossip, Command, Config, Error, Event, NetworkState, PeerInfo};
 use crate::exchange::wire::source_hash;
 use crate::exchange::{self, BlockSource, DigestEntry, Fetcher, Request, Response};
@@ -90,6 +91,9 @@ pub(super) struct Task {
     /// Known and stored heads per source.
     heads: HeadBook,
     topic: gossipsub::IdentTopic,
+    /// Node statuses (`crate::status`): their own topic, so heads never queue behind them.
+    status_topic: gossipsub::IdentTopic,
+    statuses: StatusBook,
     redial: Redials,
     digest_interval: Duration,
     /// Whether any listen address was requested.
@@ -103,6 +107,8 @@ pub(super) struct Task {
     incoming_warned: Option<Instant>,
     /// When a head was last dropped for the source limit (warned at most once a minute).
     limit_warned: Option<Instant>,
+    /// The same for node statuses.
+    status_limit_warned: Option<Instant>,
 }
 
 impl Task {
@@ -121,11 +127,14 @@ impl Task {
             .with_idle_connection_timeout(Duration::from_secs(3600));
         let mut swarm = Swarm::new(transport, behaviour, key.public().to_peer_id(), swarm_cfg);
         let topic = gossipsub::IdentTopic::new(gossip::TOPIC);
-        swarm
-            .behaviour_mut()
-            .gossipsub
-            .subscribe(&topic)
-            .map_err(|e| Error::Build(super::BuildError::Gossipsub(e.to_string())))?;
+        let status_topic = gossipsub::IdentTopic::new(crate::status::TOPIC);
+        for t in [&topic, &status_topic] {
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(t)
+                .map_err(|e| Error::Build(super::BuildError::Gossipsub(e.to_string())))?;
+        }
         for addr in &config.listen {
             swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
                 addr: addr.clone(),
@@ -146,6 +155,8 @@ impl Task {
             fetcher: Fetcher::default(),
             heads,
             topic,
+            status_topic,
+            statuses: StatusBook::default(),
             redial,
             digest_interval: config.digest_interval,
             listening: !config.listen.is_empty(),
@@ -153,6 +164,7 @@ impl Task {
             failing: HashSet::new(),
             incoming_warned: None,
             limit_warned: None,
+            status_limit_warned: None,
         })
     }
 
@@ -209,7 +221,10 @@ impl Task {
                 },
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
                 _ = tick.tick(), if self.fetcher.sessions() > 0 => {}
-                _ = digest.tick() => self.send_digests(),
+                _ = digest.tick() => {
+                    self.send_digests();
+                    self.statuses.expire(Instant::now());
+                }
                 _ = redial.tick() => {
                     self.redial();
                     self.heads.save_if_due();
@@ -256,6 +271,18 @@ impl Task {
                 if let Err(e) = self.swarm.dial(addr.clone()) {
                     tracing::warn!(%addr, error = %e, "dial failed");
                 }
+            }
+            Command::AnnounceStatus(status) => {
+                let topic = self.status_topic.clone();
+                let data = status.encode();
+                if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
+                    // No subscribed peer yet is normal; the next announcement tries again.
+                    tracing::debug!(error = %e, "status publish failed");
+                }
+            }
+            Command::Statuses(reply) => {
+                // The asker may have gone away; nothing to do then.
+                let _ = reply.send(self.statuses.list(Instant::now()));
             }
         }
     }
@@ -513,6 +540,13 @@ impl Task {
                 propagation_source,
                 message_id,
                 message,
+            }) if message.topic == self.status_topic.hash() => {
+                self.on_status(propagation_source, message_id, &message.data)
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
             }) => self.on_gossip(propagation_source, message_id, &message.data),
             BehaviourEvent::Gossipsub(_) => {}
             BehaviourEvent::Exchange(ev) => self.on_exchange(ev),
@@ -595,6 +629,45 @@ impl Task {
                     gossipsub::MessageAcceptance::Accept
                 }
             }
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &from, acceptance);
+    }
+
+    /// A node status from gossip: verified, kept if newer, forwarded only then (an old copy or
+    /// a replay goes no further), rejected (gossipsub penalises the sender) if invalid.
+    fn on_status(&mut self, from: PeerId, id: gossipsub::MessageId, data: &[u8]) {
+        let acceptance = match crate::status::SignedStatus::decode(data) {
+            Err(e) => {
+                tracing::warn!(peer = %from, error = %e, "dropped an invalid node status");
+                gossipsub::MessageAcceptance::Reject
+            }
+            Ok(s) if s.source == *self.swarm.local_peer_id() => {
+                gossipsub::MessageAcceptance::Ignore
+            }
+            Ok(s) => match self
+                .statuses
+                .offer(s, Instant::now(), micros(SystemTime::now()))
+            {
+                Offer::Kept => gossipsub::MessageAcceptance::Accept,
+                Offer::Stale => gossipsub::MessageAcceptance::Ignore,
+                Offer::Full => {
+                    let due = self
+                        .status_limit_warned
+                        .is_none_or(|t| t.elapsed() >= INCOMING_WARN_PERIOD);
+                    if due {
+                        self.status_limit_warned = Some(Instant::now());
+                        tracing::warn!(
+                            peer = %from, limit = crate::status::MAX_NODES,
+                            "this node keeps as many node statuses as it may; statuses of new \
+                             nodes are dropped until old ones expire (not logged for a minute)"
+                        );
+                    }
+                    gossipsub::MessageAcceptance::Ignore
+                }
+            },
         };
         self.swarm
             .behaviour_mut()

@@ -52,6 +52,10 @@ pub const CACHE_PREFIX: &str = "blob-cache/";
 pub const UPLOAD_PREFIX: &str = "blob-upload/";
 /// Deepest tree accepted from a peer (FANOUT^6 chunks is far beyond any disk).
 const MAX_HEIGHT: u64 = 6;
+/// Largest link block accepted: [`FANOUT`] links of 41 bytes (a tag-42 CID of a SHA-256
+/// multihash) plus the three integers is ~41 KiB; anything larger is a lie, refused before
+/// any decoder allocates for it.
+pub const MAX_LINK_BLOCK: usize = 48 << 10;
 
 const CREATE: &str = "CREATE TABLE IF NOT EXISTS blob_meta (
     cid   BLOB PRIMARY KEY,
@@ -123,6 +127,16 @@ impl LinkNode {
         if cid.codec() != DAG_CBOR {
             return Err(corrupt("not dag-cbor"));
         }
+        if data.len() > MAX_LINK_BLOCK {
+            return Err(corrupt(&format!(
+                "{} bytes, more than a link block of {FANOUT} links",
+                data.len()
+            )));
+        }
+        // libipld allocates whatever length a header declares and recurses without bound: the
+        // bytes may be a peer's, so they are checked (definite lengths that fit in the block,
+        // bounded nesting) before it sees them.
+        crate::blocks::check_dag_cbor(data).map_err(|e| corrupt(&e))?;
         let ipld: Ipld = DagCborCodec
             .decode(data)
             .map_err(|e| corrupt(&e.to_string()))?;

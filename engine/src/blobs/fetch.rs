@@ -92,6 +92,13 @@ pub(super) async fn open(svc: &BlobService, cid: Cid) -> Result<Opened, BlobsErr
         not_a_blob()
     })?;
     let size = root.size;
+    // The size is the peer's claim, but every link block below is checked to add up to it
+    // (`Read::chunks`), so holding the root to the limit holds the whole fetch to it.
+    let limit = svc.config().max_blob_bytes;
+    if size > limit {
+        tracing::warn!(%cid, size, limit, "refusing to fetch a blob over --max-blob-bytes");
+        return Err(BlobsError::TooLarge { limit });
+    }
     svc.write(BlobWrite::CacheRoot { cid, data, size }).await?;
     tracing::info!(%cid, size, "fetching blob from peers");
     Ok(Opened {

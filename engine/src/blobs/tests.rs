@@ -196,3 +196,56 @@ async fn fetches_missing_chunks_from_a_peer_and_resumes() {
     a.writer.stop().await;
     b.writer.stop().await;
 }
+
+/// Issue 12 item 2: a blob fetched from a peer is held to `--max-blob-bytes` like an upload,
+/// both an honest one over the limit and a root that claims a petabyte with 1,024 copies of
+/// one child. Before the fix both were cached and the walk went on. Nothing is kept.
+#[tokio::test]
+async fn a_fetched_blob_over_max_blob_bytes_is_refused_and_not_cached() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (sa, a) = service(da.path(), BlobsConfig::default(), Arc::new(NoPeers));
+    let honest = sa
+        .put(body(&random(3 * CHUNK_SIZE, 3)), PutOptions::default())
+        .await
+        .unwrap()
+        .cid;
+    // A height-2 root whose 1,024 links all name one (absent) height-1 node: 1 TiB claimed.
+    let child = shoal_store::cid::cid_of(shoal_store::cid::DAG_CBOR, b"never served");
+    let span = (CHUNK_SIZE * shoal_store::blob::FANOUT) as u64;
+    let liar = shoal_store::blob::LinkNode {
+        chunk: CHUNK_SIZE as u64,
+        height: 2,
+        size: span * shoal_store::blob::FANOUT as u64,
+        links: vec![child; shoal_store::blob::FANOUT],
+    };
+    let (liar_cid, liar_data) = liar.encode().unwrap();
+    sa.write(BlobWrite::Put {
+        chunks: vec![(liar_cid, Bytes::from(liar_data))],
+        links: Vec::new(),
+        upload: None,
+    })
+    .await
+    .unwrap();
+    let config = BlobsConfig {
+        max_blob_bytes: 2 * CHUNK_SIZE as u64,
+        fetch_timeout: Duration::from_secs(2),
+        ..BlobsConfig::default()
+    };
+    let peer_a = Arc::new(FakeSwarm {
+        reader: a.store.reader().unwrap(),
+        lie_once: AtomicBool::new(false),
+    });
+    let (sb, b) = service(db.path(), config, peer_a);
+    for cid in [honest, liar_cid] {
+        let err = sb.open(cid).await.unwrap_err();
+        assert!(matches!(err, BlobsError::TooLarge { .. }), "{cid}: {err}");
+    }
+    let r = b.store.reader().unwrap();
+    for cid in [honest, liar_cid] {
+        assert!(r.alias(&format!("blob-cache/{cid}")).unwrap().is_none());
+        assert!(!r.has_block(&cid).unwrap());
+    }
+    assert!(sb.list().await.unwrap().is_empty());
+    a.writer.stop().await;
+    b.writer.stop().await;
+}

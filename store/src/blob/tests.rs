@@ -136,6 +136,36 @@ fn lying_link_blocks_are_corrupt() {
     }
 }
 
+/// Issue 12 item 2: a peer serves the block under a wanted blob CID. libipld allocates what a
+/// header declares and recurses per nesting level, so before the fix a list claiming 2^32
+/// items aborted the process (allocation failure) and 40,000 nested lists overflowed the
+/// stack. Both must be `Corrupt`, as must a block larger than any link block.
+#[test]
+fn a_peer_link_block_declaring_huge_lengths_or_deep_nesting_is_corrupt_not_a_crash() {
+    // {"l": [<2^32 items>...]} with a few bytes of items.
+    let mut huge = vec![0xa1, 0x61, b'l', 0x9b, 0, 0, 0, 1, 0, 0, 0, 0];
+    huge.extend_from_slice(&[0; 16]);
+    // 40,000 nested one-item lists: under MAX_LINK_BLOCK, so only the nesting bound stops it.
+    let mut deep = vec![0x81; 40_000];
+    deep.push(0x00);
+    assert!(deep.len() < MAX_LINK_BLOCK);
+    let mut big_map = vec![0xbb, 0, 0, 0, 0, 0, 0, 0x10, 0];
+    big_map.extend_from_slice(&[0x60; 32]);
+    let oversized = vec![0x40; MAX_LINK_BLOCK + 1];
+    for (what, junk) in [
+        ("huge list", huge),
+        ("deep nesting", deep),
+        ("huge map", big_map),
+        ("oversized", oversized),
+    ] {
+        let cid = cid::cid_of(DAG_CBOR, &junk);
+        match LinkNode::decode(&cid, &junk) {
+            Err(Error::Corrupt { .. }) => {}
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+}
+
 fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("s.sqlite"), StoreConfig::debug()).unwrap();

@@ -112,6 +112,7 @@ mod tests {
                 last_seen: None,
                 our_offset_stored: ours,
                 last_error: None,
+                gossip_score: None,
             },
         )
     }

@@ -105,6 +105,8 @@ pub struct NodeInfo {
     pub store_bytes: u64,
     /// Per source: offset stored vs known from gossip (what is still to replicate).
     pub sources: Vec<SourceProgress>,
+    /// Sources seen signing two trees at one offset since start (`docs/format.md`, "Forks").
+    pub forks: Vec<swarm::ForkInfo>,
 }
 
 /// A running node. Owns the writer thread and the node's tasks; [`Node::shutdown`] stops them.
@@ -405,6 +407,7 @@ impl NodeHandle {
             events: offsets.iter().map(|(_, o)| o + 1).sum(),
             store_bytes,
             sources: source_progress(&offsets, &network.known),
+            forks: network.forks,
         }
     }
 }

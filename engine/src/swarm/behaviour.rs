@@ -14,7 +14,9 @@ use libp2p::identity::Keypair;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{gossipsub, identify, mdns, noise, ping, tcp, yamux, PeerId, Transport};
+use libp2p::{
+    connection_limits, gossipsub, identify, mdns, noise, ping, tcp, yamux, PeerId, Transport,
+};
 use sha2::Digest;
 
 use super::gossip::MAX_MESSAGE;
@@ -34,11 +36,82 @@ pub enum BuildError {
 /// Everything the swarm speaks.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// First, so a connection over the limits is denied before any other behaviour sets up
+    /// anything for it.
+    pub limits: connection_limits::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
     pub exchange: exchange::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// Connections being set up at once, accepted (anyone reaching the port can open them) and
+/// dialled (the redial list and mDNS are capped already).
+pub const MAX_PENDING_INCOMING: u32 = 32;
+pub const MAX_PENDING_OUTGOING: u32 = 64;
+/// Established connections in all, and accepted ones: a shop floor's swarm is far smaller; a
+/// peer minting identities cannot take more.
+pub const MAX_ESTABLISHED: u32 = 256;
+pub const MAX_ESTABLISHED_INCOMING: u32 = 192;
+/// Connections to one peer: two nodes dialling each other at once make two; a few more cover
+/// redials racing a reconnect.
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+
+fn limits() -> connection_limits::Behaviour {
+    connection_limits::Behaviour::new(
+        connection_limits::ConnectionLimits::default()
+            .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+            .with_max_pending_outgoing(Some(MAX_PENDING_OUTGOING))
+            .with_max_established(Some(MAX_ESTABLISHED))
+            .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
+            .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
+    )
+}
+
+/// Gossip score below which a peer's messages are dropped unread (gossipsub's graylist).
+pub const GRAYLIST_THRESHOLD: f64 = -80.0;
+
+/// Gossipsub peer scoring that counts only invalid messages (P4: a head whose signature or
+/// inline block fails, or a node status whose signature fails, reported `Reject` by the swarm task),
+/// on both topics. Each costs `10 · count²`, so
+/// a third invalid message in a short time puts the sender below [`GRAYLIST_THRESHOLD`] and
+/// gossipsub ignores it; the count halves every second, so a peer that stops recovers within
+/// seconds. The other score parts are off: delivery-rate penalties would hurt honest quiet or
+/// slow devices, and IP colocation would hurt every test swarm on 127.0.0.1. An honest peer
+/// never relays an invalid message (it validates before forwarding), so it is never penalised.
+fn gossip_scoring(
+    topics: &[gossipsub::TopicHash],
+) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    let topic_params = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.0,
+        first_message_deliveries_weight: 0.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -10.0,
+        invalid_message_deliveries_decay: 0.5,
+        ..gossipsub::TopicScoreParams::default()
+    };
+    let params = gossipsub::PeerScoreParams {
+        topics: topics
+            .iter()
+            .map(|t| (t.clone(), topic_params.clone()))
+            .collect(),
+        app_specific_weight: 0.0,
+        ip_colocation_factor_weight: 0.0,
+        behaviour_penalty_weight: 0.0,
+        slow_peer_weight: 0.0,
+        decay_interval: Duration::from_secs(1),
+        ..gossipsub::PeerScoreParams::default()
+    };
+    let thresholds = gossipsub::PeerScoreThresholds {
+        gossip_threshold: -10.0,
+        publish_threshold: -50.0,
+        graylist_threshold: GRAYLIST_THRESHOLD,
+        ..gossipsub::PeerScoreThresholds::default()
+    };
+    (params, thresholds)
 }
 
 /// Ping period; a failed ping closes the connection (the bootstrap redial then takes over).
@@ -63,9 +136,16 @@ impl Behaviour {
             })
             .build()
             .map_err(|e| BuildError::Gossipsub(e.to_string()))?;
-        let gossipsub =
+        let mut gossipsub =
             gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_cfg)
                 .map_err(|e| BuildError::Gossipsub(e.to_string()))?;
+        let (params, thresholds) = gossip_scoring(&[
+            gossipsub::IdentTopic::new(super::gossip::TOPIC).hash(),
+            gossipsub::IdentTopic::new(crate::status::TOPIC).hash(),
+        ]);
+        gossipsub
+            .with_peer_score(params, thresholds)
+            .map_err(BuildError::Gossipsub)?;
         let identify = identify::Behaviour::new(
             identify::Config::new("/shoal/id/1".into(), key.public())
                 .with_agent_version(format!("shoal/{}", env!("CARGO_PKG_VERSION"))),
@@ -84,6 +164,7 @@ impl Behaviour {
             None
         };
         Ok(Self {
+            limits: limits(),
             gossipsub,
             exchange: exchange::behaviour(),
             identify,

@@ -139,6 +139,17 @@ impl HeadBook {
         self.stored.values()
     }
 
+    /// A head the book holds for `head`'s source at the same offset but over another tree:
+    /// the source signed two trees at one offset (a fork, `docs/format.md` "Forks"). The
+    /// book's head is the one kept.
+    pub(crate) fn conflicting(&self, head: &SignedHead) -> Option<&SignedHead> {
+        let h = &head.head;
+        [self.stored.get(&h.source), self.known.get(&h.source)]
+            .into_iter()
+            .flatten()
+            .find(|o| o.head.offset == h.offset && o.head.root != h.root)
+    }
+
     /// Whether `offset` of `source` is beyond what is stored here.
     pub(crate) fn is_unstored(&self, source: &PeerId, offset: u64) -> bool {
         self.stored
@@ -218,6 +229,28 @@ mod tests {
             },
             signature: vec![0; 64],
         }
+    }
+
+    /// Issue 12 item 7: a second signed head of one source at one offset over another root
+    /// is reported against the head kept (stored or known); the same head, or one at another
+    /// offset, is no fork.
+    #[test]
+    fn two_roots_at_one_offset_are_a_fork() {
+        let mut book = HeadBook::default();
+        let source = PeerId::random();
+        let kept = head(source, 5);
+        book.set_stored(kept.clone());
+        let mut other = head(source, 5);
+        other.head.root = cid::Cid::new_v1(0x71, *kept.head.root.hash());
+        assert_eq!(book.conflicting(&other), Some(&kept));
+        assert_eq!(book.conflicting(&kept), None);
+        assert_eq!(book.conflicting(&head(source, 6)), None);
+        // Only known (its sync still running): also the one kept.
+        let known = head(PeerId::random(), 2);
+        book.remember_known(&known);
+        let mut fork = known.clone();
+        fork.head.root = other.head.root;
+        assert_eq!(book.conflicting(&fork), Some(&known));
     }
 
     /// Issue 12 item 3: a peer inventing sources cannot grow the book (and with it the node's

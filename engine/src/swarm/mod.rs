@@ -24,6 +24,8 @@
 //! 64) redialled with exponential backoff (1 s to 30 s) whenever not connected (`redial.rs`).
 
 mod behaviour;
+mod budget;
+pub mod forks;
 pub mod gossip;
 mod heads;
 mod redial;
@@ -46,6 +48,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use behaviour::BuildError;
+pub use forks::ForkInfo;
 pub use heads::FILE as HEADS_FILE;
 pub use statuses::Received as ReceivedStatus;
 pub(crate) use task::age_ms;
@@ -171,6 +174,10 @@ pub struct PeerInfo {
     /// failed: different swarm key?", "Connection refused").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Its gossipsub score, rounded, while connected: only invalid gossip lowers it, and below
+    /// `behaviour::GRAYLIST_THRESHOLD` (-80) its gossip is dropped unread.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip_score: Option<i64>,
 }
 
 /// The swarm's view of the network. The swarm task is its only writer and publishes it on a
@@ -183,6 +190,8 @@ pub struct NetworkState {
     pub peers: BTreeMap<PeerId, PeerInfo>,
     /// Highest offset per source known from verified heads (may run ahead of what is stored).
     pub known: BTreeMap<SourceId, u64>,
+    /// Sources seen signing two trees at one offset (at most [`forks::MAX_FORKS`]).
+    pub forks: Vec<ForkInfo>,
 }
 
 impl NetworkState {

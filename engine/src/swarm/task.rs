@@ -14,6 +14,8 @@ use libp2p::{gossipsub, identify, mdns, ping, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::behaviour::{self, Behaviour, BehaviourEvent};
+use super::budget::Budgets;
+use super::forks::Forks;
 use super::heads::{self, source_id, HeadBook};
 use super::redial::{self, Added, Redials};
 use super::statuses::{Offer, StatusBook};
@@ -77,6 +79,9 @@ fn is_loopback(addr: &Multiaddr) -> bool {
     })
 }
 
+/// A served `Want`: who asked, where the answer goes, the answer.
+type Served = (PeerId, ResponseChannel<Response>, Response);
+
 pub(super) struct Task {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
@@ -84,8 +89,8 @@ pub(super) struct Task {
     /// What the rest of the node sees of the network; this task is its only writer.
     status: watch::Sender<NetworkState>,
     blocks: Arc<dyn BlockSource>,
-    served_tx: mpsc::Sender<(ResponseChannel<Response>, Response)>,
-    served_rx: mpsc::Receiver<(ResponseChannel<Response>, Response)>,
+    served_tx: mpsc::Sender<Served>,
+    served_rx: mpsc::Receiver<Served>,
     serve_limit: Arc<Semaphore>,
     fetcher: Fetcher<OutboundRequestId>,
     /// Known and stored heads per source.
@@ -109,6 +114,10 @@ pub(super) struct Task {
     limit_warned: Option<Instant>,
     /// The same for node statuses.
     status_limit_warned: Option<Instant>,
+    /// Sources seen signing two trees at one offset.
+    forks: Forks,
+    /// What each connected peer may make us do (Wants in flight, digests per second).
+    budgets: Budgets,
 }
 
 impl Task {
@@ -165,6 +174,8 @@ impl Task {
             incoming_warned: None,
             limit_warned: None,
             status_limit_warned: None,
+            forks: Forks::default(),
+            budgets: Budgets::default(),
         })
     }
 
@@ -210,7 +221,8 @@ impl Task {
         loop {
             tokio::select! {
                 biased;
-                Some((channel, response)) = self.served_rx.recv() => {
+                Some((peer, channel, response)) = self.served_rx.recv() => {
+                    self.budgets.end_want(&peer);
                     // The requester may have gone away; nothing to do then.
                     let _ = self.swarm.behaviour_mut().exchange.send_response(channel, response);
                 }
@@ -228,6 +240,7 @@ impl Task {
                 _ = redial.tick() => {
                     self.redial();
                     self.heads.save_if_due();
+                    self.publish_scores();
                 }
             }
             if self.fetcher.sessions() > 0 {
@@ -285,6 +298,26 @@ impl Task {
                 let _ = reply.send(self.statuses.list(Instant::now()));
             }
         }
+    }
+
+    /// Copies each connected peer's gossipsub score into the network state (node info).
+    fn publish_scores(&mut self) {
+        let gossip = &self.swarm.behaviour().gossipsub;
+        let scores: Vec<(PeerId, Option<i64>)> = self
+            .swarm
+            .connected_peers()
+            .map(|p| (*p, gossip.peer_score(p).map(|s| s.round() as i64)))
+            .collect();
+        self.status(|s| {
+            let mut changed = false;
+            for (peer, score) in scores {
+                if let Some(p) = s.peers.get_mut(&peer) {
+                    changed |= p.gossip_score != score;
+                    p.gossip_score = score;
+                }
+            }
+            changed
+        });
     }
 
     /// Raises the known offset of a head's source; true if it is news.
@@ -406,6 +439,7 @@ impl Task {
                 last_seen: None,
                 our_offset_stored: None,
                 last_error: None,
+                gossip_score: None,
             });
             let changed = p.last_error.as_deref() != Some(reason.as_str());
             p.last_error = Some(reason);
@@ -426,6 +460,7 @@ impl Task {
                     last_seen: Some(now),
                     our_offset_stored: None,
                     last_error: None,
+                    gossip_score: None,
                 }
             });
             p.last_seen = Some(now);
@@ -472,6 +507,7 @@ impl Task {
                 }
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, %addr, "peer connected");
+                    self.budgets.connected(peer_id);
                     self.failing.remove(&peer_id);
                     self.status(|s| match s.peers.get_mut(&peer_id) {
                         Some(p) if p.last_error.is_some() => {
@@ -497,6 +533,7 @@ impl Task {
             } => {
                 let cause = cause.map(|c| c.to_string()).unwrap_or_default();
                 tracing::info!(peer = %peer_id, %cause, "peer disconnected");
+                self.budgets.disconnected(&peer_id);
                 self.touch_peer(peer_id, Some(false), None);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
@@ -549,6 +586,7 @@ impl Task {
                 message,
             }) => self.on_gossip(propagation_source, message_id, &message.data),
             BehaviourEvent::Gossipsub(_) => {}
+            BehaviourEvent::Limits(never) => match never {},
             BehaviourEvent::Exchange(ev) => self.on_exchange(ev),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 for a in info.listen_addrs {
@@ -606,6 +644,8 @@ impl Task {
                 self.source_limit_reached(from);
                 gossipsub::MessageAcceptance::Ignore
             }
+            // Validly signed, so the relaying peer may be honest: not forwarded, not penalised.
+            Ok(m) if self.refuse_fork(&m.head, from) => gossipsub::MessageAcceptance::Ignore,
             Ok(m) => {
                 let source = m.head.head.source;
                 let offset = m.head.head.offset;
@@ -681,10 +721,29 @@ impl Task {
                 rr::Message::Request {
                     request, channel, ..
                 } => match request {
-                    Request::Want(cids) => self.serve(cids, channel),
+                    Request::Want(cids) if self.budgets.start_want(peer) => {
+                        self.serve(peer, cids, channel)
+                    }
+                    Request::Want(_) => {
+                        // Over budget: every CID deferred, at no cost (the requester asks
+                        // again, here or elsewhere).
+                        let nothing = Response::Blocks {
+                            blocks: Vec::new(),
+                            have_not: Vec::new(),
+                        };
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .exchange
+                            .send_response(channel, nothing);
+                    }
                     Request::Digest(entries) => {
                         self.note_digest(peer, &entries);
-                        let answer = self.answer_digest(&entries);
+                        let answer = if self.budgets.take_digest(peer, Instant::now()) {
+                            self.answer_digest(&entries)
+                        } else {
+                            Response::Heads(Vec::new())
+                        };
                         let _ = self
                             .swarm
                             .behaviour_mut()
@@ -747,11 +806,29 @@ impl Task {
                 self.source_limit_reached(peer);
                 continue;
             }
+            if self.refuse_fork(&head, peer) {
+                continue;
+            }
             if self.heads.is_unstored(&source, head.head.offset) {
                 self.remember_known(&head);
                 self.emit(head, vec![], peer);
             }
         }
+    }
+
+    /// Whether `head` signs another tree at an offset the book holds a head of already (a
+    /// fork): then it is refused, recorded and, the first time per source, logged.
+    fn refuse_fork(&mut self, head: &SignedHead, from: PeerId) -> bool {
+        let Some(kept) = self.heads.conflicting(head) else {
+            return false;
+        };
+        if let Some(info) = self.forks.note(&kept.clone(), head, from) {
+            self.status(|s| {
+                s.forks.push(info);
+                true
+            });
+        }
+        true
     }
 
     /// A head of one source too many was dropped: warned at most once a minute, naming the
@@ -770,7 +847,9 @@ impl Task {
         }
     }
 
-    fn serve(&mut self, cids: Vec<cid::Cid>, channel: ResponseChannel<Response>) {
+    /// Answers a `Want` of `peer` off the swarm task (a slot of its budget is taken; the
+    /// answer coming back through `served_rx` frees it).
+    fn serve(&mut self, peer: PeerId, cids: Vec<cid::Cid>, channel: ResponseChannel<Response>) {
         let blocks = self.blocks.clone();
         let tx = self.served_tx.clone();
         let limit = self.serve_limit.clone();
@@ -780,12 +859,15 @@ impl Task {
             };
             let answer =
                 tokio::task::spawn_blocking(move || exchange::serve_want(&*blocks, &cids)).await;
-            match answer {
-                Ok(resp) => {
-                    let _ = tx.send((channel, resp)).await;
+            let resp = answer.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "serving blocks panicked");
+                // Still sent, so the budget slot is freed and the requester asks elsewhere.
+                Response::Blocks {
+                    blocks: Vec::new(),
+                    have_not: Vec::new(),
                 }
-                Err(e) => tracing::warn!(error = %e, "serving blocks panicked"),
-            }
+            });
+            let _ = tx.send((peer, channel, resp)).await;
         });
     }
 }

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::StreamExt;
+use libp2p::gossipsub;
 use sha2::Digest;
 
 use super::*;
@@ -269,4 +271,191 @@ fn swarm_key_file_roundtrip() {
     assert_eq!(k.to_key_file(), text);
     std::fs::write(&p, "junk").unwrap();
     assert!(read_swarm_key(&p).is_err());
+}
+
+/// Issue 12 item 7: a source signs two trees at one offset; a node holding the first head
+/// refuses the second one when a peer gossips it, records the fork (node info `forks`) and
+/// hands nothing to replication.
+#[tokio::test]
+async fn a_second_tree_signed_at_one_offset_is_refused_and_recorded_as_a_fork() {
+    let source = Keypair::generate_ed25519();
+    let (r1, r2) = (block(1, 10).0, block(2, 10).0);
+    let (_, a, mut a_events) = node(vec![], None, Arc::new(Map(HashMap::new()))).await;
+    let kept = head(&source, r1, 3);
+    a.send(Command::Stored(kept.clone())).await.unwrap();
+    let (_, b, _) = node(
+        vec![a.dialable_addr().unwrap()],
+        None,
+        Arc::new(Map(HashMap::new())),
+    )
+    .await;
+    wait_connected(&b, 1).await;
+    let refused = head(&source, r2, 3);
+    let mut status = a.status();
+    // Gossip needs the subscription exchange to finish; publish until the fork is seen.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            b.send(Command::Publish {
+                head: refused.clone(),
+                blocks: vec![],
+            })
+            .await
+            .unwrap();
+            if !status.borrow_and_update().forks.is_empty() {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(300), status.changed()).await;
+        }
+    })
+    .await
+    .expect("the fork is recorded within 20 s");
+    let forks = a.status().borrow().forks.clone();
+    assert_eq!(forks.len(), 1);
+    assert_eq!(forks[0].source, source.public().to_peer_id().to_string());
+    assert_eq!(forks[0].offset, 3);
+    assert_eq!(forks[0].kept_root, r1.to_string());
+    assert_eq!(forks[0].refused_root, r2.to_string());
+    assert_eq!(forks[0].from, b.local_peer_id().to_string());
+    while let Ok(Event::Head { head, .. }) = a_events.try_recv() {
+        assert_ne!(head, refused, "the refused head went to replication");
+    }
+}
+
+/// A raw libp2p peer on 127.0.0.1 speaking the node's transport and gossip topic, without any
+/// of the node's checks: it publishes whatever bytes it is given and dials as often as told.
+mod raw {
+    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+    use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+    use libp2p::{gossipsub, Multiaddr, PeerId, Swarm};
+
+    #[derive(NetworkBehaviour)]
+    pub struct RawBehaviour {
+        pub gossipsub: gossipsub::Behaviour,
+        /// The node closes connections whose pings fail.
+        pub ping: libp2p::ping::Behaviour,
+    }
+
+    pub fn swarm() -> Swarm<RawBehaviour> {
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let transport = super::super::behaviour::transport(&key, None).unwrap();
+        let cfg = gossipsub::ConfigBuilder::default()
+            .validation_mode(gossipsub::ValidationMode::Anonymous)
+            .message_id_fn(|m: &gossipsub::Message| {
+                use sha2::Digest;
+                gossipsub::MessageId::from(&sha2::Sha256::digest(&m.data)[..16])
+            })
+            .build()
+            .unwrap();
+        let mut gossipsub =
+            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, cfg).unwrap();
+        gossipsub
+            .subscribe(&gossipsub::IdentTopic::new(super::super::gossip::TOPIC))
+            .unwrap();
+        Swarm::new(
+            transport,
+            RawBehaviour {
+                gossipsub,
+                ping: libp2p::ping::Behaviour::default(),
+            },
+            key.public().to_peer_id(),
+            libp2p::swarm::Config::with_tokio_executor()
+                .with_idle_connection_timeout(std::time::Duration::from_secs(3600)),
+        )
+    }
+
+    /// Dials `peer` at `addr` even when connected already.
+    pub fn dial_again(swarm: &mut Swarm<RawBehaviour>, peer: PeerId, addr: Multiaddr) {
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::Always)
+            .addresses(vec![addr])
+            .build();
+        swarm.dial(opts).unwrap();
+    }
+
+    /// Open connections as the swarm reports them.
+    #[derive(Default)]
+    pub struct Count {
+        pub open: usize,
+        pub resolved: usize,
+    }
+
+    impl Count {
+        pub fn on(&mut self, ev: &SwarmEvent<RawBehaviourEvent>) {
+            match ev {
+                SwarmEvent::ConnectionEstablished { .. } => {
+                    self.open += 1;
+                    self.resolved += 1;
+                }
+                SwarmEvent::ConnectionClosed { .. } => self.open -= 1,
+                SwarmEvent::OutgoingConnectionError { .. } => self.resolved += 1,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Issue 12 item 6: one peer dialling a node over and over keeps at most
+/// `MAX_CONNECTIONS_PER_PEER` connections (before the fix every dial stayed open: each
+/// costs yamux buffers and 32 inbound sub-streams).
+#[tokio::test]
+async fn one_peer_gets_at_most_max_connections_per_peer() {
+    let (_, a, _) = node(vec![], None, Arc::new(Map(HashMap::new()))).await;
+    let mut hostile = raw::swarm();
+    let dials = 3 * behaviour::MAX_CONNECTIONS_PER_PEER as usize;
+    for _ in 0..dials {
+        raw::dial_again(&mut hostile, a.local_peer_id(), a.dialable_addr().unwrap());
+    }
+    let mut count = raw::Count::default();
+    let limit = behaviour::MAX_CONNECTIONS_PER_PEER as usize;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !(count.resolved == dials && count.open == limit) {
+            let ev = hostile.select_next_some().await;
+            count.on(&ev);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "expected {limit} connections to stay open of {dials} dials; {} open, {} resolved",
+            count.open, count.resolved
+        )
+    });
+}
+
+/// Issue 12 item 6: a peer gossiping invalid heads is scored down until gossipsub drops its
+/// messages unread (graylisted), as node info's `gossipScore` shows; before the fix there was
+/// no scoring, so an invalid message cost a full decode and signature check each, for ever.
+#[tokio::test]
+async fn a_peer_gossiping_invalid_heads_is_graylisted() {
+    let (_, a, _) = node(vec![], None, Arc::new(Map(HashMap::new()))).await;
+    let mut hostile = raw::swarm();
+    let hostile_id = *hostile.local_peer_id();
+    hostile.dial(a.dialable_addr().unwrap()).unwrap();
+    let topic = gossipsub::IdentTopic::new(gossip::TOPIC);
+    let mut n: u32 = 0;
+    let graylisted = |a: &Handle| {
+        a.peers().iter().any(|p| {
+            p.peer_id == hostile_id.to_string()
+                && p.gossip_score
+                    .is_some_and(|s| (s as f64) < behaviour::GRAYLIST_THRESHOLD)
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let mut publish = tokio::time::interval(Duration::from_millis(50));
+        while !graylisted(&a) {
+            tokio::select! {
+                _ = hostile.select_next_some() => {}
+                _ = publish.tick() => {
+                    n += 1;
+                    // A head tag with junk behind it: fails decoding, so the node rejects it.
+                    let mut junk = vec![0x01, 0x00, 0x08];
+                    junk.extend_from_slice(&n.to_be_bytes());
+                    // "no peers subscribed" until the subscription exchange is done.
+                    let _ = hostile.behaviour_mut().gossipsub.publish(topic.clone(), junk);
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not graylisted after {n} invalid messages: {:?}", a.peers()));
 }

@@ -18,6 +18,7 @@ pub mod error;
 pub mod events;
 pub mod fields;
 mod json;
+pub mod metrics;
 pub mod ndjson;
 pub mod node;
 pub mod nodes;
@@ -64,6 +65,8 @@ pub fn routes(
     events::routes(node.events(), config)
         .or(nodes::routes(node.clone()))
         .unify()
+        .or(metrics::routes(node.clone()))
+        .unify()
         .or(node::routes(node, servers))
         .unify()
         .or(blobs::routes(blob_service, config.max_body_bytes))
@@ -78,5 +81,6 @@ pub async fn serve(node: NodeHandle, servers: Arc<node::Servers>) -> std::io::Re
     let config = ApiConfig::from_config(node.config());
     let addr = node.config().api_addr;
     let guard = origin::Guard::new(&node.config().web);
-    HttpServer::bind(addr, guard, routes(node, config, servers)).await
+    let requests = node.metrics().http();
+    HttpServer::bind_counted(addr, guard, Some(requests), routes(node, config, servers)).await
 }

@@ -29,6 +29,8 @@ use tokio::task::JoinSet;
 use tower_service::Service;
 use warp::Filter;
 
+use shoal_engine::metrics::HttpRequests;
+
 use crate::ndjson::{BoxError, StreamSlot};
 use crate::origin::Guard;
 
@@ -55,10 +57,28 @@ impl HttpServer {
             + Sync
             + 'static,
     {
+        Self::bind_counted(addr, guard, None, filter).await
+    }
+
+    /// [`Self::bind`], counting every answered request (refusals too) in `requests` by route
+    /// pattern (`metrics::route_pattern`) and status.
+    pub async fn bind_counted<F>(
+        addr: SocketAddr,
+        guard: Guard,
+        requests: Option<HttpRequests>,
+        filter: F,
+    ) -> std::io::Result<HttpServer>
+    where
+        F: Filter<Extract = (warp::reply::Response,), Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, guard, filter, stopped));
+        let task = tokio::spawn(accept_loop(listener, guard, requests, filter, stopped));
         Ok(HttpServer {
             local_addr,
             stop,
@@ -81,6 +101,7 @@ impl HttpServer {
 async fn accept_loop<F>(
     listener: TcpListener,
     guard: Guard,
+    requests: Option<HttpRequests>,
     filter: F,
     mut stopped: watch::Receiver<bool>,
 ) where
@@ -113,18 +134,28 @@ async fn accept_loop<F>(
         }
         let svc = warp::service(filter.clone());
         let guard = guard.clone();
+        let requests = requests.clone();
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let mut svc = svc.clone();
             let refused = guard.check(req.headers()).err();
+            let counted = requests
+                .clone()
+                .map(|r| (r, crate::metrics::route_pattern(req.uri().path())));
             async move {
-                if let Some(e) = refused {
-                    tracing::debug!(%peer, error = %e, "refused a request (browser safety)");
-                    return Ok::<_, Infallible>(with_stream_body(warp::Reply::into_response(e)));
-                }
-                let resp = match svc.call(req).await {
-                    Ok(resp) => resp,
-                    Err(never) => match never {},
+                let resp = match refused {
+                    Some(e) => {
+                        tracing::debug!(%peer, error = %e, "refused a request (browser safety)");
+                        warp::Reply::into_response(e)
+                    }
+                    None => match svc.call(req).await {
+                        Ok(resp) => resp,
+                        Err(never) => match never {},
+                    },
                 };
+                // Counted when the head is ready: a stream's status is known before its body.
+                if let Some((requests, route)) = counted {
+                    requests.answered(route, resp.status().as_u16());
+                }
                 Ok::<_, Infallible>(with_stream_body(resp))
             }
         });

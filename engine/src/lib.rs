@@ -22,6 +22,7 @@ pub mod head;
 pub mod health;
 pub mod identity;
 mod maintenance;
+pub mod metrics;
 pub mod node;
 pub mod replication;
 pub mod snapshots;

@@ -53,6 +53,7 @@ use crate::config::Config;
 use crate::events::{self, EventService, LamportClock};
 use crate::exchange::StoreBlocks;
 use crate::identity::{Identity, IdentityError};
+use crate::metrics::{self as metrics_mod, Metrics};
 use crate::swarm::{self, NetworkState, PeerInfo};
 
 /// Why a node could not start.
@@ -135,6 +136,7 @@ pub struct NodeHandle {
     nodes: crate::status::announce::Nodes,
     /// What the status announces of this node's apps; the apps part writes it.
     local_apps: Arc<watch::Sender<crate::status::announce::LocalApps>>,
+    metrics: Metrics,
 }
 
 /// How long each task gets to end after the shutdown signal before it is aborted.
@@ -157,12 +159,14 @@ impl Node {
         let store = Arc::new(store);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let offsets = recovered.offsets.clone();
+        let metrics = Metrics::new();
         let (events, writer) = events::start(
             recovered,
             store.clone(),
             identity.source().clone(),
             config.events.clone(),
             shutdown_rx.clone(),
+            &metrics,
         )
         .map_err(NodeError::Spawn)?;
         let started = async {
@@ -224,6 +228,7 @@ impl Node {
                 console,
                 nodes,
                 local_apps: Arc::new(local_apps),
+                metrics,
             },
             shutdown,
             writer: Some(writer),
@@ -373,23 +378,54 @@ impl NodeHandle {
         )
     }
 
+    /// The node's metric handles (the HTTP server counts its requests with them).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The `/metrics` exposition in `format`: the counted metrics and the state read now.
+    /// Safe to drop.
+    pub async fn metrics_text(&self, format: metrics_mod::Format) -> String {
+        let offsets = self.events.offsets();
+        let (peers_connected, known) = {
+            let network = self.network.borrow();
+            let connected = network.peers.values().filter(|p| p.connected).count() as u64;
+            (connected, network.known.clone())
+        };
+        let store = self.store.clone();
+        let sizes = tokio::task::spawn_blocking(move || {
+            let blob_bytes = match store
+                .reader()
+                .and_then(|r| shoal_store::blob::bytes_pinned(&r))
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot sum blob sizes for /metrics");
+                    0
+                }
+            };
+            (store_file_bytes(store.path()), blob_bytes)
+        })
+        .await;
+        let (store_bytes, blob_bytes) = sizes.unwrap_or((0, 0));
+        let snapshot = metrics_mod::Snapshot {
+            peers_connected,
+            store_bytes,
+            blob_bytes,
+            ..Default::default()
+        }
+        .with_sources(&offsets, &known);
+        self.metrics.encode(&snapshot, format)
+    }
+
     /// A snapshot for `GET /api/v1/node/info`. Safe to drop.
     pub async fn info(&self) -> NodeInfo {
         let offsets: OffsetMap = self.events.offsets();
         let network = self.network.borrow().clone();
         let store_path = self.store.path().to_path_buf();
-        let store_bytes = tokio::task::spawn_blocking(move || {
-            ["", "-wal", "-shm"]
-                .iter()
-                .filter_map(|suffix| {
-                    let mut p = store_path.clone().into_os_string();
-                    p.push(suffix);
-                    std::fs::metadata(p).ok().map(|m| m.len())
-                })
-                .sum()
-        })
-        .await
-        .unwrap_or(0);
+        let store_bytes = tokio::task::spawn_blocking(move || store_file_bytes(&store_path))
+            .await
+            .unwrap_or(0);
         let streams = match self.events.stream_count().await {
             Ok(n) => n,
             Err(e) => {
@@ -442,6 +478,18 @@ async fn start_swarm(
     }
     let blocks = Arc::new(StoreBlocks::open(store)?);
     Ok(swarm::spawn(swarm_cfg, blocks, offsets, shutdown).await?)
+}
+
+/// Size of the store's files (database, WAL, shared memory); a missing file counts 0. Blocking.
+fn store_file_bytes(store_path: &std::path::Path) -> u64 {
+    ["", "-wal", "-shm"]
+        .iter()
+        .filter_map(|suffix| {
+            let mut p = store_path.to_path_buf().into_os_string();
+            p.push(suffix);
+            std::fs::metadata(p).ok().map(|m| m.len())
+        })
+        .sum()
 }
 
 /// Union of stored and known offsets, by source.

@@ -612,6 +612,23 @@ pub fn list(r: &Reader) -> Result<Vec<BlobEntry>> {
     Ok(out)
 }
 
+/// Sum of the declared sizes of the blobs pinned here (uploaded, or fetched and kept): what
+/// `/metrics` reports as blob bytes stored. One alias lookup per blob; no block is read.
+pub fn bytes_pinned(r: &Reader) -> Result<u64> {
+    let conn = lock(&r.conn)?;
+    let mut stmt = conn.prepare_cached(META_ALL)?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
+    let mut total = 0u64;
+    for row in rows {
+        let (cid, size) = row?;
+        let cid = cid::from_bytes(&cid)?;
+        if blocks::alias_get(&conn, &format!("{PIN_PREFIX}{cid}"))?.is_some() {
+            total = total.saturating_add(size.max(0) as u64);
+        }
+    }
+    Ok(total)
+}
+
 /// Chunk indices covering bytes `start..end` (end exclusive, `start < end`).
 pub fn chunk_span(start: u64, end: u64, chunk: u64) -> std::ops::Range<u64> {
     start / chunk..end.div_ceil(chunk)

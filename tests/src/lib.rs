@@ -13,11 +13,13 @@
 //! - HTTP helpers over `reqwest` and [`Ndjson`] for streaming answers; every wait has a timeout.
 //! - [`raw_http`] speaks HTTP/1.1 by hand over TCP, for requests reqwest will not send (a lying
 //!   `Content-Length`).
+//! - [`prometheus`] parses `/metrics` with the official Python client's parser.
 //! - [`cli`] runs a `shoal` client command with a timeout (`cli.rs`); [`run_on_data_dir`] starts
 //!   a second `shoal run` on a data dir that must refuse it.
 
 mod cli;
 mod http;
+pub mod prometheus;
 
 pub use cli::{cli, CliOutput, CliStream};
 pub use http::{expect_error, expect_status, raw_http, within, Ndjson};

@@ -149,6 +149,7 @@ struct Inner {
     clock: Arc<LamportClock>,
     config: EventsConfig,
     shutdown: watch::Receiver<bool>,
+    publish_latency: crate::metrics::PublishLatency,
 }
 
 /// The writer thread of a running event service; [`WriterThread::stop`] commits what is queued,
@@ -189,13 +190,15 @@ pub struct Recovered {
 }
 
 /// Starts the writer thread (and its packer) on `recovered` and the event service over it, for
-/// this node's `source`; queries and subscriptions end when `shutdown` flips.
+/// this node's `source`; queries and subscriptions end when `shutdown` flips. What it commits
+/// and how long publishes take are counted in `metrics`.
 pub fn start(
     recovered: Recovered,
     store: Arc<Store>,
     source: SourceId,
     config: EventsConfig,
     shutdown: watch::Receiver<bool>,
+    metrics: &crate::metrics::Metrics,
 ) -> std::io::Result<(EventService, WriterThread)> {
     let (handles, thread) = writer::spawn(
         recovered.writer,
@@ -204,6 +207,7 @@ pub fn start(
         recovered.offsets,
         Arc::new(recovered.clock),
         config.clone(),
+        metrics.events(),
     )?;
     let thread = WriterThread {
         commands: handles.commands.clone(),
@@ -219,6 +223,7 @@ pub fn start(
             clock: handles.clock,
             config,
             shutdown,
+            publish_latency: metrics.publish_latency(),
         }),
     };
     Ok((service, thread))
@@ -234,6 +239,7 @@ impl EventService {
     /// committed. Dropping the future after it was queued does not cancel the append: the batch
     /// may still be stored.
     pub async fn publish(&self, mut events: Vec<PublishEvent>) -> Result<Published, EventsError> {
+        let started = std::time::Instant::now();
         if events.is_empty() {
             return Err(invalid(None, "data", "at least one event is required"));
         }
@@ -243,6 +249,8 @@ impl EventService {
         let stamps = self
             .call(|reply| writer::Command::Append { events, reply })
             .await?;
+        // Committed publishes only: a refused one says nothing about the commit path.
+        self.inner.publish_latency.observe(started.elapsed());
         Ok(Published {
             source: self.inner.source.clone(),
             stamps,
@@ -482,6 +490,7 @@ pub(crate) mod testing {
             SourceId::new(source),
             config,
             shutdown_rx,
+            &crate::metrics::Metrics::new(),
         )
         .expect("start writer");
         Parts {

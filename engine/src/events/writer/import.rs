@@ -115,6 +115,13 @@ impl State {
         if known.is_some_and(|k| k >= imported.last) {
             return ImportOutcome::Imported(imported);
         }
+        // Events new here: everything above what was stored of this source.
+        // (`known < imported.last` here; a peer's offsets are not trusted to leave room.)
+        let new_events = imported
+            .last
+            .saturating_add(1)
+            .saturating_sub(known.map_or(0, |k| k.saturating_add(1)));
+        self.counters.imported(new_events);
         self.offsets.send_modify(|o| {
             o.update(source.clone(), imported.last);
         });

@@ -48,6 +48,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use super::lamport::{self, LamportClock};
 use super::EventsConfig;
 use super::{EventsError, PublishEvent};
+use crate::metrics::EventCounters;
 pub use import::{ImportOutcome, ImportRequest};
 use packer::Packer;
 
@@ -174,6 +175,7 @@ pub(crate) fn spawn(
     offsets: OffsetMap,
     clock: Arc<LamportClock>,
     config: EventsConfig,
+    counters: EventCounters,
 ) -> std::io::Result<(Handles, std::thread::JoinHandle<()>)> {
     let (commands, rx) = mpsc::channel(config.command_queue.max(1));
     let (updates, _) = broadcast::channel(config.update_channel.max(1));
@@ -188,6 +190,7 @@ pub(crate) fn spawn(
         offsets: offsets_tx,
         updates: updates.clone(),
         config,
+        counters,
         last_timestamp: 0,
         lamport_covered: persisted,
         uploads: HashMap::new(),
@@ -214,6 +217,8 @@ struct State {
     offsets: watch::Sender<OffsetMap>,
     updates: broadcast::Sender<Arc<SourceUpdate>>,
     config: EventsConfig,
+    /// What this thread commits, counted for `/metrics`.
+    counters: EventCounters,
     /// Timestamps of local events never go backwards, even if the wall clock does.
     last_timestamp: u64,
     /// Highest lamport that is durable (persisted meta or a stored event).
@@ -381,6 +386,7 @@ impl State {
                     shared.clear();
                 }
                 self.lamport_covered = self.lamport_covered.max(first_lamport + n - 1);
+                self.counters.published(n);
                 self.offsets.send_modify(|o| {
                     o.update(self.source.clone(), appended.last);
                 });

@@ -16,6 +16,8 @@ pub mod blobs;
 pub mod config;
 pub mod connectivity;
 pub mod console;
+#[cfg(test)]
+mod decoders;
 pub mod events;
 pub mod exchange;
 pub mod head;

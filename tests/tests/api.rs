@@ -56,6 +56,9 @@ async fn publish_rejects_bad_input_and_stores_nothing() {
     node.publish(&[event("s", "n", json!(0))]).await.unwrap();
     let long = "x".repeat(1025);
     let too_many_tags: Vec<String> = (0..65).map(|i| format!("t{i}")).collect();
+    // Issue 12 item 6: a tag longer than 1024 bytes could grow a tree block past what peers
+    // accept (4 MiB), so the source would never replicate.
+    let long_tag = vec!["t".repeat(1025)];
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"{not json".to_vec(), "JSON"),
         (b"[1,2]".to_vec(), ""),
@@ -76,6 +79,12 @@ async fn publish_rejects_bad_input_and_stores_nothing() {
         (br#"{"data": [{"semantics": "s", "name": "n", "payload": 1, "tags": "t"}]}"#.to_vec(), "tags"),
         (br#"{"data": [{"semantics": "s", "name": "n", "payload": 1, "tags": [1]}]}"#.to_vec(), "tags"),
         (br#"{"data": [{"semantics": "s", "name": "n", "payload": 1, "tags": [""]}]}"#.to_vec(), "tags"),
+        (
+            json!({"data": [{"semantics": "s", "name": "n", "payload": 1, "tags": long_tag}]})
+                .to_string()
+                .into_bytes(),
+            "tags",
+        ),
         (
             json!({"data": [{"semantics": "s", "name": "n", "payload": 1, "tags": too_many_tags}]})
                 .to_string()

@@ -30,7 +30,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use filter::{Filter, Order, Query, StreamSelector, Subscription};
 pub use lamport::LamportClock;
-pub use publish::{PublishEvent, Published, MAX_NAME_BYTES, MAX_PAYLOAD_BYTES, MAX_TAGS};
+pub use publish::{
+    PublishEvent, Published, MAX_NAME_BYTES, MAX_PAYLOAD_BYTES, MAX_TAGS, MAX_TAG_BYTES,
+};
 pub(crate) use stream::ChunkSender;
 pub use stream::EventStream;
 pub use writer::{BlobWrite, ImportOutcome, ImportRequest, Origin, SourceUpdate, Stamp};

@@ -10,6 +10,10 @@ use super::{invalid, EventsError, Stamp};
 pub const MAX_NAME_BYTES: usize = 1024;
 /// Most tags per event (API.md).
 pub const MAX_TAGS: usize = 64;
+/// Longest tag, in bytes. Tags are kept exactly in the tree's keys and summaries (up to 64
+/// per subtree), which peers fetch as blocks of at most `exchange::MAX_BLOCK_SIZE` (4 MiB):
+/// unbounded tags could make a tree block no peer accepts, so its source never replicates.
+pub const MAX_TAG_BYTES: usize = 1024;
 /// Largest payload of one event, in bytes of compact JSON: one event must fit into one tree
 /// leaf (`TreeConfig::max_uncompressed_leaf_size`, 1 MiB, less the CBOR string header).
 pub const MAX_PAYLOAD_BYTES: usize = 1_000_000;
@@ -36,6 +40,13 @@ impl PublishEvent {
         check_name(i, "name", &self.name)?;
         if self.tags.iter().any(|t| t.is_empty()) {
             return Err(invalid(i, "tags", "a tag must not be empty"));
+        }
+        if let Some(t) = self.tags.iter().find(|t| t.len() > MAX_TAG_BYTES) {
+            return Err(invalid(
+                i,
+                "tags",
+                format!("a tag has at most {MAX_TAG_BYTES} bytes, got {}", t.len()),
+            ));
         }
         self.tags.sort_unstable();
         self.tags.dedup();

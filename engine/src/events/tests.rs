@@ -105,6 +105,14 @@ fn validation_names_fields() {
     assert!(e.validate(0).unwrap_err().to_string().contains("tags"));
     e.tags = vec![String::new()];
     assert!(e.validate(0).is_err());
+    e.tags = vec!["t".repeat(MAX_TAG_BYTES)];
+    e.validate(0).unwrap();
+    e.tags = vec!["t".repeat(MAX_TAG_BYTES + 1)];
+    let err = e.validate(0).unwrap_err().to_string();
+    assert!(
+        err.starts_with("[0].tags: a tag has at most 1024 bytes"),
+        "{err}"
+    );
     e.tags = vec![];
     e.name = "x".repeat(1025);
     assert!(e.validate(0).unwrap_err().to_string().contains("name"));

@@ -27,7 +27,7 @@ mod behaviour;
 mod budget;
 pub mod forks;
 pub mod gossip;
-mod heads;
+pub(crate) mod heads;
 mod redial;
 mod statuses;
 mod task;
@@ -194,7 +194,29 @@ pub struct NetworkState {
     pub forks: Vec<ForkInfo>,
 }
 
+/// Peers node info lists at most: a peer holding the swarm key can connect under ever new
+/// identities, and each would otherwise stay in the map for the life of the process.
+pub const MAX_PEERS_LISTED: usize = 1024;
+
 impl NetworkState {
+    /// Makes room for one more peer entry: when [`MAX_PEERS_LISTED`] are listed, the
+    /// disconnected peer heard of longest ago goes (connected peers are bounded far below by
+    /// the connection limits, so one is always there to go).
+    pub(crate) fn make_room_for_peer(&mut self) {
+        if self.peers.len() < MAX_PEERS_LISTED {
+            return;
+        }
+        let oldest = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.connected)
+            .min_by_key(|(_, p)| p.last_seen)
+            .map(|(id, _)| *id);
+        if let Some(id) = oldest {
+            self.peers.remove(&id);
+        }
+    }
+
     /// An address another node can dial, ending in `/p2p/<id>`: loopback if we listen on it
     /// (as with 0.0.0.0), else the first concrete listen address.
     pub fn dialable_addr(&self, local: PeerId) -> Option<Multiaddr> {

@@ -432,6 +432,9 @@ impl Task {
             tracing::debug!(%peer, %error, "dial failed again");
         }
         self.status(|s| {
+            if !s.peers.contains_key(&peer) {
+                s.make_room_for_peer();
+            }
             let p = s.peers.entry(peer).or_insert_with(|| PeerInfo {
                 peer_id: peer.to_string(),
                 addrs: vec![],
@@ -451,6 +454,9 @@ impl Task {
         let now = micros(SystemTime::now());
         self.status(|s| {
             let mut changed = false;
+            if !s.peers.contains_key(&peer) {
+                s.make_room_for_peer();
+            }
             let p = s.peers.entry(peer).or_insert_with(|| {
                 changed = true;
                 PeerInfo {

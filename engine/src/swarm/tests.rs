@@ -459,3 +459,39 @@ async fn a_peer_gossiping_invalid_heads_is_graylisted() {
     .await
     .unwrap_or_else(|_| panic!("not graylisted after {n} invalid messages: {:?}", a.peers()));
 }
+
+/// Issue 12 item 3: peers connecting under ever new identities do not grow node info's peer
+/// list without end: the disconnected peer heard of longest ago makes room; connected ones
+/// stay.
+#[test]
+fn the_peer_list_keeps_at_most_max_peers_listed() {
+    let mut s = NetworkState::default();
+    let info = |connected: bool, seen: u64| PeerInfo {
+        peer_id: String::new(),
+        addrs: vec![],
+        connected,
+        last_seen: Some(seen),
+        our_offset_stored: None,
+        last_error: None,
+        gossip_score: None,
+    };
+    let connected = PeerId::random();
+    s.peers.insert(connected, info(true, 0));
+    for i in 0..3 * MAX_PEERS_LISTED as u64 {
+        s.make_room_for_peer();
+        s.peers.insert(PeerId::random(), info(false, i + 1));
+    }
+    assert_eq!(s.peers.len(), MAX_PEERS_LISTED);
+    assert!(s.peers.contains_key(&connected));
+    let oldest = s
+        .peers
+        .values()
+        .filter_map(|p| p.last_seen)
+        .filter(|&t| t > 0)
+        .min();
+    assert_eq!(
+        oldest,
+        Some(2 * MAX_PEERS_LISTED as u64 + 2),
+        "the newest are kept"
+    );
+}

@@ -209,4 +209,45 @@ mod tests {
             let _ = cid_of(DAG_CBOR, &junk);
         }
     }
+
+    /// Blocks of one real tree, made once for all cases.
+    fn blocks_once() -> &'static [Vec<u8>] {
+        static BLOCKS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+        BLOCKS.get_or_init(some_blocks)
+    }
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1024)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(cases()))]
+
+        /// Tree blocks come from peers: random changes, insertions and cuts of real blocks
+        /// (which reach much further into the decoder than random bytes) never panic, and
+        /// a changed block that still validates is a well-formed node. The long run is
+        /// `PROPTEST_CASES=100000 cargo test --release -p shoal-store decoders` (BENCHMARKS.md).
+        #[test]
+        fn decoders_tree_block_mutations(
+            which in 0usize..64,
+            edits in proptest::collection::vec((0u8..3, proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..4),
+        ) {
+            let blocks = blocks_once();
+            let mut b = blocks[which % blocks.len()].clone();
+            for (kind, i, x) in edits {
+                let n = b.len();
+                match kind {
+                    0 if n > 0 => b[i % n] = x,
+                    1 => b.insert(i % (n + 1), x),
+                    _ => b.truncate(i % (n + 1)),
+                }
+            }
+            if validate(&b).is_ok() {
+                proptest::prop_assert!(open(&b).is_ok());
+            }
+        }
+    }
 }

@@ -259,12 +259,14 @@ fn parse_subscriptions(v: Option<&Value>) -> Result<Filter, ApiError> {
             obj,
             &path,
             &FILTER_KEYS,
-            "a filter has semantics, name, source and tags",
+            "a filter has semantics, name, source, tags, fromTime and toTime",
         )?;
-        for key in ["fromTime", "toTime"] {
-            if obj.get(key).is_some_and(|v| !v.is_null()) {
+        let from = opt_micros(obj, &path, "fromTime")?;
+        let to = opt_micros(obj, &path, "toTime")?;
+        if let (Some(f), Some(t)) = (from, to) {
+            if f > t {
                 return Err(ApiError::bad_request(format!(
-                    "{path}.{key}: time filters are not supported by this node yet"
+                    "{path}: fromTime {f} is after toTime {t} (both inclusive, µs since the epoch)"
                 )));
             }
         }
@@ -273,13 +275,29 @@ fn parse_subscriptions(v: Option<&Value>) -> Result<Filter, ApiError> {
             name: fields::opt_string(obj, &path, "name")?,
             source: fields::opt_string(obj, &path, "source")?.map(SourceId::new),
             tags: fields::string_list(obj, &path, "tags")?,
+            time: match (from, to) {
+                (None, None) => None,
+                (f, t) => Some(f.unwrap_or(0)..=t.unwrap_or(u64::MAX)),
+            },
         });
     }
     Ok(Filter(selectors))
 }
 
-/// Keys of a v1 subscription filter: the v1 three, and API.md's extensions (`tags`; the time
-/// bounds are recognised so their refusal can say they are not supported yet).
+/// An optional time bound of a filter: µs since the epoch, an integer ≥ 0.
+fn opt_micros(obj: &Map<String, Value>, path: &str, key: &str) -> Result<Option<u64>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{path}.{key}: must be an integer ≥ 0 (µs since the epoch, inclusive)"
+            ))
+        }),
+    }
+}
+
+/// Keys of a v1 subscription filter: the v1 three, and API.md's extensions (`tags` and the
+/// inclusive time bounds `fromTime`/`toTime`).
 const FILTER_KEYS: [&str; 6] = ["semantics", "name", "source", "tags", "fromTime", "toTime"];
 
 /// Parses a v1 query body.
@@ -468,9 +486,22 @@ mod tests {
         assert!(msg(parse_subscribe(br#"{"subscriptions":[{"Name":"a"}]}"#))
             .contains("unknown key(s) `Name`"));
         assert!(
-            msg(parse_subscribe(br#"{"subscriptions":[{"fromTime":1}]}"#))
-                .starts_with("subscriptions[0].fromTime: time filters are not supported")
+            msg(parse_subscribe(br#"{"subscriptions":[{"fromTime":-1}]}"#))
+                .starts_with("subscriptions[0].fromTime: must be an integer ≥ 0")
         );
+        assert!(
+            msg(parse_subscribe(br#"{"subscriptions":[{"toTime":"x"}]}"#))
+                .starts_with("subscriptions[0].toTime: must be an integer ≥ 0")
+        );
+        assert!(
+            msg(parse_subscribe(br#"{"subscriptions":[{"fromTime":5,"toTime":4}]}"#))
+                .starts_with("subscriptions[0]: fromTime 5 is after toTime 4")
+        );
+        let t = parse_subscribe(br#"{"subscriptions":[{"fromTime":5},{"toTime":9},{"fromTime":1,"toTime":1}]}"#)
+            .unwrap();
+        assert_eq!(t.filter.0[0].time, Some(5..=u64::MAX));
+        assert_eq!(t.filter.0[1].time, Some(0..=9));
+        assert_eq!(t.filter.0[2].time, Some(1..=1));
         assert!(
             msg(parse_subscribe(br#"{"subscriptions":[{"tags":["a",""]}]}"#))
                 .starts_with("subscriptions[0].tags: must be a list")

@@ -130,8 +130,9 @@ pub struct Event {
     pub payload: Box<RawValue>,
 }
 
-/// One alternative of a filter: every given field must match, and the event must carry every
-/// listed tag. An all-`None`, no-tags selector matches every event.
+/// One alternative of a filter: every given field must match, the event must carry every
+/// listed tag and its timestamp must lie in `time`. An all-`None`, no-tags selector matches
+/// every event.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Selector {
     pub semantics: Option<String>,
@@ -139,6 +140,10 @@ pub struct Selector {
     /// All required.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Inclusive timestamp range (microseconds) of this alternative alone (the filter's own
+    /// `time` applies to every alternative).
+    #[serde(default)]
+    pub time: Option<RangeInclusive<u64>>,
 }
 
 impl Selector {
@@ -148,6 +153,7 @@ impl Selector {
             semantics: Some(semantics.into()),
             name: Some(name.into()),
             tags: Vec::new(),
+            time: None,
         }
     }
 
@@ -157,12 +163,20 @@ impl Selector {
             semantics: None,
             name: None,
             tags: tags.into_iter().map(Into::into).collect(),
+            time: None,
         }
     }
 
     /// Does an event with these fields match?
-    pub fn matches(&self, semantics: &str, name: &str, tags: &[impl AsRef<str>]) -> bool {
-        self.semantics.as_deref().is_none_or(|s| s == semantics)
+    pub fn matches(
+        &self,
+        timestamp: u64,
+        semantics: &str,
+        name: &str,
+        tags: &[impl AsRef<str>],
+    ) -> bool {
+        self.time.as_ref().is_none_or(|r| r.contains(&timestamp))
+            && self.semantics.as_deref().is_none_or(|s| s == semantics)
             && self.name.as_deref().is_none_or(|n| n == name)
             && self
                 .tags
@@ -211,7 +225,7 @@ impl EventFilter {
             && self
                 .selectors
                 .as_ref()
-                .is_none_or(|sels| sels.iter().any(|s| s.matches(semantics, name, tags)))
+                .is_none_or(|sels| sels.iter().any(|s| s.matches(timestamp, semantics, name, tags)))
     }
 
     /// True when nothing can match (an empty selector list or an empty range).
@@ -232,12 +246,12 @@ mod tests {
     #[test]
     fn selector_semantics() {
         let tags = ["a", "b"];
-        assert!(Selector::default().matches("s", "n", &tags));
-        assert!(Selector::semantics_name("s", "n").matches("s", "n", &tags));
-        assert!(!Selector::semantics_name("s", "x").matches("s", "n", &tags));
-        assert!(Selector::tags(["a"]).matches("s", "n", &tags));
-        assert!(Selector::tags(["a", "b"]).matches("s", "n", &tags));
-        assert!(!Selector::tags(["a", "c"]).matches("s", "n", &tags));
+        assert!(Selector::default().matches(0, "s", "n", &tags));
+        assert!(Selector::semantics_name("s", "n").matches(0, "s", "n", &tags));
+        assert!(!Selector::semantics_name("s", "x").matches(0, "s", "n", &tags));
+        assert!(Selector::tags(["a"]).matches(0, "s", "n", &tags));
+        assert!(Selector::tags(["a", "b"]).matches(0, "s", "n", &tags));
+        assert!(!Selector::tags(["a", "c"]).matches(0, "s", "n", &tags));
     }
 
     #[test]

@@ -22,8 +22,8 @@ enum Op {
     },
 }
 
-/// (semantics index, name index, tag bits) of one selector.
-type SelectorSpec = (Option<usize>, Option<usize>, u8);
+/// (semantics index, name index, tag bits, time range) of one selector.
+type SelectorSpec = (Option<usize>, Option<usize>, u8, Option<(u64, u64)>);
 
 #[derive(Debug, Clone)]
 struct FilterSpec {
@@ -37,10 +37,11 @@ impl FilterSpec {
         EventFilter {
             selectors: self.selectors.as_ref().map(|sels| {
                 sels.iter()
-                    .map(|(s, n, tags)| Selector {
+                    .map(|(s, n, tags, time)| Selector {
                         semantics: s.map(|i| SEMANTICS[i].to_string()),
                         name: n.map(|i| NAMES[i].to_string()),
                         tags: tag_list(*tags),
+                        time: time.map(|(a, b)| a.min(b)..=a.max(b)),
                     })
                     .collect()
             }),
@@ -64,6 +65,7 @@ fn op() -> impl Strategy<Value = Op> {
         proptest::option::of(0..3usize),
         proptest::option::of(0..2usize),
         0u8..16,
+        proptest::option::of((0u64..1000, 0u64..1000)),
     );
     let filter = (
         proptest::option::of(proptest::collection::vec(selector, 0..3)),

@@ -482,6 +482,7 @@ impl SubscriptionSet {
                         name: name.clone(),
                         source: source.clone(),
                         tags: Vec::new(),
+                        time: None,
                     })
                     .collect(),
             ),
@@ -501,6 +502,7 @@ impl SubscriptionSet {
                             name,
                             source,
                             tags: Vec::new(),
+                            time: None,
                         });
                     }
                 }

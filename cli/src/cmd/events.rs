@@ -7,6 +7,8 @@
 //! streams, less shoal's own `shoal.*` events unless asked (`--internal`); subscribe runs until
 //! interrupted (Ctrl-C) or the node goes away. Bounds: `--after` is exclusive (the API's
 //! `lowerBound`), `--to` inclusive, like `store events --from/--to`'s inclusive range.
+//! `--tag` (repeatable) and `--since`/`--until` (inclusive, RFC 3339 or µs) become the API's
+//! filter extensions `tags`, `fromTime`, `toTime`, added to every filter.
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -72,6 +74,17 @@ struct FilterArgs {
     /// three flags above).
     #[arg(long, conflicts_with_all = ["semantics", "name", "source"])]
     subscriptions: Option<String>,
+    /// Only events carrying this tag (repeatable: every one); with --subscriptions, added to
+    /// each filter of the list.
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Only events stamped at or after this time: RFC 3339 (2026-11-23T15:04:05Z) or
+    /// microseconds since the epoch; with --subscriptions, added to each filter.
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Only events stamped at or before this time (inclusive), like --since.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
     /// Only events after these offsets (exclusive): an offset map as JSON, e.g.
     /// '{"<source>":41}' for offset 42 on; give what a previous run printed last to resume.
     #[arg(long, value_name = "OFFSETS")]
@@ -278,6 +291,7 @@ fn filter_body(f: &FilterArgs) -> Result<(Value, Option<Value>)> {
             json!([one])
         }
     };
+    let subscriptions = with_tags_and_time(subscriptions, f)?;
     if f.from.is_some() {
         eprintln!(
             "shoal: warning: --from is exclusive here (events after those offsets), unlike \
@@ -290,6 +304,55 @@ fn filter_body(f: &FilterArgs) -> Result<(Value, Option<Value>)> {
         (None, None) => None,
     };
     Ok((subscriptions, lower))
+}
+
+/// Adds `--tag`, `--since` and `--until` to every filter of `subscriptions` (the API's
+/// `tags`, `fromTime`, `toTime`; a filter's own tags are kept, its own bounds narrowed).
+fn with_tags_and_time(mut subscriptions: Value, f: &FilterArgs) -> Result<Value> {
+    let since = f.since.as_deref().map(|t| micros("--since", t)).transpose()?;
+    let until = f.until.as_deref().map(|t| micros("--until", t)).transpose()?;
+    if let (Some(s), Some(u)) = (since, until) {
+        if s > u {
+            bail!("--since ({s} µs) is after --until ({u} µs): nothing could match");
+        }
+    }
+    let Some(list) = subscriptions.as_array_mut() else {
+        return Ok(subscriptions);
+    };
+    for filter in list.iter_mut() {
+        let Some(obj) = filter.as_object_mut() else {
+            // The node names the bad entry in its answer.
+            continue;
+        };
+        if !f.tags.is_empty() {
+            let mut tags: Vec<Value> = obj
+                .get("tags")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            tags.extend(f.tags.iter().map(|t| json!(t)));
+            obj.insert("tags".into(), Value::Array(tags));
+        }
+        if let Some(s) = since {
+            let own = obj.get("fromTime").and_then(Value::as_u64).unwrap_or(0);
+            obj.insert("fromTime".into(), json!(own.max(s)));
+        }
+        if let Some(u) = until {
+            let own = obj.get("toTime").and_then(Value::as_u64).unwrap_or(u64::MAX);
+            obj.insert("toTime".into(), json!(own.min(u)));
+        }
+    }
+    Ok(subscriptions)
+}
+
+/// A `--since`/`--until` value: RFC 3339 or microseconds since the epoch.
+fn micros(flag: &str, text: &str) -> Result<u64> {
+    if let Ok(us) = text.trim().parse::<u64>() {
+        return Ok(us);
+    }
+    let us = shoal_engine::console::parse_rfc3339(text.trim())
+        .map_err(|e| anyhow::anyhow!("{flag} `{text}`: {e}, or microseconds since the epoch"))?;
+    u64::try_from(us).map_err(|_| anyhow::anyhow!("{flag} `{text}` is before 1970"))
 }
 
 fn offset_map(flag: &str, text: &str) -> Result<Value> {

@@ -1,15 +1,19 @@
-//! What a query or subscription asks for: selectors, order, bounds.
+//! What a query or subscription asks for: selectors (semantics, name, source, tags, time
+//! range), order, bounds.
 
 use shoal_store::{Event, EventFilter, OffsetMap, Selector, SourceId};
+use std::ops::RangeInclusive;
 
-/// One alternative of a query filter: every field given must equal the event's, and the event
-/// must carry every listed tag.
+/// One alternative of a query filter: every field given must equal the event's, the event
+/// must carry every listed tag, and its timestamp must lie in `time`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamSelector {
     pub semantics: Option<String>,
     pub name: Option<String>,
     pub source: Option<SourceId>,
     pub tags: Vec<String>,
+    /// Inclusive timestamp range (µs since the epoch); `None` = any time.
+    pub time: Option<RangeInclusive<u64>>,
 }
 
 /// Events matching any of the selectors. An empty list matches nothing;
@@ -34,6 +38,7 @@ impl Filter {
                 semantics: s.semantics.clone(),
                 name: s.name.clone(),
                 tags: s.tags.clone(),
+                time: s.time.clone(),
             })
             .collect();
         if selectors.is_empty() {
@@ -50,6 +55,7 @@ impl Filter {
     pub fn matches(&self, event: &Event) -> bool {
         self.0.iter().any(|s| {
             s.source.as_ref().is_none_or(|src| *src == event.source)
+                && s.time.as_ref().is_none_or(|r| r.contains(&event.timestamp))
                 && s.semantics.as_deref().is_none_or(|x| x == event.semantics)
                 && s.name.as_deref().is_none_or(|x| x == event.name)
                 && s.tags

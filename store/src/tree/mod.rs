@@ -16,6 +16,8 @@ mod glue;
 mod key;
 pub(crate) mod node;
 mod query;
+#[cfg(test)]
+mod skip_tests;
 mod summary;
 
 pub(crate) use glue::{SqliteReader, Staged, Stager, Staging};

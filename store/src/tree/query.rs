@@ -50,8 +50,11 @@ impl EventQuery {
                 .is_none_or(|r| Self::ranges_overlap(r, s.time.0, s.time.1))
             && self.filter.selectors.as_ref().is_none_or(|sels| {
                 sels.iter().any(|sel| {
-                    s.names
-                        .may_contain(sel.semantics.as_deref(), sel.name.as_deref())
+                    sel.time
+                        .as_ref()
+                        .is_none_or(|r| Self::ranges_overlap(r, s.time.0, s.time.1))
+                        && s.names
+                            .may_contain(sel.semantics.as_deref(), sel.name.as_deref())
                         && sel.tags.iter().all(|t| s.tags.may_contain(t))
                 })
             })
@@ -87,11 +90,8 @@ impl EventQuery {
 impl Query<EventTree> for EventQuery {
     fn containing(&self, offset: u64, index: &LeafIndex<EventTree>, res: &mut [bool]) {
         let keys = &index.keys;
-        let tables = self
-            .filter
-            .selectors
-            .as_ref()
-            .map(|sels| Self::leaf_tables(sels, keys));
+        let sels = self.filter.selectors.as_deref();
+        let tables = sels.map(|sels| Self::leaf_tables(sels, keys));
         let n = keys.len().min(res.len());
         for (i, r) in res.iter_mut().enumerate().take(n) {
             if !*r {
@@ -109,10 +109,14 @@ impl Query<EventTree> for EventQuery {
                     .time
                     .as_ref()
                     .is_none_or(|r| r.contains(&keys.time[i]))
-                && tables.as_ref().is_none_or(|t| {
+                && tables.as_ref().zip(sels).is_none_or(|(t, sels)| {
                     let ni = keys.name_idx[i] as usize;
                     let si = keys.tag_set_idx[i] as usize;
-                    t.iter().any(|(names, sets)| names[ni] && sets[si])
+                    t.iter().zip(sels).any(|((names, sets), sel)| {
+                        names[ni]
+                            && sets[si]
+                            && sel.time.as_ref().is_none_or(|r| r.contains(&keys.time[i]))
+                    })
                 });
             *r = ok;
         }

@@ -493,12 +493,14 @@ mod tests {
             msg(parse_subscribe(br#"{"subscriptions":[{"toTime":"x"}]}"#))
                 .starts_with("subscriptions[0].toTime: must be an integer ≥ 0")
         );
-        assert!(
-            msg(parse_subscribe(br#"{"subscriptions":[{"fromTime":5,"toTime":4}]}"#))
-                .starts_with("subscriptions[0]: fromTime 5 is after toTime 4")
-        );
-        let t = parse_subscribe(br#"{"subscriptions":[{"fromTime":5},{"toTime":9},{"fromTime":1,"toTime":1}]}"#)
-            .unwrap();
+        assert!(msg(parse_subscribe(
+            br#"{"subscriptions":[{"fromTime":5,"toTime":4}]}"#
+        ))
+        .starts_with("subscriptions[0]: fromTime 5 is after toTime 4"));
+        let t = parse_subscribe(
+            br#"{"subscriptions":[{"fromTime":5},{"toTime":9},{"fromTime":1,"toTime":1}]}"#,
+        )
+        .unwrap();
         assert_eq!(t.filter.0[0].time, Some(5..=u64::MAX));
         assert_eq!(t.filter.0[1].time, Some(0..=9));
         assert_eq!(t.filter.0[2].time, Some(1..=1));

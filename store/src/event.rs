@@ -222,10 +222,10 @@ impl EventFilter {
     ) -> bool {
         self.lamport.as_ref().is_none_or(|r| r.contains(&lamport))
             && self.time.as_ref().is_none_or(|r| r.contains(&timestamp))
-            && self
-                .selectors
-                .as_ref()
-                .is_none_or(|sels| sels.iter().any(|s| s.matches(timestamp, semantics, name, tags)))
+            && self.selectors.as_ref().is_none_or(|sels| {
+                sels.iter()
+                    .any(|s| s.matches(timestamp, semantics, name, tags))
+            })
     }
 
     /// True when nothing can match (an empty selector list or an empty range).

@@ -17,6 +17,7 @@
 
 pub mod blob;
 mod blocks;
+pub mod car;
 mod check;
 mod checkpoint;
 pub mod cid;

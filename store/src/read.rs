@@ -242,6 +242,17 @@ impl Reader {
         blocks::get(&*lock(&self.conn)?, cid)
     }
 
+    /// Every block of the DAG under `root` (root included), in no particular order (for
+    /// exports such as `shoal events dump`). `None` when a block
+    /// is absent (the DAG is incomplete here).
+    pub fn dag_blocks(&self, root: &Cid) -> Result<Option<Vec<Cid>>> {
+        let reached = blocks::reachable(&*lock(&self.conn)?, root)?;
+        if reached.iter().any(|r| !r.present) {
+            return Ok(None);
+        }
+        Ok(Some(reached.into_iter().map(|r| r.cid).collect()))
+    }
+
     /// Is the block present?
     pub fn has_block(&self, cid: &Cid) -> Result<bool> {
         blocks::has(&*lock(&self.conn)?, cid)

@@ -47,11 +47,20 @@ fn bound(model: &[Model], i: Option<usize>, nudge: i8) -> Option<u64> {
 }
 
 impl Spec {
+    /// The time bounds, ordered (an inverted range is a 400, tested on its own below).
+    fn bounds(&self, model: &[Model]) -> (Option<u64>, Option<u64>) {
+        let from = bound(model, self.from, self.nudge);
+        let to = bound(model, self.to, -self.nudge);
+        match (from, to) {
+            (Some(f), Some(t)) if f > t => (Some(t), Some(f)),
+            other => other,
+        }
+    }
+
     /// The API filter, and the model's answer over `model` followed by `extra` (bounds are
     /// drawn from `model` only).
     fn apply(&self, model: &[Model], extra: &[Model]) -> (Value, Vec<u64>) {
-        let from = bound(model, self.from, self.nudge);
-        let to = bound(model, self.to, -self.nudge);
+        let (from, to) = self.bounds(model);
         let tags = tag_list(self.tags);
         let semantics = self.semantics.map(|s| SEMANTICS[s]);
         let mut filter = serde_json::Map::new();
@@ -99,10 +108,7 @@ fn spec() -> impl Strategy<Value = Spec> {
 
 /// Batches of (semantics, tag bits) events.
 fn batches() -> impl Strategy<Value = Vec<Vec<(usize, u8)>>> {
-    proptest::collection::vec(
-        proptest::collection::vec((0..2usize, 0u8..16), 1..8),
-        3..12,
-    )
+    proptest::collection::vec(proptest::collection::vec((0..2usize, 0u8..16), 1..8), 3..12)
 }
 
 fn offsets(events: &[Value]) -> Vec<u64> {
@@ -152,13 +158,14 @@ fn cli_args(spec: &Spec, model: &[Model]) -> Vec<String> {
             us.to_string()
         }
     };
-    if let Some(f) = bound(model, spec.from, spec.nudge) {
+    let (from, to) = spec.bounds(model);
+    if let Some(f) = from {
         args.extend([
             "--since".to_string(),
             as_text(f, spec.from.unwrap_or(0) % 2 == 1),
         ]);
     }
-    if let Some(t) = bound(model, spec.to, -spec.nudge) {
+    if let Some(t) = to {
         args.extend([
             "--until".to_string(),
             as_text(t, spec.to.unwrap_or(0) % 2 == 1),
@@ -304,7 +311,16 @@ async fn bad_time_bounds_are_refused_with_the_path_and_cli_says_what_to_do() {
         out.stderr
     );
     let out = cli(
-        &["events", "subscribe", "--node", &url, "--since", "10", "--until", "5"],
+        &[
+            "events",
+            "subscribe",
+            "--node",
+            &url,
+            "--since",
+            "10",
+            "--until",
+            "5",
+        ],
         None,
     )
     .unwrap();

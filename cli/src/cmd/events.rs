@@ -309,8 +309,16 @@ fn filter_body(f: &FilterArgs) -> Result<(Value, Option<Value>)> {
 /// Adds `--tag`, `--since` and `--until` to every filter of `subscriptions` (the API's
 /// `tags`, `fromTime`, `toTime`; a filter's own tags are kept, its own bounds narrowed).
 fn with_tags_and_time(mut subscriptions: Value, f: &FilterArgs) -> Result<Value> {
-    let since = f.since.as_deref().map(|t| micros("--since", t)).transpose()?;
-    let until = f.until.as_deref().map(|t| micros("--until", t)).transpose()?;
+    let since = f
+        .since
+        .as_deref()
+        .map(|t| micros("--since", t))
+        .transpose()?;
+    let until = f
+        .until
+        .as_deref()
+        .map(|t| micros("--until", t))
+        .transpose()?;
     if let (Some(s), Some(u)) = (since, until) {
         if s > u {
             bail!("--since ({s} µs) is after --until ({u} µs): nothing could match");
@@ -338,7 +346,10 @@ fn with_tags_and_time(mut subscriptions: Value, f: &FilterArgs) -> Result<Value>
             obj.insert("fromTime".into(), json!(own.max(s)));
         }
         if let Some(u) = until {
-            let own = obj.get("toTime").and_then(Value::as_u64).unwrap_or(u64::MAX);
+            let own = obj
+                .get("toTime")
+                .and_then(Value::as_u64)
+                .unwrap_or(u64::MAX);
             obj.insert("toTime".into(), json!(own.min(u)));
         }
     }

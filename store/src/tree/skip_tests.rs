@@ -89,14 +89,22 @@ fn rare_selections_read_only_the_path_to_their_leaves() {
         }
         w.pack(&source).unwrap();
     }
-    let shape = store.reader().unwrap().tree_shape(&source).unwrap().unwrap();
+    let shape = store
+        .reader()
+        .unwrap()
+        .tree_shape(&source)
+        .unwrap()
+        .unwrap();
     let depth = shape.nodes.iter().map(|n| n.level).max().unwrap() as usize;
     let leaves = shape.nodes.iter().filter(|n| n.level == 0).count();
     let blocks = shape.nodes.len();
 
     let (all, full_reads) = read(&store, &source, EventFilter::all());
     assert_eq!(all, EVENTS);
-    assert!(full_reads >= blocks, "{full_reads} reads for {blocks} nodes");
+    assert!(
+        full_reads >= blocks,
+        "{full_reads} reads for {blocks} nodes"
+    );
 
     // The rare tag lies in one or two leaves: the read loads the root-to-leaf paths to them and
     // nothing else. Without a branch cache banyan loads a branch again when it opens a leaf
@@ -130,7 +138,10 @@ fn rare_selections_read_only_the_path_to_their_leaves() {
     }]);
     let (n, time_reads) = read(&store, &source, by_time);
     assert_eq!(n, RARE.end - RARE.start);
-    assert!(time_reads <= bound, "{time_reads} reads by time (bound {bound})");
+    assert!(
+        time_reads <= bound,
+        "{time_reads} reads by time (bound {bound})"
+    );
 
     // Tag and time together: the alternative must match both, so a time range outside the
     // burst reads no leaf at all.

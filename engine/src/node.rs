@@ -133,9 +133,9 @@ pub struct NodeHandle {
     shutdown: watch::Receiver<bool>,
     console: crate::console::Console,
     /// Every node of the swarm (`GET /api/v1/nodes`), from the status gossip.
-    nodes: crate::status::announce::Nodes,
+    nodes: crate::announce::Nodes,
     /// What the status announces of this node's apps; the apps part writes it.
-    local_apps: Arc<watch::Sender<crate::status::announce::LocalApps>>,
+    local_apps: Arc<watch::Sender<crate::announce::LocalApps>>,
     metrics: Metrics,
 }
 
@@ -205,15 +205,14 @@ impl Node {
             shutdown_rx.clone(),
         );
         let (local_apps, local_apps_rx) = watch::channel(Default::default());
-        let local =
-            crate::status::announce::Local::new(events.clone(), swarm.status(), local_apps_rx);
-        let announcer = tokio::spawn(crate::status::announce::run(
+        let local = crate::announce::Local::new(events.clone(), swarm.status(), local_apps_rx);
+        let announcer = tokio::spawn(crate::announce::run(
             identity.keypair().clone(),
             local.clone(),
             swarm.clone(),
             shutdown_rx.clone(),
         ));
-        let nodes = crate::status::announce::Nodes::new(local, swarm.clone());
+        let nodes = crate::announce::Nodes::new(local, swarm.clone());
         tracing::info!(source = %identity.source(), data_dir = %config.data_dir.display(), "node started");
         Ok(Node {
             handle: NodeHandle {
@@ -306,12 +305,12 @@ impl NodeHandle {
     }
 
     /// Every node of the swarm, from the status gossip (this node included).
-    pub fn nodes(&self) -> crate::status::announce::Nodes {
+    pub fn nodes(&self) -> crate::announce::Nodes {
         self.nodes.clone()
     }
 
     /// Replaces what this node's status says of its apps (announced soon after).
-    pub fn report_apps(&self, apps: crate::status::announce::LocalApps) {
+    pub fn report_apps(&self, apps: crate::announce::LocalApps) {
         self.local_apps.send_if_modified(|old| {
             let changed = *old != apps;
             *old = apps;

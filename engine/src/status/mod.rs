@@ -26,8 +26,6 @@
 //! [`NodeStatus`]), u8 signature length, signature over `"shoal/status/1\0"` + everything
 //! before the signature.
 
-pub mod announce;
-
 use std::time::Duration;
 
 use libp2p::identity::Keypair;

@@ -16,8 +16,10 @@ use libp2p::identity::Keypair;
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
-use super::{AppStatus, CommandOutcome, NodeStatus, SignedStatus, ANNOUNCE_INTERVAL, MAX_LISTED};
 use crate::events::EventService;
+use crate::status::{
+    AppStatus, CommandOutcome, NodeStatus, SignedStatus, ANNOUNCE_INTERVAL, MAX_LISTED,
+};
 use crate::swarm::{self, NetworkState};
 
 /// Delay between a change of connected peers and the announcement it causes.

@@ -21,6 +21,7 @@
 //! This module knows nothing of HTTP; the store does the bytes, the swarm moves blocks.
 
 mod fetch;
+mod walk;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -22,6 +22,7 @@ use shoal_store::{Cid, Reader};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::walk::{ChunkRef, LinkSource, Walk};
 use super::{BlobService, BlobsError, ByteStream};
 use crate::events::BlobWrite;
 use crate::exchange::FetchEvent;
@@ -197,14 +198,6 @@ pub(super) fn read_range(svc: BlobService, opened: Opened, start: u64, end: u64)
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-/// A chunk of the range: its CID, offset in the blob and length.
-#[derive(Debug, Clone, Copy)]
-struct ChunkRef {
-    cid: Cid,
-    offset: u64,
-    len: u64,
-}
-
 struct Read {
     svc: BlobService,
     reader: Reader,
@@ -224,14 +217,50 @@ struct Read {
     started: Instant,
 }
 
+impl LinkSource for Read {
+    async fn link_block(&mut self, cid: Cid) -> Result<Bytes, BlobsError> {
+        if let Some(d) = self.local(cid).await? {
+            return Ok(d);
+        }
+        let got = fetch_all(&self.svc, vec![cid]).await?;
+        let data = got
+            .into_iter()
+            .find(|(c, _)| *c == cid)
+            .map(|(_, d)| d)
+            .ok_or_else(|| BlobsError::NotFound(format!("no peer delivered link block {cid}")))?;
+        self.svc
+            .write(BlobWrite::Put {
+                chunks: vec![(cid, data.clone())],
+                links: Vec::new(),
+                upload: None,
+            })
+            .await?;
+        Ok(data)
+    }
+}
+
 impl Read {
     async fn run(&mut self, opened: &Opened, start: u64, end: u64) -> Result<(), BlobsError> {
         if start >= end {
             return Ok(());
         }
-        let chunks = self.chunks(&opened.root, start, end).await?;
-        for i in 0..chunks.len() {
-            let c = chunks[i];
+        // The chunks from the current one to `read_ahead` past it; the walk yields the rest.
+        let ahead = self.svc.config().read_ahead.max(1);
+        let mut walk = Walk::new(opened.root.clone(), start, end);
+        let mut window: VecDeque<ChunkRef> = VecDeque::new();
+        let mut walked = false;
+        let mut i = 0usize;
+        loop {
+            while !walked && window.len() <= ahead {
+                match walk.next(self).await? {
+                    Some(c) => window.push_back(c),
+                    None => walked = true,
+                }
+            }
+            let Some(&c) = window.front() else {
+                break;
+            };
+            let last = walked && window.len() == 1;
             let data = match self.pending.remove(&c.cid) {
                 Some(d) => d,
                 None => {
@@ -243,7 +272,7 @@ impl Read {
                     match local {
                         Some(d) => d,
                         None => {
-                            self.ask_ahead(&chunks, i).await?;
+                            self.ask_ahead(&window, i, i).await?;
                             if !self.requested.contains(&c.cid) {
                                 // A repeated chunk whose first copy is still being written.
                                 self.ask(vec![c.cid]).await?;
@@ -254,7 +283,7 @@ impl Read {
                 }
             };
             if self.fetch.is_some() {
-                self.ask_ahead(&chunks, i + 1).await?;
+                self.ask_ahead(&window, i, i + 1).await?;
             }
             if data.len() as u64 != c.len {
                 return Err(BlobsError::Corrupt(format!(
@@ -264,7 +293,7 @@ impl Read {
                     c.len
                 )));
             }
-            if i + 1 == chunks.len() {
+            if last {
                 // Stored before the client has the last byte: a HEAD right after the download
                 // then reports the blob complete.
                 self.store_fetched().await?;
@@ -277,6 +306,8 @@ impl Read {
             if self.tx.send(Ok(data.slice(from..to))).await.is_err() {
                 return Ok(()); // the client went away
             }
+            window.pop_front();
+            i += 1;
         }
         while let Some(w) = self.writes.pop_front() {
             w.await??;
@@ -289,104 +320,28 @@ impl Read {
         Ok(())
     }
 
-    /// The chunks covering `start..end`, walking (and fetching) only the link blocks on the way.
-    async fn chunks(
-        &mut self,
-        root: &LinkNode,
-        start: u64,
-        end: u64,
-    ) -> Result<Vec<ChunkRef>, BlobsError> {
-        let mut level: Vec<(LinkNode, u64)> = vec![(root.clone(), 0)];
-        loop {
-            let mut children: Vec<(Cid, u64, u64)> = Vec::new();
-            let leaves = level.first().is_some_and(|(n, _)| n.height == 1);
-            for (node, base) in &level {
-                let span = node.child_span();
-                let lo = start.max(*base) - base;
-                let hi = end.min(base + node.size) - base;
-                if lo >= hi {
-                    continue;
-                }
-                for i in (lo / span) as usize..=((hi - 1) / span) as usize {
-                    let cid = *node.links.get(i).ok_or_else(|| {
-                        BlobsError::Corrupt(format!("link {i} missing in a blob tree node"))
-                    })?;
-                    children.push((cid, base + i as u64 * span, node.child_size(i)));
-                }
-            }
-            if leaves {
-                return Ok(children
-                    .into_iter()
-                    .map(|(cid, offset, len)| ChunkRef { cid, offset, len })
-                    .collect());
-            }
-            let cids: Vec<Cid> = children.iter().map(|c| c.0).collect();
-            let mut blocks = self.local_many(cids.clone()).await?;
-            let missing: Vec<Cid> = cids
-                .iter()
-                .filter(|c| !blocks.contains_key(c))
-                .copied()
-                .collect();
-            if !missing.is_empty() {
-                let got = fetch_all(&self.svc, missing).await?;
-                self.svc
-                    .write(BlobWrite::Put {
-                        chunks: got.clone(),
-                        links: Vec::new(),
-                        upload: None,
-                    })
-                    .await?;
-                blocks.extend(got);
-            }
-            let mut next = Vec::with_capacity(children.len());
-            for (cid, offset, size) in children {
-                let data = blocks
-                    .get(&cid)
-                    .ok_or_else(|| BlobsError::Corrupt(format!("link block {cid} vanished")))?;
-                let node = LinkNode::decode(&cid, data)?;
-                if node.size != size || node.height + 1 != level[0].0.height {
-                    return Err(BlobsError::Corrupt(format!(
-                        "link block {cid} does not fit its parent"
-                    )));
-                }
-                next.push((node, offset));
-            }
-            level = next;
-        }
-    }
-
     async fn local(&self, cid: Cid) -> Result<Option<Bytes>, BlobsError> {
         let reader = self.reader.clone();
         let data = tokio::task::spawn_blocking(move || reader.get_block(&cid)).await??;
         Ok(data.map(Bytes::from))
     }
 
-    async fn local_many(&self, cids: Vec<Cid>) -> Result<HashMap<Cid, Bytes>, BlobsError> {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut out = HashMap::new();
-            for cid in cids {
-                if let Some(d) = reader.get_block(&cid)? {
-                    out.insert(cid, Bytes::from(d));
-                }
-            }
-            Ok::<_, shoal_store::Error>(out)
-        })
-        .await?
-        .map_err(Into::into)
-    }
-
     /// Asks peers for the chunks in `from .. from + read_ahead` that are neither local, nor
-    /// fetched, nor asked for already.
-    async fn ask_ahead(&mut self, chunks: &[ChunkRef], from: usize) -> Result<(), BlobsError> {
-        let upto = (from + self.svc.config().read_ahead.max(1)).min(chunks.len());
+    /// fetched, nor asked for already. `window[0]` is chunk number `front` of the range.
+    async fn ask_ahead(
+        &mut self,
+        window: &VecDeque<ChunkRef>,
+        front: usize,
+        from: usize,
+    ) -> Result<(), BlobsError> {
+        let upto = (from + self.svc.config().read_ahead.max(1)).min(front + window.len());
         let start = self.classified.max(from);
         if start >= upto {
             return Ok(());
         }
         self.classified = upto;
-        let candidates: Vec<Cid> = chunks[start..upto]
-            .iter()
+        let candidates: Vec<Cid> = window
+            .range(start - front..upto - front)
             .map(|c| c.cid)
             .filter(|c| !self.pending.contains_key(c) && !self.requested.contains(c))
             .collect();

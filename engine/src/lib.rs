@@ -28,6 +28,7 @@ mod maintenance;
 pub mod metrics;
 pub mod node;
 pub mod replication;
+pub mod remote;
 pub mod snapshots;
 pub mod status;
 pub mod swarm;

@@ -234,8 +234,9 @@ mod tests {
 
     #[test]
     fn defaults_and_bad_commands() {
-        let c = Command::parse(r#"{"to":"x","action":"deploy","app":"a","version":"1","package":"p"}"#)
-            .unwrap();
+        let c =
+            Command::parse(r#"{"to":"x","action":"deploy","app":"a","version":"1","package":"p"}"#)
+                .unwrap();
         assert!(matches!(c.action, Action::Deploy { start: true, .. }));
         for bad in [
             r#"{"to":"x","action":"explode","app":"a"}"#,

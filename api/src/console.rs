@@ -63,6 +63,25 @@ pub fn routes(
     post.or(get).unify().recover(error::recover).unify()
 }
 
+/// `GET /api/v1/logs` alone, for the API server (the dashboard reads the console log from its
+/// own origin); rejections are left to the API's recover.
+pub fn read_route(
+    console: Console,
+    config: ApiConfig,
+    shutdown: watch::Receiver<bool>,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let keepalive = config.keepalive;
+    warp::path!("api" / "v1" / "logs")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .map(move |query: HashMap<String, String>| {
+            match read(&console, &query, keepalive, shutdown.clone()) {
+                Ok(r) => r,
+                Err(e) => e.into_response(),
+            }
+        })
+}
+
 /// Binds the console API of `node` on its configured `console-addr`; `api` is the address the
 /// node's API (and its pages) is served on (browser safety, `origin.rs`).
 pub async fn serve_node(node: NodeHandle, api: SocketAddr) -> std::io::Result<HttpServer> {

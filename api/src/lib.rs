@@ -14,6 +14,7 @@
 pub mod blobs;
 pub mod body;
 pub mod console;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod fields;
@@ -21,6 +22,7 @@ mod json;
 pub mod metrics;
 pub mod ndjson;
 pub mod node;
+mod node_events;
 pub mod nodes;
 pub mod origin;
 pub mod server;
@@ -62,7 +64,12 @@ pub fn routes(
     servers: Arc<node::Servers>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let blob_service = node.blobs();
+    let console = console::read_route(node.console(), config, node.shutdown_signal());
     events::routes(node.events(), config)
+        .or(dashboard::routes())
+        .unify()
+        .or(console)
+        .unify()
         .or(nodes::routes(node.clone()))
         .unify()
         .or(metrics::routes(node.clone()))

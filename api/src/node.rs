@@ -1,7 +1,8 @@
 //! `/api/v1/node`: `id` (the source id as plain text), `info` (JSON; the struct lives in the
 //! engine so that the swarm can add fields without touching the API; this file adds where the
 //! node's other HTTP servers listen, [`Servers`], so clients given only the API URL find the
-//! console) and `health` (200
+//! console), `events` (the same info as server-sent events, on every change: `node_events.rs`)
+//! and `health` (200
 //! `{"status":"ok"}`, or 503 `ERR_UNHEALTHY` naming the reason; the check is
 //! `shoal_engine::health`).
 
@@ -50,30 +51,23 @@ pub fn routes(
             )
             .into_response()
         });
+    let info_servers = servers.clone();
     let info = warp::path!("api" / "v1" / "node" / "info")
         .and(warp::get())
         .and(with())
         .then(move |node: NodeHandle| {
-            let servers = servers.clone();
+            let servers = info_servers.clone();
             async move {
-                let mut info = match serde_json::to_value(node.info().await) {
-                    Ok(info) => info,
-                    Err(e) => {
-                        return crate::error::ApiError::internal(e.to_string()).into_response()
-                    }
-                };
-                let config = node.config();
-                let console = servers
-                    .console
-                    .get()
-                    .copied()
-                    .unwrap_or(config.console_addr);
-                let store = servers.store.get().copied().unwrap_or(config.store_addr);
-                info["consoleAddr"] = console.to_string().into();
-                info["storeAddr"] = store.to_string().into();
-                warp::reply::json(&info).into_response()
+                match info_json(&node, &servers).await {
+                    Ok(info) => warp::reply::json(&info).into_response(),
+                    Err(e) => crate::error::ApiError::internal(e.to_string()).into_response(),
+                }
             }
         });
+    let events = warp::path!("api" / "v1" / "node" / "events")
+        .and(warp::get())
+        .and(with())
+        .map(move |node: NodeHandle| crate::node_events::response(node, servers.clone()));
     let health = warp::path!("api" / "v1" / "node" / "health")
         .and(warp::get())
         .and(with())
@@ -83,5 +77,24 @@ pub fn routes(
                 Err(e) => crate::error::ApiError::unhealthy(e.to_string()).into_response(),
             }
         });
-    id.or(info).unify().or(health).unify()
+    id.or(info).unify().or(health).unify().or(events).unify()
+}
+
+/// Node info as `GET /api/v1/node/info` answers it: the engine's facts plus where this node's
+/// other servers listen.
+pub(crate) async fn info_json(
+    node: &NodeHandle,
+    servers: &Servers,
+) -> Result<serde_json::Value, serde_json::Error> {
+    let mut info = serde_json::to_value(node.info().await)?;
+    let config = node.config();
+    let console = servers
+        .console
+        .get()
+        .copied()
+        .unwrap_or(config.console_addr);
+    let store = servers.store.get().copied().unwrap_or(config.store_addr);
+    info["consoleAddr"] = console.to_string().into();
+    info["storeAddr"] = store.to_string().into();
+    Ok(info)
 }

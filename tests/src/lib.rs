@@ -103,6 +103,8 @@ fn is_fresh(bin: &Path, workspace: &Path) -> bool {
         stack.push(workspace.join(krate).join("Cargo.toml"));
         stack.push(workspace.join(krate).join("src"));
     }
+    // The dashboard's files are compiled in (`include_str!`).
+    stack.push(workspace.join("api").join("ui"));
     while let Some(path) = stack.pop() {
         let Ok(meta) = std::fs::metadata(&path) else {
             continue;

@@ -146,6 +146,8 @@ impl Out {
             .map(|a| a.iter().map(plain).collect())
             .unwrap_or_default();
         writeln!(self.w, "listening:  {}", addrs.join(" "))?;
+        writeln!(self.w, "console:    {}", field("consoleAddr"))?;
+        writeln!(self.w, "store api:  {}", field("storeAddr"))?;
         let peers = v["peers"].as_array().cloned().unwrap_or_default();
         writeln!(self.w, "peers:      {}", peers.len())?;
         for p in &peers {
@@ -159,7 +161,12 @@ impl Out {
                 Some(o) => format!("  holds our events up to offset {o}"),
                 None => String::new(),
             };
-            writeln!(self.w, "  {}  {state}{holds}", plain(&p["peerId"]))?;
+            // Why the last dial failed (as the dashboard's peers table shows it).
+            let error = match p["lastError"].as_str() {
+                Some(e) => format!("  last error: {e}"),
+                None => String::new(),
+            };
+            writeln!(self.w, "  {}  {state}{holds}{error}", plain(&p["peerId"]))?;
         }
         // Replication progress: what gossip says exists vs what is stored here.
         let sources = v["sources"].as_array().cloned().unwrap_or_default();

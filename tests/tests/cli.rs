@@ -262,6 +262,12 @@ async fn node_info_and_logs_tail() {
     );
     assert!(info["storeBytes"].is_u64());
     assert_eq!(info["consoleAddr"], node.console.to_string());
+    // The facts of the dashboard's node pane are in the text too.
+    assert!(
+        human.contains(&format!("console:    {}", node.console))
+            && human.contains(&format!("store api:  {}", node.store)),
+        "{human}"
+    );
 
     let console = format!("http://{}", node.console);
     let entry = json!({"severity": "warn", "logName": "app", "message": "disk almost full",

@@ -15,6 +15,7 @@ pub mod blobs;
 pub mod body;
 pub mod console;
 pub mod dashboard;
+pub mod dump;
 pub mod error;
 pub mod events;
 pub mod fields;
@@ -69,6 +70,8 @@ pub fn routes(
         .or(dashboard::routes())
         .unify()
         .or(console)
+        .unify()
+        .or(dump::routes(node.backup()))
         .unify()
         .or(nodes::routes(node.clone()))
         .unify()

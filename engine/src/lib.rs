@@ -19,6 +19,7 @@ pub mod connectivity;
 pub mod console;
 #[cfg(test)]
 mod decoders;
+pub mod dump;
 pub mod events;
 pub mod exchange;
 pub mod head;

@@ -137,6 +137,7 @@ pub struct NodeHandle {
     /// What the status announces of this node's apps; the apps part writes it.
     local_apps: Arc<watch::Sender<crate::announce::LocalApps>>,
     metrics: Metrics,
+    backup: crate::dump::Backup,
 }
 
 /// How long each task gets to end after the shutdown signal before it is aborted.
@@ -199,6 +200,12 @@ impl Node {
             Arc::new(swarm.clone()),
             config.blobs.clone(),
         );
+        let backup = crate::dump::Backup::new(
+            store.clone(),
+            events.clone(),
+            swarm.clone(),
+            identity.keypair().clone(),
+        );
         let maintenance = crate::maintenance::spawn(
             events.clone(),
             replication.sync_activity,
@@ -228,6 +235,7 @@ impl Node {
                 nodes,
                 local_apps: Arc::new(local_apps),
                 metrics,
+                backup,
             },
             shutdown,
             writer: Some(writer),
@@ -302,6 +310,11 @@ impl NodeHandle {
     /// The event service (clone it freely).
     pub fn events(&self) -> EventService {
         self.events.clone()
+    }
+
+    /// Dump and restore of the event logs (`events dump` / `restore`).
+    pub fn backup(&self) -> crate::dump::Backup {
+        self.backup.clone()
     }
 
     /// Every node of the swarm, from the status gossip (this node included).

@@ -1,4 +1,4 @@
-//! `shoal events offsets|publish|query|subscribe`: the event service of a running node, over its
+//! `shoal events offsets|publish|query|subscribe|dump|restore`: the event service of a running node, over its
 //! HTTP API (`--node`, default the local API).
 //!
 //! Publish takes one event from arguments (`<semantics> <name> <payload-json> [--tag T]...`) or
@@ -8,7 +8,9 @@
 //! interrupted (Ctrl-C) or the node goes away. Bounds: `--after` is exclusive (the API's
 //! `lowerBound`), `--to` inclusive, like `store events --from/--to`'s inclusive range.
 //! `--tag` (repeatable) and `--since`/`--until` (inclusive, RFC 3339 or µs) become the API's
-//! filter extensions `tags`, `fromTime`, `toTime`, added to every filter.
+//! filter extensions `tags`, `fromTime`, `toTime`, added to every filter. `dump` and `restore`
+//! stream a CAR file to and from the node (`/api/v1/events/dump|restore`), with a progress bar
+//! in bytes.
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -37,6 +39,24 @@ enum Command {
     Query(QueryArgs),
     /// Stored events above a lower bound, then new ones as they come; runs until interrupted.
     Subscribe(SubscribeArgs),
+    /// Every source's signed head and tree blocks, as a CAR file (a backup; see `restore`).
+    Dump(DumpArgs),
+    /// Imports a dump as if it had been replicated (signatures and hashes checked); returns
+    /// once the restored events are queryable.
+    Restore(RestoreArgs),
+}
+
+#[derive(clap::Args)]
+struct DumpArgs {
+    /// Where to write the dump; default stdout.
+    #[arg(long, short)]
+    output: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// A file written by `shoal events dump`.
+    file: std::path::PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -166,7 +186,105 @@ async fn run_async(args: Args) -> Result<()> {
         Command::Publish(p) => publish(&client, format, p).await,
         Command::Query(q) => query(&client, format, q).await,
         Command::Subscribe(s) => subscribe(&client, format, s).await,
+        Command::Dump(d) => dump(&client, d).await,
+        Command::Restore(r) => restore(&client, format, r).await,
     }
+}
+
+const DUMP_PATH: &str = "/api/v1/events/dump";
+const RESTORE_PATH: &str = "/api/v1/events/restore";
+
+async fn dump(client: &Client, args: DumpArgs) -> Result<()> {
+    use futures::StreamExt;
+    use std::io::Write;
+    let resp = client
+        .send_request(client.request(reqwest::Method::GET, DUMP_PATH), DUMP_PATH)
+        .await?;
+    let mut progress = Progress::new(
+        "dump",
+        Unit::Bytes,
+        None,
+        Progress::wanted(args.output.is_none()),
+    );
+    let counter = progress.counter();
+    let mut sink: Box<dyn Write> = match &args.output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut stream = resp.bytes_stream();
+    let copy = async {
+        while let Some(piece) = stream.next().await {
+            let piece = piece.context(
+                "the dump broke off (the node's log says why); the file is incomplete: run the \
+                 command again",
+            )?;
+            sink.write_all(&piece)?;
+            counter.add(piece.len() as u64);
+        }
+        sink.flush()?;
+        Ok::<(), anyhow::Error>(())
+    };
+    progress.drive(copy).await?;
+    progress.finish();
+    Ok(())
+}
+
+async fn restore(client: &Client, format: Format, args: RestoreArgs) -> Result<()> {
+    use futures::StreamExt;
+    let path = &args.file;
+    let f = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let size = f.metadata().await.ok().map(|m| m.len());
+    let mut progress = Progress::new("restore", Unit::Bytes, size, Progress::wanted(false));
+    let counter = progress.counter();
+    let stream = futures::stream::unfold(f, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 256 << 10];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(buf), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    })
+    .inspect(move |piece| {
+        if let Ok(p) = piece {
+            counter.add(p.len() as u64);
+        }
+    });
+    let mut req = client
+        .request(reqwest::Method::POST, RESTORE_PATH)
+        .body(reqwest::Body::wrap_stream(stream));
+    if let Some(size) = size {
+        req = req.header(reqwest::header::CONTENT_LENGTH, size);
+    }
+    let resp = progress
+        .drive(client.send_request(req, RESTORE_PATH))
+        .await?;
+    progress.finish();
+    let answer: Value = resp.json().await.context("the node did not answer JSON")?;
+    if format == Format::Json {
+        println!("{answer}");
+        return Ok(());
+    }
+    for s in answer["sources"].as_array().into_iter().flatten() {
+        println!(
+            "{} up to offset {}: {}",
+            s["source"].as_str().unwrap_or(""),
+            s["offset"],
+            s["outcome"].as_str().unwrap_or("")
+        );
+    }
+    println!(
+        "{} blocks, {} bytes read",
+        answer["blocks"], answer["bytes"]
+    );
+    Ok(())
 }
 
 async fn publish(client: &Client, format: Format, args: PublishArgs) -> Result<()> {

@@ -310,6 +310,19 @@ impl EventService {
         rx.await.map_err(|_| EventsError::Interrupted)
     }
 
+    /// Imports one restored tree (`events restore`) like a replicated one, this node's own
+    /// source included; the store checks it extends what is stored.
+    pub async fn restore_import(
+        &self,
+        import: ImportRequest,
+    ) -> Result<ImportOutcome, EventsError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(writer::Command::RestoreImport { import, reply })
+            .await?;
+        let mut outcomes = rx.await.map_err(|_| EventsError::Interrupted)?;
+        outcomes.pop().ok_or(EventsError::Interrupted)
+    }
+
     /// Stores blocks fetched ahead of their import (hash-checked by the store).
     pub async fn put_blocks(
         &self,

@@ -143,6 +143,8 @@ pub enum Command {
     AnnounceStatus(crate::status::SignedStatus),
     /// Every other node's status as last received and not expired.
     Statuses(oneshot::Sender<Vec<ReceivedStatus>>),
+    /// The heads whose trees are stored here, as digests serve them (`events dump`).
+    StoredHeads(oneshot::Sender<Vec<SignedHead>>),
 }
 
 /// What the swarm tells replication.

@@ -273,6 +273,9 @@ impl Task {
                 self.remember_known(&head);
                 self.heads.set_stored(head);
             }
+            Command::StoredHeads(reply) => {
+                let _ = reply.send(self.heads.stored_heads().cloned().collect());
+            }
             Command::Fetch {
                 cids,
                 preferred,

@@ -44,8 +44,13 @@ fn own_source_error() -> EventsError {
 
 impl State {
     /// Puts every request's blocks and imports each complete root, all in ONE store
-    /// transaction (see `shoal_store::Writer::import_batch`), then tells subscribers.
-    pub(super) fn import_batch(&mut self, imports: Vec<ImportRequest>) -> Vec<ImportOutcome> {
+    /// transaction (see `shoal_store::Writer::import_batch`), then tells subscribers. This
+    /// node's own source is refused unless `own_allowed` (a restore by the operator).
+    pub(super) fn import_batch(
+        &mut self,
+        imports: Vec<ImportRequest>,
+        own_allowed: bool,
+    ) -> Vec<ImportOutcome> {
         let mut blocks = Vec::new();
         let mut targets = Vec::with_capacity(imports.len());
         for r in imports {
@@ -55,7 +60,7 @@ impl State {
         // Only this node appends to its own log; a peer's copy of it is never newer.
         let own = targets
             .iter()
-            .map(|(s, _)| s == &self.source)
+            .map(|(s, _)| !own_allowed && s == &self.source)
             .collect::<Vec<_>>();
         let store_targets: Vec<(SourceId, Cid)> = targets
             .iter()

@@ -108,6 +108,12 @@ pub enum Command {
         imports: Vec<ImportRequest>,
         reply: oneshot::Sender<Vec<ImportOutcome>>,
     },
+    /// A restored tree (`events restore`): imported like a replicated one, this node's own
+    /// source included (the store still checks it extends what is stored).
+    RestoreImport {
+        import: ImportRequest,
+        reply: oneshot::Sender<Vec<ImportOutcome>>,
+    },
     /// Blocks fetched ahead of their import (a large sync), hash-checked by the store.
     PutBlocks {
         blocks: Vec<(Cid, Vec<u8>)>,
@@ -269,7 +275,10 @@ impl State {
                     self.append(batch, waiters);
                 }
                 Command::ImportBatch { imports, reply } => {
-                    let _ = reply.send(self.import_batch(imports));
+                    let _ = reply.send(self.import_batch(imports, false));
+                }
+                Command::RestoreImport { import, reply } => {
+                    let _ = reply.send(self.import_batch(vec![import], true));
                 }
                 Command::PutBlocks { blocks, reply } => {
                     let _ = reply.send(self.writer.put_blocks(&blocks).map_err(Into::into));

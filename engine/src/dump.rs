@@ -17,9 +17,10 @@
 //! `gc_grace`, 60 s). Memory: one batch of blocks ([`BATCH_BYTES`]) and the manifest.
 //!
 //! This node's own source is restored too (after its disk was lost): the import still has to
-//! extend what is stored, so a restore never rewrites offsets this node already holds. Offsets
-//! that peers hold beyond the dump are learnt from them (see `replication`: a peer's head of
-//! our own source above what we store is synced and imported like any other).
+//! extend what is stored, so a restore never rewrites offsets this node already holds. NOT yet
+//! handled (issue 17 item 2): offsets of our own source that peers hold beyond the dump. The
+//! replicator still drops heads of our own source, so a node restored from an older dump that
+//! publishes before catching up would reuse offsets peers hold (a fork).
 
 use std::io::{Read, Write};
 use std::sync::Arc;

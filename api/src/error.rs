@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 
 use serde::Serialize;
+use shoal_engine::apps::AppsError;
 use shoal_engine::blobs::BlobsError;
 use shoal_engine::EventsError;
 use warp::http::StatusCode;
@@ -98,6 +99,12 @@ impl ApiError {
         e
     }
 
+    /// 409: the resource is not in a state that allows the request (API.md: start with invalid
+    /// settings).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "ERR_CONFLICT", message)
+    }
+
     /// 500: a bug or a failing disk; never for bad input.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "ERR_INTERNAL", message)
@@ -179,6 +186,34 @@ pub fn from_blobs(e: BlobsError) -> ApiError {
         | BlobsError::Corrupt(_)
         | BlobsError::Task(_)
         | BlobsError::Name(_)) => ApiError::internal(e.to_string()),
+    }
+}
+
+/// App runtime errors.
+pub fn from_apps(e: AppsError) -> ApiError {
+    match e {
+        AppsError::NotFound(id) => {
+            ApiError::not_found(format!("no app or settings scope `{id}` here"))
+        }
+        AppsError::Package(e) => ApiError::bad_request(format!("package: {e}")),
+        AppsError::InvalidSettings(invalid) => ApiError::bad_request(format!(
+            "settings do not validate at {}: {}",
+            if invalid.path.is_empty() {
+                "/"
+            } else {
+                &invalid.path
+            },
+            invalid.message
+        )),
+        AppsError::Conflict(m) => ApiError::conflict(m),
+        e @ AppsError::TooLarge => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "ERR_PAYLOAD_TOO_LARGE",
+            e.to_string(),
+        ),
+        AppsError::Blob(e) => from_blobs(e),
+        AppsError::Closed => ApiError::overloaded("the node is shutting down; retry"),
+        e @ AppsError::Storage(_) => ApiError::internal(e.to_string()),
     }
 }
 

@@ -11,6 +11,7 @@
 //! and `errorCode`s are chosen; `ndjson.rs` streams; `body.rs` reads bounded JSON bodies. No
 //! business logic here: requests map onto `shoal_engine` calls.
 
+pub mod apps;
 pub mod blobs;
 pub mod body;
 pub mod console;
@@ -27,6 +28,7 @@ mod node_events;
 pub mod nodes;
 pub mod origin;
 pub mod server;
+pub mod settings;
 pub mod store_api;
 
 use std::convert::Infallible;
@@ -66,6 +68,7 @@ pub fn routes(
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let blob_service = node.blobs();
     let console = console::read_route(node.console(), config, node.shutdown_signal());
+    let apps = node.apps();
     events::routes(node.events(), config)
         .or(dashboard::routes())
         .unify()
@@ -80,6 +83,10 @@ pub fn routes(
         .or(node::routes(node, servers))
         .unify()
         .or(blobs::routes(blob_service, config.max_body_bytes))
+        .unify()
+        .or(apps::routes(apps.clone()))
+        .unify()
+        .or(settings::routes(apps, config.max_body_bytes))
         .unify()
         .recover(error::recover)
         .unify()

@@ -34,6 +34,10 @@ pub enum Command {
     Logs(cmd::logs::Args),
     /// Put, get, list and delete blobs on a running node.
     Blobs(cmd::blobs::Args),
+    /// Package, deploy, start, stop and watch apps on a running node.
+    Apps(cmd::apps::Args),
+    /// Settings of the node's apps and of the node itself (`node`).
+    Settings(cmd::settings::Args),
     /// Inspect a data dir's store (read-only; works while a node uses it).
     Store(cmd::store::Args),
     /// Print a shell completion script: `shoal completions bash > /etc/bash_completion.d/shoal`.

@@ -30,6 +30,8 @@ fn main() -> std::process::ExitCode {
         Command::Logs(args) => cmd::logs::run(args),
         Command::Store(args) => cmd::store::run(args),
         Command::Blobs(args) => cmd::blobs::run(args),
+        Command::Apps(args) => cmd::apps::run(args),
+        Command::Settings(args) => cmd::settings::run(args),
         Command::Completions(args) => cmd::completions::run(args),
     };
     match result {

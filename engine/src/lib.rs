@@ -13,6 +13,7 @@
 //! The engine knows nothing of HTTP: the `shoal-api` crate maps requests onto these types.
 
 pub mod announce;
+pub mod apps;
 pub mod blobs;
 pub mod config;
 pub mod connectivity;

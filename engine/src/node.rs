@@ -22,7 +22,10 @@
 //!   │
 //!   │  [maintenance] ──Gc/Checkpoint──▶ writer   (waits while a sync receives blocks:
 //!   │                                               the replicator's sync-activity watch)
-//!   └─ logs ──▶ [console writer thread] (its own SQLite file)
+//!   ├─ logs ──▶ [console writer thread] (its own SQLite file)
+//!   │                ▲ app output lines
+//!   └─ apps::Handle ─Command─▶ [apps thread: owner task] ─Control─▶ [supervisor per app] ─▶ child
+//!                    (apps.sqlite3; its own runtime)       ··▶ Status   (process group)
 //! ```
 //!
 //! Failure reporting: the writer answers every command with a `Result` (a failed commit rolls
@@ -76,6 +79,8 @@ pub enum NodeError {
     Spawn(#[source] std::io::Error),
     #[error("cannot start the swarm")]
     Swarm(#[from] swarm::Error),
+    #[error("cannot start the app runtime")]
+    Apps(#[from] crate::apps::AppsError),
 }
 
 /// Replication progress of one source: stored here vs known from the swarm.
@@ -117,6 +122,8 @@ pub struct Node {
     shutdown: watch::Sender<bool>,
     writer: Option<events::WriterThread>,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
+    /// The app runtime (its own thread); stopped first at shutdown.
+    apps: Option<crate::apps::Runtime>,
 }
 
 /// What front ends (HTTP, Pond store API, CLI) need of a node; cheap to clone. Subsystems inside
@@ -138,6 +145,7 @@ pub struct NodeHandle {
     local_apps: Arc<watch::Sender<crate::announce::LocalApps>>,
     metrics: Metrics,
     backup: crate::dump::Backup,
+    apps: crate::apps::Handle,
 }
 
 /// How long each task gets to end after the shutdown signal before it is aborted.
@@ -220,6 +228,24 @@ impl Node {
             shutdown_rx.clone(),
         ));
         let nodes = crate::announce::Nodes::new(local, swarm.clone());
+        let apps = crate::apps::Runtime::start(
+            crate::apps::AppsConfig {
+                data_dir: config.data_dir.clone(),
+                node_id: identity.source().to_string(),
+                api_addr: config.api_addr,
+                store_addr: config.store_addr,
+            },
+            blobs.clone(),
+            console.clone(),
+        );
+        let apps = match apps {
+            Ok(apps) => apps,
+            Err(e) => {
+                let _ = shutdown.send(true);
+                writer.stop().await;
+                return Err(e.into());
+            }
+        };
         tracing::info!(source = %identity.source(), data_dir = %config.data_dir.display(), "node started");
         Ok(Node {
             handle: NodeHandle {
@@ -236,7 +262,9 @@ impl Node {
                 local_apps: Arc::new(local_apps),
                 metrics,
                 backup,
+                apps: apps.handle(),
             },
+            apps: Some(apps),
             shutdown,
             writer: Some(writer),
             // Stopped in this order: the replicator before the swarm it sends to.
@@ -288,6 +316,10 @@ impl Node {
     /// closes the store. Not cancel-safe: await it to the end.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
+        // Apps first: they may still publish while they stop.
+        if let Some(apps) = self.apps.take() {
+            apps.shutdown().await;
+        }
         for (name, mut task) in std::mem::take(&mut self.tasks) {
             if tokio::time::timeout(TASK_GRACE, &mut task).await.is_err() {
                 tracing::warn!(task = name, "task did not stop in time; aborted");
@@ -329,6 +361,11 @@ impl NodeHandle {
             *old = apps;
             changed
         });
+    }
+
+    /// The app runtime (clone it freely).
+    pub fn apps(&self) -> crate::apps::Handle {
+        self.apps.clone()
     }
 
     /// The blob service (clone it freely).

@@ -17,6 +17,7 @@
 //! - [`cli`] runs a `shoal` client command with a timeout (`cli.rs`); [`run_on_data_dir`] starts
 //!   a second `shoal run` on a data dir that must refuse it.
 
+pub mod browser;
 mod cli;
 mod http;
 pub mod prometheus;

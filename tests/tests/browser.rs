@@ -19,6 +19,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+use shoal_tests::browser::{chromium, Browser};
 use shoal_tests::{event, expect_error, free_port, within, Node, NodeOptions, TIMEOUT};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -312,35 +313,6 @@ async fn store_api_websocket_refuses_pages_of_other_origins() -> Result<()> {
 
 // ---- a real browser ----
 
-/// Debian's chromium, installed with apt when missing (as `.ci/run` does); `None` only when it
-/// truly cannot be installed here.
-fn chromium() -> Option<PathBuf> {
-    let find = || {
-        ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-    };
-    if let Some(p) = std::env::var_os("SHOAL_CHROMIUM") {
-        return Some(PathBuf::from(p));
-    }
-    if let Some(p) = find() {
-        return Some(p);
-    }
-    eprintln!("browser test: chromium is missing; trying `apt-get install -y chromium`");
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    let _ = apt(&["update"]) && apt(&["install", "-y", "chromium"]);
-    find()
-}
-
 /// A plain HTTP server on another port (another origin): serves `page` for every GET and
 /// sends the body of every POST (the page's report) to the returned channel.
 async fn serve_page(page: String) -> Result<(SocketAddr, tokio::sync::mpsc::Receiver<String>)> {
@@ -438,47 +410,6 @@ function socket() {
 </script></body></html>"#
         .replace("API", &api.to_string())
         .replace("STORE", &store.to_string())
-}
-
-/// Headless chromium on `url`, in its own process group so that dropping it kills the browser
-/// and every helper process it started.
-struct Browser(std::process::Child);
-
-impl Browser {
-    fn open(chromium: &Path, profile: &Path, url: &str) -> Result<Browser> {
-        use std::os::unix::process::CommandExt;
-        let child = Command::new(chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg(url)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .context("cannot run chromium")?;
-        Ok(Browser(child))
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        if let Ok(pgid) = libc::pid_t::try_from(self.0.id()) {
-            // SAFETY: kill(2) on the process group of our own, not yet reaped, child.
-            unsafe {
-                libc::kill(-pgid, libc::SIGKILL);
-            }
-        }
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test]

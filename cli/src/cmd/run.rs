@@ -225,6 +225,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     servers.set(console.local_addr(), store.local_addr());
+    // Apps start once the APIs they use are up (and get their bound addresses).
+    if let Err(e) = node
+        .handle()
+        .apps()
+        .serving(api.local_addr(), store.local_addr())
+        .await
+    {
+        tracing::error!(error = %e, "cannot start the apps");
+    }
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(

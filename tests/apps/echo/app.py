@@ -1,0 +1,29 @@
+"""Test app: publish one event with our settings and environment, then idle until SIGTERM.
+
+settings.exit = N makes it exit with status N right after publishing (crash loops, policies).
+"""
+import json
+import os
+import signal
+import sys
+import time
+import urllib.request
+
+settings = json.loads(os.environ["SHOAL_APP_SETTINGS"])
+env = {k: v for k, v in os.environ.items() if k.startswith(("SHOAL_", "AX_", "ECHO_"))}
+with open("marker", "a") as f:  # in the working dir: <data-dir>/apps/<id>/data
+    f.write("started\n")
+payload = {"settings": settings, "env": env, "pid": os.getpid(), "cwd": os.getcwd(),
+           "argv": sys.argv}
+body = json.dumps({"data": [{"semantics": "test.apps", "name": env["SHOAL_APP_ID"],
+                             "payload": payload}]}).encode()
+req = urllib.request.Request(env["SHOAL_API"] + "/api/v1/events/publish", data=body,
+                             headers={"Content-Type": "application/json"})
+urllib.request.urlopen(req, timeout=30).read()
+print("published", json.dumps(settings), flush=True)
+print("a line on stderr", file=sys.stderr, flush=True)
+if "exit" in settings:
+    sys.exit(settings["exit"])
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+while True:
+    time.sleep(3600)

@@ -46,7 +46,7 @@ fn deploy(node: &Node, dir: &Path) -> Result<Value> {
 async fn apps(node: &Node) -> Result<Vec<Value>> {
     let resp = node.get("/api/v1/apps").await?;
     expect_status(&resp, 200)?;
-    Ok(within(resp.json::<Vec<Value>>()).await?)
+    within(resp.json::<Vec<Value>>()).await
 }
 
 /// Polls the app list until app `id` matches `done`; returns it.

@@ -14,8 +14,6 @@
 //! (Debian's `chromium`, headless) on a page served from another port.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};

@@ -277,18 +277,19 @@ impl RawProcess {
                 "missing: write a program on PATH or a file of the package, e.g. command = \"python3\"",
             )
         })?;
-        let restart =
-            match self.restart.as_deref() {
-                None | Some("on-failure") => Restart::OnFailure,
-                Some("always") => Restart::Always,
-                Some("never") => Restart::Never,
-                Some(other) => return Err(field(
+        let restart = match self.restart.as_deref() {
+            None | Some("on-failure") => Restart::OnFailure,
+            Some("always") => Restart::Always,
+            Some("never") => Restart::Never,
+            Some(other) => {
+                return Err(field(
                     "process.restart",
                     format!(
                         "`{other}` is not a policy: write \"always\", \"on-failure\" or \"never\""
                     ),
-                )),
-            };
+                ))
+            }
+        };
         for key in self.env.keys() {
             if key.is_empty() || key.contains(['=', '\0']) {
                 return Err(field(

@@ -11,7 +11,7 @@
 use bytes::{Buf, Bytes};
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
-use shoal_engine::blobs::{BlobService, BlobsError, Cid, PutOptions};
+use shoal_engine::blobs::{replicas, BlobService, BlobsError, Cid, PutOptions};
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Reply};
@@ -25,6 +25,22 @@ pub const COMPLETE_HEADER: &str = "x-shoal-complete";
 #[derive(Deserialize)]
 struct PutQuery {
     name: Option<String>,
+    /// Nodes that must hold the blob pinned before 201 (API.md); parsed by [`replicas`].
+    replicas: Option<String>,
+}
+
+/// The `replicas` query parameter: 1 to `MAX_REPLICAS`, else the node's default.
+fn replicas(query: Option<&str>, default: u32) -> Result<u32, ApiError> {
+    let max = replicas::MAX_REPLICAS;
+    let Some(raw) = query else {
+        return Ok(default);
+    };
+    match raw.parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(ApiError::bad_request(format!(
+            "replicas: `{raw}` is not a node count from 1 to {max}"
+        ))),
+    }
 }
 
 #[derive(Deserialize)]
@@ -140,6 +156,10 @@ where
     S: futures::Stream<Item = Result<B, warp::Error>> + Send + 'static,
     B: Buf + Send,
 {
+    let wanted = match replicas(query.replicas.as_deref(), blobs.config().default_replicas) {
+        Ok(n) => n,
+        Err(e) => return e.into_response(),
+    };
     let limit = blobs.config().max_blob_bytes;
     if length.is_some_and(|l| l > limit) {
         return error::from_blobs(BlobsError::TooLarge { limit }).into_response();
@@ -149,14 +169,30 @@ where
         name: query.name.filter(|n| !n.is_empty()),
         mime: mime.filter(|m| !m.is_empty()),
     };
-    match blobs.put(body, options).await {
-        Ok(meta) => warp::reply::with_status(
-            warp::reply::json(&serde_json::json!({"cid": meta.cid.to_string(), "size": meta.size})),
-            StatusCode::CREATED,
-        )
-        .into_response(),
-        Err(e) => error::from_blobs(e).into_response(),
-    }
+    let meta = match blobs.put(body, options).await {
+        Ok(meta) => meta,
+        Err(e) => return error::from_blobs(e).into_response(),
+    };
+    // Stored and pinned here; with replicas, 201 only once that many nodes hold it, else 202
+    // (replication goes on in the background).
+    let reached = match blobs.replicate(&meta, wanted).await {
+        Ok(n) => n,
+        Err(e) => return error::from_blobs(e).into_response(),
+    };
+    let status = if reached >= wanted as usize {
+        StatusCode::CREATED
+    } else {
+        StatusCode::ACCEPTED
+    };
+    warp::reply::with_status(
+        warp::reply::json(&serde_json::json!({
+            "cid": meta.cid.to_string(),
+            "size": meta.size,
+            "replicas": reached,
+        })),
+        status,
+    )
+    .into_response()
 }
 
 async fn set_name(name: String, blobs: BlobService, body: Bytes) -> Response {

@@ -17,10 +17,13 @@
 //!   `blob-cache/<cid>`), so an interrupted read resumes where it stopped.
 //! - names are events (semantics [`NAME_SEMANTICS`], the blob name as event name), so they
 //!   replicate like any event; the latest assignment in Lamport order wins.
+//! - replicas (`replicas.rs`): a put may ask for N holders; the replica task records requests,
+//!   holds and releases as events and holds what other nodes ask this node to hold.
 //!
 //! This module knows nothing of HTTP; the store does the bytes, the swarm moves blocks.
 
 mod fetch;
+pub mod replicas;
 mod walk;
 
 use std::pin::Pin;
@@ -70,6 +73,10 @@ pub struct BlobsConfig {
     pub fetch_timeout: Duration,
     /// Chunks fetched ahead of the one being streamed.
     pub read_ahead: usize,
+    /// Nodes that hold a blob put without `replicas` (1: this one alone).
+    pub default_replicas: u32,
+    /// How long a put with replicas waits for its holders before answering 202.
+    pub replica_timeout: Duration,
 }
 
 impl Default for BlobsConfig {
@@ -78,6 +85,8 @@ impl Default for BlobsConfig {
             max_blob_bytes: 64 << 30,
             fetch_timeout: Duration::from_secs(10),
             read_ahead: 32,
+            default_replicas: 1,
+            replica_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -170,6 +179,15 @@ impl BlockFetch for crate::swarm::Handle {
     }
 }
 
+/// A blob of [`BlobService::list`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Listed {
+    #[serde(flatten)]
+    pub entry: BlobEntry,
+    /// Nodes known to hold it pinned, this one included.
+    pub replicas: usize,
+}
+
 /// What `put` takes besides the bytes.
 #[derive(Debug, Clone, Default)]
 pub struct PutOptions {
@@ -185,6 +203,7 @@ pub struct BlobService {
 
 struct Inner {
     events: EventService,
+    replicas: replicas::Replicas,
     store: Arc<Store>,
     config: BlobsConfig,
     fetch: Arc<dyn BlockFetch>,
@@ -196,16 +215,19 @@ struct Inner {
 
 impl BlobService {
     /// The blob service over `store`, writing through `events`' writer, fetching what is not
-    /// here through `fetch` (the swarm).
+    /// here through `fetch` (the swarm), asking `replicas` (the replica task, started with
+    /// [`replicas::spawn`] on this service) who holds what.
     pub fn new(
         events: EventService,
         store: Arc<Store>,
         fetch: Arc<dyn BlockFetch>,
         config: BlobsConfig,
+        replicas: replicas::Replicas,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 events,
+                replicas,
                 store,
                 config,
                 fetch,
@@ -323,18 +345,77 @@ impl BlobService {
         fetch::read_range(self.clone(), opened.clone(), start, end)
     }
 
-    /// Every blob known here.
-    pub async fn list(&self) -> Result<Vec<BlobEntry>, BlobsError> {
-        self.read(blob::list).await
+    /// Every blob known here, with how many nodes are known to hold it pinned.
+    pub async fn list(&self) -> Result<Vec<Listed>, BlobsError> {
+        let entries = self.read(blob::list).await?;
+        let holders = self
+            .inner
+            .replicas
+            .holders(entries.iter().map(|e| e.meta.cid).collect())
+            .await?;
+        let me = self.inner.events.source();
+        Ok(entries
+            .into_iter()
+            .zip(holders)
+            .map(|(entry, mut holders)| {
+                if entry.pinned {
+                    holders.insert(me.clone());
+                }
+                Listed {
+                    replicas: holders.len(),
+                    entry,
+                }
+            })
+            .collect())
     }
 
-    /// Unpins the blob and frees its blocks no other blob or tree uses. `NotFound` if it was
-    /// not known here.
+    /// Asks the swarm to hold `cid` on `wanted` nodes in all (this one included) and waits up
+    /// to the configured timeout for them; returns how many hold it then. Replication goes on
+    /// in the background after a timeout (the request is an event). Dropping the future is
+    /// safe: the request, once recorded, stays.
+    pub async fn replicate(&self, meta: &BlobMeta, wanted: u32) -> Result<usize, BlobsError> {
+        let wanted = wanted.clamp(1, replicas::MAX_REPLICAS);
+        if wanted > 1 {
+            let need = (wanted - 1) as usize;
+            let holders = self.inner.replicas.place(meta.cid, need).await?;
+            let op = replicas::Op::Request {
+                size: meta.size,
+                wanted,
+                holders: holders.iter().map(ToString::to_string).collect(),
+            };
+            replicas::publish(&self.inner.events, meta.cid, &op).await?;
+            tracing::info!(cid = %meta.cid, wanted, ?holders, "blob replicas requested");
+            let wait = self.inner.replicas.wait(meta.cid, wanted as usize);
+            if tokio::time::timeout(self.inner.config.replica_timeout, wait)
+                .await
+                .is_err()
+            {
+                tracing::info!(cid = %meta.cid, wanted, "blob replicas not all confirmed in time; replication goes on");
+            }
+        }
+        let mut holders = self
+            .inner
+            .replicas
+            .holders(vec![meta.cid])
+            .await?
+            .pop()
+            .unwrap_or_default();
+        holders.insert(self.inner.events.source().clone());
+        Ok(holders.len())
+    }
+
+    /// Unpins the blob and frees its blocks no other blob or tree uses; a replicated blob is
+    /// released swarm-wide (every holder drops its replica). `NotFound` if it was not known
+    /// here.
     pub async fn delete(&self, cid: Cid) -> Result<blob::Freed, BlobsError> {
         self.ready().await?;
-        let freed = self.inner.events.blob_delete(cid).await?;
+        let freed = self.inner.events.blob_delete(cid, false).await?;
         let freed = freed.ok_or_else(|| BlobsError::NotFound(format!("no blob {cid} here")))?;
         tracing::info!(%cid, blocks = freed.blocks, bytes = freed.bytes, "blob deleted");
+        if self.inner.replicas.live(cid).await? {
+            replicas::publish(&self.inner.events, cid, &replicas::Op::Released).await?;
+            tracing::info!(%cid, "blob released swarm-wide");
+        }
         Ok(freed)
     }
 

@@ -71,6 +71,10 @@ pub struct Settings {
     pub max_blob_bytes: Option<u64>,
     /// Seconds a blob read waits for peers to deliver a missing block (blobs).
     pub blob_fetch_timeout_secs: Option<u64>,
+    /// Nodes that hold a blob put without `?replicas=` (1: only this one).
+    pub blob_replicas: Option<u32>,
+    /// Seconds a put with replicas waits for its holders before it answers 202.
+    pub blob_replica_timeout_secs: Option<u64>,
     /// Web origins (`http://host:port`) allowed to use the APIs besides the node's own.
     pub allow_origin: Option<Vec<String>>,
     /// Host names the APIs answer to besides IP literals and `localhost`.
@@ -102,6 +106,10 @@ impl Settings {
             blob_fetch_timeout_secs: self
                 .blob_fetch_timeout_secs
                 .or(lower.blob_fetch_timeout_secs),
+            blob_replicas: self.blob_replicas.or(lower.blob_replicas),
+            blob_replica_timeout_secs: self
+                .blob_replica_timeout_secs
+                .or(lower.blob_replica_timeout_secs),
             allow_origin: self.allow_origin.or(lower.allow_origin),
             allow_host: self.allow_host.or(lower.allow_host),
             log_level: self.log_level.or(lower.log_level),
@@ -148,6 +156,12 @@ impl Settings {
                 .transpose()?,
             blob_fetch_timeout_secs: var("SHOAL_BLOB_FETCH_TIMEOUT_SECS")
                 .map(|v| parse_num("SHOAL_BLOB_FETCH_TIMEOUT_SECS", &v))
+                .transpose()?,
+            blob_replicas: var("SHOAL_BLOB_REPLICAS")
+                .map(|v| parse_num("SHOAL_BLOB_REPLICAS", &v))
+                .transpose()?,
+            blob_replica_timeout_secs: var("SHOAL_BLOB_REPLICA_TIMEOUT_SECS")
+                .map(|v| parse_num("SHOAL_BLOB_REPLICA_TIMEOUT_SECS", &v))
                 .transpose()?,
             allow_origin: list("SHOAL_ALLOW_ORIGIN"),
             allow_host: list("SHOAL_ALLOW_HOST"),
@@ -269,6 +283,10 @@ impl Settings {
                 fetch_timeout: self
                     .blob_fetch_timeout_secs
                     .map_or(d.blobs.fetch_timeout, |s| Duration::from_secs(s.max(1))),
+                default_replicas: replicas(self.blob_replicas, d.blobs.default_replicas)?,
+                replica_timeout: self
+                    .blob_replica_timeout_secs
+                    .map_or(d.blobs.replica_timeout, |s| Duration::from_secs(s.max(1))),
                 ..d.blobs
             },
             store_addr: addr("store-addr", self.store_addr, d.store_addr)?,
@@ -285,6 +303,20 @@ impl Settings {
             web,
             durability,
         })
+    }
+}
+
+/// The `blob-replicas` setting: 1 to [`crate::blobs::replicas::MAX_REPLICAS`].
+fn replicas(value: Option<u32>, default: u32) -> Result<u32, ConfigError> {
+    let max = crate::blobs::replicas::MAX_REPLICAS;
+    match value {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(ConfigError::Invalid {
+            key: "blob-replicas",
+            value: n.to_string(),
+            reason: format!("expected 1 (this node only) to {max}"),
+        }),
     }
 }
 

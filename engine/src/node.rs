@@ -12,6 +12,8 @@
 //!   │    │   └─query/subscribe─▶ [read tasks: spawn_blocking, read-only connections]
 //!   │    │
 //!   │  blobs (BlobService) ──Blob*─▶ writer;  ──Fetch──▶ swarm
+//!   │   └─▶ [blob replicas] reads shoal.blob-replica events, holds what it is asked to
+//!   │        (Fetch through blobs, PinReplica), ··▶ NetworkState for placement
 //!   │
 //!   │  [replicator] ◀──Event::Head── [swarm task] ──··▶ NetworkState (node info, GC, Pond)
 //!   │   targets, syncs ──ImportBatch/PutBlocks──▶ writer   owns libp2p Swarm, the head book
@@ -202,11 +204,20 @@ impl Node {
             spawned.resumed,
             shutdown_rx.clone(),
         );
+        let (replicas, replica_inbox) = crate::blobs::replicas::channel();
         let blobs = BlobService::new(
             events.clone(),
             store.clone(),
             Arc::new(swarm.clone()),
             config.blobs.clone(),
+            replicas,
+        );
+        let replica_task = crate::blobs::replicas::spawn(
+            replica_inbox,
+            blobs.clone(),
+            events.clone(),
+            swarm.status(),
+            shutdown_rx.clone(),
         );
         let backup = crate::dump::Backup::new(
             store.clone(),
@@ -270,6 +281,7 @@ impl Node {
             // Stopped in this order: the replicator before the swarm it sends to.
             tasks: vec![
                 ("replicator", replication.task),
+                ("blob replicas", replica_task),
                 ("maintenance", maintenance),
                 ("status", announcer),
                 ("swarm", spawned.task),

@@ -17,7 +17,8 @@
 //!
 //! # Pins
 //!
-//! `blob/<cid>` pins a blob put here; `blob-cache/<cid>` keeps one fetched from a peer;
+//! `blob/<cid>` pins a blob put here; `blob-replica/<cid>` one held as a replica for the swarm;
+//! `blob-cache/<cid>` keeps one fetched from a peer;
 //! `blob-upload/<id>` pins the chunks of an upload in progress (a chain of small manifest blocks),
 //! so GC never takes them before the root exists. [`delete`] removes a blob's pins and at once
 //! frees its blocks that no other pin (or recently retired root) reaches.
@@ -50,6 +51,9 @@ pub const PIN_PREFIX: &str = "blob/";
 pub const CACHE_PREFIX: &str = "blob-cache/";
 /// Alias prefix of uploads in progress.
 pub const UPLOAD_PREFIX: &str = "blob-upload/";
+/// Alias prefix of blobs held as a replica for the swarm (kept until the blob is deleted
+/// swarm-wide).
+pub const REPLICA_PREFIX: &str = "blob-replica/";
 /// Deepest tree accepted from a peer (FANOUT^6 chunks is far beyond any disk).
 const MAX_HEIGHT: u64 = 6;
 /// Largest link block accepted: [`FANOUT`] links of 41 bytes (a tag-42 CID of a SHA-256
@@ -309,7 +313,8 @@ pub struct BlobEntry {
     pub meta: BlobMeta,
     /// Every chunk is local.
     pub complete: bool,
-    /// Put on this node (not only fetched).
+    /// Kept until deleted: put on this node, or held as a replica for the swarm (not only
+    /// fetched).
     pub pinned: bool,
 }
 
@@ -522,6 +527,46 @@ pub fn set_meta(w: &mut Writer, meta: &BlobMeta) -> Result<()> {
 /// Unpins `root` and deletes, in one transaction, every block under it that no other pin or
 /// retired root reaches. Returns `None` if the blob was not known here.
 pub fn delete(w: &mut Writer, root: &Cid) -> Result<Option<Freed>> {
+    unpin(w, root, &[PIN_PREFIX, REPLICA_PREFIX, CACHE_PREFIX])
+}
+
+/// Pins a blob whose every block is stored as a replica (`blob-replica/<cid>`), in one
+/// transaction with the check. [`Error::Invalid`] when a block is missing or the blob is not
+/// known here.
+pub fn pin_replica(w: &mut Writer, root: &Cid) -> Result<()> {
+    let conn = writer_conn(w);
+    let mut conn = lock(&conn)?;
+    let tx = conn.transaction()?;
+    if meta_on(&tx, root)?.is_none() {
+        return Err(Error::Invalid(format!("blob {root} is not known here")));
+    }
+    let missing = blocks::missing(&tx, root)?;
+    if !missing.is_empty() {
+        return Err(Error::Invalid(format!(
+            "blob {root} lacks {} block(s) here",
+            missing.len()
+        )));
+    }
+    set_alias_quietly(
+        &tx,
+        &format!("{REPLICA_PREFIX}{root}"),
+        Some(root),
+        now_secs(),
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Drops the replica and cache pins of `root` (the blob was deleted swarm-wide) and frees what
+/// no other pin reaches; a blob put on this node (`blob/<cid>`) stays. `None` if the blob was
+/// not known here.
+pub fn release_replica(w: &mut Writer, root: &Cid) -> Result<Option<Freed>> {
+    unpin(w, root, &[REPLICA_PREFIX, CACHE_PREFIX])
+}
+
+/// Drops the pins `prefixes` of `root`, and its metadata once no pin is left, and frees every
+/// block under it that no other pin or retired root reaches, in one transaction.
+fn unpin(w: &mut Writer, root: &Cid, prefixes: &[&str]) -> Result<Option<Freed>> {
     // Deleted blocks would break the "validated means complete" rule of imports.
     w.forget_validated();
     let conn = writer_conn(w);
@@ -533,10 +578,19 @@ pub fn delete(w: &mut Writer, root: &Cid) -> Result<Option<Freed>> {
         .query_row(params![root.to_bytes()], |_| Ok(()))
         .optional()?
         .is_some();
-    set_alias_quietly(&tx, &format!("{PIN_PREFIX}{root}"), None, now)?;
-    set_alias_quietly(&tx, &format!("{CACHE_PREFIX}{root}"), None, now)?;
-    tx.prepare_cached(META_DELETE)?
-        .execute(params![root.to_bytes()])?;
+    for prefix in prefixes {
+        set_alias_quietly(&tx, &format!("{prefix}{root}"), None, now)?;
+    }
+    let still_pinned = [PIN_PREFIX, REPLICA_PREFIX]
+        .iter()
+        .map(|p| blocks::alias_get(&tx, &format!("{p}{root}")))
+        .collect::<Result<Vec<_>>>()?
+        .iter()
+        .any(Option::is_some);
+    if !still_pinned {
+        tx.prepare_cached(META_DELETE)?
+            .execute(params![root.to_bytes()])?;
+    }
     let mut freed = Freed::default();
     if let Some(id) = blocks::cid_id(&tx, root)? {
         let dead: Vec<(i64, Option<i64>)> = {
@@ -596,7 +650,8 @@ pub fn list(r: &Reader) -> Result<Vec<BlobEntry>> {
     let mut out = Vec::with_capacity(rows.len());
     for (cid, size, name, mime) in rows {
         let cid = cid::from_bytes(&cid)?;
-        let pinned = blocks::alias_get(&conn, &format!("{PIN_PREFIX}{cid}"))?.is_some();
+        let pinned = blocks::alias_get(&conn, &format!("{PIN_PREFIX}{cid}"))?.is_some()
+            || blocks::alias_get(&conn, &format!("{REPLICA_PREFIX}{cid}"))?.is_some();
         let complete = blocks::missing(&conn, &cid)?.is_empty();
         out.push(BlobEntry {
             meta: BlobMeta {

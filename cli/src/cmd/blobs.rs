@@ -38,6 +38,11 @@ enum Command {
         /// Content type kept with the blob. [default: none]
         #[arg(long, value_name = "TYPE")]
         mime: Option<String>,
+        /// Wait until N nodes in all (this one included) hold the blob pinned, so it survives
+        /// the loss of N - 1 of them; after the node's replica timeout the put returns with the
+        /// count reached and replication goes on. [default: the node's blob-replicas, 1]
+        #[arg(long, value_name = "N")]
+        replicas: Option<u32>,
     },
     /// Download a blob (by CID or name) into a file, or to stdout without -o.
     Get {
@@ -69,9 +74,12 @@ pub fn run(args: Args) -> Result<()> {
     block_on(async {
         let client = Client::new(&args.remote.node)?;
         match args.command {
-            Command::Put { file, name, mime } => {
-                put(&client, file, name, mime, args.remote.json).await
-            }
+            Command::Put {
+                file,
+                name,
+                mime,
+                replicas,
+            } => put(&client, file, name, mime, replicas, args.remote.json).await,
             Command::Get { blob, output } => get(&client, &blob, output, true).await,
             Command::Cat { blob } => get(&client, &blob, None, false).await,
             Command::Ls => ls(&client, args.remote.json).await,
@@ -117,6 +125,7 @@ async fn put(
     file: PathBuf,
     name: Option<String>,
     mime: Option<String>,
+    replicas: Option<u32>,
     json: bool,
 ) -> Result<()> {
     let f = tokio::fs::File::open(&file)
@@ -143,9 +152,17 @@ async fn put(
             counter.add(p.len() as u64);
         }
     });
-    let mut path = "/api/v1/blobs".to_string();
+    let mut query = Vec::new();
     if let Some(n) = &name {
-        path.push_str(&format!("?name={}", encode(n)));
+        query.push(format!("name={}", encode(n)));
+    }
+    if let Some(n) = replicas {
+        query.push(format!("replicas={n}"));
+    }
+    let mut path = "/api/v1/blobs".to_string();
+    if !query.is_empty() {
+        path.push('?');
+        path.push_str(&query.join("&"));
     }
     let mut req = client
         .request(reqwest::Method::POST, &path)
@@ -159,8 +176,18 @@ async fn put(
     let send = client.send_request(req, &path);
     let resp = progress.drive(send).await?;
     progress.finish();
+    let accepted = resp.status() == reqwest::StatusCode::ACCEPTED;
     let answer: Value = resp.json().await.context("the node did not answer JSON")?;
     let cid = answer["cid"].as_str().unwrap_or_default().to_string();
+    if accepted {
+        // 202: stored here, but fewer nodes than asked hold it yet.
+        let asked = replicas.map_or(String::new(), |n| format!(" of the {n} asked for"));
+        eprintln!(
+            "warning: {} node(s){asked} hold the blob so far; the node goes on replicating it \
+             (`shoal blobs ls` shows the count)",
+            answer["replicas"].as_u64().unwrap_or(1),
+        );
+    }
     if let Some(n) = &name {
         let name_path = format!("/api/v1/blobs/names/{}", encode(n));
         let body = serde_json::json!({ "cid": cid });
@@ -219,17 +246,18 @@ async fn ls(client: &Client, json: bool) -> Result<()> {
     }
     writeln!(
         out,
-        "{:<62} {:>10} {:<8} {:<6} NAME",
-        "CID", "SIZE", "COMPLETE", "PINNED"
+        "{:<62} {:>10} {:<8} {:<6} {:>8} NAME",
+        "CID", "SIZE", "COMPLETE", "PINNED", "REPLICAS"
     )?;
     for b in list.as_array().into_iter().flatten() {
         writeln!(
             out,
-            "{:<62} {:>10} {:<8} {:<6} {}",
+            "{:<62} {:>10} {:<8} {:<6} {:>8} {}",
             b["cid"].as_str().unwrap_or(""),
             human_bytes(b["size"].as_u64().unwrap_or(0)),
             b["complete"].as_bool().unwrap_or(false),
             b["pinned"].as_bool().unwrap_or(false),
+            b["replicas"].as_u64().unwrap_or(0),
             b["name"].as_str().unwrap_or("")
         )?;
     }

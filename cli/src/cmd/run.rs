@@ -55,6 +55,14 @@ pub struct Args {
     /// Seconds a blob fetch waits for any peer to deliver the next block before 404. [default: 10]
     #[arg(long, value_name = "SECS")]
     blob_fetch_timeout_secs: Option<u64>,
+    /// Nodes that hold each blob put without `?replicas=N` (this one included): 2 or more makes
+    /// every put wait for that many nodes to hold it pinned. [default: 1]
+    #[arg(long, value_name = "N")]
+    blob_replicas: Option<u32>,
+    /// Seconds a blob put with replicas waits for its holders before answering 202 (replication
+    /// goes on in the background). [default: 60]
+    #[arg(long, value_name = "SECS")]
+    blob_replica_timeout_secs: Option<u64>,
     /// A web origin (e.g. http://192.168.1.30:8080) whose pages may use the APIs besides the
     /// node's own (repeatable). Other pages get 403 (API.md, Browser safety).
     #[arg(long, value_name = "URL")]
@@ -92,6 +100,8 @@ impl Args {
             console_retention: self.console_retention,
             max_blob_bytes: self.max_blob_bytes,
             blob_fetch_timeout_secs: self.blob_fetch_timeout_secs,
+            blob_replicas: self.blob_replicas,
+            blob_replica_timeout_secs: self.blob_replica_timeout_secs,
             allow_origin: (!self.allow_origin.is_empty()).then_some(self.allow_origin),
             allow_host: (!self.allow_host.is_empty()).then_some(self.allow_host),
             log_level: match self.verbose {

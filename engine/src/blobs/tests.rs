@@ -29,7 +29,23 @@ fn service(
     fetch: Arc<dyn BlockFetch>,
 ) -> (BlobService, Parts) {
     let parts = testing::start(dir, "blob-test");
-    let svc = BlobService::new(parts.events.clone(), parts.store.clone(), fetch, config);
+    let (replicas, inbox) = replicas::channel();
+    let svc = BlobService::new(
+        parts.events.clone(),
+        parts.store.clone(),
+        fetch,
+        config,
+        replicas,
+    );
+    // No swarm: the replica task places no holders but keeps the book.
+    let (_, network) = tokio::sync::watch::channel(crate::swarm::NetworkState::default());
+    replicas::spawn(
+        inbox,
+        svc.clone(),
+        parts.events.clone(),
+        network,
+        parts._shutdown.subscribe(),
+    );
     (svc, parts)
 }
 
@@ -87,7 +103,17 @@ async fn put_read_ranges_dedup_delete() {
     }
     let listed = svc.list().await.unwrap();
     assert_eq!(listed.len(), 6);
-    let big = listed.iter().max_by_key(|e| e.meta.size).unwrap().meta.cid;
+    assert!(
+        listed.iter().all(|e| e.replicas == 1),
+        "put here, no replicas asked"
+    );
+    let big = listed
+        .iter()
+        .max_by_key(|e| e.entry.meta.size)
+        .unwrap()
+        .entry
+        .meta
+        .cid;
     let freed = svc.delete(big).await.unwrap();
     assert!(freed.bytes >= 3 * c as u64);
     assert!(matches!(
@@ -192,7 +218,11 @@ async fn fetches_missing_chunks_from_a_peer_and_resumes() {
     );
     assert!(sb.open(cid).await.unwrap().complete);
     let listed = sb.list().await.unwrap();
-    assert!(listed[0].complete && !listed[0].pinned);
+    assert!(listed[0].entry.complete && !listed[0].entry.pinned);
+    assert_eq!(
+        listed[0].replicas, 0,
+        "only cached here; nobody said who holds it"
+    );
     a.writer.stop().await;
     b.writer.stop().await;
 }

@@ -342,9 +342,14 @@ impl EventService {
     pub async fn blob_delete(
         &self,
         cid: shoal_store::Cid,
+        replica_only: bool,
     ) -> Result<Option<shoal_store::blob::Freed>, EventsError> {
-        self.call(|reply| writer::Command::BlobDelete { cid, reply })
-            .await
+        self.call(|reply| writer::Command::BlobDelete {
+            cid,
+            replica_only,
+            reply,
+        })
+        .await
     }
 
     /// One garbage-collection step of at most `budget` blocks.

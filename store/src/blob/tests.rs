@@ -186,6 +186,41 @@ fn upload(w: &mut Writer, data: &[u8], chunk: usize, id: &str) -> Cid {
     root
 }
 
+/// A blob fetched from a peer and held as a replica: the pin needs every block, a release
+/// frees it, and a release never takes a blob that was put here.
+#[test]
+fn replica_pins_need_every_block_and_a_release_keeps_own_puts() {
+    let (_dir, store) = store();
+    let mut w = store.writer().unwrap();
+    init(&mut w).unwrap();
+    // As a fetch stores it: the root first (cached), then the chunks.
+    let (root, size, blocks) = build(b"AAAABBBBCC", 4);
+    let (root_data, rest): (Vec<_>, Vec<_>) = blocks.iter().partition(|(c, _)| *c == root);
+    cache_root(&mut w, &root, &root_data[0].1, size).unwrap();
+    let err = pin_replica(&mut w, &root).unwrap_err();
+    assert!(err.to_string().contains("lacks 3 block(s)"), "{err}");
+    let refs: Vec<(Cid, &[u8])> = rest.iter().map(|(c, d)| (*c, d.as_slice())).collect();
+    put_hashed(&mut w, &refs, None).unwrap();
+    pin_replica(&mut w, &root).unwrap();
+    let r = store.reader().unwrap();
+    assert!(list(&r).unwrap().iter().all(|e| e.pinned && e.complete));
+    let freed = release_replica(&mut w, &root).unwrap().unwrap();
+    assert_eq!(freed.blocks, 4, "three chunks and the root");
+    assert!(list(&r).unwrap().is_empty());
+    assert!(
+        pin_replica(&mut w, &root).is_err(),
+        "released: no longer known"
+    );
+
+    // Put here and also held as a replica: the release drops only the replica pin.
+    let own = upload(&mut w, b"DDDDEEEE", 4, "own");
+    pin_replica(&mut w, &own).unwrap();
+    let freed = release_replica(&mut w, &own).unwrap().unwrap();
+    assert_eq!(freed, Freed::default());
+    assert!(complete(&r, &own).unwrap());
+    assert_eq!(list(&r).unwrap().len(), 1);
+}
+
 #[test]
 fn put_list_dedup_and_delete_frees_only_unshared_blocks() {
     let (_dir, store) = store();

@@ -124,6 +124,8 @@ pub enum Command {
     /// Unpins a blob and frees the blocks nothing else uses; `None` if it was not known.
     BlobDelete {
         cid: Cid,
+        /// Only the replica and cache pins (a swarm-wide delete), or every pin.
+        replica_only: bool,
         reply: Reply<Option<Freed>>,
     },
     /// One bounded garbage-collection step (see `maintenance.rs`).
@@ -162,6 +164,8 @@ pub enum BlobWrite {
     Abort { upload: String },
     /// Keeps a fetched root block and the size it declares, pinned as cached.
     CacheRoot { cid: Cid, data: Bytes, size: u64 },
+    /// Pins a complete blob as a replica held for the swarm (refused while a block is missing).
+    PinReplica { cid: Cid },
 }
 
 /// The channel ends the rest of the engine keeps.
@@ -286,10 +290,17 @@ impl State {
                 Command::Blob { write, reply } => {
                     let _ = reply.send(self.blob(write).map_err(Into::into));
                 }
-                Command::BlobDelete { cid, reply } => {
-                    let _ = reply.send(
-                        shoal_store::blob::delete(&mut self.writer, &cid).map_err(Into::into),
-                    );
+                Command::BlobDelete {
+                    cid,
+                    replica_only,
+                    reply,
+                } => {
+                    let freed = if replica_only {
+                        shoal_store::blob::release_replica(&mut self.writer, &cid)
+                    } else {
+                        shoal_store::blob::delete(&mut self.writer, &cid)
+                    };
+                    let _ = reply.send(freed.map_err(Into::into));
                 }
                 Command::Gc { budget, reply } => {
                     let _ = reply.send(self.writer.gc(budget).map_err(Into::into));

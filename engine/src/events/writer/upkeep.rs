@@ -44,6 +44,7 @@ impl State {
             BlobWrite::CacheRoot { cid, data, size } => {
                 blob::cache_root(&mut self.writer, &cid, &data, size)
             }
+            BlobWrite::PinReplica { cid } => blob::pin_replica(&mut self.writer, &cid),
         }
     }
 }

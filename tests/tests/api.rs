@@ -199,8 +199,9 @@ async fn query_and_subscribe_reject_bad_input() {
 #[tokio::test]
 async fn unknown_paths_and_wrong_methods_answer_json_errors() {
     let node = Node::start().unwrap();
+    // `/` is the dashboard (API.md, "Metrics and dashboard"; tests/tests/dashboard.rs).
     for path in [
-        "/",
+        "/nothing",
         "/api/v1/nothing",
         "/api/v1/events/publishx",
         "/api/v2/events/offsets",

@@ -258,12 +258,20 @@ async fn a_scrape_during_a_100k_event_publish_is_answered() -> Result<()> {
     const BATCHES: usize = 25;
     const BATCH: usize = 1000;
     let node = Node::start()?;
+    // Each client stops half-way until a scrape has landed mid-publish: on a quiet machine the
+    // whole publish can end before the first scrape does (CI failed so), and the test must not
+    // depend on the machine's speed. Scrapes before that point run under the full load.
+    let (scraped, scraped_rx) = tokio::sync::watch::channel(false);
     let publishers: Vec<_> = (0..CLIENTS)
         .map(|c| {
             let http = node.http.clone();
             let url = node.url("/api/v1/events/publish");
+            let mut scraped = scraped_rx.clone();
             tokio::spawn(async move {
                 for b in 0..BATCHES {
+                    if b == BATCHES / 2 {
+                        scraped.wait_for(|s| *s).await?;
+                    }
                     let data: Vec<_> = (0..BATCH)
                         .map(|i| event("load", "bulk", json!({"c": c, "b": b, "i": i})))
                         .collect();
@@ -285,6 +293,7 @@ async fn a_scrape_during_a_100k_event_publish_is_answered() -> Result<()> {
         let published = value(&m, "shoal_events_published_total", &[]);
         if published > 0.0 && published < (CLIENTS * BATCHES * BATCH) as f64 {
             scrapes_during += 1;
+            scraped.send_replace(true);
         }
         if let Some(before) = &last {
             never_decrease(before, &m)?;

@@ -13,20 +13,6 @@ use shoal_tests::{within, Node, NodeOptions, TIMEOUT};
 
 const CHUNK: usize = 1 << 20;
 
-/// Deterministic pseudo-random bytes (xorshift), distinct per seed.
-fn random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
-
 fn peers(of: &[&Node]) -> NodeOptions {
     of.iter().fold(NodeOptions::default(), |o, n| {
         o.arg("--peer").arg(n.swarm.clone())
@@ -133,7 +119,7 @@ fn chunks(node: &Node) -> Result<u64> {
 #[tokio::test]
 async fn a_blob_with_two_replicas_is_read_in_full_after_its_uploader_is_killed() {
     let (mut a, b, c) = three(60).await;
-    let data = random(3 * CHUNK + 5, 1);
+    let data = shoal_fixtures::blob(1, 3 * CHUNK + 5);
     let (status, body) = put(&a, &data, "2").await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["replicas"], 2, "{body}");
@@ -162,7 +148,7 @@ async fn with_one_peer_away_the_put_is_202_and_the_missing_replica_follows() {
     let (a, b, mut c) = three(3).await;
     c.stop().unwrap();
     a.wait_info(|i| connected(i) == 1).await;
-    let data = random(2 * CHUNK + 1, 2);
+    let data = shoal_fixtures::blob(2, 2 * CHUNK + 1);
     let (status, body) = put(&a, &data, "3").await;
     assert_eq!(status, 202, "C is away: {body}");
     assert_eq!(body["replicas"], 2, "A and B: {body}");
@@ -189,7 +175,7 @@ async fn with_one_peer_away_the_put_is_202_and_the_missing_replica_follows() {
 async fn a_delete_releases_every_replica_and_frees_it_on_every_node() {
     let (a, b, c) = three(60).await;
     let before: Vec<u64> = [&a, &b, &c].iter().map(|n| chunks(n).unwrap()).collect();
-    let data = random(2 * CHUNK + 7, 3);
+    let data = shoal_fixtures::blob(3, 2 * CHUNK + 7);
     let (status, body) = put(&a, &data, "3").await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["replicas"], 3, "{body}");

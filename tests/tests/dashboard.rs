@@ -9,7 +9,7 @@
 //! not on this branch; the apps pane says so).
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,36 +17,9 @@ use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use shoal_tests::browser::chromium;
 use shoal_tests::{event, within, Node, NodeOptions, TIMEOUT};
 use tokio_tungstenite::tungstenite::Message;
-
-/// Debian's chromium, installed with apt when missing (as `.ci/run` does).
-fn chromium() -> Option<PathBuf> {
-    let find = || {
-        ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-    };
-    if let Some(p) = std::env::var_os("SHOAL_CHROMIUM") {
-        return Some(PathBuf::from(p));
-    }
-    if let Some(p) = find() {
-        return Some(p);
-    }
-    eprintln!("dashboard test: chromium is missing; trying `apt-get install -y chromium`");
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    let _ = apt(&["update"]) && apt(&["install", "-y", "chromium"]);
-    find()
-}
 
 /// Headless chromium with the DevTools Protocol on a port of its choosing, in its own process
 /// group (killed with it on drop).

@@ -19,8 +19,10 @@
 
 pub mod browser;
 mod cli;
+pub mod hostile;
 mod http;
 pub mod prometheus;
+pub mod stats;
 
 pub use cli::{cli, CliOutput, CliStream};
 pub use http::{expect_error, expect_status, raw_http, within, Ndjson};

@@ -176,6 +176,7 @@ impl Replicator {
                 },
                 ev = heads.recv() => match ev {
                     Some(Event::Head { head, blocks, from }) => self.on_head(head, blocks, from),
+                    Some(Event::Forgotten { source }) => self.forget(&source),
                     None => break,
                 },
                 _ = tick.tick() => self.start_due(),
@@ -303,7 +304,41 @@ impl Replicator {
         self.maybe_start(source);
     }
 
+    /// The head book gave `source` up (its tree was never stored here): its target and stash
+    /// go. A sync still running for it finishes or fails on its own.
+    fn forget(&mut self, source: &PeerId) {
+        if let Some(st) = self.sources.remove(source) {
+            let bytes: usize = st.stash.iter().map(|(_, d)| d.len()).sum();
+            self.stashed -= bytes.min(self.stashed);
+        }
+    }
+
+    /// Keeps the per-source state within the head book's limit also when a `Forgotten` event
+    /// was lost (the swarm does not wait for a busy replicator): idle sources go first, then
+    /// the targets that failed most.
+    fn prune(&mut self) {
+        if self.sources.len() <= swarm::heads::MAX_SOURCES {
+            return;
+        }
+        self.sources
+            .retain(|_, s| s.running || s.target.is_some() || !s.stash.is_empty());
+        let over = self.sources.len().saturating_sub(swarm::heads::MAX_SOURCES);
+        if over > 0 {
+            let mut failing: Vec<(u32, PeerId)> = self
+                .sources
+                .iter()
+                .filter(|(_, s)| !s.running && s.failures > 0)
+                .map(|(p, s)| (s.failures, *p))
+                .collect();
+            failing.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            for (_, source) in failing.into_iter().take(over) {
+                self.forget(&source);
+            }
+        }
+    }
+
     fn start_due(&mut self) {
+        self.prune();
         let now = Instant::now();
         let due: Vec<PeerId> = self
             .sources
@@ -423,18 +458,18 @@ impl Replicator {
     }
 
     async fn sync_ok(&mut self, source: PeerId, head: SignedHead, events: u64) {
-        let Some(st) = self.sources.get_mut(&source) else {
-            return;
-        };
-        st.running = false;
-        st.failures = 0;
-        st.retry_at = None;
-        if st
-            .target
-            .as_ref()
-            .is_some_and(|t| t.head.offset <= head.head.offset)
-        {
-            st.target = None;
+        // A source forgotten meanwhile has no state left; its import still counts.
+        if let Some(st) = self.sources.get_mut(&source) {
+            st.running = false;
+            st.failures = 0;
+            st.retry_at = None;
+            if st
+                .target
+                .as_ref()
+                .is_some_and(|t| t.head.offset <= head.head.offset)
+            {
+                st.target = None;
+            }
         }
         if events > 0 {
             tracing::debug!(

@@ -10,7 +10,7 @@
 //! beyond the store is handed to the replicator to resume its sync. File layout: a sequence of
 //! `kind: u8` (0 stored, 1 known), `len: u16` BE, `len` bytes of an encoded `SignedHead`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,8 +21,10 @@ use crate::head::SignedHead;
 
 /// Sources the book keeps at most. Every source costs memory here, in the replicator, in the
 /// node's network state, a line in the heads file and a digest entry; a peer holding the swarm
-/// key could invent sources without end (issue 12 item 3). Heads of further sources are dropped
-/// (a real swarm of shop-floor devices is far smaller).
+/// key could invent sources without end (issue 12 item 3). When the book is full, a new source
+/// takes the place of the source known longest whose tree was never stored here (a claim
+/// nobody could back with blocks, as invented sources are); when every source is stored, heads
+/// of further sources are dropped (a real swarm of shop-floor devices is far smaller).
 pub const MAX_SOURCES: usize = 10_000;
 
 /// File name inside the data dir.
@@ -38,9 +40,23 @@ const KNOWN: u8 = 1;
 pub(crate) struct HeadBook {
     known: HashMap<PeerId, SignedHead>,
     stored: HashMap<PeerId, SignedHead>,
+    /// Sources in the order they became known: the front is given up first when the book is
+    /// full (entries stored since are skipped and dropped on the way).
+    arrivals: VecDeque<PeerId>,
     file: Option<PathBuf>,
     dirty: bool,
     saved: Option<Instant>,
+}
+
+/// What [`HeadBook::make_room_for`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Room {
+    /// The source may be kept.
+    Free,
+    /// The source may be kept in the place of this one, forgotten now.
+    Forgot(PeerId),
+    /// Every place is held by a stored source.
+    Full,
 }
 
 pub(crate) fn source_id(peer: &PeerId) -> SourceId {
@@ -93,10 +109,19 @@ impl HeadBook {
         (book, resume)
     }
 
-    /// Whether a head of `source` may be taken: it is known already, or there is room for one
-    /// more source (see [`MAX_SOURCES`]).
-    pub(crate) fn has_room_for(&self, source: &PeerId) -> bool {
-        self.known.contains_key(source) || self.known.len() < MAX_SOURCES
+    /// Whether a head of `source` may be taken: it is known already, there is room for one
+    /// more source, or a source never stored here gives up its place (see [`MAX_SOURCES`]).
+    pub(crate) fn make_room_for(&mut self, source: &PeerId) -> Room {
+        if self.known.contains_key(source) || self.known.len() < MAX_SOURCES {
+            return Room::Free;
+        }
+        while let Some(old) = self.arrivals.pop_front() {
+            if !self.stored.contains_key(&old) && self.known.remove(&old).is_some() {
+                self.dirty = true;
+                return Room::Forgot(old);
+            }
+        }
+        Room::Full
     }
 
     /// Raises the known head of `head`'s source; true if it is news.
@@ -106,7 +131,9 @@ impl HeadBook {
             .get(&head.head.source)
             .is_none_or(|k| k.head.offset < head.head.offset);
         if news {
-            self.known.insert(head.head.source, head.clone());
+            if self.known.insert(head.head.source, head.clone()).is_none() {
+                self.arrivals.push_back(head.head.source);
+            }
             self.dirty = true;
         }
         news
@@ -254,20 +281,48 @@ mod tests {
     }
 
     /// Issue 12 item 3: a peer inventing sources cannot grow the book (and with it the node's
-    /// memory, heads file and digests) without end.
+    /// memory, heads file and digests) without end, nor keep a new honest source out of it
+    /// for good: invented sources are never stored, so the longest known of them gives way;
+    /// stored sources never do.
     #[test]
-    fn the_book_keeps_at_most_max_sources() {
+    fn the_book_keeps_at_most_max_sources_and_gives_up_unstored_ones_first() {
         let mut book = HeadBook::default();
-        let first = PeerId::random();
-        assert!(book.remember_known(&head(first, 0)));
+        let stored = PeerId::random();
+        book.set_stored(head(stored, 0));
+        let mut invented = Vec::new();
         for _ in 1..MAX_SOURCES {
             let source = PeerId::random();
-            assert!(book.has_room_for(&source));
+            assert_eq!(book.make_room_for(&source), Room::Free);
             book.remember_known(&head(source, 0));
+            invented.push(source);
         }
-        let invented = PeerId::random();
-        assert!(!book.has_room_for(&invented), "full");
-        assert!(book.has_room_for(&first), "known sources still move on");
-        assert!(book.remember_known(&head(first, 1)));
+        assert_eq!(
+            book.make_room_for(&stored),
+            Room::Free,
+            "known sources still move on"
+        );
+        assert!(book.remember_known(&head(stored, 1)));
+        assert_eq!(book.make_room_for(&invented[0]), Room::Free);
+
+        // Full: a new source takes the place of the first invented one, then the next.
+        let honest = PeerId::random();
+        assert_eq!(book.make_room_for(&honest), Room::Forgot(invented[0]));
+        book.remember_known(&head(honest, 0));
+        assert_eq!(book.known.len(), MAX_SOURCES);
+        assert_eq!(
+            book.make_room_for(&PeerId::random()),
+            Room::Forgot(invented[1])
+        );
+
+        // Once every place is a stored source, new sources are dropped.
+        let mut full = HeadBook::default();
+        for _ in 0..MAX_SOURCES {
+            full.set_stored(head(PeerId::random(), 0));
+        }
+        assert_eq!(full.make_room_for(&PeerId::random()), Room::Full);
+        assert!(
+            full.arrivals.is_empty(),
+            "the stored sources were skipped and dropped"
+        );
     }
 }

@@ -47,7 +47,7 @@ use shoal_store::{OffsetMap, SourceId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-pub use behaviour::BuildError;
+pub use behaviour::{transport, BuildError};
 pub use forks::ForkInfo;
 pub use heads::FILE as HEADS_FILE;
 pub use statuses::Received as ReceivedStatus;
@@ -156,6 +156,9 @@ pub enum Event {
         blocks: Vec<(Cid, Vec<u8>)>,
         from: PeerId,
     },
+    /// The head book gave up `source` (never stored here) for a newer one: the replicator
+    /// drops its sync target.
+    Forgotten { source: PeerId },
 }
 
 /// A peer as node info shows it (`GET /api/v1/node/info` `peers[]`).

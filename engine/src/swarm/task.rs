@@ -649,8 +649,7 @@ impl Task {
                 tracing::warn!(peer = %from, error = %e, "dropped invalid gossip");
                 gossipsub::MessageAcceptance::Reject
             }
-            Ok(m) if !self.heads.has_room_for(&m.head.head.source) => {
-                self.source_limit_reached(from);
+            Ok(m) if !self.make_room_for(&m.head.head.source, from) => {
                 gossipsub::MessageAcceptance::Ignore
             }
             // Validly signed, so the relaying peer may be honest: not forwarded, not penalised.
@@ -811,8 +810,7 @@ impl Task {
             if source == *self.swarm.local_peer_id() {
                 continue;
             }
-            if !self.heads.has_room_for(&source) {
-                self.source_limit_reached(peer);
+            if !self.make_room_for(&source, peer) {
                 continue;
             }
             if self.refuse_fork(&head, peer) {
@@ -840,8 +838,32 @@ impl Task {
         true
     }
 
-    /// A head of one source too many was dropped: warned at most once a minute, naming the
-    /// peer that sent it.
+    /// Whether a head of `source` from `peer` may be taken (the head book's limit): when a
+    /// source never stored here gives up its place, the network state and the replicator
+    /// forget it too.
+    fn make_room_for(&mut self, source: &PeerId, peer: PeerId) -> bool {
+        match self.heads.make_room_for(source) {
+            heads::Room::Free => true,
+            heads::Room::Forgot(old) => {
+                self.source_limit_reached(peer);
+                let old_id = source_id(&old);
+                self.status(|s| s.known.remove(&old_id).is_some());
+                if let Err(mpsc::error::TrySendError::Full(_)) =
+                    self.events.try_send(Event::Forgotten { source: old })
+                {
+                    tracing::debug!("replication is busy; it prunes the forgotten source itself");
+                }
+                true
+            }
+            heads::Room::Full => {
+                self.source_limit_reached(peer);
+                false
+            }
+        }
+    }
+
+    /// The head book is full: warned at most once a minute, naming the peer whose head
+    /// brought a new source.
     fn source_limit_reached(&mut self, peer: PeerId) {
         if self
             .limit_warned
@@ -850,8 +872,8 @@ impl Task {
             self.limit_warned = Some(Instant::now());
             tracing::warn!(
                 %peer, limit = heads::MAX_SOURCES,
-                "this node knows as many sources as it keeps; heads of new sources are dropped \
-                 (more are not logged for a minute)"
+                "this node knows as many sources as it keeps; new sources replace those never \
+                 stored here, or are dropped when all are stored (not logged again for a minute)"
             );
         }
     }

@@ -144,7 +144,9 @@ async fn gossip_carries_head_and_inline_blocks() {
     })
     .await
     .expect("head arrives");
-    let Event::Head { head, blocks, from } = got;
+    let Event::Head { head, blocks, from } = got else {
+        panic!("expected a head, got {got:?}");
+    };
     assert_eq!(head.head.source, ka.public().to_peer_id());
     assert_eq!(from, a.local_peer_id());
     // Either via gossip (with the block inline) or via the digest answer (without).
@@ -169,7 +171,9 @@ async fn digest_catches_up_a_late_joiner() {
         .await
         .expect("digest answer arrives")
         .unwrap();
-    let Event::Head { head, .. } = ev;
+    let Event::Head { head, .. } = ev else {
+        panic!("expected a head, got {ev:?}");
+    };
     assert_eq!(head, h);
 }
 

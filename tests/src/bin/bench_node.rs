@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+use shoal_tests::stats::median;
 use shoal_tests::{Node, NodeOptions};
 
 struct Settings {
@@ -319,11 +320,6 @@ async fn latency(node: &Node, events: usize, rate: u32) -> Result<(Duration, Dur
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     Ok((pct(0.50), pct(0.99)))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn fmt_runs(v: &[f64], unit: &str, scale: f64) -> String {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use shoal_tests::stats::median;
 use shoal_tests::Node;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -40,11 +41,6 @@ async fn frame(ws: &mut Ws) -> Result<Value> {
             return Ok(serde_json::from_str(t.as_str())?);
         }
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// Persists `n` events tagged `tag` in batches of `batch`, `window` requests in flight;

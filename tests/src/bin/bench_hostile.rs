@@ -1,0 +1,203 @@
+//! Publish latency on a node under attack (issue 12, "Done means"): an honest three-node swarm
+//! (A–B–C, real `shoal run` processes on 127.0.0.1) where A takes single-event publishes at a
+//! steady rate while B and C publish in the background, first with no attacker, then with the
+//! hostile peer of `shoal_tests::hostile` attacking A and B for the same time. Each run uses a
+//! fresh swarm; the figure is the attacked p99 as a ratio to the unattacked p99 of the same run
+//! (goal: ≤ 2), with medians over the runs. It also prints, per run, how long the honest swarm
+//! took to converge after the attack, A's resident memory and its `swarm-heads` size.
+//!
+//! Run: `cargo run --release -p shoal-tests --bin bench_hostile [-- --runs 3 --secs 60 --rate 200]`.
+//! Latency is one publish request's round trip (sent → 201) from a client on the same machine;
+//! requests go out on their own tasks at the rate, so a slow answer does not delay the next.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use shoal_tests::hostile::Hostile;
+use shoal_tests::stats::{median, percentile_ms};
+use shoal_tests::{event, Node, NodeOptions};
+
+struct Settings {
+    runs: usize,
+    secs: u64,
+    rate: u64,
+}
+
+fn settings() -> Result<Settings> {
+    let mut s = Settings {
+        runs: 3,
+        secs: 60,
+        rate: 200,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value: u64 = it
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?
+            .parse()
+            .with_context(|| format!("{flag} needs a number"))?;
+        match flag.as_str() {
+            "--runs" => s.runs = (value as usize).max(1),
+            "--secs" => s.secs = value.max(1),
+            "--rate" => s.rate = value.clamp(1, 10_000),
+            other => bail!("unknown flag {other}; use --runs, --secs or --rate"),
+        }
+    }
+    Ok(s)
+}
+
+fn peer(of: &Node) -> NodeOptions {
+    NodeOptions::default().arg("--peer").arg(of.swarm.clone())
+}
+
+/// Publishes single events on `node` at `rate`/s for `secs`; the sorted request latencies.
+async fn publish_for(node: &Node, name: &str, rate: u64, secs: u64) -> Result<Vec<Duration>> {
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut latencies = Vec::new();
+    let mut i = 0u64;
+    while Instant::now() < until {
+        tick.tick().await;
+        let http = node.http.clone();
+        let url = node.url("/api/v1/events/publish");
+        let body = json!({ "data": [event("bench", name, json!({ "i": i }))] });
+        i += 1;
+        tasks.spawn(async move {
+            let sent = Instant::now();
+            let resp = http.post(url).json(&body).send().await?;
+            if resp.status().as_u16() != 201 {
+                bail!("publish answered {}", resp.status());
+            }
+            Ok(sent.elapsed())
+        });
+        while let Some(done) = tasks.try_join_next() {
+            latencies.push(done.context("publish task")??);
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        latencies.push(done.context("publish task")??);
+    }
+    latencies.sort();
+    Ok(latencies)
+}
+
+/// One phase: A at the rate, B and C at a tenth of it; A's latencies.
+async fn phase(nodes: &[Node; 3], name: &str, s: &Settings) -> Result<Vec<Duration>> {
+    let background = (s.rate / 10).max(1);
+    let (a, b, c) = tokio::join!(
+        publish_for(&nodes[0], name, s.rate, s.secs),
+        publish_for(&nodes[1], name, background, s.secs),
+        publish_for(&nodes[2], name, background, s.secs),
+    );
+    b?;
+    c?;
+    a
+}
+
+/// Waits until every node stores every other node's offsets as they are now; the time taken.
+async fn converge(nodes: &[Node; 3]) -> Result<Duration> {
+    let start = Instant::now();
+    let mut want = Vec::new();
+    for n in nodes {
+        let own = n.offsets().await?[&n.source]
+            .as_u64()
+            .context("own offset")?;
+        want.push((n.source.clone(), own));
+    }
+    loop {
+        let mut done = true;
+        for n in nodes {
+            let offsets = n.offsets().await?;
+            done &= want
+                .iter()
+                .all(|(s, o)| offsets[s].as_u64().is_some_and(|have| have >= *o));
+        }
+        if done {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!("the honest swarm did not converge within 120 s after the attack");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// GC rounds on `node` that freed blocks so far (its log's lines; GC runs every 30 s and frees
+/// blocks at least 60 s old, so a phase of 60 s or more sees one when GC keeps running).
+fn gc_rounds(node: &Node) -> usize {
+    node.log().matches("gc freed unreachable blocks").count()
+}
+
+fn rss_mib(pid: Option<u32>) -> u64 {
+    let status = pid
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb >> 10)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let s = settings()?;
+    println!(
+        "bench_hostile: {} runs, {} s per phase, A at {}/s (B, C at {}/s)",
+        s.runs,
+        s.secs,
+        s.rate,
+        (s.rate / 10).max(1)
+    );
+    let (mut idle99, mut attacked99, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=s.runs {
+        let a = Node::start()?;
+        let b = Node::start_with(peer(&a))?;
+        let c = Node::start_with(peer(&b))?;
+        let nodes = [a, b, c];
+        converge(&nodes).await?;
+
+        let idle = phase(&nodes, "idle", &s).await?;
+        let victims: Vec<String> = nodes.iter().map(|n| n.source.clone()).collect();
+        let hostile =
+            Hostile::start(&[nodes[0].swarm.clone(), nodes[1].swarm.clone()], &victims).await?;
+        let gc_before = gc_rounds(&nodes[0]);
+        let attacked = phase(&nodes, "attacked", &s).await?;
+        let gc_during = gc_rounds(&nodes[0]) - gc_before;
+        let rss = rss_mib(nodes[0].pid());
+        let tally = hostile.stop().await;
+        let converged = converge(&nodes).await?;
+        let heads = std::fs::metadata(nodes[0].data_dir().join(shoal_engine::swarm::HEADS_FILE))
+            .map_or(0, |m| m.len());
+
+        let (i50, i99) = (percentile_ms(&idle, 0.5), percentile_ms(&idle, 0.99));
+        let (a50, a99) = (
+            percentile_ms(&attacked, 0.5),
+            percentile_ms(&attacked, 0.99),
+        );
+        println!(
+            "run {run}: unattacked p50 {i50:.2} ms p99 {i99:.2} ms | attacked p50 {a50:.2} ms \
+             p99 {a99:.2} ms | ratio p99 {:.2} | converged {:.1} s after | A RSS {rss} MiB, \
+             swarm-heads {} KiB, \
+             {gc_during} GC rounds freed blocks on A during the attack",
+            a99 / i99,
+            converged.as_secs_f64(),
+            heads >> 10
+        );
+        println!("  attacker: {tally:?}");
+        idle99.push(i99);
+        attacked99.push(a99);
+        ratios.push(a99 / i99);
+    }
+    println!(
+        "median: unattacked p99 {:.2} ms, attacked p99 {:.2} ms, ratio {:.2} (goal ≤ 2)",
+        median(idle99),
+        median(attacked99),
+        median(ratios)
+    );
+    Ok(())
+}

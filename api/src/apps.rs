@@ -2,8 +2,10 @@
 //!
 //! Routes map onto [`shoal_engine::apps::Handle`]; status codes come from `error.rs`. A package
 //! upload is read up to [`MAX_PACKAGE_BYTES`] (413 beyond, at once when `Content-Length` says
-//! so). `?to=` and `?all=true` (the swarm-wide forms) are answered 400 until the swarm-wide
-//! runtime lands: [`SwarmForm`] is the hook where they plug in.
+//! so). The swarm-wide forms: `?to=<source>|all` records the command as an event
+//! ([`Commander`]; the targets carry it out when it reaches them) and answers at once — 201
+//! with the package for a deploy, 202 `{"command","to","action","app"}` otherwise; `?all=true`
+//! on the list adds every other node's apps as their gossiped status last reported them.
 //!
 //! Web apps: `GET /apps/<id>/<path>` serves files of the app's `dist` directory (`/apps/<id>/`
 //! is its `main` page; `/apps/<id>` redirects there so relative links resolve). Paths are
@@ -14,7 +16,10 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde_json::json;
+use shoal_engine::announce::Nodes;
 use shoal_engine::apps::{Handle, Package, MAX_PACKAGE_BYTES};
+use shoal_engine::remote::{Action, Commander};
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Reply};
@@ -24,9 +29,9 @@ use crate::error::{self, ApiError};
 /// The query of app commands: the swarm-wide forms (`to`, `all`) and `start`/`purge`.
 #[derive(Debug, Default, Deserialize)]
 pub struct SwarmForm {
-    /// `?to=<source>|all`: record the command for other nodes (not supported yet).
+    /// `?to=<source>|all`: record the command for those nodes.
     pub to: Option<String>,
-    /// `?all=true` on the list: every node's apps (not supported yet).
+    /// `?all=true` on the list: every node's apps.
     pub all: Option<bool>,
     /// `?start=false` on a deploy.
     pub start: Option<bool>,
@@ -34,85 +39,120 @@ pub struct SwarmForm {
     pub purge: Option<bool>,
 }
 
-impl SwarmForm {
-    /// Refuses the swarm-wide forms this node cannot carry out yet.
-    fn local_only(&self) -> Result<(), ApiError> {
-        if self.to.is_some() {
-            return Err(ApiError::bad_request(
-                "to: deploying to other nodes is not supported yet; run the command against that node's API",
-            ));
-        }
-        if self.all == Some(true) {
-            return Err(ApiError::bad_request(
-                "all: listing other nodes' apps is not supported yet; ask each node",
-            ));
-        }
-        Ok(())
+/// Records `action` for `to` and answers 202 with the command.
+pub async fn give(commander: &Commander, to: &str, action: Action) -> Response {
+    match commander.command(to, action).await {
+        Ok(given) => warp::reply::with_status(warp::reply::json(&given), StatusCode::ACCEPTED)
+            .into_response(),
+        Err(e) => error::from_give(e).into_response(),
     }
 }
 
+fn created<T: serde::Serialize>(v: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(v), StatusCode::CREATED).into_response()
+}
+
+/// What the app routes use.
+#[derive(Clone)]
+struct Parts {
+    apps: Handle,
+    commander: Commander,
+    nodes: Nodes,
+}
+
 /// The app routes.
-pub fn routes(apps: Handle) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+pub fn routes(
+    apps: Handle,
+    commander: Commander,
+    nodes: Nodes,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let parts = Parts {
+        apps,
+        commander,
+        nodes,
+    };
     let with = move || {
-        let apps = apps.clone();
-        warp::any().map(move || apps.clone())
+        let parts = parts.clone();
+        warp::any().map(move || parts.clone())
     };
     let list = warp::path!("api" / "v1" / "apps")
         .and(warp::get())
         .and(with())
         .and(warp::query::<SwarmForm>())
-        .then(|apps: Handle, q: SwarmForm| async move {
-            if let Err(e) = q.local_only() {
-                return e.into_response();
+        .then(|p: Parts, q: SwarmForm| async move {
+            if q.to.is_some() {
+                return ApiError::bad_request("to: a listing takes `all=true`, not `to`")
+                    .into_response();
             }
-            match apps.list().await {
-                Ok(list) => warp::reply::json(&list).into_response(),
-                Err(e) => error::from_apps(e).into_response(),
+            let local = match p.apps.list().await {
+                Ok(list) => list,
+                Err(e) => return error::from_apps(e).into_response(),
+            };
+            if q.all != Some(true) {
+                return warp::reply::json(&local).into_response();
             }
+            let mut all: Vec<serde_json::Value> = local
+                .iter()
+                .filter_map(|a| serde_json::to_value(a).ok())
+                .collect();
+            // This node first (listed fresh above), then the others as their status says.
+            for node in p.nodes.list().await.into_iter().skip(1) {
+                for a in node.status.apps {
+                    all.push(json!({
+                        "id": a.id, "version": a.version, "kind": a.kind, "state": a.state,
+                        "settingsValid": a.settings_valid, "pid": a.pid, "restarts": a.restarts,
+                        "startedAt": a.started_at, "node": node.source,
+                    }));
+                }
+            }
+            warp::reply::json(&all).into_response()
         });
     let deploy = warp::path!("api" / "v1" / "apps")
         .and(warp::post())
         .and(with())
         .and(warp::query::<SwarmForm>())
         .and(crate::body::limited(MAX_PACKAGE_BYTES))
-        .then(
-            |apps: Handle, q: SwarmForm, body: bytes::Bytes| async move {
-                if let Err(e) = q.local_only() {
-                    return e.into_response();
-                }
-                if body.is_empty() {
-                    return ApiError::bad_request(
-                        "body: send the package (.tar.gz made by `shoal apps package`)",
-                    )
-                    .into_response();
-                }
-                match apps
-                    .deploy(Package::Bytes(body), q.start.unwrap_or(true))
-                    .await
-                {
-                    Ok(d) => warp::reply::with_status(warp::reply::json(&d), StatusCode::CREATED)
-                        .into_response(),
+        .then(|p: Parts, q: SwarmForm, body: bytes::Bytes| async move {
+            if body.is_empty() {
+                return ApiError::bad_request(
+                    "body: send the package (.tar.gz made by `shoal apps package`)",
+                )
+                .into_response();
+            }
+            let start = q.start.unwrap_or(true);
+            match q.to {
+                Some(to) => match p.commander.deploy(&to, body, start).await {
+                    Ok(d) => created(&d),
+                    Err(e) => error::from_give(e).into_response(),
+                },
+                None => match p.apps.deploy(Package::Bytes(body), start).await {
+                    Ok(d) => created(&d),
                     Err(e) => error::from_apps(e).into_response(),
-                }
-            },
-        );
+                },
+            }
+        });
     let action = warp::path!("api" / "v1" / "apps" / String / String)
         .and(warp::post())
         .and(with())
         .and(warp::query::<SwarmForm>())
         .then(
-            |id: String, action: String, apps: Handle, q: SwarmForm| async move {
-                if let Err(e) = q.local_only() {
-                    return e.into_response();
-                }
-                let done = match action.as_str() {
-                    "start" => apps.start(&id).await,
-                    "stop" => apps.stop(&id).await,
-                    "restart" => apps.restart(&id).await,
+            |id: String, action: String, p: Parts, q: SwarmForm| async move {
+                let remote = match action.as_str() {
+                    "start" => Action::Start { app: id.clone() },
+                    "stop" => Action::Stop { app: id.clone() },
+                    "restart" => Action::Restart { app: id.clone() },
                     _ => {
                         return ApiError::not_found("no such endpoint: use start, stop or restart")
                             .into_response()
                     }
+                };
+                if let Some(to) = q.to {
+                    return give(&p.commander, &to, remote).await;
+                }
+                let done = match remote {
+                    Action::Start { .. } => p.apps.start(&id).await,
+                    Action::Stop { .. } => p.apps.stop(&id).await,
+                    _ => p.apps.restart(&id).await,
                 };
                 match done {
                     Ok(()) => StatusCode::ACCEPTED.into_response(),
@@ -124,11 +164,12 @@ pub fn routes(apps: Handle) -> impl Filter<Extract = (Response,), Error = warp::
         .and(warp::delete())
         .and(with())
         .and(warp::query::<SwarmForm>())
-        .then(|id: String, apps: Handle, q: SwarmForm| async move {
-            if let Err(e) = q.local_only() {
-                return e.into_response();
+        .then(|id: String, p: Parts, q: SwarmForm| async move {
+            let purge = q.purge.unwrap_or(false);
+            if let Some(to) = q.to {
+                return give(&p.commander, &to, Action::Undeploy { app: id, purge }).await;
             }
-            match apps.undeploy(&id, q.purge.unwrap_or(false)).await {
+            match p.apps.undeploy(&id, purge).await {
                 Ok(()) => StatusCode::NO_CONTENT.into_response(),
                 Err(e) => error::from_apps(e).into_response(),
             }
@@ -140,7 +181,7 @@ pub fn routes(apps: Handle) -> impl Filter<Extract = (Response,), Error = warp::
         .and(warp::get())
         .and(with())
         .then(
-            |id: String, tail: warp::path::Tail, full: warp::path::FullPath, apps: Handle| async move {
+            |id: String, tail: warp::path::Tail, full: warp::path::FullPath, p: Parts| async move {
                 // `/apps/<id>` → `/apps/<id>/`, so the page's relative links resolve inside it.
                 if tail.as_str().is_empty() && !full.as_str().ends_with('/') {
                     let mut resp = StatusCode::MOVED_PERMANENTLY.into_response();
@@ -149,7 +190,7 @@ pub fn routes(apps: Handle) -> impl Filter<Extract = (Response,), Error = warp::
                     }
                     return resp;
                 }
-                match web_file(&apps, &id, tail.as_str()).await {
+                match web_file(&p.apps, &id, tail.as_str()).await {
                     Ok(resp) => resp,
                     Err(e) => e.into_response(),
                 }

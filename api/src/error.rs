@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use serde::Serialize;
 use shoal_engine::apps::AppsError;
 use shoal_engine::blobs::BlobsError;
+use shoal_engine::remote::GiveError;
 use shoal_engine::EventsError;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -214,6 +215,15 @@ pub fn from_apps(e: AppsError) -> ApiError {
         AppsError::Blob(e) => from_blobs(e),
         AppsError::Closed => ApiError::overloaded("the node is shutting down; retry"),
         e @ AppsError::Storage(_) => ApiError::internal(e.to_string()),
+    }
+}
+
+/// Errors of recording an app command for other nodes (`?to=`).
+pub fn from_give(e: GiveError) -> ApiError {
+    match e {
+        e @ (GiveError::Target(_) | GiveError::Command(_)) => ApiError::bad_request(e.to_string()),
+        GiveError::Apps(e) => from_apps(e),
+        GiveError::Events(e) => from_events(e, "command"),
     }
 }
 

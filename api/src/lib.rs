@@ -69,6 +69,8 @@ pub fn routes(
     let blob_service = node.blobs();
     let console = console::read_route(node.console(), config, node.shutdown_signal());
     let apps = node.apps();
+    let commander = node.commander();
+    let nodes = node.nodes();
     events::routes(node.events(), config)
         .or(dashboard::routes())
         .unify()
@@ -84,9 +86,9 @@ pub fn routes(
         .unify()
         .or(blobs::routes(blob_service, config.max_body_bytes))
         .unify()
-        .or(apps::routes(apps.clone()))
+        .or(apps::routes(apps.clone(), commander.clone(), nodes))
         .unify()
-        .or(settings::routes(apps, config.max_body_bytes))
+        .or(settings::routes(apps, commander, config.max_body_bytes))
         .unify()
         .recover(error::recover)
         .unify()

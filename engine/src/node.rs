@@ -21,6 +21,9 @@
 //!   │
 //!   │  [status announcer] ──AnnounceStatus (signed, every 5 s / on change)──▶ swarm
 //!   │   reads offsets, NetworkState, the apps' report; swarm keeps others' statuses in memory
+//!   │  [app status reporter] reads apps::Handle (list, 1 s) ··▶ LocalApps (the apps' report)
+//!   │  [app command applier] subscribes to shoal.apps commands for us ──▶ apps::Handle
+//!   │   (a deploy fetches its package blob through blobs); apps-applied.json
 //!   │
 //!   │  [maintenance] ──Gc/Checkpoint──▶ writer   (waits while a sync receives blocks:
 //!   │                                               the replicator's sync-activity watch)
@@ -143,11 +146,11 @@ pub struct NodeHandle {
     console: crate::console::Console,
     /// Every node of the swarm (`GET /api/v1/nodes`), from the status gossip.
     nodes: crate::announce::Nodes,
-    /// What the status announces of this node's apps; the apps part writes it.
-    local_apps: Arc<watch::Sender<crate::announce::LocalApps>>,
     metrics: Metrics,
     backup: crate::dump::Backup,
     apps: crate::apps::Handle,
+    /// Records app commands for other nodes (`?to=`).
+    commander: crate::remote::Commander,
 }
 
 /// How long each task gets to end after the shutdown signal before it is aborted.
@@ -257,6 +260,23 @@ impl Node {
                 return Err(e.into());
             }
         };
+        let (outcomes, outcomes_rx) =
+            tokio::sync::mpsc::channel(crate::remote::report::OUTCOME_QUEUE);
+        let applier = crate::remote::applier::spawn(
+            events.clone(),
+            apps.handle(),
+            config.data_dir.clone(),
+            outcomes,
+            shutdown_rx.clone(),
+        );
+        let reporter = crate::remote::report::spawn(
+            apps.handle(),
+            local_apps,
+            outcomes_rx,
+            shutdown_rx.clone(),
+        );
+        let commander =
+            crate::remote::Commander::new(events.clone(), blobs.clone(), config.data_dir.clone());
         tracing::info!(source = %identity.source(), data_dir = %config.data_dir.display(), "node started");
         Ok(Node {
             handle: NodeHandle {
@@ -270,16 +290,18 @@ impl Node {
                 shutdown: shutdown_rx,
                 console,
                 nodes,
-                local_apps: Arc::new(local_apps),
                 metrics,
                 backup,
                 apps: apps.handle(),
+                commander,
             },
             apps: Some(apps),
             shutdown,
             writer: Some(writer),
             // Stopped in this order: the replicator before the swarm it sends to.
             tasks: vec![
+                ("app command applier", applier),
+                ("app status reporter", reporter),
                 ("replicator", replication.task),
                 ("blob replicas", replica_task),
                 ("maintenance", maintenance),
@@ -366,13 +388,9 @@ impl NodeHandle {
         self.nodes.clone()
     }
 
-    /// Replaces what this node's status says of its apps (announced soon after).
-    pub fn report_apps(&self, apps: crate::announce::LocalApps) {
-        self.local_apps.send_if_modified(|old| {
-            let changed = *old != apps;
-            *old = apps;
-            changed
-        });
+    /// Records app commands for other nodes (`?to=`; `remote/`).
+    pub fn commander(&self) -> crate::remote::Commander {
+        self.commander.clone()
     }
 
     /// The app runtime (clone it freely).

@@ -39,7 +39,8 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
-    /// Deploy a package (or an app directory, packed on the fly) to the node and start it.
+    /// Deploy a package (or an app directory, packed on the fly) to the node and start it;
+    /// with --to, record the deployment for other nodes, which fetch the package from the swarm.
     Deploy {
         #[arg(value_name = "PACKAGE|DIR")]
         package: PathBuf,
@@ -51,7 +52,7 @@ enum Command {
     },
     /// List the node's apps: state, pid, restarts.
     Ls {
-        /// Every node's apps (from their status; not supported yet).
+        /// Every node's apps, as their gossiped status last reported them (NODE column).
         #[arg(long)]
         all: bool,
     },
@@ -94,14 +95,15 @@ enum Command {
 /// `--to SOURCE|all`: the swarm-wide form of a command.
 #[derive(clap::Args)]
 pub struct To {
-    /// Carry the command out on another node (a source id) or on `all` nodes.
+    /// Record the command for another node (a source id, see `shoal nodes ls`) or for `all`
+    /// nodes; each carries it out when it receives it, also after a partition heals.
     #[arg(long, value_name = "SOURCE|all")]
     pub to: Option<String>,
 }
 
 impl To {
-    /// The `to=` query parameter, if any (the node answers whether it supports it).
-    fn query(&self) -> String {
+    /// The `to=` query parameter, if any.
+    pub fn query(&self) -> String {
         match &self.to {
             Some(to) => format!("to={}", crate::cmd::settings::encode(to)),
             None => String::new(),
@@ -190,6 +192,15 @@ async fn remote(command: Command, client: Client, json: bool) -> Result<()> {
                 .context("the node did not answer JSON")?;
             if json {
                 println!("{d}");
+            } else if let Some(to) = &to.to {
+                println!(
+                    "deploy of {} {} recorded for {to} (package {}, command {}); \
+                     see it run with `shoal apps ls --all`",
+                    d["id"].as_str().unwrap_or("?"),
+                    d["version"].as_str().unwrap_or("?"),
+                    d["package"].as_str().unwrap_or("?"),
+                    d["command"].as_str().unwrap_or("?"),
+                );
             } else {
                 println!(
                     "deployed {} {} (package {})",
@@ -212,12 +223,18 @@ async fn remote(command: Command, client: Client, json: bool) -> Result<()> {
                 return Ok(());
             }
             let mut out = std::io::stdout().lock();
+            if all {
+                write!(out, "{:<53} ", "NODE")?;
+            }
             writeln!(
                 out,
                 "{:<32} {:<10} {:<8} {:<17} {:>8} {:>8}",
                 "ID", "VERSION", "KIND", "STATE", "PID", "RESTARTS"
             )?;
             for app in list.as_array().into_iter().flatten() {
+                if all {
+                    write!(out, "{:<53} ", app["node"].as_str().unwrap_or("?"))?;
+                }
                 writeln!(
                     out,
                     "{:<32} {:<10} {:<8} {:<17} {:>8} {:>8}",
@@ -247,10 +264,10 @@ async fn remote(command: Command, client: Client, json: bool) -> Result<()> {
                 format!("/api/v1/apps/{}", crate::cmd::settings::encode(&id)),
                 &[to.query(), purge],
             );
-            client
+            let resp = client
                 .send_request(client.request(reqwest::Method::DELETE, &api), &api)
                 .await?;
-            Ok(())
+            recorded(resp, &to).await
         }
         Command::Logs { id, follow } => logs(&client, &id, follow, json).await,
     }
@@ -265,9 +282,25 @@ async fn action(client: &Client, id: &str, what: &str, to: &To) -> Result<()> {
         format!("/api/v1/apps/{}/{what}", crate::cmd::settings::encode(id)),
         &[to.query()],
     );
-    client
+    let resp = client
         .send_request(client.request(reqwest::Method::POST, &api), &api)
         .await?;
+    recorded(resp, to).await
+}
+
+/// With `--to`: says which command event the node recorded (the targets carry it out).
+pub async fn recorded(resp: reqwest::Response, to: &To) -> Result<()> {
+    if to.to.is_none() {
+        return Ok(());
+    }
+    let given: Value = resp.json().await.context("the node did not answer JSON")?;
+    println!(
+        "{} of {} recorded for {} (command {})",
+        given["action"].as_str().unwrap_or("?"),
+        given["app"].as_str().unwrap_or("?"),
+        given["to"].as_str().unwrap_or("?"),
+        given["command"].as_str().unwrap_or("?"),
+    );
     Ok(())
 }
 

@@ -1,11 +1,13 @@
 //! `shoal settings get|schema|set|unset SCOPE`: settings of an app (its id) or of the node
 //! (`node`), on a running node (`/api/v1/settings`). `set` takes JSON inline or `@FILE`; an
-//! invalid value exits 1 with the node's message, which names the failing JSON path.
+//! invalid value exits 1 with the node's message, which names the failing JSON path. `set` and
+//! `unset` take `--to SOURCE|all` to record the change for other nodes (their schema decides).
 
 use anyhow::{Context, Result};
 use serde_json::Value;
 
 use crate::client::{block_on, Client, NodeArgs};
+use crate::cmd::apps::{recorded, To};
 
 /// Arguments of `shoal settings`.
 #[derive(clap::Args)]
@@ -28,9 +30,15 @@ enum Command {
         /// The settings as JSON, or @FILE to read them from a file.
         #[arg(value_name = "JSON|@FILE")]
         value: String,
+        #[command(flatten)]
+        to: To,
     },
     /// Drop stored settings: back to the defaults.
-    Unset { scope: String },
+    Unset {
+        scope: String,
+        #[command(flatten)]
+        to: To,
+    },
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -54,7 +62,7 @@ pub fn run(args: Args) -> Result<()> {
                 )
                 .await
             }
-            Command::Set { scope, value } => {
+            Command::Set { scope, value, to } => {
                 let text = match value.strip_prefix('@') {
                     Some(file) => std::fs::read_to_string(file)
                         .with_context(|| format!("cannot read {file}"))?,
@@ -63,21 +71,28 @@ pub fn run(args: Args) -> Result<()> {
                 let v: Value = serde_json::from_str(&text).with_context(|| {
                     "the settings are not JSON: give e.g. '{\"n\": 1}' or @settings.json"
                 })?;
-                let path = format!("/api/v1/settings/{}", encode(&scope));
-                client
+                let path = with_to(format!("/api/v1/settings/{}", encode(&scope)), &to);
+                let resp = client
                     .send_request(client.request(reqwest::Method::PUT, &path).json(&v), &path)
                     .await?;
-                Ok(())
+                recorded(resp, &to).await
             }
-            Command::Unset { scope } => {
-                let path = format!("/api/v1/settings/{}", encode(&scope));
-                client
+            Command::Unset { scope, to } => {
+                let path = with_to(format!("/api/v1/settings/{}", encode(&scope)), &to);
+                let resp = client
                     .send_request(client.request(reqwest::Method::DELETE, &path), &path)
                     .await?;
-                Ok(())
+                recorded(resp, &to).await
             }
         }
     })
+}
+
+fn with_to(path: String, to: &To) -> String {
+    match to.to {
+        Some(_) => format!("{path}?{}", to.query()),
+        None => path,
+    }
 }
 
 async fn print(client: &Client, path: &str, json: bool) -> Result<()> {

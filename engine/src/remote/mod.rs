@@ -23,8 +23,17 @@
 //! resubscribes above those offsets, and a command older than the app's last one is skipped.
 //! A crash between carrying out and recording repeats that one command after the restart;
 //! every action is idempotent (deploying the same package, starting a running app).
+//!
+//! Files: `commander.rs` checks and records commands; `applier.rs` carries them out;
+//! `applied.rs` is its persisted record; `report.rs` puts this node's apps (and the outcomes of
+//! the commands it carried out) into its gossiped status, for `apps ls --all` and `nodes ls`.
 
 pub mod applied;
+pub mod applier;
+pub mod commander;
+pub mod report;
+
+pub use commander::{Commander, GiveError, Given, GivenDeploy};
 
 use serde::{Deserialize, Serialize};
 

@@ -669,6 +669,81 @@ async fn connectivity_reports_follow_the_peers() -> Result<()> {
     Ok(())
 }
 
+/// The Pond 2 app `examples/pond-counter`, unchanged, deployed as a process app by its
+/// `shoal-app.toml` (with `--to` from A onto B: B fetches the package blob from A): it runs on
+/// B with `AX_STORE_URI` from the node, its increment is an event of B that A replicates, and
+/// its output lines are B's console entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pond_counter_runs_unchanged_as_a_deployed_app() -> Result<()> {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/pond-counter");
+    let Some(dir) = npm::install_from("pond-counter", &example)? else {
+        return Ok(());
+    };
+    // npm's `.bin` holds symlinks, which a package may not (files only); the app needs none.
+    let bin = dir.join("node_modules/.bin");
+    if bin.exists() {
+        std::fs::remove_dir_all(&bin)?;
+    }
+    let a = Node::start()?;
+    let b = Node::start_with(peer_of(&a))?;
+    let url = a.url("");
+    let out = shoal_tests::cli(
+        &[
+            "apps",
+            "deploy",
+            dir.to_str().context("path")?,
+            "--to",
+            &b.source,
+            "--node",
+            &url,
+        ],
+        None,
+    )?;
+    anyhow::ensure!(out.status.success(), "deploy: {}{}", out.stdout, out.stderr);
+    let deadline = tokio::time::Instant::now() + 2 * TIMEOUT;
+    let counted = loop {
+        let events = a.query_all().await?;
+        let found = events.into_iter().find(|e| {
+            e["stream"]["source"] == b.source.as_str()
+                && e["tags"]
+                    .as_array()
+                    .is_some_and(|t| t.contains(&json!("counter")))
+        });
+        if let Some(e) = found {
+            break e;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the counter app on B published nothing A has; B's log:\n{}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(counted["payload"]["by"], 1, "{counted}");
+    let apps: Vec<Value> = b.get("/api/v1/apps").await?.json().await?;
+    let app = apps
+        .iter()
+        .find(|x| x["id"] == "com.example.pond-counter")
+        .context("the app on B")?;
+    assert_eq!(app["state"], "running", "{app}");
+    // Its stdout line `counter = 1 ...` is a console entry of the app.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let logs = b.get("/api/v1/logs").await?.text().await?;
+        if logs.lines().any(|l| {
+            l.contains("\"producerName\":\"com.example.pond-counter\"") && l.contains("counter = 1")
+        }) {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no `counter = 1` console entry of the app on B:\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
 /// Pond 1.1.0: the same counter fed with commands on two connected nodes at once converges to
 /// the sum on both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

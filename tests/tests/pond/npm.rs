@@ -87,6 +87,11 @@ fn source_dir(dir: &str) -> PathBuf {
 /// A scratch copy of `tests/pond/<dir>` with its packages installed by `npm ci`. `Ok(None)`:
 /// skipped (printed) because npm cannot reach its registry.
 pub fn install(dir: &'static str) -> Result<Option<PathBuf>> {
+    install_from(dir, &source_dir(dir))
+}
+
+/// As [`install`], from any directory with a lockfile (`dir` names the scratch copy).
+pub fn install_from(dir: &'static str, source: &Path) -> Result<Option<PathBuf>> {
     static SCRATCH: OnceLock<tempfile::TempDir> = OnceLock::new();
     static DONE: Mutex<Vec<(&'static str, PathBuf)>> = Mutex::new(Vec::new());
     if skipped(dir) {
@@ -109,7 +114,7 @@ pub fn install(dir: &'static str) -> Result<Option<PathBuf>> {
     };
     let target = scratch.path().join(dir);
     std::fs::create_dir_all(&target)?;
-    for entry in std::fs::read_dir(source_dir(dir))? {
+    for entry in std::fs::read_dir(source)? {
         let entry = entry?;
         let name = entry.file_name();
         if entry.file_type()?.is_file() {

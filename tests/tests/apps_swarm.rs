@@ -325,7 +325,8 @@ async fn deploy_settings_stop_and_undeploy_with_to() {
     assert!(local.is_empty(), "A runs no app: {local:?}");
 }
 
-/// Bad `--to` and bad packages are refused by the commanding node and record nothing.
+/// Bad `--to` and bad packages are refused by the commanding node and record nothing; bad
+/// command events published by hand are skipped by the applier, which carries out the next.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_commands_are_refused_and_record_nothing() {
     let a = Node::start().unwrap();
@@ -360,6 +361,36 @@ async fn bad_commands_are_refused_and_record_nothing() {
     assert!(
         a.query_all().await.unwrap().is_empty(),
         "nothing was recorded"
+    );
+
+    // Bad command events (anyone may publish them) are skipped; the applier goes on.
+    let tags = json!(["shoal.apps.command", "shoal.apps.to:all"]);
+    a.publish(&[
+        json!({"semantics": "shoal.apps", "name": "command", "tags": tags,
+               "payload": {"to": "all", "action": "explode", "app": ECHO}}),
+        json!({"semantics": "shoal.apps", "name": "command", "tags": tags,
+               "payload": [1, 2, 3]}),
+    ])
+    .await
+    .unwrap();
+    // Then a deploy to A itself, recorded like any other.
+    shoal(
+        &a,
+        &["apps", "deploy", dir.to_str().unwrap(), "--to", &a.source],
+    );
+    wait_app(
+        &a,
+        &a.source,
+        ECHO,
+        "running on A after the bad commands",
+        running,
+    )
+    .await;
+    assert_eq!(
+        a.log().matches("skipping a bad app command").count(),
+        2,
+        "{}",
+        a.log()
     );
 }
 

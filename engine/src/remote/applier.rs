@@ -78,6 +78,20 @@ struct Applier {
     shutdown: watch::Receiver<bool>,
 }
 
+/// Longest outcome text put into the status (an error message may quote a peer's input).
+const MAX_OUTCOME: usize = 256;
+
+fn clip(mut s: String) -> String {
+    if s.len() > MAX_OUTCOME {
+        let mut end = MAX_OUTCOME;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
 /// What became of one command.
 enum Done {
     Ok,
@@ -181,7 +195,7 @@ impl Applier {
             command: id,
             action: command.action.name().to_string(),
             app: command.action.subject().to_string(),
-            outcome,
+            outcome: clip(outcome),
         });
         true
     }

@@ -251,9 +251,9 @@ async fn remote(command: Command, client: Client, json: bool) -> Result<()> {
             }
             Ok(())
         }
-        Command::Start { id, to } => action(&client, &id, "start", &to).await,
-        Command::Stop { id, to } => action(&client, &id, "stop", &to).await,
-        Command::Restart { id, to } => action(&client, &id, "restart", &to).await,
+        Command::Start { id, to } => action(&client, &id, "start", &to, json).await,
+        Command::Stop { id, to } => action(&client, &id, "stop", &to, json).await,
+        Command::Restart { id, to } => action(&client, &id, "restart", &to, json).await,
         Command::Undeploy { id, purge, to } => {
             let purge = if purge {
                 "purge=true".to_string()
@@ -267,7 +267,7 @@ async fn remote(command: Command, client: Client, json: bool) -> Result<()> {
             let resp = client
                 .send_request(client.request(reqwest::Method::DELETE, &api), &api)
                 .await?;
-            recorded(resp, &to).await
+            recorded(resp, &to, json).await
         }
         Command::Logs { id, follow } => logs(&client, &id, follow, json).await,
     }
@@ -277,7 +277,7 @@ fn unreachable_local() -> Result<()> {
     bail!("validate and package run without a node")
 }
 
-async fn action(client: &Client, id: &str, what: &str, to: &To) -> Result<()> {
+async fn action(client: &Client, id: &str, what: &str, to: &To, json: bool) -> Result<()> {
     let api = with_query(
         format!("/api/v1/apps/{}/{what}", crate::cmd::settings::encode(id)),
         &[to.query()],
@@ -285,15 +285,19 @@ async fn action(client: &Client, id: &str, what: &str, to: &To) -> Result<()> {
     let resp = client
         .send_request(client.request(reqwest::Method::POST, &api), &api)
         .await?;
-    recorded(resp, to).await
+    recorded(resp, to, json).await
 }
 
 /// With `--to`: says which command event the node recorded (the targets carry it out).
-pub async fn recorded(resp: reqwest::Response, to: &To) -> Result<()> {
+pub async fn recorded(resp: reqwest::Response, to: &To, json: bool) -> Result<()> {
     if to.to.is_none() {
         return Ok(());
     }
     let given: Value = resp.json().await.context("the node did not answer JSON")?;
+    if json {
+        println!("{given}");
+        return Ok(());
+    }
     println!(
         "{} of {} recorded for {} (command {})",
         given["action"].as_str().unwrap_or("?"),

@@ -75,14 +75,14 @@ pub fn run(args: Args) -> Result<()> {
                 let resp = client
                     .send_request(client.request(reqwest::Method::PUT, &path).json(&v), &path)
                     .await?;
-                recorded(resp, &to).await
+                recorded(resp, &to, json).await
             }
             Command::Unset { scope, to } => {
                 let path = with_to(format!("/api/v1/settings/{}", encode(&scope)), &to);
                 let resp = client
                     .send_request(client.request(reqwest::Method::DELETE, &path), &path)
                     .await?;
-                recorded(resp, &to).await
+                recorded(resp, &to, json).await
             }
         }
     })

@@ -29,7 +29,7 @@ const AFTER_APPS_CHANGE: Duration = Duration::from_millis(200);
 /// How long a listing waits for the swarm task's answer.
 const LIST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What the apps part of the node reports for the status; the apps supervisor is its writer.
+/// What the apps part of the node reports for the status; `remote/report.rs` is its writer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LocalApps {
     /// The `node` settings' `displayName`.

@@ -235,7 +235,7 @@ async fn deploy_settings_stop_and_undeploy_with_to() {
     let command = given["command"].as_str().unwrap().to_string();
     assert!(command.starts_with(&format!("{}/", a.source)), "{given}");
     assert!(
-        given["package"].as_str().unwrap().starts_with("bafy"),
+        given["package"].as_str().unwrap().starts_with("baf"),
         "{given}"
     );
 

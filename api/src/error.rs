@@ -159,6 +159,7 @@ pub fn from_events(e: EventsError, prefix: &str) -> ApiError {
         EventsError::ShuttingDown => {
             ApiError::overloaded("the node is shutting down; nothing was stored; retry later")
         }
+        e @ EventsError::Resuming => ApiError::overloaded(e.to_string()),
         // Not "retry": the request may have been carried out, and a blind retry of a publish
         // stores its events twice.
         EventsError::Interrupted => ApiError::overloaded(

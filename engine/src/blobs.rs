@@ -145,7 +145,7 @@ impl From<EventsError> for BlobsError {
             EventsError::Storage(e) => BlobsError::Storage(e),
             EventsError::Task(e) => BlobsError::Task(e),
             EventsError::ShuttingDown | EventsError::Interrupted => BlobsError::ShuttingDown,
-            e @ EventsError::ClockExhausted => BlobsError::Name(e),
+            e @ (EventsError::ClockExhausted | EventsError::Resuming) => BlobsError::Name(e),
         }
     }
 }

@@ -84,6 +84,9 @@ pub struct Settings {
     pub log_level: Option<String>,
     /// What a committed write survives: `process` (default) or `power`.
     pub durability: Option<String>,
+    /// Seconds a node resuming its own source waits for a peer to say how far it holds it
+    /// before publishing anyway (`resume.rs`; 0 = do not wait).
+    pub resume_timeout_secs: Option<u64>,
 }
 
 impl Settings {
@@ -114,6 +117,7 @@ impl Settings {
             allow_host: self.allow_host.or(lower.allow_host),
             log_level: self.log_level.or(lower.log_level),
             durability: self.durability.or(lower.durability),
+            resume_timeout_secs: self.resume_timeout_secs.or(lower.resume_timeout_secs),
         }
     }
 
@@ -167,6 +171,9 @@ impl Settings {
             allow_host: list("SHOAL_ALLOW_HOST"),
             log_level: var("SHOAL_LOG_LEVEL"),
             durability: var("SHOAL_DURABILITY"),
+            resume_timeout_secs: var("SHOAL_RESUME_TIMEOUT_SECS")
+                .map(|v| parse_num("SHOAL_RESUME_TIMEOUT_SECS", &v))
+                .transpose()?,
         })
     }
 
@@ -302,6 +309,9 @@ impl Settings {
             },
             web,
             durability,
+            resume_timeout: self
+                .resume_timeout_secs
+                .map_or(d.resume_timeout, Duration::from_secs),
         })
     }
 }
@@ -419,6 +429,8 @@ pub struct Config {
     pub web: WebConfig,
     /// What a committed write survives (`--durability`).
     pub durability: Durability,
+    /// How long a node resuming its own source waits for a peer (`resume.rs`).
+    pub resume_timeout: Duration,
 }
 
 /// Browser safety (API.md): who besides the node's own pages may use its APIs from a browser.
@@ -450,6 +462,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             web: WebConfig::default(),
             durability: Durability::default(),
+            resume_timeout: Duration::from_secs(60),
         }
     }
 }

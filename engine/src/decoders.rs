@@ -52,6 +52,7 @@ fn signed(offset: u64, lamport: u64, root: &[u8]) -> SignedHead {
         offset,
         lamport,
         timestamp: offset.wrapping_mul(7),
+        pruned: 0,
     }
     .sign(&key)
     .expect("ed25519 signing does not fail")

@@ -17,10 +17,11 @@
 //! `gc_grace`, 60 s). Memory: one batch of blocks ([`BATCH_BYTES`]) and the manifest.
 //!
 //! This node's own source is restored too (after its disk was lost): the import still has to
-//! extend what is stored, so a restore never rewrites offsets this node already holds. NOT yet
-//! handled (issue 17 item 2): offsets of our own source that peers hold beyond the dump. The
-//! replicator still drops heads of our own source, so a node restored from an older dump that
-//! publishes before catching up would reuse offsets peers hold (a fork).
+//! extend what is stored, so a restore never rewrites offsets this node already holds. Peers
+//! may hold more of it than the dump (events published after the dump was made): a restore that
+//! imported the own source makes the node *resume* it (`crate::resume`): publishes are held
+//! until peers said how far they hold it and their trees of it were imported, so no offset a
+//! peer holds is signed twice.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -183,6 +184,7 @@ pub struct Backup {
     swarm: swarm::Handle,
     keypair: Keypair,
     own: PeerId,
+    resume: crate::resume::Resume,
 }
 
 impl Backup {
@@ -191,6 +193,7 @@ impl Backup {
         events: EventService,
         swarm: swarm::Handle,
         keypair: Keypair,
+        resume: crate::resume::Resume,
     ) -> Self {
         let own = keypair.public().to_peer_id();
         Backup {
@@ -199,6 +202,7 @@ impl Backup {
             swarm,
             keypair,
             own,
+            resume,
         }
     }
 
@@ -238,6 +242,7 @@ impl Backup {
                         offset: info.last_offset,
                         lamport: last.as_ref().map_or(0, |e| e.lamport),
                         timestamp: last.as_ref().map_or(0, |e| e.timestamp),
+                        pruned: reader.pruned_generation(&info.source, info.last_offset)?,
                     };
                     heads.push(head.sign(&keypair).map_err(DumpError::Sign)?);
                     continue;
@@ -405,6 +410,10 @@ impl Backup {
         };
         if matches!(text.as_str(), "imported" | "current") && head.head.source != self.own {
             let _ = self.swarm.send(Command::Stored(head.clone())).await;
+        }
+        if text == "imported" && head.head.source == self.own {
+            // Restored our own events: peers may hold more of them than the dump.
+            self.resume.begin();
         }
         tracing::info!(source = %head.head.source, offset = head.head.offset, outcome = %text, "restored");
         Ok(text)

@@ -13,8 +13,10 @@ use cid::Cid;
 use libp2p::identity::{Keypair, PublicKey};
 use libp2p::PeerId;
 
-/// First byte of an encoded head.
+/// First byte of an encoded head that was never pruned at its offset.
 pub const HEAD_VERSION: u8 = 1;
+/// First byte of an encoded head of a pruned tree: version 1's body, then `pruned` (u64).
+pub const HEAD_VERSION_PRUNED: u8 = 2;
 /// Domain separation prefix of the signed bytes (never sent).
 const SIGNING_CONTEXT: &[u8] = b"shoal/head/1\0";
 /// Upper bound of an encoded head; anything longer is rejected before parsing.
@@ -48,6 +50,10 @@ pub struct Head {
     pub lamport: u64,
     /// Timestamp (µs since the epoch) of the last event.
     pub timestamp: u64,
+    /// How many times the source pruned this tree at this offset (retention, 0: never): a
+    /// pruning keeps the offset and changes the root, so heads are ordered by
+    /// [`Head::position`], and two roots at one position are a fork.
+    pub pruned: u64,
 }
 
 /// A head with its signature; `encode`/`decode` are the wire and disk form.
@@ -66,10 +72,20 @@ impl Head {
         out
     }
 
+    /// (offset, pruned): a later head of a source has a higher position.
+    pub fn position(&self) -> (u64, u64) {
+        (self.offset, self.pruned)
+    }
+
     fn encode_body(&self, out: &mut Vec<u8>) {
         let source = self.source.to_bytes();
         let root = self.root.to_bytes();
-        out.push(HEAD_VERSION);
+        // Version 1 unless pruned, so nodes that never prune stay readable by older ones.
+        out.push(if self.pruned == 0 {
+            HEAD_VERSION
+        } else {
+            HEAD_VERSION_PRUNED
+        });
         // Both fit in a byte: a peer id multihash is ≤ 64+2 bytes and a CID ≤ 64+4 bytes.
         out.push(source.len() as u8);
         out.extend_from_slice(&source);
@@ -78,6 +94,9 @@ impl Head {
         out.extend_from_slice(&self.offset.to_be_bytes());
         out.extend_from_slice(&self.lamport.to_be_bytes());
         out.extend_from_slice(&self.timestamp.to_be_bytes());
+        if self.pruned != 0 {
+            out.extend_from_slice(&self.pruned.to_be_bytes());
+        }
     }
 
     /// Signs this head with `key`, which must be the source's own key.
@@ -144,7 +163,8 @@ impl SignedHead {
 
     /// Reads one head from the front of `r` (used by messages that carry several).
     pub(crate) fn read(r: &mut Reader<'_>) -> Result<SignedHead, HeadError> {
-        if r.u8()? != HEAD_VERSION {
+        let version = r.u8()?;
+        if version != HEAD_VERSION && version != HEAD_VERSION_PRUNED {
             return Err(HeadError::Malformed("unknown version"));
         }
         let n = r.u8()? as usize;
@@ -154,6 +174,14 @@ impl SignedHead {
         let offset = r.u64()?;
         let lamport = r.u64()?;
         let timestamp = r.u64()?;
+        let pruned = match version {
+            HEAD_VERSION => 0,
+            _ => match r.u64()? {
+                // Version 2 with 0 would be a second encoding of a version 1 head.
+                0 => return Err(HeadError::Malformed("version 2 with pruned 0")),
+                p => p,
+            },
+        };
         let n = r.u8()? as usize;
         let signature = r.take(n)?.to_vec();
         Ok(SignedHead {
@@ -163,6 +191,7 @@ impl SignedHead {
                 offset,
                 lamport,
                 timestamp,
+                pruned,
             },
             signature,
         })
@@ -225,7 +254,31 @@ mod tests {
             offset,
             lamport: offset * 3 + 1,
             timestamp: 1_700_000_000_000_000 + offset,
+            pruned: 0,
         }
+    }
+
+    #[test]
+    fn pruned_heads_roundtrip_as_version_2_and_order_after_unpruned() {
+        let key = Keypair::generate_ed25519();
+        let plain = head_for(&key, 9);
+        let pruned = Head {
+            pruned: 3,
+            root: root(1),
+            ..plain.clone()
+        };
+        assert!(plain.position() < pruned.position());
+        let signed = pruned.sign(&key).unwrap();
+        let bytes = signed.encode();
+        assert_eq!(bytes[0], HEAD_VERSION_PRUNED);
+        let back = SignedHead::decode(&bytes).unwrap();
+        back.verify().unwrap();
+        assert_eq!(back, signed);
+        // The generation is signed.
+        let mut h = back.clone();
+        h.head.pruned = 4;
+        assert!(h.verify().is_err());
+        assert_eq!(plain.sign(&key).unwrap().encode()[0], HEAD_VERSION);
     }
 
     #[test]
@@ -311,9 +364,9 @@ mod tests {
         }
 
         #[test]
-        fn roundtrip(offset in any::<u64>(), lamport in any::<u64>(), ts in any::<u64>()) {
+        fn roundtrip(offset in any::<u64>(), lamport in any::<u64>(), ts in any::<u64>(), pruned in any::<u64>()) {
             let key = Keypair::ed25519_from_bytes([9u8; 32]).unwrap();
-            let h = Head { offset, lamport, timestamp: ts, ..head_for(&key, 0) };
+            let h = Head { offset, lamport, timestamp: ts, pruned, ..head_for(&key, 0) };
             let s = h.sign(&key).unwrap();
             let back = SignedHead::decode(&s.encode()).unwrap();
             prop_assert!(back.verify().is_ok());

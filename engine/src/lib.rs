@@ -31,6 +31,8 @@ pub mod metrics;
 pub mod node;
 pub mod remote;
 pub mod replication;
+pub mod resume;
+pub mod retention;
 pub mod snapshots;
 pub mod status;
 pub mod swarm;

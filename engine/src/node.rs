@@ -25,6 +25,9 @@
 //!   │  [app command applier] subscribes to shoal.apps commands for us ──▶ apps::Handle
 //!   │   (a deploy fetches its package blob through blobs); apps-applied.json
 //!   │
+//!   │  [retention] ──Prune──▶ writer; signs the pruned head ──Publish──▶ swarm
+//!   │   reads the node settings (apps::Handle::watch_node_settings)
+//!   │
 //!   │  [maintenance] ──Gc/Checkpoint──▶ writer   (waits while a sync receives blocks:
 //!   │                                               the replicator's sync-activity watch)
 //!   ├─ logs ──▶ [console writer thread] (its own SQLite file)
@@ -173,6 +176,7 @@ impl Node {
         let store = Arc::new(store);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let offsets = recovered.offsets.clone();
+        let resume = recovered.resume.clone();
         let metrics = Metrics::new();
         let (events, writer) = events::start(
             recovered,
@@ -186,8 +190,15 @@ impl Node {
         let started = async {
             let console =
                 crate::console::Console::start(&config.data_dir, config.console_retention)?;
-            let swarm =
-                start_swarm(&config, &identity, &store, offsets, shutdown_rx.clone()).await?;
+            let swarm = start_swarm(
+                &config,
+                &identity,
+                &store,
+                offsets,
+                resume.clone(),
+                shutdown_rx.clone(),
+            )
+            .await?;
             Ok::<_, NodeError>((console, swarm))
         };
         let (console, spawned) = match started.await {
@@ -205,6 +216,7 @@ impl Node {
             spawned.events,
             identity.keypair().clone(),
             spawned.resumed,
+            resume.clone(),
             shutdown_rx.clone(),
         );
         let (replicas, replica_inbox) = crate::blobs::replicas::channel();
@@ -227,7 +239,9 @@ impl Node {
             events.clone(),
             swarm.clone(),
             identity.keypair().clone(),
+            resume.clone(),
         );
+        let resume_task = crate::resume::spawn(resume, shutdown_rx.clone());
         let maintenance = crate::maintenance::spawn(
             events.clone(),
             replication.sync_activity,
@@ -277,6 +291,13 @@ impl Node {
         );
         let commander =
             crate::remote::Commander::new(events.clone(), blobs.clone(), config.data_dir.clone());
+        let retention = crate::retention::spawn(
+            events.clone(),
+            swarm.clone(),
+            identity.keypair().clone(),
+            apps.handle().watch_node_settings(),
+            shutdown_rx.clone(),
+        );
         tracing::info!(source = %identity.source(), data_dir = %config.data_dir.display(), "node started");
         Ok(Node {
             handle: NodeHandle {
@@ -302,6 +323,8 @@ impl Node {
             tasks: vec![
                 ("app command applier", applier),
                 ("app status reporter", reporter),
+                ("retention", retention),
+                ("resume", resume_task),
                 ("replicator", replication.task),
                 ("blob replicas", replica_task),
                 ("maintenance", maintenance),
@@ -533,9 +556,11 @@ async fn start_swarm(
     identity: &Identity,
     store: &Store,
     offsets: OffsetMap,
+    resume: crate::resume::Resume,
     shutdown: watch::Receiver<bool>,
 ) -> Result<swarm::Spawned, NodeError> {
     let mut swarm_cfg = swarm::Config::new(identity.keypair().clone());
+    swarm_cfg.resume = resume;
     swarm_cfg.listen = config.swarm_addrs.clone();
     swarm_cfg.peers = config.peers.clone();
     swarm_cfg.mdns = config.mdns;
@@ -610,6 +635,9 @@ fn open(config: &Config) -> Result<Opened, NodeError> {
         path: config.data_dir.clone(),
         source,
     })?;
+    // A key without a store: the store was lost (resume the own source, `resume.rs`).
+    let store_lost = !config.store_path().exists()
+        && config.data_dir.join(crate::identity::KEY_FILE).exists();
     // The store first: opening it takes the data dir's writer lock, so a second node on this
     // dir is refused before it reads (or, on a fresh dir, creates) the key.
     let store = Store::open(&config.store_path(), store_config(config.durability))?;
@@ -623,6 +651,12 @@ fn open(config: &Config) -> Result<Opened, NodeError> {
         .map(|info| (info.source, info.last_offset))
         .collect();
     let clock = LamportClock::recover(&reader)?;
+    let resume = crate::resume::Resume::new(
+        Some(config.data_dir.clone()),
+        store_lost,
+        offsets.get(identity.source()),
+        config.resume_timeout,
+    );
     Ok(Opened {
         identity,
         recovered: events::Recovered {
@@ -630,6 +664,7 @@ fn open(config: &Config) -> Result<Opened, NodeError> {
             packer: store.reader()?,
             offsets,
             clock,
+            resume,
         },
         store,
     })

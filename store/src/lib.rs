@@ -47,7 +47,10 @@ pub use crate::gc::GcStats;
 pub use crate::inspect::{
     BlockView, NodeShape, Problem, ProblemKind, SourceStats, Stats, TreeShape, VerifyReport,
 };
-pub use crate::log::{Appended, ImportAttempt, Imported, PackTicket, Packed, PreparedPack, Writer};
+pub use crate::log::{
+    Appended, ImportAttempt, Imported, PackTicket, Packed, PreparedPack, Pruned, RetentionRule,
+    Writer,
+};
 pub use crate::offset::OffsetMap;
 pub use crate::read::{EventIter, Reader, SourceInfo};
 pub use crate::schema::Durability;

@@ -234,6 +234,7 @@ impl Reader {
             root,
             lo,
             hi,
+            skipped: 0,
         })
     }
 
@@ -309,6 +310,8 @@ pub struct EventIter {
     root: Cid,
     lo: u64,
     hi: u64,
+    /// Offsets of the range passed in chunks without events (see [`EventIter::skipped`]).
+    skipped: u64,
 }
 
 impl std::fmt::Debug for EventIter {
@@ -331,7 +334,14 @@ impl EventIter {
             root: cid::cid_of(cid::RAW, b""),
             lo: 0,
             hi: 0,
+            skipped: 0,
         }
+    }
+
+    /// Offsets of the range walked so far that yielded no event: with [`EventFilter::all`],
+    /// the events pruned by retention (their leaves are gone, their keys or summaries stay).
+    pub fn skipped(&self) -> u64 {
+        self.skipped
     }
 
     fn to_event(&self, (offset, key, value): (u64, Key, Value)) -> Result<Event> {
@@ -385,6 +395,10 @@ impl Iterator for EventIter {
             if past && chunk.data.is_empty() {
                 self.chunks = None;
                 return None;
+            }
+            if chunk.data.is_empty() {
+                let (lo, hi) = (chunk.range.start.max(self.lo), chunk.range.end.min(self.hi + 1));
+                self.skipped += hi.saturating_sub(lo);
             }
             self.buf = chunk.data.into_iter();
         }

@@ -224,6 +224,7 @@ mod liar {
             offset,
             lamport: 1,
             timestamp: 1,
+            pruned: 0,
         };
         let signed = Head {
             source: key.public().to_peer_id(),
@@ -245,6 +246,7 @@ mod liar {
             offset,
             lamport: 1,
             timestamp: 1,
+            pruned: 0,
         }
         .sign(key)
         .unwrap()

@@ -46,7 +46,7 @@ pub fn from_events(e: EventsError, prefix: &str) -> ErrorKind {
             None => format!("{prefix}: {field}: {reason}"),
         }),
         EventsError::StorageFull(e) => ErrorKind::ServiceError(Value::String(e.to_string())),
-        e @ (EventsError::ShuttingDown | EventsError::Interrupted) => {
+        e @ (EventsError::ShuttingDown | EventsError::Interrupted | EventsError::Resuming) => {
             ErrorKind::ServiceError(Value::String(e.to_string()))
         }
         e @ (EventsError::Storage(_) | EventsError::Task(_) | EventsError::ClockExhausted) => {

@@ -82,6 +82,12 @@ pub struct Args {
     /// power loss) or `power` (also power loss: one fsync per commit). [default: process]
     #[arg(long, value_name = "process|power")]
     durability: Option<String>,
+    /// Seconds a node that lost its store (data dir restored, or its own events restored from
+    /// a dump) waits for a peer to say how far it holds this node's events before publishing
+    /// anyway; publishes are refused meanwhile, so no offset a peer holds is reused. 0 = do not
+    /// wait (a node that never has peers). [default: 60]
+    #[arg(long, value_name = "SECS")]
+    resume_timeout_secs: Option<u64>,
 }
 
 impl Args {
@@ -110,6 +116,7 @@ impl Args {
                 _ => Some("trace".into()),
             },
             durability: self.durability,
+            resume_timeout_secs: self.resume_timeout_secs,
             ..Settings::default()
         }
     }

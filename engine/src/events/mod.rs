@@ -99,6 +99,14 @@ pub enum EventsError {
     /// The node is shutting down and did not take the call: nothing was stored.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// This node lost its store and is learning from peers how far they hold its own events
+    /// (`resume.rs`): nothing was stored.
+    #[error(
+        "this node is resuming its own events after its store was lost: publishes wait until a \
+         peer says how far it holds them (at most --resume-timeout-secs); nothing was stored, \
+         retry later"
+    )]
+    Resuming,
     /// The node shut down while the call was queued or running: a publish may or may not have
     /// been stored (query before publishing it again, or it may be stored twice).
     #[error("the node shut down during the call; it may have been carried out")]
@@ -189,6 +197,8 @@ pub struct Recovered {
     /// What the store holds now.
     pub offsets: OffsetMap,
     pub clock: LamportClock,
+    /// Whether the own source is being resumed (publishes held; `resume.rs`).
+    pub resume: crate::resume::Resume,
 }
 
 /// Starts the writer thread (and its packer) on `recovered` and the event service over it, for
@@ -210,6 +220,7 @@ pub fn start(
         Arc::new(recovered.clock),
         config.clone(),
         metrics.events(),
+        recovered.resume,
     )?;
     let thread = WriterThread {
         commands: handles.commands.clone(),
@@ -358,6 +369,16 @@ impl EventService {
             .await
     }
 
+    /// Applies retention `rules` to this node's own source: `Some` when leaves were dropped
+    /// (the new root, to be signed and announced).
+    pub async fn prune(
+        &self,
+        rules: Vec<shoal_store::RetentionRule>,
+    ) -> Result<Option<shoal_store::Pruned>, EventsError> {
+        self.call(|reply| writer::Command::Prune { rules, reply })
+            .await
+    }
+
     /// Asks the store's checkpoint thread for a WAL checkpoint.
     pub async fn request_checkpoint(&self) -> Result<(), EventsError> {
         self.call(|reply| writer::Command::Checkpoint { reply })
@@ -501,6 +522,7 @@ pub(crate) mod testing {
             packer: reader,
             offsets,
             clock,
+            resume: crate::resume::Resume::done(),
         };
         let store = Arc::new(store);
         let (shutdown, shutdown_rx) = watch::channel(false);

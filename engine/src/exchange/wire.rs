@@ -19,6 +19,10 @@ pub const PROTOCOL: &str = "/shoal/exchange/1";
 
 const TAG_WANT: u8 = 1;
 const TAG_DIGEST: u8 = 2;
+/// A digest with pruning generations: TAG_DIGEST's entries, then the entries whose `pruned`
+/// is not 0 (u32 count, count × (u32 entry index, u64 pruned)). Sent only when some entry is
+/// pruned, so swarms that never prune keep the older format.
+const TAG_DIGEST_PRUNED: u8 = 3;
 const TAG_BLOCKS: u8 = 1;
 const TAG_HEADS: u8 = 2;
 
@@ -41,6 +45,8 @@ pub struct DigestEntry {
     /// First 8 bytes of SHA-256 of the source's peer id bytes.
     pub source_hash: [u8; 8],
     pub offset: u64,
+    /// The pruning generation at that offset (`Head::pruned`; 0: not pruned).
+    pub pruned: u64,
 }
 
 /// A response.
@@ -102,12 +108,29 @@ impl Request {
                 out
             }
             Request::Digest(entries) => {
-                let mut out = Vec::with_capacity(5 + entries.len() * 16);
-                out.push(TAG_DIGEST);
+                let mut out = Vec::with_capacity(9 + entries.len() * 16);
+                let pruned: Vec<(usize, u64)> = entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.pruned != 0)
+                    .map(|(i, e)| (i, e.pruned))
+                    .collect();
+                out.push(if pruned.is_empty() {
+                    TAG_DIGEST
+                } else {
+                    TAG_DIGEST_PRUNED
+                });
                 out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
                 for e in entries {
                     out.extend_from_slice(&e.source_hash);
                     out.extend_from_slice(&e.offset.to_be_bytes());
+                }
+                if !pruned.is_empty() {
+                    out.extend_from_slice(&(pruned.len() as u32).to_be_bytes());
+                    for (i, p) in pruned {
+                        out.extend_from_slice(&(i as u32).to_be_bytes());
+                        out.extend_from_slice(&p.to_be_bytes());
+                    }
                 }
                 out
             }
@@ -131,7 +154,7 @@ impl Request {
                 }
                 Request::Want(cids)
             }
-            TAG_DIGEST => {
+            tag @ (TAG_DIGEST | TAG_DIGEST_PRUNED) => {
                 let n = r.u32().map_err(from_head)? as usize;
                 if n > MAX_DIGEST_ENTRIES {
                     return Err(bad("digest too long"));
@@ -144,7 +167,22 @@ impl Request {
                     entries.push(DigestEntry {
                         source_hash,
                         offset,
+                        pruned: 0,
                     });
+                }
+                if tag == TAG_DIGEST_PRUNED {
+                    let m = r.u32().map_err(from_head)? as usize;
+                    if m > n {
+                        return Err(bad("more pruned entries than entries"));
+                    }
+                    for _ in 0..m {
+                        let i = r.u32().map_err(from_head)? as usize;
+                        let pruned = r.u64().map_err(from_head)?;
+                        match entries.get_mut(i) {
+                            Some(e) if pruned != 0 => e.pruned = pruned,
+                            _ => return Err(bad("bad pruned digest entry")),
+                        }
+                    }
                 }
                 Request::Digest(entries)
             }
@@ -322,7 +360,20 @@ mod tests {
             Request::Digest(vec![DigestEntry {
                 source_hash: [1; 8],
                 offset: 9,
+                pruned: 0,
             }]),
+            Request::Digest(vec![
+                DigestEntry {
+                    source_hash: [1; 8],
+                    offset: 9,
+                    pruned: 0,
+                },
+                DigestEntry {
+                    source_hash: [2; 8],
+                    offset: 4,
+                    pruned: 2,
+                },
+            ]),
         ] {
             assert_eq!(Request::decode(&req.encode()).unwrap(), req);
         }
@@ -333,6 +384,7 @@ mod tests {
             offset: 1,
             lamport: 2,
             timestamp: 3,
+            pruned: 0,
         }
         .sign(&key)
         .unwrap();

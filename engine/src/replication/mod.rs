@@ -75,6 +75,7 @@ pub fn spawn(
     heads: mpsc::Receiver<Event>,
     keypair: Keypair,
     resumed: Vec<SignedHead>,
+    resume: crate::resume::Resume,
     shutdown: watch::Receiver<bool>,
 ) -> Spawned {
     let (activity, sync_activity) = watch::channel(None);
@@ -89,6 +90,7 @@ pub fn spawn(
         batch_queue: Vec::new(),
         stashed: 0,
         activity: Arc::new(activity),
+        resume,
     };
     for head in resumed {
         let st = replicator.sources.entry(head.head.source).or_default();
@@ -140,6 +142,8 @@ struct Replicator {
     stashed: usize,
     /// Written by sync tasks whenever they receive blocks.
     activity: Arc<watch::Sender<Option<Instant>>>,
+    /// Resuming the own source after a lost store: peers' trees of it are imported.
+    resume: crate::resume::Resume,
 }
 
 fn source_id(peer: &PeerId) -> SourceId {
@@ -202,6 +206,7 @@ impl Replicator {
             offset: u.last,
             lamport: *lamport,
             timestamp: *timestamp,
+            pruned: 0,
         };
         match head.sign(&self.keypair) {
             Ok(head) => {
@@ -240,6 +245,9 @@ impl Replicator {
                     offset: info.last_offset,
                     lamport: last.as_ref().map_or(0, |e| e.lamport),
                     timestamp: last.as_ref().map_or(0, |e| e.timestamp),
+                    // A pruned tree is signed with its generation (`retention.rs`), else a
+                    // peer holding it would take this head for a fork.
+                    pruned: reader.pruned_generation(&source, info.last_offset)?,
                 }))
             })
             .await;
@@ -272,7 +280,8 @@ impl Replicator {
             return;
         }
         let source = head.head.source;
-        if source == self.own {
+        // Our own tree is imported only while resuming after a lost store (`crate::resume`).
+        if source == self.own && !self.resume.wants(head.head.offset) {
             return;
         }
         let stored = self.stored_offset(&source);
@@ -294,7 +303,7 @@ impl Replicator {
         if st
             .target
             .as_ref()
-            .is_some_and(|t| t.head.offset >= head.head.offset)
+            .is_some_and(|t| t.head.position() >= head.head.position())
         {
             return;
         }
@@ -466,7 +475,7 @@ impl Replicator {
             if st
                 .target
                 .as_ref()
-                .is_some_and(|t| t.head.offset <= head.head.offset)
+                .is_some_and(|t| t.head.position() <= head.head.position())
             {
                 st.target = None;
             }

@@ -48,6 +48,7 @@ async fn half_with(dir: &std::path::Path, peers: Vec<libp2p::Multiaddr>, keypair
         spawned.events,
         keypair.clone(),
         spawned.resumed,
+        crate::resume::Resume::done(),
         shutdown,
     );
     Half {
@@ -174,6 +175,7 @@ async fn a_heads_lamport_does_not_move_the_clock() {
         offset: 1,
         lamport: 1 << 50,
         timestamp: 0,
+        pruned: 0,
     }
     .sign(&a.keypair)
     .unwrap();

@@ -94,6 +94,7 @@ mod tests {
                 offset: 7,
                 lamport: 7,
                 timestamp: 0,
+                pruned: 0,
             },
             signature: vec![0; 64],
         }

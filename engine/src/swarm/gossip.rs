@@ -113,6 +113,7 @@ mod tests {
             offset: 3,
             lamport: 4,
             timestamp: 5,
+            pruned: 0,
         }
         .sign(key)
         .unwrap()

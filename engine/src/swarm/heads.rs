@@ -129,7 +129,7 @@ impl HeadBook {
         let news = self
             .known
             .get(&head.head.source)
-            .is_none_or(|k| k.head.offset < head.head.offset);
+            .is_none_or(|k| k.head.position() < head.head.position());
         if news {
             if self.known.insert(head.head.source, head.clone()).is_none() {
                 self.arrivals.push_back(head.head.source);
@@ -146,7 +146,7 @@ impl HeadBook {
         let newer = self
             .stored
             .get(&head.head.source)
-            .is_none_or(|s| s.head.offset < head.head.offset);
+            .is_none_or(|s| s.head.position() < head.head.position());
         if newer {
             self.stored.insert(head.head.source, head);
             self.dirty = true;
@@ -166,22 +166,23 @@ impl HeadBook {
         self.stored.values()
     }
 
-    /// A head the book holds for `head`'s source at the same offset but over another tree:
-    /// the source signed two trees at one offset (a fork, `docs/format.md` "Forks"). The
-    /// book's head is the one kept.
+    /// A head the book holds for `head`'s source at the same position (offset and pruning
+    /// generation) but over another tree: the source signed two trees at one position (a fork,
+    /// `docs/format.md` "Forks"). The book's head is the one kept.
     pub(crate) fn conflicting(&self, head: &SignedHead) -> Option<&SignedHead> {
         let h = &head.head;
         [self.stored.get(&h.source), self.known.get(&h.source)]
             .into_iter()
             .flatten()
-            .find(|o| o.head.offset == h.offset && o.head.root != h.root)
+            .find(|o| o.head.position() == h.position() && o.head.root != h.root)
     }
 
-    /// Whether `offset` of `source` is beyond what is stored here.
-    pub(crate) fn is_unstored(&self, source: &PeerId, offset: u64) -> bool {
+    /// Whether `position` (offset, pruning generation) of `source` is beyond what is stored
+    /// here.
+    pub(crate) fn is_unstored(&self, source: &PeerId, position: (u64, u64)) -> bool {
         self.stored
             .get(source)
-            .is_none_or(|s| s.head.offset < offset)
+            .is_none_or(|s| s.head.position() < position)
     }
 
     /// Saves the book if it changed and the last save is [`SAVE_PERIOD`] ago (off the async
@@ -223,7 +224,7 @@ impl HeadBook {
             put(STORED, h);
         }
         for (source, h) in &self.known {
-            if self.is_unstored(source, h.head.offset) {
+            if self.is_unstored(source, h.head.position()) {
                 put(KNOWN, h);
             }
         }
@@ -253,6 +254,7 @@ mod tests {
                 offset,
                 lamport: offset,
                 timestamp: 0,
+                pruned: 0,
             },
             signature: vec![0; 64],
         }

@@ -71,6 +71,9 @@ pub struct Config {
     pub digest_interval: Duration,
     /// Where the head book is saved across restarts (`None`: not saved).
     pub heads_file: Option<PathBuf>,
+    /// Resuming the own source: peers' digests say how far they hold it, and their heads of
+    /// it go to the replicator (`crate::resume`).
+    pub resume: crate::resume::Resume,
 }
 
 impl Config {
@@ -83,6 +86,7 @@ impl Config {
             mdns: true,
             digest_interval: Duration::from_secs(5),
             heads_file: None,
+            resume: crate::resume::Resume::done(),
         }
     }
 }

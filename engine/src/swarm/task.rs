@@ -118,6 +118,8 @@ pub(super) struct Task {
     forks: Forks,
     /// What each connected peer may make us do (Wants in flight, digests per second).
     budgets: Budgets,
+    /// Resuming the own source after a lost store (`crate::resume`).
+    resume: crate::resume::Resume,
 }
 
 impl Task {
@@ -176,6 +178,7 @@ impl Task {
             status_limit_warned: None,
             forks: Forks::default(),
             budgets: Budgets::default(),
+            resume: config.resume,
         })
     }
 
@@ -355,6 +358,7 @@ impl Task {
             .map(|h| DigestEntry {
                 source_hash: source_hash(&h.head.source),
                 offset: h.head.offset,
+                pruned: h.head.pruned,
             })
             .collect()
     }
@@ -370,14 +374,16 @@ impl Task {
         }
     }
 
-    /// Remembers how far `peer` stores our own events (its digest lists its stored heads).
+    /// Remembers how far `peer` stores our own events (its digest lists its stored heads), and
+    /// tells a resuming own source (`crate::resume`).
     fn note_digest(&mut self, peer: PeerId, entries: &[DigestEntry]) {
         let ours = source_hash(self.swarm.local_peer_id());
-        let Some(offset) = entries
+        let offset = entries
             .iter()
             .find(|e| e.source_hash == ours)
-            .map(|e| e.offset)
-        else {
+            .map(|e| e.offset);
+        self.resume.heard(offset);
+        let Some(offset) = offset else {
             return;
         };
         self.status(|s| match s.peers.get_mut(&peer) {
@@ -391,15 +397,17 @@ impl Task {
 
     /// Heads we store that the digest's sender lacks or is behind on.
     fn answer_digest(&self, entries: &[DigestEntry]) -> Response {
-        let theirs: HashMap<[u8; 8], u64> =
-            entries.iter().map(|e| (e.source_hash, e.offset)).collect();
+        let theirs: HashMap<[u8; 8], (u64, u64)> = entries
+            .iter()
+            .map(|e| (e.source_hash, (e.offset, e.pruned)))
+            .collect();
         let heads = self
             .heads
             .stored_heads()
             .filter(|h| {
                 theirs
                     .get(&source_hash(&h.head.source))
-                    .is_none_or(|&o| o < h.head.offset)
+                    .is_none_or(|&o| o < h.head.position())
             })
             .take(MAX_HEADS_PER_ANSWER)
             .cloned()
@@ -657,11 +665,12 @@ impl Task {
             Ok(m) => {
                 let source = m.head.head.source;
                 let offset = m.head.head.offset;
+                let position = m.head.head.position();
                 let news = self.remember_known(&m.head);
                 // Not stored here yet: forward it even when a newer head overtook it on
                 // another path, so its inline blocks (which the newer head's tree needs, and
                 // which the newer head does not carry) reach the peers behind us too.
-                let unstored = self.heads.is_unstored(&source, offset);
+                let unstored = self.heads.is_unstored(&source, position);
                 if source == *self.swarm.local_peer_id() || !unstored {
                     // Ours, or stored already: don't forward it again.
                     gossipsub::MessageAcceptance::Ignore
@@ -808,6 +817,11 @@ impl Task {
             }
             let source = head.head.source;
             if source == *self.swarm.local_peer_id() {
+                // Our own tree, from a peer: wanted only while resuming after a lost store.
+                if self.resume.wants(head.head.offset) {
+                    tracing::info!(%peer, offset = head.head.offset, "a peer holds more of this node's own events: importing them");
+                    self.emit(head, vec![], peer);
+                }
                 continue;
             }
             if !self.make_room_for(&source, peer) {
@@ -816,7 +830,7 @@ impl Task {
             if self.refuse_fork(&head, peer) {
                 continue;
             }
-            if self.heads.is_unstored(&source, head.head.offset) {
+            if self.heads.is_unstored(&source, head.head.position()) {
                 self.remember_known(&head);
                 self.emit(head, vec![], peer);
             }

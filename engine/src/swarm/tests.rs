@@ -82,6 +82,7 @@ fn head(key: &Keypair, root: Cid, offset: u64) -> SignedHead {
         offset,
         lamport: offset,
         timestamp: 1,
+        pruned: 0,
     }
     .sign(key)
     .unwrap()

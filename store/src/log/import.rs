@@ -212,19 +212,31 @@ impl Writer {
             Some(current) => {
                 let old = load_tree(&self.forest, &self.roots, &current)?;
                 let old_count = old.count();
-                if new_count <= old_count {
+                if new_count < old_count {
                     return Err(not_extending(format!(
                         "it holds {new_count} events, the current tree {old_count}"
                     )));
                 }
                 if old_count > 0 {
+                    // Either side may have pruned this event (retention keeps keys, drops
+                    // leaves): compared when both hold it. The newest event is never pruned,
+                    // so a pruned tree of the same length (`new_count == old_count`) is
+                    // always compared.
                     let at = old_count - 1;
                     let ours = self.forest.get(&old, at).map_err(Error::from_tree)?;
                     let theirs = guarded(root, || forest.get(&new, at).map_err(Error::from_tree))?;
-                    if ours.is_none() || ours != theirs {
-                        return Err(not_extending(format!("event {at} differs")));
+                    match (&ours, &theirs) {
+                        (Some(a), Some(b)) if a != b => {
+                            return Err(not_extending(format!("event {at} differs")));
+                        }
+                        (_, None) if new_count == old_count => {
+                            return Err(not_extending(format!(
+                                "a tree of the same length without its newest event {at}"
+                            )));
+                        }
+                        _ => {}
                     }
-                    prev_lamport = ours.map(|(key, _)| key.lamport);
+                    prev_lamport = ours.or(theirs).map(|(key, _)| key.lamport);
                 }
                 old_count
             }
@@ -232,20 +244,33 @@ impl Writer {
         if new_count == 0 {
             return Err(not_extending("it is empty".into()));
         }
+        if new_count == old_count {
+            // The source pruned its tree (same events, fewer leaves): nothing new to decode.
+            return Ok(Checked::Ready {
+                imported: Imported {
+                    first: old_count,
+                    last: old_count - 1,
+                    last_lamport: prev_lamport.unwrap_or(0),
+                },
+                events: None,
+                validated,
+            });
+        }
         // Decode every new event once, so a malformed tree never becomes a source's tree.
         let reader = self.reader();
         let keep = new_count - old_count <= keep_events;
         let (decoded, kept) = guarded(root, || {
             let mut n = 0u64;
             let mut kept = Vec::new();
-            for event in reader.events_of_tree(
+            let mut events = reader.events_of_tree(
                 source,
                 root,
                 new.clone(),
                 old_count..=new_count - 1,
                 &EventFilter::all(),
                 false,
-            )? {
+            )?;
+            for event in events.by_ref() {
                 let event = event?;
                 // Lamports order events across sources (and pick the winner of a name): one
                 // that does not increase, or is past what clients can read, breaks both.
@@ -263,7 +288,8 @@ impl Writer {
                 }
                 n += 1;
             }
-            Ok((n, kept))
+            // Pruned by the source (retention): counted by their keys or summaries.
+            Ok((n + events.skipped(), kept))
         })?;
         if decoded != new_count - old_count {
             return Err(Error::Corrupt {

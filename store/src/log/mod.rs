@@ -16,8 +16,8 @@
 //! for the rest.
 //!
 //! Files: this one (the writer: appends, block puts, GC, checkpoints, the commit), `import.rs`
-//! (replicated trees), `pack.rs` (inline and background packing), `staged.rs` (banyan
-//! transactions staged in memory), `tests.rs`.
+//! (replicated trees), `pack.rs` (inline and background packing), `prune.rs` (retention),
+//! `staged.rs` (banyan transactions staged in memory), `tests.rs`.
 
 use crate::read::{alias_root, lock, RootCache};
 use crate::{
@@ -44,10 +44,12 @@ use crate::lock::WriterLock;
 
 mod import;
 mod pack;
+mod prune;
 mod staged;
 
 use pack::Base;
 pub use pack::{PackTicket, Packed, PreparedPack};
+pub use prune::{Pruned, RetentionRule};
 use staged::{guarded, load_builder, root_of, to_entries, StagedTxn};
 
 /// Alias name prefix of source trees.

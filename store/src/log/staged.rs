@@ -59,6 +59,15 @@ impl StagedTxn {
         root_of(&packer).map(Some)
     }
 
+    /// Drops what `query` does not keep from `builder`'s packed part (banyan's `retain`).
+    pub(super) fn retain<Q: banyan::query::Query<EventTree> + Send + Sync>(
+        &mut self,
+        builder: &mut Builder,
+        query: &Q,
+    ) -> Result<()> {
+        self.txn.retain(builder, query).map_err(Error::from_tree)
+    }
+
     /// The staged blocks, in write order.
     pub(super) fn blocks(self) -> Result<Blocks> {
         Ok(self.staged()?.drain())

@@ -272,3 +272,126 @@ fn the_checkpoint_thread_checkpoints_the_wal() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+fn tagged(i: u64, tag: &str) -> NewEvent {
+    NewEvent {
+        tags: vec![tag.to_string()],
+        ..ev(i)
+    }
+}
+
+/// Retention by count: whole sealed leaves of the oldest events go, the newest `max_events`
+/// stay (plus at most one leaf), offsets and count stay; a replica imports the pruned tree
+/// (same length) and GC frees the dropped leaves on both.
+#[test]
+fn prune_by_count_drops_old_leaves_and_a_replica_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("a.sqlite"), StoreConfig::debug()).unwrap();
+    let replica = Store::open(&dir.path().join("b.sqlite"), StoreConfig::debug()).unwrap();
+    let leaf = store.config().tree.max_leaf_count as u64;
+    let mut w = store.writer().unwrap();
+    let mut wb = replica.writer().unwrap();
+    let r = store.reader().unwrap();
+    let rb = replica.reader().unwrap();
+    let source = SourceId::new("own");
+    for i in 0..100 {
+        w.append(&source, vec![ev(i)]).unwrap();
+    }
+    let copy = |w: &Writer, wb: &mut Writer| {
+        let root = w.reader().source(&source).unwrap().unwrap().root;
+        let blocks: Vec<(Cid, Vec<u8>)> = w
+            .reader()
+            .dag_blocks(&root)
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|c| (c, w.reader().get_block(&c).unwrap().unwrap()))
+            .collect();
+        wb.import_batch(&blocks, &[(source.clone(), root)], 0)
+            .unwrap()
+            .pop()
+            .unwrap()
+            .unwrap();
+    };
+    copy(&w, &mut wb);
+    let rule = RetentionRule {
+        max_events: Some(25),
+        ..RetentionRule::default()
+    };
+    let pruned = w.prune(&source, &[rule.clone()], 0).unwrap().unwrap();
+    assert_eq!((pruned.last_offset, pruned.generation), (99, 1));
+    assert_eq!(r.pruned_generation(&source, 99).unwrap(), 1);
+    let left = offsets_and_payloads(&r, &source);
+    assert!(left.len() >= 25 && left.len() as u64 <= 25 + leaf, "{}", left.len());
+    let first = left[0].0;
+    let want: Vec<(u64, String)> = (first..100).map(|i| (i, format!("{{\"i\":{i}}}"))).collect();
+    assert_eq!(left, want);
+    assert_eq!(r.offsets().unwrap().get(&source), Some(99));
+    // Nothing more to drop: no new tree.
+    assert!(w.prune(&source, &[rule], 0).unwrap().is_none());
+    copy(&w, &mut wb);
+    assert_eq!(offsets_and_payloads(&rb, &source), want);
+    // The replica extends the pruned tree with new events as usual.
+    w.append(&source, vec![ev(100)]).unwrap();
+    copy(&w, &mut wb);
+    assert_eq!(offsets_and_payloads(&rb, &source).last().unwrap().0, 100);
+    for (w, r) in [(&mut w, &r), (&mut wb, &rb)] {
+        let freed = w.gc(100_000).unwrap();
+        assert!(freed.blocks_deleted > 0, "{freed:?}");
+        assert!(r.verify().unwrap().is_sound());
+        assert_eq!(offsets_and_payloads(r, &source).len(), want.len() + 1);
+    }
+}
+
+/// Rules by tag, by payload bytes and by age hold only the events they match; the newest
+/// event always stays; an event under no rule is never pruned.
+#[test]
+fn prune_by_tag_bytes_and_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("a.sqlite"), StoreConfig::debug()).unwrap();
+    let mut w = store.writer().unwrap();
+    let r = store.reader().unwrap();
+    let source = SourceId::new("own");
+    // 0..50 tagged "tmp", 50..60 untagged, 60..100 tagged "tmp" again.
+    for i in 0..100 {
+        let e = if (50..60).contains(&i) { ev(i) } else { tagged(i, "tmp") };
+        w.append(&source, vec![e]).unwrap();
+    }
+    let by_tag = RetentionRule {
+        tags: vec!["tmp".into()],
+        max_events: Some(0),
+        ..RetentionRule::default()
+    };
+    w.prune(&source, &[by_tag], 0).unwrap().unwrap();
+    let left: Vec<u64> = offsets_and_payloads(&r, &source).iter().map(|e| e.0).collect();
+    assert!((50..60).all(|i| left.contains(&i)), "{left:?}");
+    assert!(left.contains(&99));
+    assert!(left.len() < 40, "{left:?}");
+
+    let source = SourceId::new("bytes");
+    for i in 0..100 {
+        w.append(&source, vec![ev(i)]).unwrap();
+    }
+    // Payloads `{"i":NN}` are 8 bytes: 200 bytes keep 25 events.
+    let by_bytes = RetentionRule {
+        max_bytes: Some(200),
+        ..RetentionRule::default()
+    };
+    w.prune(&source, &[by_bytes], 0).unwrap().unwrap();
+    let left = offsets_and_payloads(&r, &source);
+    assert!(left.len() >= 25 && left.len() <= 35, "{}", left.len());
+
+    // Timestamps are the offsets (µs): at now = 1_000_060 and max age 1 s, events 0..60 go.
+    let source = SourceId::new("age");
+    for i in 0..100 {
+        w.append(&source, vec![ev(i)]).unwrap();
+    }
+    let by_age = RetentionRule {
+        max_age_us: Some(1_000_000),
+        ..RetentionRule::default()
+    };
+    w.prune(&source, &[by_age], 1_000_060).unwrap().unwrap();
+    let left: Vec<u64> = offsets_and_payloads(&r, &source).iter().map(|e| e.0).collect();
+    assert!(left.first().is_some_and(|&f| f <= 60 && f > 40), "{left:?}");
+    assert_eq!(left.last(), Some(&99));
+}

@@ -57,7 +57,9 @@ impl State {
             blocks.extend(r.blocks);
             targets.push((r.source, r.root));
         }
-        // Only this node appends to its own log; a peer's copy of it is never newer.
+        // Only this node appends to its own log; a peer's copy of it is never newer, except
+        // while this node resumes its source after losing its store (`resume.rs`).
+        let own_allowed = own_allowed || self.resume.is_resuming();
         let own = targets
             .iter()
             .map(|(s, _)| !own_allowed && s == &self.source)
@@ -116,6 +118,9 @@ impl State {
         };
         // Only now, with the tree checked, may its lamports move our clock.
         self.clock.observe(imported.last_lamport);
+        if source == self.source {
+            self.resume.stored(imported.last);
+        }
         let known = self.offsets.borrow().get(&source);
         if known.is_some_and(|k| k >= imported.last) {
             return ImportOutcome::Imported(imported);

@@ -41,7 +41,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use shoal_store::blob::{BlobMeta, Freed};
 use shoal_store::{
-    Cid, Event, GcStats, Lamport, NewEvent, Offset, OffsetMap, Reader, SourceId, Writer,
+    Cid, Event, GcStats, Lamport, NewEvent, Offset, OffsetMap, Pruned, Reader, RetentionRule,
+    SourceId, Writer,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -135,6 +136,11 @@ pub enum Command {
     },
     /// Asks the store's checkpoint thread for a WAL checkpoint (it does not wait for it).
     Checkpoint { reply: Reply<()> },
+    /// Applies retention rules to this node's own source (`retention.rs`).
+    Prune {
+        rules: Vec<RetentionRule>,
+        reply: Reply<Option<Pruned>>,
+    },
     /// Finish what is queued before this, persist the clock, close, then reply.
     Shutdown(oneshot::Sender<()>),
     /// Tests: runs a closure on the writer thread (to hold it while commands queue up).
@@ -186,6 +192,7 @@ pub(crate) fn spawn(
     clock: Arc<LamportClock>,
     config: EventsConfig,
     counters: EventCounters,
+    resume: crate::resume::Resume,
 ) -> std::io::Result<(Handles, std::thread::JoinHandle<()>)> {
     let (commands, rx) = mpsc::channel(config.command_queue.max(1));
     let (updates, _) = broadcast::channel(config.update_channel.max(1));
@@ -204,6 +211,7 @@ pub(crate) fn spawn(
         last_timestamp: 0,
         lamport_covered: persisted,
         uploads: HashMap::new(),
+        resume,
     };
     let thread = std::thread::Builder::new()
         .name("shoal-writer".into())
@@ -235,6 +243,8 @@ struct State {
     lamport_covered: u64,
     /// The latest manifest of each upload in progress (see [`BlobWrite::Put`]).
     uploads: HashMap<String, Option<Cid>>,
+    /// While resuming the own source, publishes are refused and peers' trees of it imported.
+    resume: crate::resume::Resume,
 }
 
 /// Waiters of one group commit, with how many events each brought.
@@ -308,6 +318,11 @@ impl State {
                 Command::Checkpoint { reply } => {
                     let _ = reply.send(self.writer.request_checkpoint().map_err(Into::into));
                 }
+                Command::Prune { rules, reply } => {
+                    let now = self.now_micros();
+                    let pruned = self.writer.prune(&self.source, &rules, now);
+                    let _ = reply.send(pruned.map_err(Into::into));
+                }
                 #[cfg(test)]
                 Command::Hold(f) => f(),
                 Command::Shutdown(reply) => {
@@ -336,6 +351,13 @@ impl State {
     }
 
     fn append(&mut self, batch: Vec<PublishEvent>, waiters: Waiters) {
+        if self.resume.is_resuming() {
+            // Peers may hold our source beyond what is stored here (`resume.rs`).
+            for (_, reply) in waiters {
+                let _ = reply.send(Err(EventsError::Resuming));
+            }
+            return;
+        }
         let n = batch.len() as u64;
         let Some(first_lamport) = self.clock.reserve(n) else {
             tracing::error!(

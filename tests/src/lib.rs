@@ -343,10 +343,15 @@ impl Node {
     }
 
     /// Starts a new process on the same data dir (after [`Node::kill9`] or [`Node::stop`]).
-    pub fn respawn(mut self) -> Result<Node> {
+    pub fn respawn(self) -> Result<Node> {
+        let options = self.options.clone();
+        self.respawn_with(options)
+    }
+
+    /// [`Node::respawn`] with other options (e.g. a `--peer` the first process did not have).
+    pub fn respawn_with(mut self, options: NodeOptions) -> Result<Node> {
         self.kill9();
         let dir = self.dir.take().context("node has no data dir")?;
-        let options = self.options.clone();
         drop(self);
         Node::spawn(dir, options)
     }

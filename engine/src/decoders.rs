@@ -138,14 +138,14 @@ proptest! {
     #[test]
     fn decoders_requests_roundtrip_and_mutations(
         datas in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..16), 0..40),
-        digest in proptest::collection::vec((any::<[u8; 8]>(), any::<u64>()), 0..40),
+        digest in proptest::collection::vec((any::<[u8; 8]>(), any::<u64>(), 0u64..3), 0..40),
         ms in proptest::collection::vec(mutation(), 1..4),
     ) {
         let want = Request::Want(datas.iter().map(|d| cid_of(0x71, d)).collect());
         let digest = Request::Digest(
             digest
                 .into_iter()
-                .map(|(source_hash, offset)| DigestEntry { source_hash, offset })
+                .map(|(source_hash, offset, pruned)| DigestEntry { source_hash, offset, pruned })
                 .collect(),
         );
         for req in [want, digest] {

@@ -99,7 +99,7 @@ impl Resume {
     /// Starts resuming (again): at start, or after a restore imported the own source.
     pub fn begin(&self) {
         if let Some(m) = &self.0.marker {
-            if let Err(e) = std::fs::write(m, b"resuming the own source; see docs/operations.md\n")
+            if let Err(e) = std::fs::write(m, b"resuming the own source; see docs/format.md, Forks\n")
             {
                 tracing::warn!(path = %m.display(), error = %e, "cannot write the resume marker");
             }

@@ -9,6 +9,10 @@
 //! fetch the new branch nodes, import it (the store checks it is the same stream) and their GC
 //! frees the leaves it no longer links. Only the source's own node ever prunes its tree.
 //!
+//! Blobs follow their names: a blob this node named (a `shoal.blob-name` event of its own source,
+//! `blobs.rs`) is unpinned here once a pruning dropped that name event and no remaining name
+//! event of any source names the blob; GC then frees its blocks.
+//!
 //! A pass without a `maxAgeSecs` rule is skipped when neither the rules nor the tree changed
 //! since the last pass (nothing could be pruned then).
 
@@ -16,7 +20,9 @@ use std::time::Duration;
 
 use libp2p::identity::Keypair;
 use serde_json::Value;
-use shoal_store::{Cid, EventFilter, RetentionRule};
+use std::collections::{BTreeMap, BTreeSet};
+
+use shoal_store::{Cid, EventFilter, Reader, RetentionRule, Selector, SourceId};
 use tokio::sync::watch;
 
 use crate::events::EventService;
@@ -91,17 +97,100 @@ pub(crate) fn spawn(
             if !aged && last.as_ref() == Some(&(rules.clone(), root)) {
                 continue;
             }
+            let names_before = own_names(&events).await;
             match events.prune(rules.clone()).await {
                 Ok(Some(pruned)) => {
                     tracing::info!(root = %pruned.root, offset = pruned.last_offset, generation = pruned.generation, "retention pruned this node's events");
                     announce(&events, &swarm, &keypair, pruned).await;
                     last = Some((rules, current_root(&events).await));
+                    if let Some(before) = names_before {
+                        unpin_unnamed(&events, before).await;
+                    }
                 }
                 Ok(None) => last = Some((rules, root)),
                 Err(e) => tracing::warn!(error = %e, "retention pass failed; trying again later"),
             }
         }
     })
+}
+
+/// The name events (`blobs.rs`) of `source` in `reader`: offset → named CID.
+fn names_of(reader: &Reader, source: &SourceId) -> Result<BTreeMap<u64, Cid>, shoal_store::Error> {
+    let filter = EventFilter::selectors(vec![Selector {
+        semantics: Some(crate::blobs::NAME_SEMANTICS.into()),
+        ..Selector::default()
+    }]);
+    let mut out = BTreeMap::new();
+    for event in reader.events(source, 0..=u64::MAX, &filter, false)? {
+        let event = event?;
+        let cid = serde_json::from_str::<Value>(event.payload.get())
+            .ok()
+            .and_then(|v| v.get("cid")?.as_str()?.parse::<Cid>().ok());
+        if let Some(cid) = cid {
+            out.insert(event.offset, cid);
+        }
+    }
+    Ok(out)
+}
+
+/// This node's own name events (`None` when they cannot be read: then no blob is unpinned).
+async fn own_names(events: &EventService) -> Option<BTreeMap<u64, Cid>> {
+    let reader = events.reader().ok()?;
+    let source = events.source().clone();
+    match tokio::task::spawn_blocking(move || names_of(&reader, &source)).await {
+        Ok(Ok(names)) => Some(names),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read this node's blob names");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading this node's blob names panicked");
+            None
+        }
+    }
+}
+
+/// Unpins the blobs whose name events (`before`, this node's) a pruning dropped, unless a
+/// remaining name event of any source still names them.
+async fn unpin_unnamed(events: &EventService, before: BTreeMap<u64, Cid>) {
+    if before.is_empty() {
+        return;
+    }
+    let Ok(reader) = events.reader() else {
+        return;
+    };
+    let own = events.source().clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let after = names_of(&reader, &own)?;
+        let dropped: BTreeSet<Cid> = before
+            .iter()
+            .filter(|(offset, _)| !after.contains_key(offset))
+            .map(|(_, cid)| *cid)
+            .collect();
+        if dropped.is_empty() {
+            return Ok(dropped);
+        }
+        let mut named = BTreeSet::new();
+        for info in reader.sources()? {
+            named.extend(names_of(&reader, &info.source)?.into_values());
+        }
+        Ok::<_, shoal_store::Error>(dropped.difference(&named).copied().collect())
+    })
+    .await;
+    let unnamed = match found {
+        Ok(Ok(unnamed)) => unnamed,
+        Ok(Err(e)) => return tracing::warn!(error = %e, "cannot read the blob names after pruning"),
+        Err(e) => return tracing::warn!(error = %e, "reading the blob names panicked"),
+    };
+    for cid in unnamed {
+        match events.blob_delete(cid, false).await {
+            Ok(Some(freed)) => {
+                tracing::info!(%cid, blocks = freed.blocks, "unpinned a blob whose name events were pruned")
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%cid, error = %e, "cannot unpin a blob whose name was pruned"),
+        }
+    }
 }
 
 async fn current_root(events: &EventService) -> Option<Cid> {

@@ -262,3 +262,49 @@ async fn a_v1_subscriber_across_a_pruning_gets_each_remaining_event_once() {
     assert!((100..110).all(|o| seen.contains(&o)));
     assert!((0..30).all(|o| seen.contains(&o)));
 }
+
+async fn put_blob(node: &Node, bytes: &[u8]) -> String {
+    let resp = node.post_bytes("/api/v1/blobs", bytes.to_vec()).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let body: Value = resp.json().await.unwrap();
+    body["cid"].as_str().unwrap().to_string()
+}
+
+async fn name_blob(node: &Node, name: &str, cid: &str) {
+    let resp = node
+        .http
+        .put(node.url(&format!("/api/v1/blobs/names/{name}")))
+        .json(&json!({ "cid": cid }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+}
+
+async fn status_of(node: &Node, path: &str) -> u16 {
+    node.get(path).await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_follows_its_name_event_when_retention_prunes_it() {
+    let a = Node::start().unwrap();
+    let old = put_blob(&a, b"named by a pruned event").await;
+    name_blob(&a, "old", &old).await;
+    let unnamed = put_blob(&a, b"never named").await;
+    publish_big(&a, "big", &[], 100).await;
+    let kept = put_blob(&a, b"named by a kept event").await;
+    name_blob(&a, "new", &kept).await;
+    assert_eq!(status_of(&a, &format!("/api/v1/blobs/{old}")).await, 200);
+
+    set_retention(&a, json!([{"maxEvents": 20}]));
+    let old_path = format!("/api/v1/blobs/{old}");
+    wait_for(Duration::from_secs(60), "the blob of the pruned name to go", || async {
+        status_of(&a, &old_path).await == 404
+    })
+    .await;
+    assert_eq!(status_of(&a, "/api/v1/blobs/names/old").await, 404);
+    let resp = a.get("/api/v1/blobs/names/new").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(&resp.bytes().await.unwrap()[..], b"named by a kept event");
+    assert_eq!(status_of(&a, &format!("/api/v1/blobs/{unnamed}")).await, 200);
+}

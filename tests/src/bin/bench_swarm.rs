@@ -4,10 +4,12 @@
 //! 2. catch-up of a node joining a peer that holds N events (default 1,000,000): seconds, ev/s;
 //! 3. 10 nodes each publishing 50 events/s: p99 delivery latency to every other node;
 //! 4. idle bandwidth per node (3 connected idle nodes; bytes sent on their swarm sockets,
-//!    from `ss -tin`).
+//!    from `ss -tin`);
+//! 5. `shoal events dump` of A and `restore` into a fresh node, in events/s, beside the catch-up
+//!    of a fresh peer measured in the same run (`BENCH_RUNS` runs, default 3; medians).
 //!
-//! Run: `cargo run --release -p shoal-tests --bin bench_swarm [-- latency|catchup|mesh|idle]`
-//! (`BENCH_CATCHUP_EVENTS=N` sizes the catch-up). Latency is measured from a timestamp in the
+//! Run: `cargo run --release -p shoal-tests --bin bench_swarm [-- latency|catchup|mesh|idle|dump]`
+//! (`BENCH_CATCHUP_EVENTS=N` sizes the catch-up and the dump). Latency is measured from a timestamp in the
 //! payload taken just before the publish request to the moment B's subscriber reads the line.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -105,11 +107,120 @@ async fn direct_latency() -> Result<()> {
     Ok(())
 }
 
-async fn catchup() -> Result<()> {
-    let n: usize = std::env::var("BENCH_CATCHUP_EVENTS")
+fn catchup_events() -> usize {
+    std::env::var("BENCH_CATCHUP_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+        .unwrap_or(1_000_000)
+}
+
+/// Publishes `n` small events on `a` in batches of 10,000.
+async fn fill(a: &Node, n: usize) -> Result<()> {
+    const BATCH: usize = 10_000;
+    let mut published = 0;
+    while published < n {
+        let k = BATCH.min(n - published);
+        let events: Vec<Value> = (0..k)
+            .map(|i| event("bench", "bulk", json!({ "i": published + i, "v": "abcdefghij" })))
+            .collect();
+        a.publish(&events).await?;
+        published += k;
+    }
+    Ok(())
+}
+
+/// Waits (at most 10 minutes) until `node` stores `source` up to `last`.
+async fn wait_stored(node: &Node, source: &str, last: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let o = node.offsets().await?;
+        if o[source].as_u64() == Some(last) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("never stored {source} up to {last}: {o}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs `shoal <args>` to the end (no time limit: a big dump may take minutes).
+fn shoal(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new(shoal_tests::shoal_bin())
+        .args(args)
+        .output()
+        .context("run shoal")?;
+    if !out.status.success() {
+        bail!(
+            "shoal {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Per run: catch-up of a fresh peer of A (the reference), `events dump` of A to a file,
+/// `events restore` of that file into a fresh node (until it stores every event).
+async fn dump_restore() -> Result<()> {
+    let n = catchup_events();
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let a = Node::start()?;
+    fill(&a, n).await?;
+    let last = n as u64 - 1;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("a.car");
+    let file = file.to_str().context("temp path")?;
+    let (mut catchups, mut dumps, mut restores) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=runs {
+        let started = Instant::now();
+        let b = Node::start_with(peer(&a))?;
+        wait_stored(&b, &a.source, last).await?;
+        let catchup = n as f64 / started.elapsed().as_secs_f64();
+        drop(b);
+        let started = Instant::now();
+        let a_url = a.url("");
+        shoal(&["events", "dump", "-o", file, "--node", a_url.trim_end_matches('/')])?;
+        let dump = n as f64 / started.elapsed().as_secs_f64();
+        let c = Node::start()?;
+        let c_url = c.url("");
+        let started = Instant::now();
+        shoal(&["events", "restore", file, "--node", c_url.trim_end_matches('/')])?;
+        wait_stored(&c, &a.source, last).await?;
+        let restore = n as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "run {run}: catch-up {catchup:.0} events/s, dump {dump:.0} events/s ({:.2}x), \
+             restore {restore:.0} events/s ({:.2}x); file {} bytes",
+            dump / catchup,
+            restore / catchup,
+            std::fs::metadata(file)?.len()
+        );
+        catchups.push(catchup);
+        dumps.push(dump);
+        restores.push(restore);
+    }
+    let ratios = |v: &[f64]| -> Vec<f64> { v.iter().zip(&catchups).map(|(x, c)| x / c).collect() };
+    println!(
+        "medians of {runs} runs, {n} events: catch-up {:.0} events/s; dump {:.0} events/s ({:.2}x \
+         catch-up); restore {:.0} events/s ({:.2}x catch-up)",
+        median(catchups.clone()),
+        median(dumps.clone()),
+        median(ratios(&dumps)),
+        median(restores.clone()),
+        median(ratios(&restores)),
+    );
+    Ok(())
+}
+
+async fn catchup() -> Result<()> {
+    let n = catchup_events();
     let a = Node::start()?;
     const BATCH: usize = 10_000;
     let started = Instant::now();
@@ -310,6 +421,9 @@ async fn main() -> Result<()> {
     }
     if run("catchup") {
         catchup().await?;
+    }
+    if run("dump") {
+        dump_restore().await?;
     }
     Ok(())
 }

@@ -636,8 +636,8 @@ fn open(config: &Config) -> Result<Opened, NodeError> {
         source,
     })?;
     // A key without a store: the store was lost (resume the own source, `resume.rs`).
-    let store_lost = !config.store_path().exists()
-        && config.data_dir.join(crate::identity::KEY_FILE).exists();
+    let store_lost =
+        !config.store_path().exists() && config.data_dir.join(crate::identity::KEY_FILE).exists();
     // The store first: opening it takes the data dir's writer lock, so a second node on this
     // dir is refused before it reads (or, on a fresh dir, creates) the key.
     let store = Store::open(&config.store_path(), store_config(config.durability))?;

@@ -6,10 +6,12 @@
 //! fork, which peers refuse. So such a node is *resuming*: it refuses local publishes (503,
 //! `EventsError::Resuming`) and imports its own source from peers like a replicated one (the
 //! store still checks each tree extends what is stored) until
-//! - a peer's digest (they come every few seconds from each connected peer) showed how far that
-//!   peer holds this source, and this node holds at least that much; or
-//! - no peer sent a digest within `resume_timeout` (`--resume-timeout-secs`, default 60 s; 0 =
-//!   do not wait): the node has nobody to ask and publishes from what it holds, with a warning.
+//! - a peer's digest (they come every few seconds from each connected peer) showed that peer
+//!   holds this source, and this node holds at least as much as every such peer heard; or
+//! - no peer that holds this source was heard within `resume_timeout` (`--resume-timeout-secs`,
+//!   default 60 s; 0 = do not wait): the node has nobody to ask and publishes from what it
+//!   holds, with a warning. (A peer that holds none of this source says nothing: it may simply
+//!   be new, while another peer holds the events.)
 //!
 //! A node resumes when it starts on a data dir whose key existed but whose store did not, and
 //! after `events restore` imported its own source. The state survives restarts as the marker
@@ -99,7 +101,8 @@ impl Resume {
     /// Starts resuming (again): at start, or after a restore imported the own source.
     pub fn begin(&self) {
         if let Some(m) = &self.0.marker {
-            if let Err(e) = std::fs::write(m, b"resuming the own source; see docs/format.md, Forks\n")
+            if let Err(e) =
+                std::fs::write(m, b"resuming the own source; see docs/format.md, Forks\n")
             {
                 tracing::warn!(path = %m.display(), error = %e, "cannot write the resume marker");
             }
@@ -118,14 +121,18 @@ impl Resume {
         }
     }
 
-    /// A peer's digest: it holds our source up to `offset` (`None`: not at all).
+    /// A peer's digest: it holds our source up to `offset` (`None`: not at all, which tells
+    /// nothing).
     pub fn heard(&self, offset: Option<u64>) {
+        let Some(offset) = offset else {
+            return;
+        };
         if !self.is_resuming() {
             return;
         }
         self.update(|s| {
             s.heard = true;
-            s.wanted = s.wanted.max(offset);
+            s.wanted = s.wanted.max(Some(offset));
         });
     }
 
@@ -232,13 +239,21 @@ mod tests {
         assert!(!r.is_resuming());
         assert!(!dir.path().join(MARKER).exists());
         // A restart with the marker gone does not resume; one with it does.
-        assert!(!Resume::new(Some(dir.path().to_path_buf()), false, None, Duration::ZERO)
-            .is_resuming());
+        assert!(
+            !Resume::new(Some(dir.path().to_path_buf()), false, None, Duration::ZERO).is_resuming()
+        );
         std::fs::write(dir.path().join(MARKER), b"").unwrap();
-        let r = Resume::new(Some(dir.path().to_path_buf()), false, Some(3), Duration::ZERO);
+        let r = Resume::new(
+            Some(dir.path().to_path_buf()),
+            false,
+            Some(3),
+            Duration::from_secs(600),
+        );
         assert!(r.is_resuming());
-        // A peer that holds nothing of ours ends it at once.
+        // A peer that holds nothing of ours tells nothing; one that holds less than we do ends it.
         r.heard(None);
+        assert!(r.is_resuming());
+        r.heard(Some(2));
         assert!(!r.is_resuming());
     }
 

@@ -397,7 +397,10 @@ impl Iterator for EventIter {
                 return None;
             }
             if chunk.data.is_empty() {
-                let (lo, hi) = (chunk.range.start.max(self.lo), chunk.range.end.min(self.hi + 1));
+                let (lo, hi) = (
+                    chunk.range.start.max(self.lo),
+                    chunk.range.end.min(self.hi + 1),
+                );
                 self.skipped += hi.saturating_sub(lo);
             }
             self.buf = chunk.data.into_iter();

@@ -22,12 +22,14 @@ async fn events_of(node: &Node, source: &str) -> Vec<(u64, Value)> {
     if upper.get(source).is_none() {
         return Vec::new();
     }
-    node.query(&json!({"upperBound": upper, "subscriptions": [{"source": source}], "order": "lamport"}))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| (e["offset"].as_u64().unwrap(), e["payload"].clone()))
-        .collect()
+    node.query(
+        &json!({"upperBound": upper, "subscriptions": [{"source": source}], "order": "lamport"}),
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|e| (e["offset"].as_u64().unwrap(), e["payload"].clone()))
+    .collect()
 }
 
 async fn wait_offset(node: &Node, source: &str, want: u64) {
@@ -77,7 +79,14 @@ async fn a_node_restored_from_an_old_dump_rejoins_without_forking_its_stream() {
     let dump_s = dump.to_str().unwrap().to_string();
     let a_url = a.url("");
     let out = cli(
-        &["events", "dump", "-o", &dump_s, "--node", a_url.trim_end_matches('/')],
+        &[
+            "events",
+            "dump",
+            "-o",
+            &dump_s,
+            "--node",
+            a_url.trim_end_matches('/'),
+        ],
         None,
     )
     .unwrap();
@@ -106,17 +115,32 @@ async fn a_node_restored_from_an_old_dump_rejoins_without_forking_its_stream() {
     }
     // Back without peers (B cannot reach it either: new port): it must not publish.
     let a = a
-        .respawn_with(NodeOptions::default().arg("--resume-timeout-secs").arg("600"))
+        .respawn_with(
+            NodeOptions::default()
+                .arg("--resume-timeout-secs")
+                .arg("600"),
+        )
         .unwrap();
     assert_eq!(a.source, source);
     publish_is_refused_while_resuming(&a).await;
     let a_url = a.url("");
     let out = cli(
-        &["events", "restore", &dump_s, "--node", a_url.trim_end_matches('/')],
+        &[
+            "events",
+            "restore",
+            &dump_s,
+            "--node",
+            a_url.trim_end_matches('/'),
+        ],
         None,
     )
     .unwrap();
-    assert!(out.status.success(), "restore: {} {}", out.stdout, out.stderr);
+    assert!(
+        out.status.success(),
+        "restore: {} {}",
+        out.stdout,
+        out.stderr
+    );
     wait_offset(&a, &source, 49).await;
     publish_is_refused_while_resuming(&a).await;
 
@@ -144,7 +168,12 @@ async fn a_node_restored_from_an_old_dump_rejoins_without_forking_its_stream() {
         if resp.status().as_u16() == 201 {
             break resp.json::<Value>().await.unwrap();
         }
-        assert_eq!(resp.status().as_u16(), 503, "{}", resp.text().await.unwrap());
+        assert_eq!(
+            resp.status().as_u16(),
+            503,
+            "{}",
+            resp.text().await.unwrap()
+        );
         assert!(Instant::now() < deadline, "A never resumed publishing");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };

@@ -50,18 +50,20 @@ async fn events_of(node: &Node, source: &str) -> Vec<(u64, String, Value)> {
     if upper.get(source).is_none() {
         return Vec::new();
     }
-    node.query(&json!({"upperBound": upper, "subscriptions": [{"source": source}], "order": "lamport"}))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| {
-            (
-                e["offset"].as_u64().unwrap(),
-                e["stream"]["semantics"].as_str().unwrap().to_string(),
-                e["payload"].clone(),
-            )
-        })
-        .collect()
+    node.query(
+        &json!({"upperBound": upper, "subscriptions": [{"source": source}], "order": "lamport"}),
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|e| {
+        (
+            e["offset"].as_u64().unwrap(),
+            e["stream"]["semantics"].as_str().unwrap().to_string(),
+            e["payload"].clone(),
+        )
+    })
+    .collect()
 }
 
 async fn wait_for<F: std::future::Future<Output = bool>>(
@@ -131,8 +133,7 @@ async fn wait_same(a: &Node, b: &Node, want: &[(u64, String, Value)]) {
 
 /// A suffix of offsets ending at `last`, gapless.
 fn is_suffix(events: &[(u64, String, Value)], last: u64) -> bool {
-    events.last().is_some_and(|e| e.0 == last)
-        && events.windows(2).all(|w| w[1].0 == w[0].0 + 1)
+    events.last().is_some_and(|e| e.0 == last) && events.windows(2).all(|w| w[1].0 == w[0].0 + 1)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -202,20 +203,26 @@ async fn retention_by_size_and_age_holds_only_the_events_its_rules_match() {
         &a,
         json!([{"tags": ["tmp"], "maxAgeSecs": 1}, {"semantics": "big", "maxBytes": 400_000}]),
     );
-    let count = |events: &[(u64, String, Value)], s: &str| {
-        events.iter().filter(|e| e.1 == s).count()
-    };
-    wait_for(Duration::from_secs(60), "A to prune by age and size", || async {
-        let now = events_of(&a, &source).await;
-        count(&now, "t") < 20 && count(&now, "big") < 60
-    })
+    let count =
+        |events: &[(u64, String, Value)], s: &str| events.iter().filter(|e| e.1 == s).count();
+    wait_for(
+        Duration::from_secs(60),
+        "A to prune by age and size",
+        || async {
+            let now = events_of(&a, &source).await;
+            count(&now, "t") < 20 && count(&now, "big") < 60
+        },
+    )
     .await;
     let kept = events_of(&a, &source).await;
     // Payloads are ~40,020 bytes: 400 kB keeps the newest 9, plus at most the rest of a leaf.
     let big = count(&kept, "big");
     assert!((9..=45).contains(&big), "{big} big events kept");
     assert_eq!(count(&kept, "keep"), 3, "events under no rule stay");
-    assert!(kept.iter().all(|e| all.contains(e)), "offsets and payloads unchanged");
+    assert!(
+        kept.iter().all(|e| all.contains(e)),
+        "offsets and payloads unchanged"
+    );
     assert_eq!(a.offsets().await.unwrap()[&source], 122);
     wait_same(&a, &b, &kept).await;
 }
@@ -240,9 +247,11 @@ async fn a_v1_subscriber_across_a_pruning_gets_each_remaining_event_once() {
     }
 
     set_retention(&a, json!([{"maxEvents": 20}]));
-    wait_for(Duration::from_secs(60), "B to follow A's pruning", || async {
-        events_of(&b, &source).await.len() < 100
-    })
+    wait_for(
+        Duration::from_secs(60),
+        "B to follow A's pruning",
+        || async { events_of(&b, &source).await.len() < 100 },
+    )
     .await;
     let kept: BTreeSet<u64> = events_of(&b, &source).await.iter().map(|e| e.0).collect();
     publish_big(&a, "big", &[], 10).await;
@@ -264,7 +273,10 @@ async fn a_v1_subscriber_across_a_pruning_gets_each_remaining_event_once() {
 }
 
 async fn put_blob(node: &Node, bytes: &[u8]) -> String {
-    let resp = node.post_bytes("/api/v1/blobs", bytes.to_vec()).await.unwrap();
+    let resp = node
+        .post_bytes("/api/v1/blobs", bytes.to_vec())
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 201);
     let body: Value = resp.json().await.unwrap();
     body["cid"].as_str().unwrap().to_string()
@@ -298,13 +310,18 @@ async fn a_blob_follows_its_name_event_when_retention_prunes_it() {
 
     set_retention(&a, json!([{"maxEvents": 20}]));
     let old_path = format!("/api/v1/blobs/{old}");
-    wait_for(Duration::from_secs(60), "the blob of the pruned name to go", || async {
-        status_of(&a, &old_path).await == 404
-    })
+    wait_for(
+        Duration::from_secs(60),
+        "the blob of the pruned name to go",
+        || async { status_of(&a, &old_path).await == 404 },
+    )
     .await;
     assert_eq!(status_of(&a, "/api/v1/blobs/names/old").await, 404);
     let resp = a.get("/api/v1/blobs/names/new").await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(&resp.bytes().await.unwrap()[..], b"named by a kept event");
-    assert_eq!(status_of(&a, &format!("/api/v1/blobs/{unnamed}")).await, 200);
+    assert_eq!(
+        status_of(&a, &format!("/api/v1/blobs/{unnamed}")).await,
+        200
+    );
 }

@@ -212,16 +212,8 @@ pub fn start(
     shutdown: watch::Receiver<bool>,
     metrics: &crate::metrics::Metrics,
 ) -> std::io::Result<(EventService, WriterThread)> {
-    let (handles, thread) = writer::spawn(
-        recovered.writer,
-        recovered.packer,
-        source.clone(),
-        recovered.offsets,
-        Arc::new(recovered.clock),
-        config.clone(),
-        metrics.events(),
-        recovered.resume,
-    )?;
+    let (handles, thread) =
+        writer::spawn(recovered, source.clone(), config.clone(), metrics.events())?;
     let thread = WriterThread {
         commands: handles.commands.clone(),
         thread: Some(thread),

@@ -164,9 +164,7 @@ impl Writer {
                 selector: rule.selector(),
                 matches_all: rule.matches_all(),
                 keep_from: self.keep_from(&reader, source, &root, rule, last)?,
-                keep_time: rule
-                    .max_age_us
-                    .map_or(0, |age| now_us.saturating_sub(age)),
+                keep_time: rule.max_age_us.map_or(0, |age| now_us.saturating_sub(age)),
             });
         }
         let query = Retain { limits, last };
@@ -214,6 +212,10 @@ impl Writer {
         }
         if rule.max_events == Some(0) || rule.max_bytes == Some(0) {
             return Ok(last.saturating_add(1));
+        }
+        if let (true, None, Some(n)) = (rule.matches_all(), rule.max_bytes, rule.max_events) {
+            // Every event matches: no walk needed.
+            return Ok(last.saturating_add(1).saturating_sub(n));
         }
         let filter = EventFilter::selectors(vec![rule.selector()]);
         let (mut n, mut bytes) = (0u64, 0u64);

@@ -318,13 +318,22 @@ fn prune_by_count_drops_old_leaves_and_a_replica_follows() {
         max_events: Some(25),
         ..RetentionRule::default()
     };
-    let pruned = w.prune(&source, &[rule.clone()], 0).unwrap().unwrap();
+    let pruned = w
+        .prune(&source, std::slice::from_ref(&rule), 0)
+        .unwrap()
+        .unwrap();
     assert_eq!((pruned.last_offset, pruned.generation), (99, 1));
     assert_eq!(r.pruned_generation(&source, 99).unwrap(), 1);
     let left = offsets_and_payloads(&r, &source);
-    assert!(left.len() >= 25 && left.len() as u64 <= 25 + leaf, "{}", left.len());
+    assert!(
+        left.len() >= 25 && left.len() as u64 <= 25 + leaf,
+        "{}",
+        left.len()
+    );
     let first = left[0].0;
-    let want: Vec<(u64, String)> = (first..100).map(|i| (i, format!("{{\"i\":{i}}}"))).collect();
+    let want: Vec<(u64, String)> = (first..100)
+        .map(|i| (i, format!("{{\"i\":{i}}}")))
+        .collect();
     assert_eq!(left, want);
     assert_eq!(r.offsets().unwrap().get(&source), Some(99));
     // Nothing more to drop: no new tree.
@@ -354,7 +363,11 @@ fn prune_by_tag_bytes_and_age() {
     let source = SourceId::new("own");
     // 0..50 tagged "tmp", 50..60 untagged, 60..100 tagged "tmp" again.
     for i in 0..100 {
-        let e = if (50..60).contains(&i) { ev(i) } else { tagged(i, "tmp") };
+        let e = if (50..60).contains(&i) {
+            ev(i)
+        } else {
+            tagged(i, "tmp")
+        };
         w.append(&source, vec![e]).unwrap();
     }
     let by_tag = RetentionRule {
@@ -363,7 +376,10 @@ fn prune_by_tag_bytes_and_age() {
         ..RetentionRule::default()
     };
     w.prune(&source, &[by_tag], 0).unwrap().unwrap();
-    let left: Vec<u64> = offsets_and_payloads(&r, &source).iter().map(|e| e.0).collect();
+    let left: Vec<u64> = offsets_and_payloads(&r, &source)
+        .iter()
+        .map(|e| e.0)
+        .collect();
     assert!((50..60).all(|i| left.contains(&i)), "{left:?}");
     assert!(left.contains(&99));
     assert!(left.len() < 40, "{left:?}");
@@ -391,7 +407,10 @@ fn prune_by_tag_bytes_and_age() {
         ..RetentionRule::default()
     };
     w.prune(&source, &[by_age], 1_000_060).unwrap().unwrap();
-    let left: Vec<u64> = offsets_and_payloads(&r, &source).iter().map(|e| e.0).collect();
+    let left: Vec<u64> = offsets_and_payloads(&r, &source)
+        .iter()
+        .map(|e| e.0)
+        .collect();
     assert!(left.first().is_some_and(|&f| f <= 60 && f > 40), "{left:?}");
     assert_eq!(left.last(), Some(&99));
 }

@@ -121,7 +121,13 @@ async fn fill(a: &Node, n: usize) -> Result<()> {
     while published < n {
         let k = BATCH.min(n - published);
         let events: Vec<Value> = (0..k)
-            .map(|i| event("bench", "bulk", json!({ "i": published + i, "v": "abcdefghij" })))
+            .map(|i| {
+                event(
+                    "bench",
+                    "bulk",
+                    json!({ "i": published + i, "v": "abcdefghij" }),
+                )
+            })
             .collect();
         a.publish(&events).await?;
         published += k;
@@ -187,12 +193,25 @@ async fn dump_restore() -> Result<()> {
         drop(b);
         let started = Instant::now();
         let a_url = a.url("");
-        shoal(&["events", "dump", "-o", file, "--node", a_url.trim_end_matches('/')])?;
+        shoal(&[
+            "events",
+            "dump",
+            "-o",
+            file,
+            "--node",
+            a_url.trim_end_matches('/'),
+        ])?;
         let dump = n as f64 / started.elapsed().as_secs_f64();
         let c = Node::start()?;
         let c_url = c.url("");
         let started = Instant::now();
-        shoal(&["events", "restore", file, "--node", c_url.trim_end_matches('/')])?;
+        shoal(&[
+            "events",
+            "restore",
+            file,
+            "--node",
+            c_url.trim_end_matches('/'),
+        ])?;
         wait_stored(&c, &a.source, last).await?;
         let restore = n as f64 / started.elapsed().as_secs_f64();
         println!(

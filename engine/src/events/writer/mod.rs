@@ -41,8 +41,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use shoal_store::blob::{BlobMeta, Freed};
 use shoal_store::{
-    Cid, Event, GcStats, Lamport, NewEvent, Offset, OffsetMap, Pruned, Reader, RetentionRule,
-    SourceId, Writer,
+    Cid, Event, GcStats, Lamport, NewEvent, Offset, OffsetMap, Pruned, RetentionRule, SourceId,
+    Writer,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -182,18 +182,22 @@ pub(crate) struct Handles {
     pub clock: Arc<LamportClock>,
 }
 
-/// Starts the writer thread on `writer`, and the packer thread on `packer` (a read connection
-/// of the same store). `offsets` and `clock` are what the store holds now.
+/// Starts the writer thread on `recovered.writer`, and the packer thread on `recovered.packer`
+/// (a read connection of the same store). Its offsets and clock are what the store holds now.
 pub(crate) fn spawn(
-    writer: Writer,
-    packer: Reader,
+    recovered: super::Recovered,
     source: SourceId,
-    offsets: OffsetMap,
-    clock: Arc<LamportClock>,
     config: EventsConfig,
     counters: EventCounters,
-    resume: crate::resume::Resume,
 ) -> std::io::Result<(Handles, std::thread::JoinHandle<()>)> {
+    let super::Recovered {
+        writer,
+        packer,
+        offsets,
+        clock,
+        resume,
+    } = recovered;
+    let clock = Arc::new(clock);
     let (commands, rx) = mpsc::channel(config.command_queue.max(1));
     let (updates, _) = broadcast::channel(config.update_channel.max(1));
     let (offsets_tx, offsets_rx) = watch::channel(offsets);

@@ -9,7 +9,8 @@
 //! the replaced blocks become garbage for `gc`.
 //!
 //! Import check (replication): the new tree must be complete, its count must exceed the
-//! current one, and its event at the current last offset must equal ours (key and payload);
+//! current one or equal it (the source pruned its tree, `prune.rs`), and its event at the
+//! current last offset must equal ours (key and payload) where both trees still hold it;
 //! every new event is decoded once before the alias moves, and every block the import adds is
 //! validated (`tree::node`) before banyan walks it. Comparing the whole old prefix would cost
 //! O(log size) per import; one event costs O(tree depth), and the signed head (engine) vouches

@@ -103,7 +103,13 @@ pub fn node_schema() -> Value {
                         "maxBytes": {"type": "integer", "minimum": 0},
                         "maxAgeSecs": {"type": "integer", "minimum": 0}
                     },
-                    "additionalProperties": false
+                    "additionalProperties": false,
+                    "description": "A rule names at least one limit.",
+                    "anyOf": [
+                        {"required": ["maxEvents"]},
+                        {"required": ["maxBytes"]},
+                        {"required": ["maxAgeSecs"]}
+                    ]
                 }
             }
         }
@@ -125,6 +131,11 @@ mod tests {
             .validate(&json!({"retention": [{"maxEvents": -1}]}))
             .unwrap_err();
         assert_eq!(e.path, "/retention/0/maxEvents");
+        // A rule without a limit would prune nothing: refused, naming the rule.
+        let e = schema
+            .validate(&json!({"retention": [{"maxEvents": 1}, {"semantics": "s"}]}))
+            .unwrap_err();
+        assert_eq!(e.path, "/retention/1");
         let e = schema.validate(&json!({"displayName": 3})).unwrap_err();
         assert_eq!(e.path, "/displayName");
         let e = schema.validate(&json!([])).unwrap_err();

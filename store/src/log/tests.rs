@@ -343,8 +343,14 @@ fn prune_by_count_drops_old_leaves_and_a_replica_follows() {
     // A node that never held the tree imports the pruned one from scratch.
     let fresh = Store::open(&dir.path().join("c.sqlite"), StoreConfig::debug()).unwrap();
     copy(&w, &mut fresh.writer().unwrap());
-    assert_eq!(offsets_and_payloads(&fresh.reader().unwrap(), &source), want);
-    assert_eq!(fresh.reader().unwrap().offsets().unwrap().get(&source), Some(99));
+    assert_eq!(
+        offsets_and_payloads(&fresh.reader().unwrap(), &source),
+        want
+    );
+    assert_eq!(
+        fresh.reader().unwrap().offsets().unwrap().get(&source),
+        Some(99)
+    );
     // The replica extends the pruned tree with new events as usual.
     w.append(&source, vec![ev(100)]).unwrap();
     copy(&w, &mut wb);

@@ -16,12 +16,11 @@
 //! A pass without a `maxAgeSecs` rule is skipped when neither the rules nor the tree changed
 //! since the last pass (nothing could be pruned then).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use libp2p::identity::Keypair;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
-
 use shoal_store::{Cid, EventFilter, Reader, RetentionRule, Selector, SourceId};
 use tokio::sync::watch;
 

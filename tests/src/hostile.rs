@@ -223,6 +223,7 @@ impl Attacker {
                 (1 << 53) + n
             },
             timestamp: u64::MAX,
+            pruned: n,
         };
         if let Ok(head) = extreme.sign(&self.key) {
             messages.push(gossip::encode(&head, &[]));
@@ -290,6 +291,7 @@ impl Attacker {
             offset: 1_000_000 + n,
             lamport: 1_000_000 + n,
             timestamp: 1,
+            pruned: 0,
         };
         let signature = own
             .clone()
@@ -414,6 +416,7 @@ fn invent(root: Cid, n: u64) -> Option<SignedHead> {
         offset: 1_000_000 + n,
         lamport: 1 + n,
         timestamp: 1,
+        pruned: 0,
     };
     head.sign(&key).ok()
 }

@@ -259,6 +259,7 @@ impl Attacker {
                         .map(|_| DigestEntry {
                             source_hash: rand::thread_rng().gen(),
                             offset: rand::thread_rng().gen(),
+                            pruned: rand::thread_rng().gen(),
                         })
                         .collect(),
                 )

@@ -225,7 +225,11 @@ impl Task {
             tokio::select! {
                 biased;
                 Some((peer, channel, response)) = self.served_rx.recv() => {
-                    self.budgets.end_want(&peer);
+                    let misses = match &response {
+                        Response::Blocks { have_not, .. } => have_not.len(),
+                        Response::Heads(_) => 0,
+                    };
+                    self.budgets.end_want(&peer, misses);
                     // The requester may have gone away; nothing to do then.
                     let _ = self.swarm.behaviour_mut().exchange.send_response(channel, response);
                 }

@@ -1,6 +1,7 @@
 // The node dashboard: plain ES module, no build step, no CDN. Everything comes from the node's
-// own API (same origin): live node info over SSE (/api/v1/node/events, pushed when the swarm's
-// view or the stored offsets change), events over the v1 query/subscribe NDJSON streams.
+// own API (same origin): live node info and app list over SSE (/api/v1/node/events, pushed when
+// the swarm's view, the stored offsets or the apps change), events over the v1 query/subscribe
+// NDJSON streams, app settings over /api/v1/settings.
 
 const $ = (sel) => document.querySelector(sel);
 const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c]));
@@ -79,6 +80,7 @@ function live() {
     // Node info changed (a peer, an offset): the swarm list and the blobs may have too.
     refreshNodes();
   };
+  es.addEventListener('apps', (m) => renderApps(JSON.parse(m.data)));
 }
 
 // ---- swarm ----
@@ -207,19 +209,121 @@ async function upload(ev) {
   refreshBlobs();
 }
 
-// ---- apps ----
+// ---- apps: list (live over SSE), start/stop/restart, settings editor, log ----
 
-async function refreshApps() {
-  try {
-    const apps = await getJson('/api/v1/apps');
-    $('#app-rows').innerHTML = apps.map((a) => `<tr><td>${esc(a.id ?? a.appId)}</td><td>${esc(a.state ?? '')}</td><td>${a.restarts ?? 0}</td></tr>`).join('')
-      || '<tr><td colspan="3" class="note">no apps deployed</td></tr>';
-    $('#apps-status').textContent = '';
-  } catch (e) {
-    $('#apps-status').textContent = e.status === 404
-      ? 'this node does not serve /api/v1/apps yet: no app runtime in this version'
-      : e.message;
+// The scope the editor and the log show: 'node' or an app id.
+let scope = 'node';
+let appLog = null;
+
+function renderApps(apps) {
+  $('#app-rows').innerHTML = apps.map((a) => `<tr data-app="${esc(a.id)}" data-state="${esc(a.state)}" data-pid="${a.pid ?? ''}"
+      class="${a.id === scope ? 'selected' : ''}">
+    <td><a href="#apps" data-open="${esc(a.id)}">${esc(a.id)}</a> <span class="note">${esc(a.kind)}</span></td>
+    <td>${esc(a.version)}</td>
+    <td class="state-${esc(a.state)}">${esc(a.state)}${a.settingsValid ? '' : ' (settings invalid)'}</td>
+    <td>${a.restarts}</td><td>${a.pid ?? '—'}</td>
+    <td>${a.startedAt ? esc(new Date(a.startedAt).toLocaleString()) : '—'}</td>
+    <td class="actions">${['start', 'stop', 'restart'].map((act) =>
+      `<button type="button" data-act="${act}" data-id="${esc(a.id)}">${act}</button>`).join('')}</td></tr>`).join('')
+    || '<tr><td colspan="7" class="note">no apps deployed (shoal apps deploy DIR)</td></tr>';
+  // The scope list: this node, then every app; the current choice stays.
+  const sel = $('#app-scope');
+  const ids = apps.map((a) => a.id);
+  const have = [...sel.options].map((o) => o.value);
+  if (have.join('\n') !== ['node', ...ids].join('\n')) {
+    sel.innerHTML = '<option value="node">this node (node)</option>'
+      + ids.map((id) => `<option value="${esc(id)}">${esc(id)}</option>`).join('');
+    sel.value = scope === 'node' || ids.includes(scope) ? scope : 'node';
   }
+  if (scope !== 'node' && !ids.includes(scope)) {
+    $('#settings-status').textContent = `${scope} is no longer deployed here`;
+    $('#settings-status').className = 'note';
+  }
+}
+
+async function appAction(id, act) {
+  const resp = await fetch(`/api/v1/apps/${encodeURIComponent(id)}/${act}`, {method: 'POST'});
+  if (resp.ok) {
+    $('#apps-status').textContent = `${act} ${id}: accepted`;
+    $('#apps-status').className = 'note';
+  } else {
+    let msg = resp.status + '';
+    try { msg = (await resp.json()).error; } catch (e) {}
+    $('#apps-status').textContent = `${act} ${id}: ${msg}`;
+    $('#apps-status').className = 'error';
+  }
+}
+
+// Loads the settings in force and the schema of `scope` into the editor (what is typed there
+// is replaced: this happens only on a choice or Reload, never on a live update).
+async function loadSettings() {
+  const path = `/api/v1/settings/${encodeURIComponent(scope)}`;
+  const status = $('#settings-status');
+  try {
+    const [value, schema] = await Promise.all([getJson(path), getJson(path + '/schema')]);
+    $('#settings-text').value = JSON.stringify(value, null, 2);
+    $('#settings-schema').textContent = JSON.stringify(schema, null, 2);
+    status.textContent = `settings of ${scope} as in force`;
+    status.className = 'note';
+    delete status.dataset.error;
+  } catch (e) {
+    status.textContent = `${path}: ${e.message}`;
+    status.className = 'error';
+  }
+}
+
+// PUT the editor's text as it is; the node validates it against the schema. An invalid value
+// changes nothing there: the error (which names the failing JSON path) is shown and the text
+// stays for correcting.
+async function saveSettings() {
+  const status = $('#settings-status');
+  const resp = await fetch(`/api/v1/settings/${encodeURIComponent(scope)}`, {method: 'PUT',
+    headers: {'content-type': 'application/json'}, body: $('#settings-text').value});
+  if (resp.ok) {
+    status.textContent = scope === 'node' ? 'saved' : `saved; ${scope} restarts with them if it runs`;
+    status.className = 'note';
+    status.dataset.saved = String(Number(status.dataset.saved ?? 0) + 1);
+    delete status.dataset.error;
+    return;
+  }
+  let msg = `${resp.status}`;
+  try { msg = (await resp.json()).error; } catch (e) {}
+  status.textContent = `not saved: ${msg}`;
+  status.className = 'error';
+  status.dataset.error = msg;
+}
+
+// The console entries of the chosen app (producerName = app id), with follow.
+async function followAppLog() {
+  if (appLog) appLog.abort();
+  const pre = $('#app-log');
+  pre.textContent = '';
+  $('#app-log-name').textContent = scope === 'node' ? '—' : scope;
+  if (scope === 'node') { pre.textContent = 'choose an app to see its log'; return; }
+  appLog = new AbortController();
+  const id = scope;
+  const follow = $('#app-log-follow').checked;
+  try {
+    const resp = await fetch(`/api/v1/logs${follow ? '?follow=true' : ''}`, {signal: appLog.signal});
+    if (!resp.ok) throw new Error((await resp.json()).error);
+    await readNdjson(resp, (e) => {
+      if (e.producerName !== id) return true;
+      pre.textContent += `${e.logTimestamp} ${e.severity.padEnd(5)} ${e.producerVersion}: ${e.message}\n`;
+      if (pre.textContent.length > 100000) pre.textContent = pre.textContent.slice(-50000);
+      pre.scrollTop = pre.scrollHeight;
+      return true;
+    });
+  } catch (e) {
+    if (e.name !== 'AbortError') pre.textContent += `log ended: ${e.message}\n`;
+  }
+}
+
+function choose(id) {
+  scope = id;
+  $('#app-scope').value = id;
+  for (const tr of $('#app-rows').rows) tr.classList.toggle('selected', tr.dataset.app === id);
+  loadSettings();
+  followAppLog();
 }
 
 // ---- console ----
@@ -249,9 +353,20 @@ $('#event-filter').addEventListener('submit', (ev) => { ev.preventDefault(); que
 $('#tail-on').addEventListener('change', query);
 $('#blob-form').addEventListener('submit', upload);
 $('#console-follow').addEventListener('change', followConsole);
+$('#app-rows').addEventListener('click', (ev) => {
+  const t = ev.target.closest('[data-act], [data-open]');
+  if (!t) return;
+  ev.preventDefault();
+  if (t.dataset.act) appAction(t.dataset.id, t.dataset.act);
+  else choose(t.dataset.open);
+});
+$('#app-scope').addEventListener('change', () => choose($('#app-scope').value));
+$('#settings-save').addEventListener('click', saveSettings);
+$('#settings-reload').addEventListener('click', loadSettings);
+$('#app-log-follow').addEventListener('change', followAppLog);
 live();
 query();
 refreshBlobs();
-refreshApps();
+choose('node');
 followConsole();
 document.body.dataset.ready = 'true';

@@ -265,6 +265,7 @@ impl Node {
             },
             blobs.clone(),
             console.clone(),
+            metrics.apps(),
         );
         let apps = match apps {
             Ok(apps) => apps,

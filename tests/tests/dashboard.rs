@@ -2,11 +2,12 @@
 //! over the Chrome DevTools Protocol (its WebSocket, with tokio-tungstenite) against two real
 //! `shoal run` processes. The page, served by node A at `/`, shows both nodes; events published
 //! over HTTP (on A, and on B then replicated) appear in its live tail without a reload; a file
-//! uploaded through the page's blob form is stored and reads back byte for byte. The run writes
-//! screenshots of the page (desktop and tablet widths) to `docs/dashboard/`.
-//!
-//! Not covered yet: the settings editor's schema error (the app runtime's `/api/v1/settings` is
-//! not on this branch; the apps pane says so).
+//! uploaded through the page's blob form is stored and reads back byte for byte. A real process
+//! app deployed on A (`tests/apps/echo`, python3) appears running in the apps pane (pushed over
+//! the page's event stream, no reload), its log shows its output; an invalid setting typed into
+//! the settings editor shows the schema error naming the JSON path and changes nothing (same
+//! settings, same process); a valid one is applied and the app restarts with it. The run writes
+//! screenshots of the page (desktop and tablet widths, and the apps pane) to `docs/dashboard/`.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -18,7 +19,7 @@ use base64::Engine as _;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use shoal_tests::browser::chromium;
-use shoal_tests::{event, within, Node, NodeOptions, TIMEOUT};
+use shoal_tests::{cli, event, within, Node, NodeOptions, TIMEOUT};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Headless chromium with the DevTools Protocol on a port of its choosing, in its own process
@@ -188,6 +189,19 @@ impl Page {
         Ok(())
     }
 
+    /// Types `text` into the element `selector` (focused, its content selected first), as a
+    /// user's keyboard would.
+    async fn type_into(&mut self, selector: &str, text: &str) -> Result<()> {
+        let sel = serde_json::to_string(selector)?;
+        self.eval(&format!(
+            "(() => {{ const t = document.querySelector({sel}); t.focus(); t.select(); return true; }})()"
+        ))
+        .await?;
+        self.call("Input.insertText", json!({ "text": text }))
+            .await?;
+        Ok(())
+    }
+
     /// A PNG of the viewport, written to `docs/dashboard/<name>.png`.
     async fn screenshot(&mut self, name: &str) -> Result<()> {
         let shot = self
@@ -317,11 +331,139 @@ async fn the_dashboard_shows_both_nodes_tails_events_live_and_uploads_blobs() ->
         "the blob read back differs"
     );
 
+    apps_pane(&a, &mut page).await?;
+
+    page.eval("window.scrollTo(0, 0)").await?;
     page.screenshot("overview").await?;
     page.viewport(800, 1280).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     page.screenshot("tablet").await?;
+    page.eval("document.querySelector('#apps').scrollIntoView()")
+        .await?;
+    page.screenshot("apps-tablet").await?;
     drop(page);
     drop(browser);
+    Ok(())
+}
+
+const ECHO: &str = "com.example.echo";
+
+/// `GET /api/v1/apps` entry of the echo app, and its settings in force.
+async fn echo_state(node: &Node) -> Result<(Value, Value)> {
+    let list: Vec<Value> = within(node.get("/api/v1/apps").await?.json()).await?;
+    let app = list
+        .into_iter()
+        .find(|a| a["id"] == ECHO)
+        .context("the echo app is not listed")?;
+    let settings: Value =
+        within(node.get(&format!("/api/v1/settings/{ECHO}")).await?.json()).await?;
+    Ok((app, settings))
+}
+
+/// The apps pane against a real process app on `a`.
+async fn apps_pane(a: &Node, page: &mut Page) -> Result<()> {
+    let echo = Path::new(env!("CARGO_MANIFEST_DIR")).join("apps/echo");
+    let url = a.url("");
+    let out = cli(
+        &[
+            "apps",
+            "deploy",
+            echo.to_str().context("path")?,
+            "--node",
+            url.trim_end_matches('/'),
+        ],
+        None,
+    )?;
+    anyhow::ensure!(out.status.success(), "deploy: {}{}", out.stdout, out.stderr);
+    let row = format!("document.querySelector('#app-rows tr[data-app=\"{ECHO}\"]')");
+    page.wait_for(
+        "the deployed app running, with its pid",
+        &format!("{row}?.dataset.state === 'running' && {row}.dataset.pid !== ''"),
+    )
+    .await?;
+    let (app, settings) = echo_state(a).await?;
+    let pid = app["pid"].as_u64().context("pid")?;
+    anyhow::ensure!(settings == json!({"greeting": "hello"}), "{settings}");
+    let shown = page.eval(&format!("{row}.dataset.pid")).await?;
+    anyhow::ensure!(
+        shown == json!(pid.to_string()),
+        "page pid {shown}, API pid {pid}"
+    );
+
+    // Choose it: its settings and schema load into the editor, its log shows its output.
+    page.eval(&format!(
+        "document.querySelector('#app-rows [data-open=\"{ECHO}\"]').click()"
+    ))
+    .await?;
+    page.wait_for(
+        "its settings in the editor",
+        "(() => { try { return JSON.parse(document.querySelector('#settings-text').value).greeting === 'hello'; } catch (e) { return false; } })()",
+    )
+    .await?;
+    page.wait_for(
+        "its schema",
+        "/\"greeting\"/.test(document.querySelector('#settings-schema').textContent)",
+    )
+    .await?;
+    page.wait_for(
+        "its log",
+        "/published \\{\"greeting\": \"hello\"\\}/.test(document.querySelector('#app-log').textContent)",
+    )
+    .await?;
+
+    // An invalid value typed in the editor: the schema error names the path; nothing changes.
+    page.type_into(
+        "#settings-text",
+        "{\"greeting\": \"x\", \"limits\": {\"max\": 0}}",
+    )
+    .await?;
+    page.eval("document.querySelector('#settings-save').click()")
+        .await?;
+    page.wait_for(
+        "the schema error naming /limits/max",
+        "(document.querySelector('#settings-status').dataset.error ?? '').includes('/limits/max')",
+    )
+    .await?;
+    page.eval("document.querySelector('#apps').scrollIntoView()")
+        .await?;
+    page.screenshot("apps").await?;
+    let (app, settings) = echo_state(a).await?;
+    anyhow::ensure!(
+        settings == json!({"greeting": "hello"}),
+        "an invalid value changed the settings: {settings}"
+    );
+    anyhow::ensure!(
+        app["pid"] == json!(pid) && app["state"] == "running",
+        "an invalid value touched the app: {app}"
+    );
+
+    // A valid one is applied: the app restarts with it (a new process that logs it).
+    page.type_into("#settings-text", "{\"greeting\": \"moin\"}")
+        .await?;
+    page.eval("document.querySelector('#settings-save').click()")
+        .await?;
+    page.wait_for(
+        "the save confirmed",
+        "document.querySelector('#settings-status').dataset.saved === '1'",
+    )
+    .await?;
+    page.wait_for(
+        "the app running again as a new process",
+        &format!(
+            "{row}?.dataset.state === 'running' && !['', '{pid}'].includes({row}.dataset.pid)"
+        ),
+    )
+    .await?;
+    page.wait_for(
+        "the new settings in its log",
+        "/published \\{\"greeting\": \"moin\"\\}/.test(document.querySelector('#app-log').textContent)",
+    )
+    .await?;
+    let (app, settings) = echo_state(a).await?;
+    anyhow::ensure!(settings == json!({"greeting": "moin"}), "{settings}");
+    anyhow::ensure!(
+        app["pid"].as_u64().is_some_and(|p| p != pid),
+        "not restarted: {app}"
+    );
     Ok(())
 }

@@ -3,7 +3,9 @@
 //! format by default, OpenMetrics when asked for): the families API.md lists are there with
 //! help texts, values move as events are published on one node and replicated to another,
 //! counters never decrease from one scrape to the next, and a scrape in the middle of a
-//! 100,000-event publish is answered (within a generous bound; no timing is asserted).
+//! 100,000-event publish is answered (within a generous bound; no timing is asserted). The app
+//! metrics move with a real process app (`tests/apps/echo`): running apps, and restarts by the
+//! supervisor of a crash-looping one.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::json;
 use shoal_tests::prometheus::{parse, Exposition};
-use shoal_tests::{event, within, Node, NodeOptions, TIMEOUT};
+use shoal_tests::{cli, event, within, Node, NodeOptions, TIMEOUT};
 
 /// Every family API.md promises, by the parser's name (counters without `_total`), and type.
 const REQUIRED: [(&str, &str); 11] = [
@@ -311,5 +313,74 @@ async fn a_scrape_during_a_100k_event_publish_is_answered() -> Result<()> {
     let m = scrape(&node).await?;
     ensure!(value(&m, "shoal_events_published_total", &[]) == 100_000.0);
     ensure!(value(&m, "shoal_publish_duration_seconds_count", &[]) == (CLIENTS * BATCHES) as f64);
+    Ok(())
+}
+
+/// `shoal <args> --node <node>`; fails with its output unless it succeeds.
+fn shoal(node: &Node, args: &[&str]) -> Result<String> {
+    let url = node.url("");
+    let mut all = args.to_vec();
+    all.extend(["--node", url.trim_end_matches('/')]);
+    let out = cli(&all, None)?;
+    ensure!(
+        out.status.success(),
+        "shoal {args:?}: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    Ok(out.stdout)
+}
+
+#[tokio::test]
+async fn app_metrics_count_running_apps_and_supervisor_restarts() -> Result<()> {
+    const ECHO: &str = "com.example.echo";
+    let restarts = |m: &Exposition| value(m, "shoal_app_restarts_total", &[("app", ECHO)]);
+    let running = |m: &Exposition| value(m, "shoal_apps_running", &[]);
+    let node = Node::start()?;
+    let echo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("apps/echo");
+    shoal(&node, &["apps", "deploy", echo.to_str().context("path")?])?;
+    let up = scrape_until(&node, "one app running", |m| running(m) == 1.0).await?;
+    ensure!(restarts(&up) == 0.0, "no restart yet: {up:?}");
+
+    // Each start exits 3: under `on-failure` the supervisor restarts it (1 s, 2 s, ... backoff).
+    // The settings change itself restarts it too, but that is not counted (API.md).
+    shoal(
+        &node,
+        &["settings", "set", ECHO, r#"{"greeting": "x", "exit": 3}"#],
+    )?;
+    let mut before = up.growing();
+    let looping = scrape_until(&node, "two supervisor restarts", |m| restarts(m) >= 2.0).await?;
+    never_decrease(&before, &looping)?;
+    before = looping.growing();
+    let listed: Vec<serde_json::Value> = within(node.get("/api/v1/apps").await?.json()).await?;
+    let listed = listed[0]["restarts"].as_u64().context("restarts")? as f64;
+    let now = scrape(&node).await?;
+    ensure!(
+        restarts(&now) >= listed,
+        "the counter ({}) is behind the app list ({listed})",
+        restarts(&now)
+    );
+
+    // Valid settings again: it runs; the counter keeps what it counted (the list's `restarts`
+    // starts again at 0 after an operator action, a counter never goes down).
+    shoal(&node, &["settings", "set", ECHO, r#"{"greeting": "y"}"#])?;
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let list: Vec<serde_json::Value> = within(node.get("/api/v1/apps").await?.json()).await?;
+        if list[0]["state"] == "running" && list[0]["restarts"] == 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "never ran with valid settings: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let steady = scrape_until(&node, "running again", |m| running(m) == 1.0).await?;
+    never_decrease(&before, &steady)?;
+    ensure!(restarts(&steady) >= 2.0);
+    shoal(&node, &["apps", "stop", ECHO])?;
+    let stopped = scrape_until(&node, "no app running", |m| running(m) == 0.0).await?;
+    never_decrease(&steady.growing(), &stopped)?;
     Ok(())
 }

@@ -78,6 +78,9 @@ pub struct AppInfo {
     pub package: String,
 }
 
+/// Every app of this node, as [`Handle::list`] answers; what [`Handle::watch_list`] carries.
+pub type AppList = Arc<Vec<AppInfo>>;
+
 /// The answer to a deploy.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Deployed {
@@ -208,6 +211,7 @@ pub struct Handle {
     blobs: BlobService,
     node_settings: watch::Receiver<serde_json::Value>,
     web: watch::Receiver<Arc<std::collections::BTreeMap<String, WebRoot>>>,
+    list: watch::Receiver<AppList>,
 }
 
 /// Commands queued for the owner before callers wait (back-pressure beyond).
@@ -332,6 +336,13 @@ impl Handle {
         self.node_settings.clone()
     }
 
+    /// The app list, republished whenever it changes (a deploy, a start or stop, an app that
+    /// exits or is restarted, new settings): what a live view listens to instead of polling
+    /// [`Handle::list`]. It may lag a command's answer by a moment; `list` never does.
+    pub fn watch_list(&self) -> watch::Receiver<AppList> {
+        self.list.clone()
+    }
+
     /// The files of web app `id`, if deployed and started.
     pub fn web_root(&self, id: &str) -> Option<WebRoot> {
         self.web.borrow().get(id).cloned()
@@ -368,22 +379,24 @@ pub struct Runtime {
 
 impl Runtime {
     /// Opens the apps database and starts the owner thread. Apps that should run start on the
-    /// first [`Handle::serving`].
+    /// first [`Handle::serving`]. `metrics`: `shoal_apps_running`, `shoal_app_restarts_total`.
     pub fn start(
         config: AppsConfig,
         blobs: BlobService,
         console: crate::console::Console,
+        metrics: crate::metrics::AppMetrics,
     ) -> Result<Runtime, AppsError> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (stop, stop_rx) = oneshot::channel();
         let (done_tx, done) = oneshot::channel();
-        let (node_settings, web, thread) = runtime::spawn(config, console, rx, stop_rx, done_tx)?;
+        let (published, thread) = runtime::spawn(config, console, metrics, rx, stop_rx, done_tx)?;
         Ok(Runtime {
             handle: Handle {
                 tx,
                 blobs,
-                node_settings,
-                web,
+                node_settings: published.node_settings,
+                web: published.web,
+                list: published.list,
             },
             stop: Some(stop),
             thread: Some(thread),

@@ -18,33 +18,35 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use super::db::{Db, Row};
 use super::manifest::{Body, Manifest};
 use super::settings::{self, Schema, NODE_SCOPE};
-use super::supervisor::{self, Control, Launch, Status, Supervisor, STOP_GRACE};
-use super::{AppInfo, AppsConfig, AppsError, Command, Deployed, State, WebRoot};
+use super::supervisor::{self, Control, Launch, Observers, Status, Supervisor, STOP_GRACE};
+use super::{AppInfo, AppList, AppsConfig, AppsError, Command, Deployed, State, WebRoot};
 use crate::console::Console;
+use crate::metrics::AppMetrics;
 
 type WebMap = Arc<BTreeMap<String, WebRoot>>;
 
+/// The watches the owner publishes: the `node` scope's settings, the web apps' files, the app
+/// list.
+pub(super) struct Published {
+    pub node_settings: watch::Receiver<Value>,
+    pub web: watch::Receiver<WebMap>,
+    pub list: watch::Receiver<AppList>,
+}
+
 /// Opens the database, then starts the owner thread.
-#[allow(clippy::type_complexity)]
 pub(super) fn spawn(
     config: AppsConfig,
     console: Console,
+    metrics: AppMetrics,
     rx: mpsc::Receiver<Command>,
     stop: oneshot::Receiver<()>,
     done: oneshot::Sender<()>,
-) -> Result<
-    (
-        watch::Receiver<Value>,
-        watch::Receiver<WebMap>,
-        std::thread::JoinHandle<()>,
-    ),
-    AppsError,
-> {
+) -> Result<(Published, std::thread::JoinHandle<()>), AppsError> {
     let apps_dir = config.data_dir.join("apps");
     std::fs::create_dir_all(&apps_dir).map_err(|e| storage(&apps_dir, e))?;
     let db = Db::open(&config.data_dir).map_err(|e| AppsError::Storage(e.to_string()))?;
@@ -54,6 +56,7 @@ pub(super) fn spawn(
         .unwrap_or_else(|| serde_json::json!({}));
     let (node_tx, node_rx) = watch::channel(node_settings);
     let (web_tx, web_rx) = watch::channel(WebMap::default());
+    let (list_tx, list_rx) = watch::channel(AppList::default());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -81,6 +84,11 @@ pub(super) fn spawn(
                     node_settings: node_tx,
                     node_schema,
                     web: web_tx,
+                    list: list_tx,
+                    observers: Observers {
+                        changed: Arc::new(Notify::new()),
+                        metrics,
+                    },
                     serving: false,
                     seq: 0,
                     retiring: Vec::new(),
@@ -92,7 +100,12 @@ pub(super) fn spawn(
             });
         })
         .map_err(|e| AppsError::Storage(format!("cannot start the apps thread: {e}")))?;
-    Ok((node_rx, web_rx, thread))
+    let published = Published {
+        node_settings: node_rx,
+        web: web_rx,
+        list: list_rx,
+    };
+    Ok((published, thread))
 }
 
 fn storage(path: &Path, e: std::io::Error) -> AppsError {
@@ -119,6 +132,10 @@ struct Owner {
     node_settings: watch::Sender<Value>,
     node_schema: Schema,
     web: watch::Sender<WebMap>,
+    /// What `list` answers, republished after every command and supervisor change.
+    list: watch::Sender<AppList>,
+    /// Supervisors wake the owner through `observers.changed`.
+    observers: Observers,
     api: SocketAddr,
     store: SocketAddr,
     /// Whether the API serves (the first `Serving`): apps start only from then on.
@@ -142,8 +159,13 @@ impl Owner {
             let dir = self.apps_dir.join(&row.id).join(&row.version);
             match Manifest::load(&dir) {
                 Ok(manifest) => {
-                    let sup = matches!(manifest.body, Body::Process(_))
-                        .then(|| supervisor::spawn(self.console.clone(), State::Stopped));
+                    let sup = matches!(manifest.body, Body::Process(_)).then(|| {
+                        supervisor::spawn(
+                            self.console.clone(),
+                            State::Stopped,
+                            self.observers.clone(),
+                        )
+                    });
                     self.apps.insert(
                         row.id.clone(),
                         App {
@@ -161,16 +183,38 @@ impl Owner {
             }
         }
         self.publish_web();
+        self.publish_list();
     }
 
     async fn run(&mut self, mut rx: mpsc::Receiver<Command>, mut stop: oneshot::Receiver<()>) {
+        let changed = self.observers.changed.clone();
         loop {
-            let command = tokio::select! {
+            tokio::select! {
                 _ = &mut stop => return,
-                c = rx.recv() => match c { Some(c) => c, None => return },
-            };
-            self.handle(command).await;
+                c = rx.recv() => match c {
+                    Some(c) => self.handle(c).await,
+                    None => return,
+                },
+                // A supervisor's status changed (state, pid, restarts).
+                _ = changed.notified() => {}
+            }
+            self.publish_list();
         }
+    }
+
+    /// Publishes the app list if it changed, and the running-apps gauge with it.
+    fn publish_list(&self) {
+        let list = self.list();
+        let running = list.iter().filter(|a| a.state == State::Running).count();
+        self.observers.metrics.set_running(running as u64);
+        self.list.send_if_modified(|old| {
+            if **old == list {
+                false
+            } else {
+                *old = Arc::new(list);
+                true
+            }
+        });
     }
 
     async fn handle(&mut self, command: Command) {
@@ -293,7 +337,13 @@ impl Owner {
         }
         let is_process = matches!(manifest.body, Body::Process(_));
         match (is_process, sup.is_some()) {
-            (true, false) => sup = Some(supervisor::spawn(self.console.clone(), State::Stopped)),
+            (true, false) => {
+                sup = Some(supervisor::spawn(
+                    self.console.clone(),
+                    State::Stopped,
+                    self.observers.clone(),
+                ))
+            }
             (false, true) => {
                 // Now a web app: dropping the control channel stops the old process.
                 if let Some(old) = sup.take() {

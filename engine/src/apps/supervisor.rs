@@ -14,17 +14,19 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::limits::{self, Prepared};
 use super::manifest::Process;
 use super::restart::{Decision, Exit, RestartRule};
 use super::State;
 use crate::console::{Console, Entry, Severity};
+use crate::metrics::AppMetrics;
 
 /// Time between SIGTERM and SIGKILL when stopping an app (API.md).
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -72,16 +74,41 @@ pub struct Supervisor {
     pub task: tokio::task::JoinHandle<()>,
 }
 
+/// Who learns of a supervisor's changes besides its status watch: `changed` wakes the owner
+/// task (which republishes the app list and the running-apps gauge), `metrics` counts restarts.
+#[derive(Clone)]
+pub struct Observers {
+    pub changed: Arc<Notify>,
+    pub metrics: AppMetrics,
+}
+
+/// The supervisor's side of its status: every change also wakes the owner.
+struct StatusTx {
+    tx: watch::Sender<Status>,
+    changed: Arc<Notify>,
+}
+
+impl StatusTx {
+    fn send_modify(&self, modify: impl FnOnce(&mut Status)) {
+        self.tx.send_modify(modify);
+        self.changed.notify_one();
+    }
+}
+
 /// Spawns the supervisor of one app, idle (`stopped`) until it gets `Run`.
-pub fn spawn(console: Console, initial: State) -> Supervisor {
+pub fn spawn(console: Console, initial: State, observers: Observers) -> Supervisor {
     let (control, rx) = mpsc::channel(16);
-    let (status, status_rx) = watch::channel(Status {
+    let (tx, status_rx) = watch::channel(Status {
         state: initial,
         pid: None,
         restarts: 0,
         started_at: None,
     });
-    let task = tokio::spawn(run(rx, status, console));
+    let status = StatusTx {
+        tx,
+        changed: observers.changed,
+    };
+    let task = tokio::spawn(run(rx, status, console, observers.metrics));
     Supervisor {
         control,
         status: status_rx,
@@ -89,7 +116,12 @@ pub fn spawn(console: Console, initial: State) -> Supervisor {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Control>, status: watch::Sender<Status>, console: Console) {
+async fn run(
+    mut rx: mpsc::Receiver<Control>,
+    status: StatusTx,
+    console: Console,
+    metrics: AppMetrics,
+) {
     let mut launch: Option<Box<Launch>> = None;
     let mut rule = RestartRule::new(Default::default());
     let mut next_start: Option<Instant> = None;
@@ -105,7 +137,12 @@ async fn run(mut rx: mpsc::Receiver<Control>, status: watch::Sender<Status>, con
         };
         match waited {
             // The backoff is over: a policy restart.
-            None => restarts = restarts.saturating_add(1),
+            None => {
+                restarts = restarts.saturating_add(1);
+                if let Some(l) = &launch {
+                    metrics.restarted(&l.id);
+                }
+            }
             Some(None) => return,
             Some(Some(Control::Stop)) => {
                 next_start = None;
@@ -147,7 +184,7 @@ async fn run(mut rx: mpsc::Receiver<Control>, status: watch::Sender<Status>, con
     }
 }
 
-fn stopped(status: &watch::Sender<Status>) {
+fn stopped(status: &StatusTx) {
     status.send_modify(|s| {
         s.state = State::Stopped;
         s.pid = None;
@@ -156,7 +193,7 @@ fn stopped(status: &watch::Sender<Status>) {
 }
 
 /// Publishes the state after an exit; returns when to start again, if at all.
-fn after(decision: Decision, status: &watch::Sender<Status>, restarts: u64) -> Option<Instant> {
+fn after(decision: Decision, status: &StatusTx, restarts: u64) -> Option<Instant> {
     let (state, at) = match decision {
         // While waiting out the backoff the app counts as `starting`: it will run again.
         Decision::RestartAfter(d) => (State::Starting, Some(Instant::now() + d)),
@@ -186,7 +223,7 @@ async fn supervise(
     launch: &Launch,
     rule: &mut RestartRule,
     rx: &mut mpsc::Receiver<Control>,
-    status: &watch::Sender<Status>,
+    status: &StatusTx,
     console: &Console,
     restarts: u64,
 ) -> Outcome {

@@ -141,6 +141,8 @@ pub struct NodeOptions {
     /// Keep mDNS on and listen on all interfaces (libp2p's mDNS skips loopback interfaces and
     /// announces the sender's interface address, so a loopback-only node is never found).
     pub mdns: bool,
+    /// Run this binary instead of [`shoal_bin`] (a benchmark's before/after).
+    pub bin: Option<PathBuf>,
 }
 
 impl NodeOptions {
@@ -206,7 +208,7 @@ impl Node {
             .open(&log_path)
             .context("node.log")?;
         let console: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let mut cmd = Command::new(shoal_bin());
+        let mut cmd = Command::new(options.bin.as_deref().unwrap_or_else(|| shoal_bin()));
         cmd.arg("run")
             .arg("--data-dir")
             .arg(&data)

@@ -9,7 +9,9 @@
 //!   built from the commit before the metrics instrumentation, for a before/after.
 //!
 //! Each config is reported as events/s and as the median of its per-run ratios to the same
-//! run's `plain`. Workloads as bench_node's: batches of 100 events from 4 concurrent clients,
+//! run's `plain`, and with the node's CPU time per event (utime + stime of the node process):
+//! the browser runs on the same machine, so throughput also drops by what the browser takes
+//! from the node's cores, while the node's µs/event is its own extra work only. Workloads as bench_node's: batches of 100 events from 4 concurrent clients,
 //! and single-event requests from 16 concurrent clients (group commit). Request bodies are
 //! encoded before the clock starts. The dashboard config waits until the page has opened its
 //! event stream (the node's own `shoal_http_requests_total{route="/api/v1/node/events"}`)
@@ -179,8 +181,26 @@ fn payload(i: usize) -> Value {
     json!({"machine": format!("m{}", i % 16), "temperature": 20.5 + (i % 10) as f64, "seq": i})
 }
 
-/// Publish `total` events from `clients` concurrent clients, `per_request` events per request.
-async fn publish(node: &Node, clients: usize, per_request: usize, total: usize) -> Result<f64> {
+/// CPU time (user + system) the process has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some(ticks / if hz > 0 { hz as f64 } else { 100.0 })
+}
+
+/// Publish `total` events from `clients` concurrent clients, `per_request` events per request;
+/// events/s and the node's CPU µs per event (0 when /proc cannot tell).
+async fn publish(
+    node: &Node,
+    clients: usize,
+    per_request: usize,
+    total: usize,
+) -> Result<(f64, f64)> {
     let requests = total / per_request / clients;
     let url = node.url("/api/v1/events/publish");
     let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
@@ -196,6 +216,7 @@ async fn publish(node: &Node, clients: usize, per_request: usize, total: usize) 
             })
             .collect(),
     );
+    let cpu_before = node.pid().and_then(cpu_seconds);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -220,7 +241,13 @@ async fn publish(node: &Node, clients: usize, per_request: usize, total: usize) 
     for t in tasks {
         t.await??;
     }
-    Ok((requests * clients * per_request) as f64 / start.elapsed().as_secs_f64())
+    let secs = start.elapsed().as_secs_f64();
+    let events = (requests * clients * per_request) as f64;
+    let cpu = match (node.pid().and_then(cpu_seconds), cpu_before) {
+        (Some(after), Some(before)) => (after - before) * 1e6 / events,
+        _ => 0.0,
+    };
+    Ok((events / secs, cpu))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -259,8 +286,9 @@ async fn main() -> Result<()> {
         ("batched 4x100", 4, 100, s.batched_events),
         ("single 16x1", 16, 1, s.single_events),
     ];
-    // figures[workload][config] = events/s of each run.
+    // figures[workload][config] = events/s of each run; cpu the same for node µs/event.
     let mut figures = vec![vec![Vec::new(); configs.len()]; workloads.len()];
+    let mut cpu = figures.clone();
     for run in 0..s.runs {
         let mut line = format!("run {}:", run + 1);
         for (w, &(wname, clients, per_request, total)) in workloads.iter().enumerate() {
@@ -273,10 +301,11 @@ async fn main() -> Result<()> {
                 let node = Node::start_with(options)?;
                 let scrapes = Arc::new(std::sync::atomic::AtomicU64::new(0));
                 let observers = observe(&node, config, chromium.as_ref(), scrapes.clone()).await?;
-                let rate = publish(&node, clients, per_request, total).await?;
+                let (rate, us) = publish(&node, clients, per_request, total).await?;
                 observers.finish().await?;
                 figures[w][c].push(rate);
-                line += &format!(" | {wname} {} {rate:.0}/s", config.name());
+                cpu[w][c].push(us);
+                line += &format!(" | {wname} {} {rate:.0}/s {us:.1} µs", config.name());
                 if matches!(config, Config::Scraper | Config::Dashboard) {
                     line += &format!(
                         " ({} scrapes)",
@@ -295,11 +324,12 @@ async fn main() -> Result<()> {
             let each: Vec<String> = runs.iter().map(|x| format!("{x:.0}")).collect();
             let ratios: Vec<f64> = runs.iter().zip(plain).map(|(x, p)| x / p).collect();
             println!(
-                "{:<14} {:<28} median {:>8.0} events/s  ÷ plain median {:.3} (runs: {})",
+                "{:<14} {:<28} median {:>8.0} events/s  ÷ plain median {:.3}  node CPU median {:.1} µs/event (runs: {})",
                 wname,
                 config.name(),
                 median(runs.clone()),
                 median(ratios),
+                median(cpu[w][c].clone()),
                 each.join(", ")
             );
         }

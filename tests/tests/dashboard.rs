@@ -8,6 +8,7 @@
 //! the settings editor shows the schema error naming the JSON path and changes nothing (same
 //! settings, same process); a valid one is applied and the app restarts with it. The run writes
 //! screenshots of the page (desktop and tablet widths, and the apps pane) to `docs/dashboard/`.
+//! Without a browser: the page's feed (`GET /api/v1/node/events`) sends `event: apps` on change.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -466,4 +467,58 @@ async fn apps_pane(a: &Node, page: &mut Page) -> Result<()> {
         "not restarted: {app}"
     );
     Ok(())
+}
+
+/// The page's live feed without a browser: `GET /api/v1/node/events` sends the app list as
+/// `event: apps` at once and again when an app is deployed and runs (no polling).
+#[tokio::test]
+async fn the_event_stream_sends_the_app_list_on_change() -> Result<()> {
+    let node = Node::start()?;
+    let mut resp = node.get("/api/v1/node/events").await?;
+    anyhow::ensure!(resp.status().as_u16() == 200, "{}", resp.status());
+    let mut text = String::new();
+    // Every `event: apps` payload seen so far, in order.
+    let mut lists: Vec<Value> = Vec::new();
+    let mut deployed = false;
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, resp.chunk())
+            .await
+            .with_context(|| format!("no running echo app in the stream; apps events: {lists:?}"))??
+            .context("the stream ended")?;
+        text.push_str(std::str::from_utf8(&chunk)?);
+        while let Some(end) = text.find("\n\n") {
+            let event: String = text.drain(..end + 2).collect();
+            if let Some(data) = event.strip_prefix("event: apps\ndata: ") {
+                lists.push(serde_json::from_str(data.trim_end())?);
+            }
+        }
+        if !deployed && !lists.is_empty() {
+            anyhow::ensure!(lists[0] == json!([]), "first app list: {}", lists[0]);
+            let echo = Path::new(env!("CARGO_MANIFEST_DIR")).join("apps/echo");
+            let url = node.url("");
+            let out = cli(
+                &[
+                    "apps",
+                    "deploy",
+                    echo.to_str().context("path")?,
+                    "--node",
+                    url.trim_end_matches('/'),
+                ],
+                None,
+            )?;
+            anyhow::ensure!(out.status.success(), "deploy: {}{}", out.stdout, out.stderr);
+            deployed = true;
+        }
+        let running = |l: &Value| {
+            l.as_array().is_some_and(|apps| {
+                apps.iter()
+                    .any(|a| a["id"] == ECHO && a["state"] == "running" && a["pid"].is_u64())
+            })
+        };
+        if lists.iter().any(running) {
+            return Ok(());
+        }
+    }
 }

@@ -217,7 +217,7 @@ impl Attacker {
             source: own,
             root: self.root(n),
             offset: u64::MAX - n,
-            lamport: if n % 2 == 0 {
+            lamport: if n.is_multiple_of(2) {
                 u64::MAX - n
             } else {
                 (1 << 53) + n
@@ -228,7 +228,7 @@ impl Attacker {
         if let Ok(head) = extreme.sign(&self.key) {
             messages.push(gossip::encode(&head, &[]));
         }
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             for victim in self.victims.clone() {
                 messages.push(gossip::encode(&self.forged(victim, n), &[]));
             }
@@ -251,7 +251,7 @@ impl Attacker {
             if self.in_flight >= FLOOD_IN_FLIGHT {
                 break;
             }
-            let request = if (n + self.in_flight as u64) % 2 == 0 {
+            let request = if (n + self.in_flight as u64).is_multiple_of(2) {
                 Request::Want((0..exchange::MAX_WANT).map(|_| random_cid()).collect())
             } else {
                 Request::Digest(
@@ -276,7 +276,7 @@ impl Attacker {
     /// The root of the `n`th invented or extreme head: an evil block every other time, else
     /// a CID nobody has.
     fn root(&self, n: u64) -> Cid {
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             let i = (n / 2) as usize % self.evil.len();
             self.evil[i].0
         } else {
@@ -316,9 +316,9 @@ impl Attacker {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 ..
-            } if num_established == 0 => {
+            } => {
                 self.connected.remove(&peer_id);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Exchange(ev)) => self.on_exchange(ev),

@@ -339,7 +339,7 @@ impl Replicator {
                 .filter(|(_, s)| !s.running && s.failures > 0)
                 .map(|(p, s)| (s.failures, *p))
                 .collect();
-            failing.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            failing.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
             for (_, source) in failing.into_iter().take(over) {
                 self.forget(&source);
             }

@@ -153,6 +153,8 @@ pub enum Command {
 
 /// What the swarm tells replication.
 #[derive(Debug)]
+// `Head` is the common variant, one per head received: boxing it would allocate per head.
+#[allow(clippy::large_enum_variant)]
 pub enum Event {
     /// A verified head from the network (gossip or a digest answer), with verified inline blocks.
     Head {

@@ -118,6 +118,9 @@ struct SourceState {
     stash: Vec<(Cid, Vec<u8>)>,
     /// In an import batch or a fetching sync.
     running: bool,
+    /// The target's blocks are missing and every sync slot was taken: queued again only when
+    /// a slot is free.
+    awaits_slot: bool,
     retry_at: Option<Instant>,
     failures: u32,
 }
@@ -310,6 +313,8 @@ impl Replicator {
         tracing::debug!(%source, offset = head.head.offset, %from, "newer head");
         st.target = Some(head);
         st.retry_at = None;
+        // A new target may be complete with its inline blocks: it goes to the writer now.
+        st.awaits_slot = false;
         self.maybe_start(source);
     }
 
@@ -349,14 +354,23 @@ impl Replicator {
     fn start_due(&mut self) {
         self.prune();
         let now = Instant::now();
-        let due: Vec<PeerId> = self
-            .sources
-            .iter()
-            .filter(|(_, s)| {
-                !s.running && s.target.is_some() && s.retry_at.is_none_or(|t| t <= now)
-            })
-            .map(|(p, _)| *p)
-            .collect();
+        // Sources that found every sync slot taken go back to the writer only as slots free
+        // up: re-importing all of them after every batch kept the writer busy for nothing
+        // while syncs were full (thousands of invented sources under attack).
+        let mut free_slots = MAX_SYNCS.saturating_sub(self.syncs.len());
+        let mut due = Vec::new();
+        for (source, s) in &self.sources {
+            if s.running || s.target.is_none() || s.retry_at.is_some_and(|t| t > now) {
+                continue;
+            }
+            if s.awaits_slot {
+                if free_slots == 0 {
+                    continue;
+                }
+                free_slots -= 1;
+            }
+            due.push(*source);
+        }
         for source in due {
             self.maybe_start(source);
         }
@@ -433,11 +447,15 @@ impl Replicator {
                 ImportOutcome::Failed(e) => self.sync_failed(source, &head, &SyncError::Events(e)),
                 ImportOutcome::Missing(missing) => {
                     if self.syncs.len() >= MAX_SYNCS {
-                        // Not now: `start_due` queues it again once syncs finish.
+                        // Not now: `start_due` queues it again once a sync slot is free.
                         if let Some(st) = self.sources.get_mut(&source) {
                             st.running = false;
+                            st.awaits_slot = true;
                         }
                         continue;
+                    }
+                    if let Some(st) = self.sources.get_mut(&source) {
+                        st.awaits_slot = false;
                     }
                     let peers = self
                         .sources

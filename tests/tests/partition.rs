@@ -12,6 +12,9 @@
 //! `--peer`) lose their connection in a partition and must find each other again after it
 //! heals, long before their mDNS records expire (minutes).
 //!
+//! `an_app_deployed_to_a_partitioned_node_runs_there_after_the_heal`: `deploy --to B` given on A
+//! while B is cut off runs on B once the partition heals (issue 13 item 5).
+//!
 //! Needs root and `ip netns`; skips with a message (does not fail) when namespaces cannot be
 //! created. Namespaces, bridges and processes are removed on every exit path (a guard's `Drop`).
 //! Every wait is bounded; nothing asserts on time.
@@ -439,4 +442,92 @@ async fn mdns_peers_reconnect_after_a_partition() {
         wait_offsets(&http, api, &both(k), deadline, what).await;
     }
     assert!(net.log(1).contains("discovered by mDNS"), "{}", net.log(1));
+}
+
+/// Issue 13 item 5: `deploy --to B` given on A while B is partitioned away is carried out by
+/// B once the partition heals (the command is an event of A's; B fetches the package blob
+/// from A after the heal). Two nodes with `--peer`; B's data link is cut until both sides have
+/// seen the connection die, then A records the deploy, B provably has no app, and the heal
+/// follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_deployed_to_a_partitioned_node_runs_there_after_the_heal() {
+    const ECHO: &str = "com.example.echo";
+    let _ = shoal_bin();
+    let mut net = match Net::setup(2) {
+        Ok(net) => net,
+        Err(e) if unavailable(&e) => {
+            eprintln!(
+                "\n!!!!!!!! SKIPPED the app partition test: network namespaces are unavailable ({e})\n"
+            );
+            return;
+        }
+        Err(e) => panic!("setting up the network failed: {e}"),
+    };
+    let http = reqwest::Client::new();
+    let a = net.start_node(0, 2, Discovery::Peers);
+    let b = net.start_node(1, 2, Discovery::Peers);
+    publish(&http, &a.1, "a", 0).await;
+    publish(&http, &b.1, "b", 0).await;
+    let both = |n: u64| json!({ a.0.clone(): n, b.0.clone(): n });
+    let deadline = Instant::now() + HEAL_TIMEOUT;
+    for (api, what) in [(&a.1, "a before"), (&b.1, "b before")] {
+        wait_offsets(&http, api, &both(0), deadline, what).await;
+    }
+
+    net.partition(&[1], true);
+    let deadline = Instant::now() + HEAL_TIMEOUT;
+    while !(net.log(0).contains("peer disconnected") && net.log(1).contains("peer disconnected")) {
+        assert!(
+            Instant::now() < deadline,
+            "the partition never cut the connection"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let echo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("apps/echo");
+    let echo = echo.to_str().unwrap();
+    let out = shoal_tests::cli(
+        &["apps", "deploy", echo, "--to", &b.0, "--node", &a.1],
+        None,
+    )
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "deploy --to B failed: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    let apps_of = |api: String| {
+        let http = http.clone();
+        async move {
+            let resp = http.get(format!("{api}/api/v1/apps")).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.json::<Vec<Value>>().await.unwrap()
+        }
+    };
+    assert!(
+        apps_of(b.1.clone()).await.is_empty(),
+        "B got the deploy through the partition"
+    );
+
+    net.partition(&[1], false);
+    let deadline = Instant::now() + HEAL_TIMEOUT;
+    loop {
+        let apps = apps_of(b.1.clone()).await;
+        let running = apps
+            .iter()
+            .any(|x| x["id"] == ECHO && x["state"] == "running" && x["pid"].is_u64());
+        if running {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never ran the app after the heal: {apps:?}\n{}",
+            net.log(1)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        apps_of(a.1.clone()).await.is_empty(),
+        "the deploy --to B ran on A too"
+    );
 }

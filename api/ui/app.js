@@ -190,8 +190,9 @@ async function refreshBlobs() {
     const blobs = await getJson('/api/v1/blobs');
     $('#blob-rows').innerHTML = blobs.map((b) => `<tr data-cid="${esc(b.cid)}">
       <td class="mono"><a href="/api/v1/blobs/${esc(b.cid)}" download>${esc(short(b.cid))}</a></td>
-      <td>${bytes(b.size)}</td><td>${esc(b.name ?? '')}</td><td>${b.complete ? 'complete' : 'partial'}${b.pinned ? ', pinned' : ''}</td></tr>`).join('')
-      || '<tr><td colspan="4" class="note">no blobs</td></tr>';
+      <td>${bytes(b.size)}</td><td>${esc(b.name ?? '')}</td><td>${b.complete ? 'complete' : 'partial'}${b.pinned ? ', pinned' : ''}</td>
+      <td class="replicas">${b.replicas ?? '—'}</td></tr>`).join('')
+      || '<tr><td colspan="5" class="note">no blobs</td></tr>';
   } catch (e) {
     $('#blob-status').textContent = e.message;
   }
@@ -201,9 +202,15 @@ async function upload(ev) {
   ev.preventDefault();
   const file = $('#blob-file').files[0];
   if (!file) { $('#blob-status').textContent = 'choose a file first'; return; }
-  const resp = await fetch('/api/v1/blobs', {method: 'POST', body: file, headers: {'content-type': file.type || 'application/octet-stream'}});
+  // Empty: the node's default replica count (--blob-replicas).
+  const replicas = $('#blob-replicas').value.trim();
+  const url = replicas ? `/api/v1/blobs?replicas=${encodeURIComponent(replicas)}` : '/api/v1/blobs';
+  $('#blob-status').textContent = replicas > 1 ? `storing on ${replicas} nodes…` : 'storing…';
+  const resp = await fetch(url, {method: 'POST', body: file, headers: {'content-type': file.type || 'application/octet-stream'}});
   const body = await resp.json();
-  $('#blob-status').textContent = resp.ok ? `stored ${body.cid} (${bytes(body.size)})` : body.error;
+  // 202: stored here, but fewer nodes than asked hold it yet (replication goes on).
+  const held = resp.status === 202 ? `; held by ${body.replicas} of ${replicas} nodes so far` : '';
+  $('#blob-status').textContent = resp.ok ? `stored ${body.cid} (${bytes(body.size)})${held}` : body.error;
   $('#blob-status').className = resp.ok ? 'note' : 'error';
   $('#blob-status').dataset.cid = resp.ok ? body.cid : '';
   refreshBlobs();

@@ -309,6 +309,9 @@ async fn the_dashboard_shows_both_nodes_tails_events_live_and_uploads_blobs() ->
         json!({"files": [file.display().to_string()], "objectId": input["result"]["objectId"]}),
     )
     .await?;
+    // Kept on both nodes: the form's replica count goes with the upload.
+    page.eval("document.querySelector('#blob-replicas').value = '2'")
+        .await?;
     page.eval("document.querySelector('#blob-upload').click()")
         .await?;
     page.wait_for(
@@ -323,6 +326,20 @@ async fn the_dashboard_shows_both_nodes_tails_events_live_and_uploads_blobs() ->
     page.wait_for(
         "the blob in the list",
         &format!("!!document.querySelector('#blob-rows tr[data-cid=\"{cid}\"]')"),
+    )
+    .await?;
+    let listed: Vec<Value> = within(a.get("/api/v1/blobs").await?.json()).await?;
+    let entry = listed.iter().find(|b| b["cid"] == cid.as_str());
+    assert_eq!(
+        entry.map(|b| b["replicas"].clone()),
+        Some(json!(2)),
+        "the page's upload asked for 2 replicas: {listed:?}"
+    );
+    page.wait_for(
+        "the blob's replica count in the list",
+        &format!(
+            "/^[0-9]+$/.test(document.querySelector('#blob-rows tr[data-cid=\"{cid}\"] .replicas')?.textContent ?? '')"
+        ),
     )
     .await?;
     let resp = a.get(&format!("/api/v1/blobs/{cid}")).await?;

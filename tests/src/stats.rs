@@ -1,4 +1,5 @@
-//! The summary figures the benchmarks print: medians of runs, percentiles of samples.
+//! The figures the benchmarks and tests print: medians of runs, percentiles of samples, and a
+//! process's memory from `/proc`.
 
 use std::time::Duration;
 
@@ -21,6 +22,16 @@ pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
+/// A `kB` field of `/proc/<pid>/status` (`field` with its colon, e.g. `"VmRSS:"` for resident
+/// memory, `"VmHWM:"` for its peak), in KiB; `None` when the process or field is gone.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -39,5 +50,11 @@ mod tests {
         assert_eq!(percentile_ms(&v, 0.99), 99.0);
         assert_eq!(percentile_ms(&v, 1.0), 100.0);
         assert!(percentile_ms(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn this_process_has_resident_memory() {
+        assert!(proc_status_kib(std::process::id(), "VmRSS:").is_some_and(|k| k > 0));
+        assert_eq!(proc_status_kib(std::process::id(), "NoSuchField:"), None);
     }
 }

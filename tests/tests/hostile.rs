@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shoal_tests::hostile::Hostile;
+use shoal_tests::stats::proc_status_kib;
 use shoal_tests::{event, Node, NodeOptions, TIMEOUT};
 
 /// How long the attack runs (the benchmark runs a minute).
@@ -41,16 +42,6 @@ async fn holds(node: &Node, expected: &[(&str, u64)]) -> Value {
     }
 }
 
-/// Resident memory of a process, from /proc.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_honest_swarm_converges_and_stays_bounded_under_a_hostile_peer() {
     let mut a = Node::start().unwrap();
@@ -66,7 +57,10 @@ async fn an_honest_swarm_converges_and_stays_bounded_under_a_hostile_peer() {
     for n in honest {
         holds(n, &before).await;
     }
-    let rss_before = a.pid().map_or(0, rss_bytes);
+    let rss_before = a
+        .pid()
+        .and_then(|p| proc_status_kib(p, "VmRSS:"))
+        .map_or(0, |kib| kib << 10);
 
     let victims: Vec<String> = honest.iter().map(|n| n.source.clone()).collect();
     let hostile = Hostile::start(&[a.swarm.clone(), b.swarm.clone()], &victims)
@@ -85,7 +79,10 @@ async fn an_honest_swarm_converges_and_stays_bounded_under_a_hostile_peer() {
         published += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let rss_attacked = a.pid().map_or(0, rss_bytes);
+    let rss_attacked = a
+        .pid()
+        .and_then(|p| proc_status_kib(p, "VmRSS:"))
+        .map_or(0, |kib| kib << 10);
     let tally = hostile.stop().await;
     eprintln!("hostile peer: {tally:?}; {published} publishes per node during the attack");
     assert!(

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+use shoal_tests::stats::{median, proc_status_kib};
 use shoal_tests::{cli, Node, NodeOptions};
 
 /// Apps supervised in the idle measurement.
@@ -200,7 +201,7 @@ async fn measure(pid: u32, window: Duration) -> Result<Vec<(f64, f64)>> {
         let t = Instant::now();
         tokio::time::sleep(window).await;
         let c1 = cpu_seconds(pid).context("cpu")?;
-        let rss = vm_rss(pid).context("rss")? as f64;
+        let rss = proc_status_kib(pid, "VmRSS:").context("rss")? as f64;
         out.push(((c1 - c0) / t.elapsed().as_secs_f64() * 100.0, rss));
     }
     Ok(out)
@@ -216,20 +217,6 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     Some(ticks / if hz > 0 { hz as f64 } else { 100.0 })
-}
-
-/// `VmRSS` of `/proc/<pid>/status`, in KiB.
-fn vm_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn runs(v: &[f64]) -> String {

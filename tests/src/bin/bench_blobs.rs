@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use shoal_tests::stats::median;
+use shoal_tests::stats::{median, proc_status_kib};
 use shoal_tests::{free_port, Node, NodeOptions};
 
 struct Run {
@@ -151,13 +151,8 @@ fn curl(args: &[&str]) -> Result<String> {
 
 fn peak_rss_mb(node: &Node) -> Result<f64> {
     let pid = node.pid().context("node not running")?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM")?;
-    Ok(kb * 1024.0 / 1e6)
+    let kb = proc_status_kib(pid, "VmHWM:").context("no VmHWM")?;
+    Ok(kb as f64 * 1024.0 / 1e6)
 }
 
 /// Pseudo-random bytes (xorshift; incompressible enough, fast to make).

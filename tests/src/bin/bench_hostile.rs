@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use shoal_tests::hostile::Hostile;
-use shoal_tests::stats::{median, percentile_ms};
+use shoal_tests::stats::{median, percentile_ms, proc_status_kib};
 use shoal_tests::{event, Node, NodeOptions};
 
 struct Settings {
@@ -132,17 +132,6 @@ fn gc_rounds(node: &Node) -> usize {
     node.log().matches("gc freed unreachable blocks").count()
 }
 
-fn rss_mib(pid: Option<u32>) -> u64 {
-    let status = pid
-        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
-        .unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb >> 10)
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let s = settings()?;
@@ -168,7 +157,10 @@ async fn main() -> Result<()> {
         let gc_before = gc_rounds(&nodes[0]);
         let attacked = phase(&nodes, "attacked", &s).await?;
         let gc_during = gc_rounds(&nodes[0]) - gc_before;
-        let rss = rss_mib(nodes[0].pid());
+        let rss = nodes[0]
+            .pid()
+            .and_then(|p| proc_status_kib(p, "VmRSS:"))
+            .map_or(0, |kib| kib >> 10);
         let tally = hostile.stop().await;
         let converged = converge(&nodes).await?;
         let heads = std::fs::metadata(nodes[0].data_dir().join(shoal_engine::swarm::HEADS_FILE))

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use shoal_tests::stats::median;
+use shoal_tests::stats::{median, proc_status_kib};
 use shoal_tests::{Node, NodeOptions};
 
 struct Settings {
@@ -240,16 +240,7 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 fn vm_hwm(pid: u32) -> Option<u64> {
-    vm_field(pid, "VmHWM:")
-}
-
-/// A `kB` field of `/proc/<pid>/status`, in KiB.
-fn vm_field(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    proc_status_kib(pid, "VmHWM:")
 }
 
 /// Publishes single events at `rate`/s while one subscriber reads them; latency per event from
@@ -442,7 +433,8 @@ async fn query_runs(s: &Settings, query: &mut Vec<f64>, rss: &mut Vec<f64>) -> R
     if let Some(pid) = node.pid() {
         println!(
             "node restarted; RSS before the queries {} MiB",
-            vm_field(pid, "VmRSS:").map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0))
+            proc_status_kib(pid, "VmRSS:")
+                .map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0))
         );
     }
     for run in 0..s.runs {

@@ -225,20 +225,8 @@ impl Handle {
     pub async fn deploy(&self, package: Package, start: bool) -> Result<Deployed, AppsError> {
         let (bytes, cid) = match package {
             Package::Bytes(bytes) => {
-                if bytes.len() as u64 > MAX_PACKAGE_BYTES {
-                    return Err(AppsError::TooLarge);
-                }
-                let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes.clone())]);
-                let options = PutOptions {
-                    name: None,
-                    mime: Some("application/gzip".into()),
-                };
-                let meta = self
-                    .blobs
-                    .put(body, options)
-                    .await
-                    .map_err(AppsError::Blob)?;
-                (bytes, meta.cid)
+                let cid = store_package(&self.blobs, bytes.clone()).await?;
+                (bytes, cid)
             }
             Package::Blob(cid) => (self.read_blob(cid).await?, cid),
         };
@@ -433,4 +421,19 @@ impl Drop for Runtime {
             let _ = stop.send(());
         }
     }
+}
+
+/// Stores package bytes as a blob (what a node deploys from, and what peers fetch); the
+/// package's CID. Refuses a package over [`MAX_PACKAGE_BYTES`].
+pub(crate) async fn store_package(blobs: &BlobService, bytes: Bytes) -> Result<Cid, AppsError> {
+    if bytes.len() as u64 > MAX_PACKAGE_BYTES {
+        return Err(AppsError::TooLarge);
+    }
+    let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes)]);
+    let options = PutOptions {
+        name: None,
+        mime: Some("application/gzip".into()),
+    };
+    let meta = blobs.put(body, options).await.map_err(AppsError::Blob)?;
+    Ok(meta.cid)
 }

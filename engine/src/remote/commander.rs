@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::{Action, Command, CommandError, Target};
 use crate::apps::{AppsError, PackageError, MAX_PACKAGE_BYTES};
-use crate::blobs::{BlobService, PutOptions};
+use crate::blobs::BlobService;
 use crate::events::{EventService, EventsError};
 
 /// Records app commands for other nodes; cheap to clone.
@@ -91,23 +91,14 @@ impl Commander {
             return Err(AppsError::TooLarge.into());
         }
         let manifest = self.check_package(bytes.clone()).await?;
-        let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes)]);
-        let options = PutOptions {
-            name: None,
-            mime: Some("application/gzip".into()),
-        };
-        let meta = self
-            .blobs
-            .put(body, options)
-            .await
-            .map_err(AppsError::Blob)?;
+        let package = crate::apps::store_package(&self.blobs, bytes).await?;
         let given = self
             .give(
                 &target,
                 Action::Deploy {
                     app: manifest.id.clone(),
                     version: manifest.version.to_string(),
-                    package: meta.cid.to_string(),
+                    package: package.to_string(),
                     start,
                 },
             )
@@ -115,7 +106,7 @@ impl Commander {
         Ok(GivenDeploy {
             id: manifest.id,
             version: manifest.version.to_string(),
-            package: meta.cid.to_string(),
+            package: package.to_string(),
             command: given.command,
             to: given.to,
         })

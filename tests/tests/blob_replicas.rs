@@ -181,9 +181,11 @@ async fn a_delete_releases_every_replica_and_frees_it_on_every_node() {
     assert_eq!(body["replicas"], 3, "{body}");
     let cid = body["cid"].as_str().unwrap().to_string();
     for (node, before) in [(&b, before[1]), (&c, before[2])] {
-        let entry = listed(node, &cid).await.expect("listed on the holders");
-        assert_eq!(entry["pinned"], true);
-        assert_eq!(entry["replicas"], 3, "{entry}");
+        // A holder learns of the other holders' `held` events a moment after A's 201.
+        wait_listed(node, &cid, "a holder counts three", |e| {
+            e.is_some_and(|e| e["pinned"] == true && e["replicas"] == 3)
+        })
+        .await;
         assert_eq!(chunks(node).unwrap(), before + 3, "three chunks held");
     }
     let resp = within(a.http.delete(a.url(&format!("/api/v1/blobs/{cid}"))).send())

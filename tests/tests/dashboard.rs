@@ -6,8 +6,10 @@
 //! app deployed on A (`tests/apps/echo`, python3) appears running in the apps pane (pushed over
 //! the page's event stream, no reload), its log shows its output; an invalid setting typed into
 //! the settings editor shows the schema error naming the JSON path and changes nothing (same
-//! settings, same process); a valid one is applied and the app restarts with it. The run writes
-//! screenshots of the page (desktop and tablet widths, and the apps pane) to `docs/dashboard/`.
+//! settings, same process); a valid one is applied and the app restarts with it. The run takes
+//! screenshots of the page (desktop and tablet widths, and the apps pane); with
+//! `SHOAL_SCREENSHOTS=1` it writes them to `docs/dashboard/`, else beside the test's nodes, so a
+//! test run leaves the checkout clean.
 //! Without a browser: the page's feed (`GET /api/v1/node/events`) sends `event: apps` on change.
 
 use std::io::{BufRead, BufReader};
@@ -203,17 +205,26 @@ impl Page {
         Ok(())
     }
 
-    /// A PNG of the viewport, written to `docs/dashboard/<name>.png`.
-    async fn screenshot(&mut self, name: &str) -> Result<()> {
+    /// A PNG of the viewport, written to `<dir>/<name>.png`.
+    async fn screenshot(&mut self, dir: &Path, name: &str) -> Result<()> {
         let shot = self
             .call("Page.captureScreenshot", json!({"format": "png"}))
             .await?;
         let png = base64::engine::general_purpose::STANDARD
             .decode(shot["data"].as_str().context("no screenshot data")?)?;
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dashboard");
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join(format!("{name}.png")), png)?;
         Ok(())
+    }
+}
+
+/// Where screenshots go: `docs/dashboard/` when `SHOAL_SCREENSHOTS=1` (to refresh the README's
+/// pictures), else a temporary directory.
+fn screenshot_dir(temp: &Path) -> std::path::PathBuf {
+    if std::env::var("SHOAL_SCREENSHOTS").is_ok_and(|v| v == "1") {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dashboard")
+    } else {
+        temp.join("screenshots")
     }
 }
 
@@ -232,6 +243,7 @@ async fn the_dashboard_shows_both_nodes_tails_events_live_and_uploads_blobs() ->
     a.publish(&[event("factory", "machine-1", json!({"temperature": 71}))])
         .await?;
     let profile = tempfile::tempdir()?;
+    let shots = screenshot_dir(profile.path());
     let browser = Browser::launch(&chromium, profile.path())?;
     let mut page = Page::open(&browser, &format!("http://{}/", a.api)).await?;
 
@@ -349,16 +361,16 @@ async fn the_dashboard_shows_both_nodes_tails_events_live_and_uploads_blobs() ->
         "the blob read back differs"
     );
 
-    apps_pane(&a, &mut page).await?;
+    apps_pane(&a, &mut page, &shots).await?;
 
     page.eval("window.scrollTo(0, 0)").await?;
-    page.screenshot("overview").await?;
+    page.screenshot(&shots, "overview").await?;
     page.viewport(800, 1280).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    page.screenshot("tablet").await?;
+    page.screenshot(&shots, "tablet").await?;
     page.eval("document.querySelector('#apps').scrollIntoView()")
         .await?;
-    page.screenshot("apps-tablet").await?;
+    page.screenshot(&shots, "apps-tablet").await?;
     drop(page);
     drop(browser);
     Ok(())
@@ -379,7 +391,7 @@ async fn echo_state(node: &Node) -> Result<(Value, Value)> {
 }
 
 /// The apps pane against a real process app on `a`.
-async fn apps_pane(a: &Node, page: &mut Page) -> Result<()> {
+async fn apps_pane(a: &Node, page: &mut Page, shots: &Path) -> Result<()> {
     let echo = Path::new(env!("CARGO_MANIFEST_DIR")).join("apps/echo");
     let url = a.url("");
     let out = cli(
@@ -444,7 +456,7 @@ async fn apps_pane(a: &Node, page: &mut Page) -> Result<()> {
     .await?;
     page.eval("document.querySelector('#apps').scrollIntoView()")
         .await?;
-    page.screenshot("apps").await?;
+    page.screenshot(shots, "apps").await?;
     let (app, settings) = echo_state(a).await?;
     anyhow::ensure!(
         settings == json!({"greeting": "hello"}),

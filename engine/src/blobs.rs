@@ -35,7 +35,7 @@ use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use serde_json::value::RawValue;
-use shoal_store::blob::{self, TreeBuilder};
+use shoal_store::blob::{self, Builder};
 use shoal_store::cid::{cid_of, RAW};
 use shoal_store::{OffsetMap, Store};
 use tokio::sync::mpsc;
@@ -207,7 +207,10 @@ struct Inner {
     store: Arc<Store>,
     config: BlobsConfig,
     fetch: Arc<dyn BlockFetch>,
-    init: tokio::sync::OnceCell<()>,
+    /// Set once the blob tables exist: the CIDs of the old format converted here, each with
+    /// the UnixFS CID it became (`shoal_store::blob::aliases`; written only by that start-up
+    /// conversion).
+    init: tokio::sync::OnceCell<std::collections::HashMap<Cid, Cid>>,
     uploads: AtomicU64,
     /// Uploads whose pin could not be dropped (disk full): retried before the next upload.
     unpin_later: Mutex<Vec<String>>,
@@ -246,16 +249,32 @@ impl BlobService {
         &self.inner.fetch
     }
 
-    /// Creates the blob tables on first use.
-    async fn ready(&self) -> Result<(), BlobsError> {
+    /// Creates the blob tables and converts blobs of the old format (the node calls it at
+    /// start-up; every blob call makes sure of it).
+    pub async fn ready(&self) -> Result<(), BlobsError> {
         self.inner
             .init
             .get_or_try_init(|| async {
                 self.inner.events.blob_write(BlobWrite::Init).await?;
-                Ok::<(), BlobsError>(())
+                let store = self.inner.store.clone();
+                let aliases =
+                    tokio::task::spawn_blocking(move || blob::aliases(&store.reader()?)).await??;
+                Ok::<_, BlobsError>(aliases.into_iter().collect())
             })
             .await?;
         Ok(())
+    }
+
+    /// The CID a blob has here: `cid` itself, or the UnixFS CID a blob of the old format
+    /// became when this node converted it (names, replica events and app packages recorded
+    /// before the conversion still name the old CID).
+    pub fn canonical(&self, cid: Cid) -> Cid {
+        self.inner
+            .init
+            .get()
+            .and_then(|aliases| aliases.get(&cid))
+            .copied()
+            .unwrap_or(cid)
     }
 
     /// One blob write on the writer thread.
@@ -292,7 +311,7 @@ impl BlobService {
         let mut upload = Upload {
             service: self.clone(),
             id: id.clone(),
-            builder: TreeBuilder::new(),
+            builder: Builder::new(),
             hashing: std::collections::VecDeque::new(),
             batch: Vec::new(),
             links: Vec::new(),
@@ -337,7 +356,7 @@ impl BlobService {
     /// Metadata and local completeness of a blob, fetching its root from peers if needed.
     pub async fn open(&self, cid: Cid) -> Result<Opened, BlobsError> {
         self.ready().await?;
-        fetch::open(self, cid).await
+        fetch::open(self, self.canonical(cid)).await
     }
 
     /// Streams bytes `start..end` of an opened blob (fetching what is missing).
@@ -409,6 +428,7 @@ impl BlobService {
     /// here.
     pub async fn delete(&self, cid: Cid) -> Result<blob::Freed, BlobsError> {
         self.ready().await?;
+        let cid = self.canonical(cid);
         let freed = self.inner.events.blob_delete(cid, false).await?;
         let freed = freed.ok_or_else(|| BlobsError::NotFound(format!("no blob {cid} here")))?;
         tracing::info!(%cid, blocks = freed.blocks, bytes = freed.bytes, "blob deleted");
@@ -422,6 +442,8 @@ impl BlobService {
     /// Names `cid` swarm-wide (an event, so it replicates). `NotFound` if the blob is unknown
     /// here. Returns once the event is durably stored.
     pub async fn set_name(&self, name: &str, cid: Cid) -> Result<(), BlobsError> {
+        self.ready().await?;
+        let cid = self.canonical(cid);
         let meta = self
             .read(move |r| blob::meta(r, &cid))
             .await?
@@ -470,10 +492,12 @@ impl BlobService {
         }
         let named: Named = serde_json::from_str(event.payload.get())
             .map_err(|e| BlobsError::Corrupt(format!("name event: {e}")))?;
-        named
+        let cid = named
             .cid
             .parse()
-            .map_err(|e| BlobsError::Corrupt(format!("name event cid: {e}")))
+            .map_err(|e| BlobsError::Corrupt(format!("name event cid: {e}")))?;
+        self.ready().await?;
+        Ok(self.canonical(cid))
     }
 }
 
@@ -484,7 +508,7 @@ type Hashing = tokio::task::JoinHandle<(Cid, Bytes)>;
 struct Upload {
     service: BlobService,
     id: String,
-    builder: TreeBuilder,
+    builder: Builder,
     /// Chunks being hashed, in body order.
     hashing: std::collections::VecDeque<Hashing>,
     /// Hashed chunks and the link blocks they completed, not yet handed to the writer.

@@ -179,34 +179,31 @@ proptest! {
     }
 
     #[test]
-    fn decoders_link_blocks_roundtrip_and_mutations(
-        height in 1u64..4, n in 1usize..40, last in 1u64..=1024, ms in proptest::collection::vec(mutation(), 1..4),
+    fn decoders_unixfs_nodes_roundtrip_and_mutations(
+        sizes in proptest::collection::vec(1u64..=1 << 30, 1..200), ms in proptest::collection::vec(mutation(), 1..4),
     ) {
-        use shoal_store::blob::{LinkNode, FANOUT};
-        let chunk = 1024u64;
-        let codec = if height == 1 { 0x55 } else { 0x71 };
-        let links: Vec<shoal_store::Cid> = (0..n)
-            .map(|i| shoal_store::cid::cid_of(codec, &(i as u64).to_be_bytes()))
+        use shoal_store::blob::FileNode;
+        let links: Vec<shoal_store::Cid> = (0..sizes.len())
+            .map(|i| shoal_store::cid::cid_of(if i % 2 == 0 { 0x55 } else { 0x70 }, &(i as u64).to_be_bytes()))
             .collect();
-        let span = chunk * (FANOUT as u64).pow(height as u32 - 1);
-        // Every child full but the last, which holds a part of its span.
-        let size = (n as u64 - 1) * span + (last * span / 1024).max(1);
-        let node = LinkNode { chunk, height, size, links };
-        let (cid, data) = node.encode().map_err(|e| TestCaseError::fail(e.to_string()))?;
-        prop_assert_eq!(LinkNode::decode(&cid, &data).ok(), Some(node));
+        let node = FileNode { size: sizes.iter().sum(), links, sizes };
+        let (cid, data) = node.encode();
+        prop_assert_eq!(FileNode::decode(&cid, &data).ok(), Some(node));
         let junk = mutate(data, &ms);
-        let junk_cid = shoal_store::cid::cid_of(0x71, &junk);
-        if let Ok(n) = LinkNode::decode(&junk_cid, &junk) {
-            // What decodes satisfies the geometry a range read relies on.
-            prop_assert!(n.links.len() <= FANOUT && n.height >= 1);
-            prop_assert!(n.size <= (n.links.len() as u64).saturating_mul(n.child_span()));
+        let junk_cid = shoal_store::cid::cid_of(0x70, &junk);
+        if let Ok(n) = FileNode::decode(&junk_cid, &junk) {
+            // What decodes satisfies what a range read relies on.
+            prop_assert_eq!(n.links.len(), n.sizes.len());
+            prop_assert_eq!(n.sizes.iter().sum::<u64>(), n.size);
+            prop_assert!(n.sizes.iter().all(|s| *s > 0));
         }
     }
 
     #[test]
-    fn decoders_link_block_junk_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
-        let cid = shoal_store::cid::cid_of(0x71, &bytes);
-        let _ = shoal_store::blob::LinkNode::decode(&cid, &bytes);
+    fn decoders_unixfs_junk_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+        let cid = shoal_store::cid::cid_of(0x70, &bytes);
+        let _ = shoal_store::blob::FileNode::decode(&cid, &bytes);
+        let _ = shoal_store::dagpb::PbNode::decode(&bytes);
     }
 
     #[test]

@@ -89,6 +89,8 @@ pub enum NodeError {
     Swarm(#[from] swarm::Error),
     #[error("cannot start the app runtime")]
     Apps(#[from] crate::apps::AppsError),
+    #[error("cannot prepare the blob store (converting blobs to UnixFS)")]
+    Blobs(#[from] crate::blobs::BlobsError),
 }
 
 /// Replication progress of one source: stored here vs known from the swarm.
@@ -227,6 +229,13 @@ impl Node {
             config.blobs.clone(),
             replicas,
         );
+        // Blobs of the old format are converted before anything reads them (the replica task
+        // maps the old CIDs its events name through what this finds).
+        if let Err(e) = blobs.ready().await {
+            let _ = shutdown.send(true);
+            writer.stop().await;
+            return Err(e.into());
+        }
         let replica_task = crate::blobs::replicas::spawn(
             replica_inbox,
             blobs.clone(),

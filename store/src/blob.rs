@@ -1,19 +1,18 @@
-//! Blobs in the block store: fixed-size chunks under a tree of dag-cbor link blocks.
+//! Blobs in the block store: a UnixFS v1 file per blob (`unixfs.rs`: 1 MiB raw leaves under
+//! dag-pb nodes, exactly as `ipfs add --cid-version=1 --raw-leaves --chunker=size-1048576`).
 //!
-//! Owns the blob format (chunking, link blocks, the tree's geometry), the blob tables
-//! (`blob_meta`: size, name, content type per known blob) and the blob side of pins and deletion.
-//! It knows nothing of HTTP or peers: the engine feeds it bytes and fetched blocks.
+//! Owns the blob format, the blob tables (`blob_meta`: size, name, content type per known blob;
+//! `blob_alias`: CIDs of the old format and the UnixFS CID each became), the conversion of
+//! blobs of the old format at start-up ([`init`]), and the blob side of pins and deletion. It
+//! knows nothing of HTTP or peers: the engine feeds it bytes and fetched blocks.
 //!
-//! # Format (also in `docs/format.md` terms)
+//! # Format (see `docs/format.md`, "Blobs")
 //!
-//! - A *chunk* is a raw block (CIDv1, raw, SHA-256) of exactly [`CHUNK_SIZE`] bytes, except the
-//!   last chunk of a blob, which is shorter (never empty).
-//! - A *link block* is dag-cbor `{"c": chunk size, "h": height ≥ 1, "l": [links], "s": bytes
-//!   below}`. Height 1 links chunks; height `h` links link blocks of height `h − 1`. At most
-//!   [`FANOUT`] links. Every child except the last is full, so the child holding byte `o` is
-//!   `o / (c · FANOUT^(h−1))`: a Range request finds its chunks without reading any other.
-//! - The blob's CID is its root link block's (the empty blob is `{"c", "h": 1, "l": [], "s": 0}`).
-//!   Same bytes → same chunks → same tree → same CID. Identical chunks are stored once.
+//! - The blob's CID is its DAG's root: the raw leaf itself for a blob of at most one chunk (the
+//!   empty blob is the empty raw block), else a dag-pb UnixFS `File` node. Same bytes → same
+//!   CID as IPFS. Identical chunks are stored once.
+//! - Each node lists the bytes below each child (`blocksizes`), so a Range request finds its
+//!   chunks without reading any other block.
 //!
 //! # Pins
 //!
@@ -24,9 +23,7 @@
 //! frees its blocks that no other pin (or recently retired root) reaches.
 //!
 //! Invariant: a `blob_meta` row exists for every pinned blob; a pin is only ever set on a root
-//! whose link block is stored (its children may still be missing for a blob being fetched).
-
-use std::collections::BTreeMap;
+//! whose block is stored (its children may still be missing for a blob being fetched).
 
 use libipld::{cbor::DagCborCodec, codec::Codec, Ipld};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -34,17 +31,20 @@ use serde::Serialize;
 
 use crate::{
     blocks,
-    cid::{self, Cid, DAG_CBOR, RAW},
+    cid::{self, Cid, DAG_CBOR, DAG_PB, RAW},
     error::{Error, Result},
     log::{Reader, Writer},
     schema::now_secs,
 };
 
+pub mod legacy;
+pub mod unixfs;
+
+pub use unixfs::{Block, Builder, FileNode, FANOUT};
+
 /// Bytes per chunk (the last one of a blob may be shorter). See `docs/blobs.md` for why fixed
 /// and why 1 MiB.
 pub const CHUNK_SIZE: usize = 1 << 20;
-/// Links per link block: ~40 KiB blocks; two levels cover 1 TiB.
-pub const FANOUT: usize = 1024;
 /// Alias prefix of blobs put on this node.
 pub const PIN_PREFIX: &str = "blob/";
 /// Alias prefix of blobs fetched from peers.
@@ -54,12 +54,6 @@ pub const UPLOAD_PREFIX: &str = "blob-upload/";
 /// Alias prefix of blobs held as a replica for the swarm (kept until the blob is deleted
 /// swarm-wide).
 pub const REPLICA_PREFIX: &str = "blob-replica/";
-/// Deepest tree accepted from a peer (FANOUT^6 chunks is far beyond any disk).
-const MAX_HEIGHT: u64 = 6;
-/// Largest link block accepted: [`FANOUT`] links of 41 bytes (a tag-42 CID of a SHA-256
-/// multihash) plus the three integers is ~41 KiB; anything larger is a lie, refused before
-/// any decoder allocates for it.
-pub const MAX_LINK_BLOCK: usize = 48 << 10;
 
 const CREATE: &str = "CREATE TABLE IF NOT EXISTS blob_meta (
     cid   BLOB PRIMARY KEY,
@@ -68,10 +62,15 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS blob_meta (
     mime  TEXT,
     added INTEGER NOT NULL
 ) WITHOUT ROWID;";
+const CREATE_ALIAS: &str = "CREATE TABLE IF NOT EXISTS blob_alias (
+    old BLOB PRIMARY KEY,
+    new BLOB NOT NULL
+) WITHOUT ROWID;";
 const META_UPSERT: &str = "INSERT INTO blob_meta (cid, size, name, mime, added) \
      VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(cid) DO UPDATE SET \
      name = coalesce(excluded.name, blob_meta.name), mime = coalesce(excluded.mime, blob_meta.mime)";
 const META_GET: &str = "SELECT size, name, mime FROM blob_meta WHERE cid = ?1";
+const META_GET_ADDED: &str = "SELECT size, name, mime, added FROM blob_meta WHERE cid = ?1";
 const META_ALL: &str = "SELECT cid, size, name, mime FROM blob_meta ORDER BY added, cid";
 const META_DELETE: &str = "DELETE FROM blob_meta WHERE cid = ?1";
 /// Ids reachable from `?1` that no alias and no retired root reaches.
@@ -81,220 +80,6 @@ const ONLY_UNDER: &str = "WITH RECURSIVE \
      mine(id) AS (SELECT ?1 UNION SELECT refs.child FROM refs JOIN mine ON refs.parent = mine.id) \
      SELECT mine.id, length(blocks.data) FROM mine LEFT JOIN blocks ON blocks.id = mine.id \
      WHERE mine.id NOT IN (SELECT id FROM live)";
-
-/// One link block, decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkNode {
-    /// Chunk size of the blob.
-    pub chunk: u64,
-    /// 1 = links chunks.
-    pub height: u64,
-    /// Bytes below this node.
-    pub size: u64,
-    pub links: Vec<Cid>,
-}
-
-impl LinkNode {
-    /// Bytes one child of this node covers when full.
-    pub fn child_span(&self) -> u64 {
-        (self.chunk).saturating_mul((FANOUT as u64).saturating_pow((self.height - 1) as u32))
-    }
-
-    /// The dag-cbor bytes and CID of this node.
-    pub fn encode(&self) -> Result<(Cid, Vec<u8>)> {
-        let links = self
-            .links
-            .iter()
-            .map(|c| Ok(Ipld::Link(cid::to_ipld(c)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let map: BTreeMap<String, Ipld> = [
-            ("c".to_string(), Ipld::Integer(self.chunk as i128)),
-            ("h".to_string(), Ipld::Integer(self.height as i128)),
-            ("l".to_string(), Ipld::List(links)),
-            ("s".to_string(), Ipld::Integer(self.size as i128)),
-        ]
-        .into_iter()
-        .collect();
-        let data = DagCborCodec
-            .encode(&Ipld::StringMap(map))
-            .map_err(|e| Error::Invalid(format!("cannot encode a link block: {e}")))?;
-        Ok((cid::cid_of(DAG_CBOR, &data), data))
-    }
-
-    /// Decodes and checks a link block (bytes may come from a peer: every field is checked
-    /// against the geometry, so a lying tree is `Corrupt`, never a panic or a huge allocation).
-    pub fn decode(cid: &Cid, data: &[u8]) -> Result<LinkNode> {
-        let corrupt = |reason: &str| Error::Corrupt {
-            cid: *cid,
-            reason: format!("not a blob link block: {reason}"),
-        };
-        if cid.codec() != DAG_CBOR {
-            return Err(corrupt("not dag-cbor"));
-        }
-        if data.len() > MAX_LINK_BLOCK {
-            return Err(corrupt(&format!(
-                "{} bytes, more than a link block of {FANOUT} links",
-                data.len()
-            )));
-        }
-        // libipld allocates whatever length a header declares and recurses without bound: the
-        // bytes may be a peer's, so they are checked (definite lengths that fit in the block,
-        // bounded nesting) before it sees them.
-        crate::blocks::check_dag_cbor(data).map_err(|e| corrupt(&e))?;
-        let ipld: Ipld = DagCborCodec
-            .decode(data)
-            .map_err(|e| corrupt(&e.to_string()))?;
-        let Ipld::StringMap(map) = ipld else {
-            return Err(corrupt("not a map"));
-        };
-        let int = |k: &str| match map.get(k) {
-            Some(Ipld::Integer(i)) if (0..=u64::MAX as i128).contains(i) => Ok(*i as u64),
-            _ => Err(corrupt(&format!(
-                "field {k} missing or not an unsigned integer"
-            ))),
-        };
-        let (chunk, height, size) = (int("c")?, int("h")?, int("s")?);
-        let Some(Ipld::List(list)) = map.get("l") else {
-            return Err(corrupt("field l missing"));
-        };
-        let links = list
-            .iter()
-            .map(|l| match l {
-                Ipld::Link(c) => cid::from_ipld(c),
-                _ => Err(corrupt("a link is not a CID")),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let node = LinkNode {
-            chunk,
-            height,
-            size,
-            links,
-        };
-        if chunk == 0 || chunk > 4 << 20 || height == 0 || height > MAX_HEIGHT {
-            return Err(corrupt("chunk size or height out of range"));
-        }
-        if node.links.len() > FANOUT {
-            return Err(corrupt("too many links"));
-        }
-        let span = node.child_span();
-        let n = node.links.len() as u64;
-        // Every child but the last is full; the last holds 1..=span bytes.
-        let fits = match n {
-            0 => size == 0 && height == 1,
-            n => size > (n - 1).saturating_mul(span) && size <= n.saturating_mul(span),
-        };
-        if !fits {
-            return Err(corrupt("size does not match the links"));
-        }
-        let want = if height == 1 { RAW } else { DAG_CBOR };
-        if node.links.iter().any(|l| l.codec() != want) {
-            return Err(corrupt("link of the wrong kind"));
-        }
-        Ok(node)
-    }
-
-    /// Size of child `i` (`i < links.len()`).
-    pub fn child_size(&self, i: usize) -> u64 {
-        let span = self.child_span();
-        self.size
-            .saturating_sub((i as u64).saturating_mul(span))
-            .min(span)
-    }
-}
-
-/// A block: CID and bytes.
-pub type Block = (Cid, Vec<u8>);
-
-/// Builds a blob's tree as chunks arrive, with at most `FANOUT` pending links per level (memory
-/// is O(height · FANOUT), whatever the blob's size).
-#[derive(Debug, Default)]
-pub struct TreeBuilder {
-    chunk: u64,
-    /// `levels[k]`: completed nodes of height `k` (0 = chunks) not yet linked, with their sizes.
-    levels: Vec<Vec<(Cid, u64)>>,
-    size: u64,
-}
-
-impl TreeBuilder {
-    /// A builder for [`CHUNK_SIZE`] chunks.
-    pub fn new() -> Self {
-        Self::with_chunk(CHUNK_SIZE as u64)
-    }
-
-    /// A builder for chunks of `chunk` bytes (tests use tiny chunks for deep trees).
-    pub fn with_chunk(chunk: u64) -> Self {
-        Self {
-            chunk,
-            ..Self::default()
-        }
-    }
-
-    /// Bytes pushed so far.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// Chunk `data` (at most [`CHUNK_SIZE`] bytes; only the last may be shorter) and its CID:
-    /// `cid_of(RAW, data)`. Returns the link blocks this completed, to store with the chunk.
-    pub fn push_chunk(&mut self, cid: Cid, len: u64) -> Result<Vec<(Cid, Vec<u8>)>> {
-        self.size += len;
-        self.push(0, cid, len)
-    }
-
-    fn push(&mut self, level: usize, cid: Cid, len: u64) -> Result<Vec<(Cid, Vec<u8>)>> {
-        if self.levels.len() <= level {
-            self.levels.resize_with(level + 1, Vec::new);
-        }
-        self.levels[level].push((cid, len));
-        let mut out = Vec::new();
-        if self.levels[level].len() == FANOUT {
-            let (cid, data, size) = self.emit(level)?;
-            out.push((cid, data));
-            out.extend(self.push(level + 1, cid, size)?);
-        }
-        Ok(out)
-    }
-
-    fn emit(&mut self, level: usize) -> Result<(Cid, Vec<u8>, u64)> {
-        let children = std::mem::take(&mut self.levels[level]);
-        let size = children.iter().map(|(_, s)| s).sum();
-        let node = LinkNode {
-            chunk: self.chunk,
-            height: level as u64 + 1,
-            size,
-            links: children.into_iter().map(|(c, _)| c).collect(),
-        };
-        let (cid, data) = node.encode()?;
-        Ok((cid, data, size))
-    }
-
-    /// Closes the tree: returns the root CID, the size, and the last link blocks to store.
-    pub fn finish(mut self) -> Result<(Cid, u64, Vec<Block>)> {
-        let mut out = Vec::new();
-        let mut level = 0;
-        loop {
-            if self.levels.len() <= level {
-                self.levels.resize_with(level + 1, Vec::new);
-            }
-            let above_empty = self.levels[level + 1..].iter().all(|l| l.is_empty());
-            let here = self.levels[level].len();
-            if level >= 1 && above_empty && here == 1 {
-                let root = self.levels[level][0].0;
-                return Ok((root, self.size, out));
-            }
-            if here > 0 || (level == 0 && above_empty) {
-                // Also the empty blob: an empty height-1 node.
-                let (cid, data, size) = self.emit(level)?;
-                out.push((cid, data));
-                if self.levels.len() <= level + 1 {
-                    self.levels.resize_with(level + 2, Vec::new);
-                }
-                self.levels[level + 1].push((cid, size));
-            }
-            level += 1;
-        }
-    }
-}
 
 /// What the store knows of one blob.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -334,26 +119,199 @@ fn lock(conn: &std::sync::Mutex<Connection>) -> Result<std::sync::MutexGuard<'_,
         .map_err(|_| Error::Invalid("store connection lock poisoned".into()))
 }
 
-/// Creates the blob tables (idempotent) and drops the pins of uploads a previous process left
-/// (killed mid-upload, or its abort failed on a full disk); call once with the writer before
-/// using blobs, before any upload starts.
+/// A blob's root, decoded: where a read starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobRoot {
+    /// A blob of at most one chunk: its raw leaf is the blob.
+    Leaf { cid: Cid, size: u64 },
+    /// A UnixFS file node.
+    File(FileNode),
+}
+
+impl BlobRoot {
+    /// Decodes a root block (checked like any node from a peer).
+    pub fn decode(cid: &Cid, data: &[u8]) -> Result<BlobRoot> {
+        match cid.codec() {
+            RAW => Ok(BlobRoot::Leaf {
+                cid: *cid,
+                size: data.len() as u64,
+            }),
+            DAG_PB => FileNode::decode(cid, data).map(BlobRoot::File),
+            _ => Err(Error::Corrupt {
+                cid: *cid,
+                reason: "a blob is a raw block or a dag-pb UnixFS file".into(),
+            }),
+        }
+    }
+
+    /// The blob's bytes.
+    pub fn size(&self) -> u64 {
+        match self {
+            BlobRoot::Leaf { size, .. } => *size,
+            BlobRoot::File(node) => node.size,
+        }
+    }
+}
+
+/// Creates the blob tables (idempotent), drops the pins of uploads a previous process left
+/// (killed mid-upload, or its abort failed on a full disk) and converts blobs of the old format
+/// to UnixFS ([`migrate`]); call once with the writer before using blobs, before any upload
+/// starts.
 pub fn init(w: &mut Writer) -> Result<()> {
+    {
+        let conn = writer_conn(w);
+        let conn = lock(&conn)?;
+        conn.execute_batch(CREATE)?;
+        conn.execute_batch(CREATE_ALIAS)?;
+        // Best effort: on a full disk reads must still work; the pins go at the next start.
+        let dropped = blocks::aliases_with_prefix(&conn, UPLOAD_PREFIX).and_then(|stale| {
+            for (name, _) in &stale {
+                set_alias_quietly(&conn, name, None, now_secs())?;
+            }
+            Ok(stale.len())
+        });
+        match dropped {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(uploads = n, "dropped the pins of abandoned uploads"),
+            Err(e) => tracing::warn!(error = %e, "cannot drop the pins of abandoned uploads"),
+        }
+    }
+    migrate(w)
+}
+
+/// Converts every blob of the old format (a dag-cbor root, `legacy.rs`) to UnixFS, one
+/// transaction per blob: the new DAG over the same chunks (only the old link blocks are read;
+/// the chunks are the same raw blocks), the metadata and every pin (`blob/`, `blob-replica/`,
+/// `blob-cache/`) moved to the new CID, `blob_alias` mapping the old CID to the new one (the
+/// engine resolves old CIDs through it: names, replica events and app packages recorded before
+/// keep working here), and the old link blocks deleted. A blob whose old tree is not all
+/// here (a fetch cut short) cannot be converted: its cache pin is dropped and it is forgotten.
+fn migrate(w: &mut Writer) -> Result<()> {
     let conn = writer_conn(w);
     let conn = lock(&conn)?;
-    conn.execute_batch(CREATE)?;
-    // Best effort: on a full disk reads must still work; the pins go at the next start.
-    let dropped = blocks::aliases_with_prefix(&conn, UPLOAD_PREFIX).and_then(|stale| {
-        for (name, _) in &stale {
-            set_alias_quietly(&conn, name, None, now_secs())?;
+    let old: Vec<Cid> = {
+        let mut stmt = conn.prepare("SELECT cid FROM blob_meta ORDER BY added, cid")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let cid = cid::from_bytes(&row?)?;
+            if cid.codec() == DAG_CBOR {
+                out.push(cid);
+            }
         }
-        Ok(stale.len())
-    });
-    match dropped {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(uploads = n, "dropped the pins of abandoned uploads"),
-        Err(e) => tracing::warn!(error = %e, "cannot drop the pins of abandoned uploads"),
+        out
+    };
+    if old.is_empty() {
+        return Ok(());
+    }
+    // Old link blocks are deleted: the "validated means complete" rule of imports must not
+    // count on them.
+    drop(conn);
+    w.forget_validated();
+    let conn = writer_conn(w);
+    let mut conn = lock(&conn)?;
+    tracing::info!(
+        blobs = old.len(),
+        "converting blobs of the old format to UnixFS"
+    );
+    for cid in old {
+        match migrate_one(&mut conn, &cid) {
+            Ok(Some(new)) => tracing::info!(old = %cid, new = %new, "blob converted to UnixFS"),
+            Ok(None) => tracing::warn!(old = %cid,
+                "blob of the old format not all here (a fetch cut short): forgotten"),
+            // Left as it is (unreadable, listed); `shoal blobs rm` deletes it.
+            Err(e @ Error::Corrupt { .. }) => {
+                tracing::warn!(old = %cid, error = %e, "cannot convert a damaged blob of the old format")
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
+}
+
+/// Converts one old-format blob (see [`migrate`]); `None` when its tree is incomplete (then it
+/// was dropped).
+fn migrate_one(conn: &mut Connection, old: &Cid) -> Result<Option<Cid>> {
+    let tx = conn.transaction()?;
+    let now = now_secs();
+    let (size, name, mime, added): (i64, Option<String>, Option<String>, i64) = tx
+        .prepare_cached(META_GET_ADDED)?
+        .query_row(params![old.to_bytes()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+    let mut builder = Builder::new();
+    let mut new_blocks = Vec::new();
+    let complete = legacy::chunks(&tx, old, |chunk, len| {
+        new_blocks.extend(builder.push_chunk(chunk, len)?);
+        Ok(())
+    })?;
+    let old_id = blocks::cid_id(&tx, old)?;
+    if !complete {
+        for prefix in [PIN_PREFIX, REPLICA_PREFIX, CACHE_PREFIX] {
+            set_alias_quietly(&tx, &format!("{prefix}{old}"), None, now)?;
+        }
+        tx.prepare_cached(META_DELETE)?
+            .execute(params![old.to_bytes()])?;
+        if let Some(id) = old_id {
+            free_unreached(&tx, id)?;
+        }
+        tx.commit()?;
+        return Ok(None);
+    }
+    if builder.size() != size.max(0) as u64 {
+        return Err(Error::Corrupt {
+            cid: *old,
+            reason: format!(
+                "the blob's tree holds {} bytes, its record says {size}",
+                builder.size()
+            ),
+        });
+    }
+    let (new, _, last) = builder.finish()?;
+    new_blocks.extend(last);
+    for (cid, data) in &new_blocks {
+        blocks::put_trusted(&tx, cid, data, now)?;
+    }
+    let meta = BlobMeta {
+        cid: new,
+        size: size.max(0) as u64,
+        name,
+        mime,
+    };
+    upsert_meta(&tx, &meta, added)?;
+    for prefix in [PIN_PREFIX, REPLICA_PREFIX, CACHE_PREFIX] {
+        if blocks::alias_get(&tx, &format!("{prefix}{old}"))?.is_some() {
+            set_alias_quietly(&tx, &format!("{prefix}{new}"), Some(&new), now)?;
+            set_alias_quietly(&tx, &format!("{prefix}{old}"), None, now)?;
+        }
+    }
+    tx.prepare_cached(META_DELETE)?
+        .execute(params![old.to_bytes()])?;
+    tx.execute(
+        "INSERT INTO blob_alias (old, new) VALUES (?1, ?2) \
+         ON CONFLICT(old) DO UPDATE SET new = excluded.new",
+        params![old.to_bytes(), new.to_bytes()],
+    )?;
+    if let Some(id) = old_id {
+        free_unreached(&tx, id)?;
+    }
+    tx.commit()?;
+    Ok(Some(new))
+}
+
+/// The CIDs of the old format converted here, each with the UnixFS CID it became.
+pub fn aliases(r: &Reader) -> Result<Vec<(Cid, Cid)>> {
+    let conn = lock(&r.conn)?;
+    let mut stmt = conn.prepare_cached("SELECT old, new FROM blob_alias")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (old, new) = row?;
+        out.push((cid::from_bytes(&old)?, cid::from_bytes(&new)?));
+    }
+    Ok(out)
 }
 
 /// Stores blocks the caller hashed itself (chunks it cut, link blocks it encoded, or blocks the
@@ -495,7 +453,7 @@ fn upsert_meta(conn: &Connection, meta: &BlobMeta, now: i64) -> Result<()> {
     Ok(())
 }
 
-/// Stores a fetched root link block (verified by the caller), records the blob and keeps it as
+/// Stores a fetched root block (verified by the caller), records the blob and keeps it as
 /// `blob-cache/<cid>` so what is fetched survives GC and a later request resumes from it.
 pub fn cache_root(w: &mut Writer, root: &Cid, data: &[u8], size: u64) -> Result<()> {
     let conn = writer_conn(w);
@@ -591,25 +549,33 @@ fn unpin(w: &mut Writer, root: &Cid, prefixes: &[&str]) -> Result<Option<Freed>>
         tx.prepare_cached(META_DELETE)?
             .execute(params![root.to_bytes()])?;
     }
-    let mut freed = Freed::default();
-    if let Some(id) = blocks::cid_id(&tx, root)? {
-        let dead: Vec<(i64, Option<i64>)> = {
-            let mut stmt = tx.prepare(ONLY_UNDER)?;
-            let rows = stmt.query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<std::result::Result<_, _>>()?
-        };
-        for (id, len) in dead {
-            if let Some(len) = len {
-                tx.execute("DELETE FROM blocks WHERE id = ?1", params![id])?;
-                freed.blocks += 1;
-                freed.bytes += len.max(0) as u64;
-            }
-            tx.execute("DELETE FROM refs WHERE parent = ?1", params![id])?;
-            tx.execute("DELETE FROM cids WHERE id = ?1", params![id])?;
-        }
-    }
+    let freed = match blocks::cid_id(&tx, root)? {
+        Some(id) => free_unreached(&tx, id)?,
+        None => Freed::default(),
+    };
     tx.commit()?;
     Ok(known.then_some(freed))
+}
+
+/// Deletes every block under the CID with id `root` (itself included) that no alias and no
+/// recently retired root reaches.
+fn free_unreached(tx: &Connection, root: i64) -> Result<Freed> {
+    let mut freed = Freed::default();
+    let dead: Vec<(i64, Option<i64>)> = {
+        let mut stmt = tx.prepare(ONLY_UNDER)?;
+        let rows = stmt.query_map(params![root], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<std::result::Result<_, _>>()?
+    };
+    for (id, len) in dead {
+        if let Some(len) = len {
+            tx.execute("DELETE FROM blocks WHERE id = ?1", params![id])?;
+            freed.blocks += 1;
+            freed.bytes += len.max(0) as u64;
+        }
+        tx.execute("DELETE FROM refs WHERE parent = ?1", params![id])?;
+        tx.execute("DELETE FROM cids WHERE id = ?1", params![id])?;
+    }
+    Ok(freed)
 }
 
 /// Metadata of a blob known here (put here or being fetched).

@@ -13,7 +13,7 @@
 //! - moving an alias records the previous root in `retired` (see `gc.rs`).
 
 use crate::{
-    cid::{self, Cid, DAG_CBOR, RAW},
+    cid::{self, Cid, DAG_CBOR, DAG_PB, RAW},
     error::{Error, Result},
     schema,
 };
@@ -232,7 +232,8 @@ pub(crate) fn reachable(conn: &Connection, root: &Cid) -> Result<Vec<Reached>> {
     Ok(out)
 }
 
-/// Links of a block: none for raw, every tag-42 link for dag-cbor. Rejects malformed dag-cbor.
+/// Links of a block: none for raw, every tag-42 link for dag-cbor, the links of dag-pb.
+/// Rejects malformed dag-cbor and dag-pb.
 pub(crate) fn links(cid: &Cid, data: &[u8]) -> Result<Vec<Cid>> {
     match cid.codec() {
         RAW => Ok(Vec::new()),
@@ -247,6 +248,7 @@ pub(crate) fn links(cid: &Cid, data: &[u8]) -> Result<Vec<Cid>> {
             found.dedup();
             found.iter().map(cid::from_ipld).collect()
         }
+        DAG_PB => crate::dagpb::links(data).map_err(|reason| Error::Corrupt { cid: *cid, reason }),
         other => Err(Error::UnsupportedCid {
             cid: cid.to_string(),
             reason: format!("codec {other:#x}"),

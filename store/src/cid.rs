@@ -4,7 +4,7 @@
 //! Both types are converted through their byte form, which round-trips exactly. This module also
 //! computes CIDs (SHA2-256 through the `sha2` crate) and checks that a CID is one the store
 //! accepts. Invariant: every CID the store writes or accepts is CIDv1, SHA2-256 (32-byte digest),
-//! codec dag-cbor (0x71) or raw (0x55).
+//! codec dag-cbor (0x71), dag-pb (0x70) or raw (0x55).
 
 use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
@@ -13,6 +13,8 @@ pub use cid::Cid;
 
 /// Multicodec code of dag-cbor: tree nodes, heads, blob link blocks.
 pub const DAG_CBOR: u64 = 0x71;
+/// Multicodec code of dag-pb: the nodes of a blob's UnixFS DAG.
+pub const DAG_PB: u64 = 0x70;
 /// Multicodec code of raw bytes: blob chunks.
 pub const RAW: u64 = 0x55;
 /// Multihash code of SHA2-256.
@@ -65,7 +67,7 @@ pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Cid> {
     })
 }
 
-/// Checks the store can hold a block under `cid`: v1, SHA2-256, dag-cbor or raw.
+/// Checks the store can hold a block under `cid`: v1, SHA2-256, dag-cbor, dag-pb or raw.
 pub fn check_supported(cid: &Cid) -> Result<()> {
     let bad = |reason: &str| {
         Err(Error::UnsupportedCid {
@@ -76,8 +78,8 @@ pub fn check_supported(cid: &Cid) -> Result<()> {
     if cid.version() != cid::Version::V1 {
         return bad("only CIDv1 is accepted");
     }
-    if cid.codec() != DAG_CBOR && cid.codec() != RAW {
-        return bad("codec must be dag-cbor (0x71) or raw (0x55)");
+    if ![DAG_CBOR, DAG_PB, RAW].contains(&cid.codec()) {
+        return bad("codec must be dag-cbor (0x71), dag-pb (0x70) or raw (0x55)");
     }
     if cid.hash().code() != SHA2_256 || cid.hash().size() != 32 {
         return bad("hash must be SHA2-256");
@@ -134,7 +136,7 @@ mod tests {
             verify(&c, b"abd"),
             Err(Error::HashMismatch { .. })
         ));
-        let other = Cid::new_v1(0x70, *c.hash());
+        let other = Cid::new_v1(0x0129, *c.hash());
         assert!(matches!(
             verify(&other, b"abc"),
             Err(Error::UnsupportedCid { .. })

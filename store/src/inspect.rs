@@ -8,7 +8,7 @@
 use crate::tree::{self, node, EventTree, NameSet, Summary, TagSet};
 use crate::{
     blocks,
-    cid::{self, Cid, DAG_CBOR, RAW},
+    cid::{self, Cid, DAG_CBOR, DAG_PB, RAW},
     error::{Error, Result},
     event::{EventFilter, SourceId},
     read::Reader,
@@ -62,6 +62,14 @@ pub enum BlockView {
     /// dag-cbor as JSON (links as `{"/": cid}`, bytes as `{"/": {"bytes": hex}}`); banyan
     /// nodes additionally decrypted and decompressed into `items`.
     DagCbor {
+        #[serde(serialize_with = "crate::cid::serialize")]
+        cid: Cid,
+        length: u64,
+        value: serde_json::Value,
+    },
+    /// dag-pb (a blob's UnixFS node) as JSON: `{"links": [{"hash", "name", "tsize"}], "data":
+    /// hex, "file": {"filesize", "blocksizes"}}` (`file` when it is a UnixFS file node).
+    DagPb {
         #[serde(serialize_with = "crate::cid::serialize")]
         cid: Cid,
         length: u64,
@@ -323,6 +331,11 @@ impl Reader {
                     value,
                 }
             }
+            DAG_PB => BlockView::DagPb {
+                cid: *cid,
+                length,
+                value: dag_pb_json(cid, &data),
+            },
             other => {
                 return Err(Error::UnsupportedCid {
                     cid: cid.to_string(),
@@ -412,4 +425,28 @@ impl Reader {
             sources,
         })
     }
+}
+
+/// A dag-pb block as the inspector shows it.
+fn dag_pb_json(cid: &Cid, data: &[u8]) -> serde_json::Value {
+    let node = match crate::dagpb::PbNode::decode(data) {
+        Ok(node) => node,
+        Err(e) => return serde_json::json!({ "malformed": e }),
+    };
+    let links: Vec<serde_json::Value> = node
+        .links
+        .iter()
+        .map(|l| serde_json::json!({"hash": l.hash.to_string(), "name": l.name, "tsize": l.tsize}))
+        .collect();
+    let mut value = serde_json::json!({
+        "links": links,
+        "data": node.data.as_deref().map(hex::encode),
+    });
+    match crate::blob::FileNode::decode(cid, data) {
+        Ok(file) => {
+            value["file"] = serde_json::json!({"filesize": file.size, "blocksizes": file.sizes})
+        }
+        Err(e) => value["file"] = serde_json::json!({ "not_a_file": e.to_string() }),
+    }
+    value
 }

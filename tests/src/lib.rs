@@ -21,6 +21,7 @@ pub mod browser;
 mod cli;
 pub mod hostile;
 mod http;
+pub mod ipfs;
 pub mod prometheus;
 pub mod stats;
 

@@ -4,7 +4,7 @@
 //! a corrupted chunk served by a peer rejected, delete + GC freeing only unshared blocks, the
 //! maximum blob size (413), and a full disk (507, on a tmpfs; skipped loudly without root).
 //!
-//! Boundary sizes, and why: 0 (empty tree), 1, CHUNK−1 / CHUNK / CHUNK+1 (the last chunk
+//! Boundary sizes, and why: 0 (the empty raw block), 1, CHUNK−1 / CHUNK / CHUNK+1 (the last chunk
 //! short, exact, and one byte spilling into a second chunk), 100 MiB (many chunks, streaming).
 
 use std::process::Command;
@@ -186,7 +186,7 @@ async fn ranges_head_and_names() {
         .await
         .unwrap();
     assert_eq!(body(resp).await.unwrap(), b"other");
-    let missing = "bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy";
+    let missing = "bafybeigsjb7auvumwgzokun7ymjm6wkjiz2c734xhf7il5jtya7zxqm42i";
     let resp = within(
         node.http
             .put(node.url("/api/v1/blobs/names/x"))
@@ -273,7 +273,7 @@ async fn unknown_blob_is_404_after_the_fetch_timeout() {
     opts.env
         .push(("SHOAL_BLOB_FETCH_TIMEOUT_SECS".into(), "1".into()));
     let node = Node::start_with(opts).unwrap();
-    let missing = "bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy";
+    let missing = "bafybeigsjb7auvumwgzokun7ymjm6wkjiz2c734xhf7il5jtya7zxqm42i";
     let resp = get(&node, &format!("/api/v1/blobs/{missing}"), None)
         .await
         .unwrap();

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use shoal_store::blob::{self, BlobMeta, LinkNode};
-use shoal_store::cid::DAG_CBOR;
+use shoal_store::blob::{self, BlobMeta, BlobRoot};
+use shoal_store::cid::{DAG_PB, RAW};
 use shoal_store::{Cid, Reader};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -49,7 +49,7 @@ pub struct Opened {
     pub meta: BlobMeta,
     /// Every chunk is local.
     pub complete: bool,
-    root: Arc<LinkNode>,
+    root: Arc<BlobRoot>,
 }
 
 impl Opened {
@@ -60,7 +60,7 @@ impl Opened {
 
 pub(super) async fn open(svc: &BlobService, cid: Cid) -> Result<Opened, BlobsError> {
     let not_a_blob = || BlobsError::NotFound(format!("{cid} is not a blob"));
-    if cid.codec() != DAG_CBOR {
+    if cid.codec() != DAG_PB && cid.codec() != RAW {
         return Err(not_a_blob());
     }
     let (meta, data, complete) = svc
@@ -72,10 +72,10 @@ pub(super) async fn open(svc: &BlobService, cid: Cid) -> Result<Opened, BlobsErr
         })
         .await?;
     if let Some(data) = data {
-        let root = LinkNode::decode(&cid, &data).map_err(|_| not_a_blob())?;
+        let root = BlobRoot::decode(&cid, &data).map_err(|_| not_a_blob())?;
         let meta = meta.unwrap_or(BlobMeta {
             cid,
-            size: root.size,
+            size: root.size(),
             name: None,
             mime: None,
         });
@@ -88,13 +88,13 @@ pub(super) async fn open(svc: &BlobService, cid: Cid) -> Result<Opened, BlobsErr
     // Not here: ask the swarm for the root.
     let mut got = fetch_all(svc, vec![cid]).await?;
     let data = got.pop().map(|(_, d)| d).ok_or_else(not_a_blob)?;
-    let root = LinkNode::decode(&cid, &data).map_err(|e| {
+    let root = BlobRoot::decode(&cid, &data).map_err(|e| {
         tracing::warn!(%cid, error = %e, "a peer's block under a wanted blob CID is no blob");
         not_a_blob()
     })?;
-    let size = root.size;
-    // The size is the peer's claim, but every link block below is checked to add up to it
-    // (`Read::chunks`), so holding the root to the limit holds the whole fetch to it.
+    let size = root.size();
+    // The size is the peer's claim, but every node below is checked to add up to it
+    // (`Walk::next`), so holding the root to the limit holds the whole fetch to it.
     let limit = svc.config().max_blob_bytes;
     if size > limit {
         tracing::warn!(%cid, size, limit, "refusing to fetch a blob over --max-blob-bytes");
@@ -109,7 +109,8 @@ pub(super) async fn open(svc: &BlobService, cid: Cid) -> Result<Opened, BlobsErr
             name: None,
             mime: None,
         },
-        complete: size == 0,
+        // A one-chunk blob is its root, stored now.
+        complete: matches!(root, BlobRoot::Leaf { .. }),
         root: Arc::new(root),
     })
 }
@@ -227,7 +228,7 @@ impl LinkSource for Read {
             .into_iter()
             .find(|(c, _)| *c == cid)
             .map(|(_, d)| d)
-            .ok_or_else(|| BlobsError::NotFound(format!("no peer delivered link block {cid}")))?;
+            .ok_or_else(|| BlobsError::NotFound(format!("no peer delivered node {cid}")))?;
         self.svc
             .write(BlobWrite::Put {
                 chunks: vec![(cid, data.clone())],
@@ -246,7 +247,7 @@ impl Read {
         }
         // The chunks from the current one to `read_ahead` past it; the walk yields the rest.
         let ahead = self.svc.config().read_ahead.max(1);
-        let mut walk = Walk::new(opened.root.clone(), start, end);
+        let mut walk = Walk::new(&opened.root, start, end);
         let mut window: VecDeque<ChunkRef> = VecDeque::new();
         let mut walked = false;
         let mut i = 0usize;

@@ -457,6 +457,8 @@ impl Task {
         let Some((cid, op)) = decode(event) else {
             return;
         };
+        // Events recorded before this node converted the blob name its old-format CID.
+        let cid = self.blobs.canonical(cid);
         let release = matches!(op, Op::Released);
         self.book.apply(cid, &event.source, event.lamport, op);
         if release && self.book.released(&cid) {

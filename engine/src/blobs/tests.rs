@@ -228,7 +228,7 @@ async fn fetches_missing_chunks_from_a_peer_and_resumes() {
 }
 
 /// Issue 12 item 2: a blob fetched from a peer is held to `--max-blob-bytes` like an upload,
-/// both an honest one over the limit and a root that claims a petabyte with 1,024 copies of
+/// both an honest one over the limit and a root that claims a petabyte with 174 copies of
 /// one child. Before the fix both were cached and the walk went on. Nothing is kept.
 #[tokio::test]
 async fn a_fetched_blob_over_max_blob_bytes_is_refused_and_not_cached() {
@@ -239,16 +239,15 @@ async fn a_fetched_blob_over_max_blob_bytes_is_refused_and_not_cached() {
         .await
         .unwrap()
         .cid;
-    // A height-2 root whose 1,024 links all name one (absent) height-1 node: 1 TiB claimed.
-    let child = shoal_store::cid::cid_of(shoal_store::cid::DAG_CBOR, b"never served");
-    let span = (CHUNK_SIZE * shoal_store::blob::FANOUT) as u64;
-    let liar = shoal_store::blob::LinkNode {
-        chunk: CHUNK_SIZE as u64,
-        height: 2,
-        size: span * shoal_store::blob::FANOUT as u64,
-        links: vec![child; shoal_store::blob::FANOUT],
+    // A root whose 174 links all name one (absent) node, each said to hold 2^40 bytes.
+    let child = shoal_store::cid::cid_of(shoal_store::cid::DAG_PB, b"never served");
+    let fanout = shoal_store::blob::FANOUT;
+    let liar = shoal_store::blob::FileNode {
+        size: (1u64 << 40) * fanout as u64,
+        links: vec![child; fanout],
+        sizes: vec![1 << 40; fanout],
     };
-    let (liar_cid, liar_data) = liar.encode().unwrap();
+    let (liar_cid, liar_data) = liar.encode();
     sa.write(BlobWrite::Put {
         chunks: vec![(liar_cid, Bytes::from(liar_data))],
         links: Vec::new(),

@@ -3,9 +3,10 @@
 use super::*;
 use crate::{Store, StoreConfig};
 
-/// Builds the tree of `data` cut in `chunk`-byte chunks; returns root, size and all blocks.
-fn build(data: &[u8], chunk: usize) -> (Cid, u64, Vec<(Cid, Vec<u8>)>) {
-    let mut b = TreeBuilder::with_chunk(chunk as u64);
+/// Builds the DAG of `data` cut in `chunk`-byte chunks with `fanout`; returns root, size and
+/// all blocks.
+fn build_with(data: &[u8], chunk: usize, fanout: usize) -> (Cid, u64, Vec<(Cid, Vec<u8>)>) {
+    let mut b = Builder::with_fanout(fanout);
     let mut blocks = Vec::new();
     for c in data.chunks(chunk) {
         let cid = cid::cid_of(RAW, c);
@@ -17,152 +18,155 @@ fn build(data: &[u8], chunk: usize) -> (Cid, u64, Vec<(Cid, Vec<u8>)>) {
     (root, size, blocks)
 }
 
-/// Reads bytes `start..end` back by walking the tree the way a Range request does.
-fn read(blocks: &[(Cid, Vec<u8>)], root: &Cid, start: u64, end: u64) -> Vec<u8> {
-    let map: std::collections::HashMap<Cid, &Vec<u8>> =
-        blocks.iter().map(|(c, d)| (*c, d)).collect();
-    let get = |c: &Cid| map[c].clone();
-    let mut out = Vec::new();
-    let mut pos = start;
-    while pos < end {
-        let mut node = LinkNode::decode(root, &get(root)).unwrap();
-        let mut off = pos;
-        loop {
-            let span = node.child_span();
-            let i = (off / span) as usize;
-            let child = node.links[i];
-            off %= span;
-            if node.height == 1 {
-                let data = get(&child);
-                let take = ((end - pos) as usize).min(data.len() - off as usize);
-                out.extend_from_slice(&data[off as usize..off as usize + take]);
-                pos += take as u64;
-                break;
-            }
-            node = LinkNode::decode(&child, &get(&child)).unwrap();
-        }
-    }
-    out
+fn build(data: &[u8], chunk: usize) -> (Cid, u64, Vec<(Cid, Vec<u8>)>) {
+    build_with(data, chunk, FANOUT)
 }
 
+/// Reads bytes `start..end` back by walking the DAG the way a Range request does (children
+/// before the range skipped by their blocksizes); returns the bytes and the nodes read.
+fn read(blocks: &[(Cid, Vec<u8>)], root: &Cid, start: u64, end: u64) -> (Vec<u8>, usize) {
+    let map: std::collections::HashMap<Cid, &Vec<u8>> =
+        blocks.iter().map(|(c, d)| (*c, d)).collect();
+    let mut out = Vec::new();
+    let mut reads = 0;
+    fn walk(
+        map: &std::collections::HashMap<Cid, &Vec<u8>>,
+        cid: &Cid,
+        base: u64,
+        (start, end): (u64, u64),
+        out: &mut Vec<u8>,
+        reads: &mut usize,
+    ) {
+        let data = map[cid];
+        if cid.codec() == RAW {
+            let from = start.saturating_sub(base) as usize;
+            let to = ((end - base) as usize).min(data.len());
+            out.extend_from_slice(&data[from..to]);
+            return;
+        }
+        *reads += 1;
+        let node = FileNode::decode(cid, data).unwrap();
+        let mut offset = base;
+        for (child, size) in node.links.iter().zip(&node.sizes) {
+            if offset + size > start && offset < end {
+                walk(map, child, offset, (start, end), out, reads);
+            }
+            offset += size;
+        }
+    }
+    walk(&map, root, 0, (start, end), &mut out, &mut reads);
+    (out, reads)
+}
+
+/// The height of the DAG under `root` (0: a raw leaf).
+fn height(blocks: &[(Cid, Vec<u8>)], root: &Cid) -> usize {
+    if root.codec() == RAW {
+        return 0;
+    }
+    let data = &blocks.iter().find(|b| b.0 == *root).unwrap().1;
+    let node = FileNode::decode(root, data).unwrap();
+    1 + height(blocks, &node.links[0])
+}
+
+/// The shape of the balanced layout at its boundaries, with 4-byte chunks and fanout 3
+/// (the reference's 1 MiB and 174 are checked against the reference importer itself in
+/// `tests/tests/unixfs.rs`).
 #[test]
-fn boundary_sizes_round_trip() {
-    let chunk = 4;
-    // 0, 1, chunk-1, chunk, chunk+1, a full height-1 node, one more (height 2), and two levels.
-    for n in [
-        0,
-        1,
-        3,
-        4,
-        5,
-        4 * FANOUT,
-        4 * FANOUT + 1,
-        4 * FANOUT * 2 + 3,
+fn boundary_sizes_round_trip_in_the_balanced_shape() {
+    let (chunk, fanout) = (4, 3);
+    // (bytes, height): 0 and one chunk are a leaf; 2..=3 chunks one node; 4..=9 two levels;
+    // 10..=27 three.
+    for (n, want_height) in [
+        (0usize, 0usize),
+        (1, 0),
+        (3, 0),
+        (4, 0),
+        (5, 1),
+        (12, 1),
+        (13, 2),
+        (36, 2),
+        (37, 3),
+        (4 * 27, 3),
+        (4 * 27 + 1, 4),
     ] {
         let data: Vec<u8> = (0..n).map(|i| (i * 7 % 251) as u8).collect();
-        let (root, size, blocks) = build(&data, chunk);
+        let (root, size, blocks) = build_with(&data, chunk, fanout);
         assert_eq!(size, n as u64);
-        let top = LinkNode::decode(&root, &blocks.iter().find(|b| b.0 == root).unwrap().1).unwrap();
-        assert_eq!(top.size, n as u64);
-        let want_height = if n <= 4 * FANOUT { 1 } else { 2 };
-        assert_eq!(top.height, want_height, "n={n}");
-        if n <= 8 {
-            assert_eq!(read(&blocks, &root, 0, n as u64), data, "n={n}");
-        }
-        // Ranges around the ends and the first subtree boundary.
-        let edges = [
-            (0, 3),
-            (1, 9),
-            (n.saturating_sub(9), n),
-            (4 * FANOUT - 2, 4 * FANOUT + 1),
-        ];
-        for (a, b) in edges {
+        assert_eq!(height(&blocks, &root), want_height, "n={n}");
+        assert_eq!(read(&blocks, &root, 0, n as u64).0, data, "n={n}");
+        for (a, b) in [(0, 3), (1, 9), (n.saturating_sub(9), n), (11, 14), (35, 38)] {
             let (a, b) = (a.min(n), b.min(n));
             if a < b {
                 assert_eq!(
-                    read(&blocks, &root, a as u64, b as u64),
+                    read(&blocks, &root, a as u64, b as u64).0,
                     &data[a..b],
                     "n={n}"
                 );
             }
         }
         // Same bytes, same CID.
-        assert_eq!(build(&data, chunk).0, root);
+        assert_eq!(build_with(&data, chunk, fanout).0, root);
     }
+    // The empty blob is the empty raw block, as in IPFS.
+    let (root, _, _) = build(b"", 4);
+    assert_eq!(
+        root.to_string(),
+        "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+    );
 }
 
+/// A range read decodes only the nodes above its chunks: one per level.
 #[test]
-fn lying_link_blocks_are_corrupt() {
+fn a_range_reads_one_node_per_level() {
+    let data: Vec<u8> = (0..4 * 81).map(|i| (i % 251) as u8).collect();
+    let (root, _, blocks) = build_with(&data, 4, 3);
+    let (got, reads) = read(&blocks, &root, 200, 203);
+    assert_eq!(got, &data[200..203]);
+    assert_eq!(
+        reads, 4,
+        "root and one node on each of the three levels below"
+    );
+}
+
+/// Every node a peer could send is checked: blocksizes that do not add up, do not match the
+/// links, an empty child, inline data, another UnixFS type, another codec.
+#[test]
+fn lying_nodes_are_corrupt() {
+    use crate::dagpb::{PbLink, PbNode};
     let chunk = cid::cid_of(RAW, b"x");
-    let bad = [
-        LinkNode {
-            chunk: 4,
-            height: 1,
-            size: 9,
-            links: vec![chunk, chunk],
-        }, // too big
-        LinkNode {
-            chunk: 4,
-            height: 1,
-            size: 4,
-            links: vec![chunk, chunk],
-        }, // last empty
-        LinkNode {
-            chunk: 0,
-            height: 1,
-            size: 0,
-            links: vec![],
-        },
-        LinkNode {
-            chunk: 4,
-            height: 2,
-            size: 1,
-            links: vec![chunk],
-        }, // raw under height 2
-        LinkNode {
-            chunk: 4,
-            height: 99,
-            size: 1,
-            links: vec![chunk],
-        },
-    ];
-    for node in bad {
-        let (cid, data) = node.encode().unwrap();
-        assert!(LinkNode::decode(&cid, &data).is_err(), "{node:?}");
-    }
-    for junk in [&b""[..], b"\xa0", b"\x80", b"\xa1\x61c\x01"] {
-        let cid = cid::cid_of(DAG_CBOR, junk);
-        assert!(LinkNode::decode(&cid, junk).is_err());
-    }
-}
-
-/// Issue 12 item 2: a peer serves the block under a wanted blob CID. libipld allocates what a
-/// header declares and recurses per nesting level, so before the fix a list claiming 2^32
-/// items aborted the process (allocation failure) and 40,000 nested lists overflowed the
-/// stack. Both must be `Corrupt`, as must a block larger than any link block.
-#[test]
-fn a_peer_link_block_declaring_huge_lengths_or_deep_nesting_is_corrupt_not_a_crash() {
-    // {"l": [<2^32 items>...]} with a few bytes of items.
-    let mut huge = vec![0xa1, 0x61, b'l', 0x9b, 0, 0, 0, 1, 0, 0, 0, 0];
-    huge.extend_from_slice(&[0; 16]);
-    // 40,000 nested one-item lists: under MAX_LINK_BLOCK, so only the nesting bound stops it.
-    let mut deep = vec![0x81; 40_000];
-    deep.push(0x00);
-    assert!(deep.len() < MAX_LINK_BLOCK);
-    let mut big_map = vec![0xbb, 0, 0, 0, 0, 0, 0, 0x10, 0];
-    big_map.extend_from_slice(&[0x60; 32]);
-    let oversized = vec![0x40; MAX_LINK_BLOCK + 1];
-    for (what, junk) in [
-        ("huge list", huge),
-        ("deep nesting", deep),
-        ("huge map", big_map),
-        ("oversized", oversized),
-    ] {
-        let cid = cid::cid_of(DAG_CBOR, &junk);
-        match LinkNode::decode(&cid, &junk) {
-            Err(Error::Corrupt { .. }) => {}
-            other => panic!("{what}: {other:?}"),
+    let node = |unixfs: Vec<u8>, links: usize| {
+        let data = PbNode {
+            links: (0..links)
+                .map(|_| PbLink {
+                    hash: chunk,
+                    name: Some(String::new()),
+                    tsize: Some(1),
+                })
+                .collect(),
+            data: Some(unixfs),
         }
+        .encode();
+        (cid::cid_of(DAG_PB, &data), data)
+    };
+    let bad = [
+        (vec![0x08, 2, 0x18, 3, 0x20, 1, 0x20, 1], 2), // filesize 3, blocksizes 1 + 1
+        (vec![0x08, 2, 0x18, 1, 0x20, 1], 2),          // one blocksize for two links
+        (vec![0x08, 2, 0x18, 1, 0x20, 1, 0x20, 0], 2), // an empty child
+        (vec![0x08, 2, 0x12, 1, b'a', 0x18, 2, 0x20, 1], 1), // inline data
+        (vec![0x08, 1, 0x18, 1, 0x20, 1], 1),          // a directory
+        (vec![0x08, 2, 0x18, 0], 0),                   // no links
+        (vec![0x08, 2, 0x18, 1, 0x20, 1, 0x48, 1], 1), // unknown field 9
+    ];
+    for (unixfs, links) in bad {
+        let (cid, data) = node(unixfs.clone(), links);
+        assert!(FileNode::decode(&cid, &data).is_err(), "{unixfs:?}");
+    }
+    let (_, good) = node(vec![0x08, 2, 0x18, 1, 0x20, 1], 1);
+    let as_cbor = cid::cid_of(DAG_CBOR, &good);
+    assert!(FileNode::decode(&as_cbor, &good).is_err());
+    for junk in [&b""[..], b"\x12", b"\x0a\x05ab"] {
+        let cid = cid::cid_of(DAG_PB, junk);
+        assert!(FileNode::decode(&cid, junk).is_err());
     }
 }
 
@@ -311,4 +315,153 @@ fn back_to_back_blob_batches_keep_the_wal_bounded() {
         largest <= limit + 2 * batch as u64,
         "the WAL grew to {largest} bytes (limit {limit})"
     );
+}
+
+/// Stores `data` as a blob of the old format (dag-cbor link blocks over `chunk`-byte chunks,
+/// as shoal wrote it before issue 15) and pins it as put here; returns its root and blocks.
+fn put_old_format(w: &mut Writer, data: &[u8], chunk: usize, name: &str) -> (Cid, Vec<Block>) {
+    use legacy::{LinkNode, FANOUT as OLD_FANOUT};
+    let mut blocks: Vec<Block> = data
+        .chunks(chunk)
+        .map(|c| (cid::cid_of(RAW, c), c.to_vec()))
+        .collect();
+    let mut level: Vec<(Cid, u64)> = blocks.iter().map(|(c, d)| (*c, d.len() as u64)).collect();
+    let mut height = 1;
+    let root = loop {
+        let mut up = Vec::new();
+        for group in level.chunks(OLD_FANOUT) {
+            let node = LinkNode {
+                chunk: chunk as u64,
+                height,
+                size: group.iter().map(|g| g.1).sum(),
+                links: group.iter().map(|g| g.0).collect(),
+            };
+            let (cid, bytes) = node.encode().unwrap();
+            blocks.push((cid, bytes));
+            up.push((cid, node.size));
+        }
+        if level.is_empty() {
+            // The old empty blob: an empty height-1 node.
+            let (cid, bytes) = LinkNode {
+                chunk: chunk as u64,
+                height: 1,
+                size: 0,
+                links: vec![],
+            }
+            .encode()
+            .unwrap();
+            blocks.push((cid, bytes));
+            break cid;
+        }
+        if up.len() == 1 {
+            break up[0].0;
+        }
+        level = up;
+        height += 1;
+    };
+    let refs: Vec<(Cid, &[u8])> = blocks.iter().map(|(c, d)| (*c, d.as_slice())).collect();
+    put_hashed(w, &refs, Some((name, None))).unwrap();
+    let meta = BlobMeta {
+        cid: root,
+        size: data.len() as u64,
+        name: Some(name.into()),
+        mime: Some("application/octet-stream".into()),
+    };
+    commit_upload(w, name, &[], &meta).unwrap();
+    (root, blocks)
+}
+
+/// Issue 15 item 2: a store written in the old blob format (dag-cbor link blocks) is converted
+/// at start-up: each blob gets the UnixFS DAG the reference importer builds for its bytes, its
+/// metadata and pins move to the new CID, the old CID maps to the new one, the old link blocks
+/// go and the chunks stay; a blob fetched only in part is forgotten.
+#[test]
+fn blobs_of_the_old_format_are_converted_at_init() {
+    let (_dir, store) = store();
+    let mut w = store.writer().unwrap();
+    // The tables as the old code made them (init's CREATE is the same for blob_meta).
+    {
+        let conn = writer_conn(&w);
+        lock(&conn).unwrap().execute_batch(CREATE).unwrap();
+    }
+    let small: Vec<u8> = b"AAAABBBBCC".to_vec();
+    // 1,026 chunks: a height-2 old tree (1,024 links per link block).
+    let big: Vec<u8> = (0..1025 * 4 + 2).map(|i| (i * 13 % 251) as u8).collect();
+    let one: Vec<u8> = b"ABC".to_vec();
+    let (old_small, _) = put_old_format(&mut w, &small, 4, "small");
+    let (old_big, big_blocks) = put_old_format(&mut w, &big, 4, "big");
+    let (old_one, _) = put_old_format(&mut w, &one, 4, "one");
+    let (old_empty, _) = put_old_format(&mut w, b"", 4, "empty");
+    pin_replica(&mut w, &old_big).unwrap();
+    // A fetch cut short: the root cached, a link block below it missing.
+    let partial: Vec<u8> = (0..1025 * 4).map(|i| (i * 3 % 7) as u8).collect();
+    // (Its blocks are made in a scratch store; only the root comes here.)
+    let scratch_dir = tempfile::tempdir().unwrap();
+    let scratch = Store::open(&scratch_dir.path().join("x.sqlite"), StoreConfig::debug()).unwrap();
+    let mut sw = scratch.writer().unwrap();
+    init(&mut sw).unwrap();
+    let (old_partial, partial_blocks) = put_old_format(&mut sw, &partial, 4, "p");
+    let root_data = &partial_blocks
+        .iter()
+        .find(|b| b.0 == old_partial)
+        .unwrap()
+        .1;
+    cache_root(&mut w, &old_partial, root_data, partial.len() as u64).unwrap();
+
+    init(&mut w).unwrap();
+
+    let r = store.reader().unwrap();
+    let converted: std::collections::HashMap<Cid, Cid> = aliases(&r).unwrap().into_iter().collect();
+    assert_eq!(converted.len(), 4, "the partial blob is not converted");
+    for (old, data, name) in [
+        (old_small, &small, "small"),
+        (old_big, &big, "big"),
+        (old_one, &one, "one"),
+        (old_empty, &Vec::new(), "empty"),
+    ] {
+        let new = converted[&old];
+        assert_eq!(new, build(data, 4).0, "{name}: the UnixFS CID of its bytes");
+        assert!(!r.has_block(&old).unwrap(), "{name}: old root deleted");
+        assert_eq!(meta(&r, &old).unwrap(), None);
+        let m = meta(&r, &new).unwrap().unwrap();
+        assert_eq!((m.size, m.name.as_deref()), (data.len() as u64, Some(name)));
+        assert_eq!(m.mime.as_deref(), Some("application/octet-stream"));
+        assert!(r.alias(&format!("blob/{new}")).unwrap().is_some());
+        assert!(r.alias(&format!("blob/{old}")).unwrap().is_none());
+        assert!(complete(&r, &new).unwrap(), "{name}");
+        // The bytes read back through the new DAG.
+        let mut blocks = Vec::new();
+        for c in reachable_cids(&r, &new) {
+            blocks.push((c, r.get_block(&c).unwrap().unwrap()));
+        }
+        assert_eq!(&read(&blocks, &new, 0, data.len() as u64).0, data, "{name}");
+    }
+    let big_new = converted[&old_big];
+    assert!(r
+        .alias(&format!("blob-replica/{big_new}"))
+        .unwrap()
+        .is_some());
+    // Every old link block is gone; no chunk is.
+    for (c, _) in &big_blocks {
+        assert_eq!(r.has_block(c).unwrap(), c.codec() == RAW, "{c}");
+    }
+    assert!(meta(&r, &old_partial).unwrap().is_none());
+    assert!(r
+        .alias(&format!("blob-cache/{old_partial}"))
+        .unwrap()
+        .is_none());
+    assert_eq!(list(&r).unwrap().len(), 4);
+    // Idempotent: a second start converts nothing more.
+    init(&mut w).unwrap();
+    assert_eq!(aliases(&r).unwrap().len(), 4);
+    assert_eq!(list(&r).unwrap().len(), 4);
+}
+
+fn reachable_cids(r: &Reader, root: &Cid) -> Vec<Cid> {
+    let conn = r.conn.lock().unwrap();
+    blocks::reachable(&conn, root)
+        .unwrap()
+        .into_iter()
+        .map(|b| b.cid)
+        .collect()
 }

@@ -212,6 +212,11 @@ pub fn block(out: &mut impl Write, view: &BlockView, as_json: bool) -> io::Resul
             serde_json::to_writer_pretty(&mut *out, value)?;
             writeln!(out)
         }
+        BlockView::DagPb { cid, length, value } => {
+            writeln!(out, "block {cid}: dag-pb, {length} bytes")?;
+            serde_json::to_writer_pretty(&mut *out, value)?;
+            writeln!(out)
+        }
         BlockView::Raw { cid, length, hex } => {
             writeln!(out, "block {cid}: raw, {length} bytes")?;
             // 32 bytes (64 hex digits) per line, prefixed with the byte offset.

@@ -1,0 +1,133 @@
+//! Issue 15 item 2: shoal's blob CIDs are the IPFS reference importer's (`ipfs-unixfs-importer`,
+//! what `@helia/unixfs` uses, run under Node.js with the settings of `ipfs add --cid-version=1
+//! --raw-leaves --chunker=size-1048576`), for blobs put on a real node: the empty blob, one byte,
+//! one chunk −1/exact/+1, 174 MiB + 1 (175 leaves: the first size with two levels of nodes) and
+//! random sizes; and the balanced layout at every depth with a small chunk size and fanout.
+//!
+//! Skipped, loudly, only when node/npm are not installed or the npm registry is unreachable.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use shoal_tests::ipfs::{reference_cids, tools, unixfs};
+use shoal_tests::{within, Node};
+
+const MIB: usize = 1 << 20;
+
+/// Deterministic pseudo-random bytes (xorshift), distinct per seed.
+fn random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+async fn put(node: &Node, data: Vec<u8>) -> Result<String> {
+    let resp = within(node.http.post(node.url("/api/v1/blobs")).body(data).send()).await?;
+    if resp.status() != 201 {
+        bail!("put: {} {}", resp.status(), resp.text().await?);
+    }
+    let v: Value = resp.json().await?;
+    Ok(v["cid"].as_str().context("cid")?.to_string())
+}
+
+async fn get_range(node: &Node, cid: &str, from: usize, to: usize) -> Result<Vec<u8>> {
+    let resp = within(
+        node.http
+            .get(node.url(&format!("/api/v1/blobs/{cid}")))
+            .header("range", format!("bytes={from}-{}", to - 1))
+            .send(),
+    )
+    .await?;
+    if resp.status() != 206 {
+        bail!("range read: {}", resp.status());
+    }
+    Ok(within(resp.bytes()).await?.to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blob_cids_are_the_reference_importers() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let node = Node::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sizes = vec![0, 1, MIB - 1, MIB, MIB + 1, 174 * MIB + 1];
+    // A few random sizes up to 8 MiB (fixed seeds: the same every run).
+    let mut x = 0x5eed_u64;
+    for _ in 0..4 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        sizes.push((x % (8 * MIB as u64)) as usize);
+    }
+    for (i, size) in sizes.into_iter().enumerate() {
+        let data = random(size, i as u64 + 1);
+        let file: PathBuf = dir.path().join(format!("blob-{size}"));
+        std::fs::write(&file, &data).unwrap();
+        let reference = reference_cids(tools, std::slice::from_ref(&file)).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        let ours = put(&node, data.clone()).await.unwrap();
+        assert_eq!(vec![ours.clone()], reference, "{size} bytes");
+        if size == 0 {
+            assert_eq!(
+                ours,
+                "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+            );
+            continue;
+        }
+        // A range across the boundary between the first two nodes of the lower level (or the
+        // last bytes of a smaller blob) reads back through the UnixFS DAG.
+        let (from, to) = if size > 174 * MIB {
+            (174 * MIB - 5, size)
+        } else {
+            (size.saturating_sub(7), size)
+        };
+        let got = get_range(&node, &ours, from, to).await.unwrap();
+        assert_eq!(got, &data[from..to], "{size} bytes, range {from}..{to}");
+    }
+}
+
+/// The balanced layout at depths 1 to 4, against the reference with 4-byte chunks and 3 links
+/// per node (the same code paths as 1 MiB and 174; a real 174³ MiB file is out of reach).
+#[test]
+fn the_balanced_layout_matches_the_reference_at_every_depth() {
+    use shoal_store::blob::Builder;
+    use shoal_store::cid::{cid_of, RAW};
+    let Some(tools) = tools() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = [0usize, 1, 4, 5, 12, 13, 36, 37, 108, 109, 325, 1000];
+    let mut files = Vec::new();
+    let mut ours = Vec::new();
+    for size in sizes {
+        let data = random(size, size as u64);
+        let file = dir.path().join(format!("f{size}"));
+        std::fs::write(&file, &data).unwrap();
+        files.push(file.to_str().unwrap().to_string());
+        let mut b = Builder::with_fanout(3);
+        for c in data.chunks(4) {
+            b.push_chunk(cid_of(RAW, c), c.len() as u64).unwrap();
+        }
+        ours.push(b.finish().unwrap().0.to_string());
+    }
+    let mut args = vec!["cid-with", "4", "3"];
+    args.extend(files.iter().map(String::as_str));
+    let reference: Vec<String> = unixfs(tools, &args)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    for ((size, ours), reference) in sizes.iter().zip(&ours).zip(&reference) {
+        assert_eq!(ours, reference, "{size} bytes");
+    }
+    assert_eq!(reference.len(), sizes.len());
+}

@@ -114,7 +114,9 @@ fn writer_conn(w: &Writer) -> std::sync::Arc<std::sync::Mutex<Connection>> {
     w.reader().conn
 }
 
-fn lock(conn: &std::sync::Mutex<Connection>) -> Result<std::sync::MutexGuard<'_, Connection>> {
+pub(crate) fn lock(
+    conn: &std::sync::Mutex<Connection>,
+) -> Result<std::sync::MutexGuard<'_, Connection>> {
     conn.lock()
         .map_err(|_| Error::Invalid("store connection lock poisoned".into()))
 }
@@ -386,7 +388,12 @@ fn put_hashed_tx(
 
 /// Sets or removes an alias without retiring the old target (upload manifests and deleted
 /// blobs need no grace: nothing reads them).
-fn set_alias_quietly(conn: &Connection, name: &str, cid: Option<&Cid>, now: i64) -> Result<()> {
+pub(crate) fn set_alias_quietly(
+    conn: &Connection,
+    name: &str,
+    cid: Option<&Cid>,
+    now: i64,
+) -> Result<()> {
     match cid {
         Some(cid) => {
             let id = blocks::cid_id_touch(conn, cid, now)?;
@@ -428,6 +435,18 @@ pub fn commit_upload(
     set_alias_quietly(&tx, &format!("{UPLOAD_PREFIX}{upload_id}"), None, now)?;
     tx.commit()?;
     Ok(())
+}
+
+/// Records `meta` and pins its blob as put here (`blob/<cid>`), on `conn` (in the caller's
+/// transaction): for blobs imported whole (`dag.rs`).
+pub(crate) fn pin_local(conn: &Connection, meta: &BlobMeta, now: i64) -> Result<()> {
+    upsert_meta(conn, meta, now)?;
+    set_alias_quietly(
+        conn,
+        &format!("{PIN_PREFIX}{}", meta.cid),
+        Some(&meta.cid),
+        now,
+    )
 }
 
 /// Drops the pin of an abandoned upload (its chunks become garbage unless shared).

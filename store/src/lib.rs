@@ -22,6 +22,7 @@ mod check;
 mod checkpoint;
 pub mod cid;
 pub mod console;
+pub mod dag;
 pub mod dagpb;
 mod error;
 mod event;

@@ -1,8 +1,9 @@
 //! `shoal store`: the store inspector. Opens a data dir's store file read-only (SQLite WAL
 //! readers never block a running node's writer, so it works while a node uses the dir) and
 //! renders the store library's views: `streams`, `tree`, `events`, `block`, `verify`, `stats`;
-//! `gc` is the one subcommand that writes: it opens the store for writing, which takes the data
-//! dir's writer lock, so it is refused while a node (or another `gc`) uses the dir.
+//! `export` writes the DAGs under given CIDs to a CAR v1 file. `gc` and `import` write the store:
+//! they open it for writing, which takes the data dir's writer lock, so they are refused while a
+//! node (or another writer) uses the dir.
 //!
 //! This module owns only presentation: every number comes from `shoal_store` (`Reader::sources`,
 //! `tree_shape`, `block`, `verify`, `stats`; `Writer::gc`). Human-readable text by default,
@@ -18,6 +19,9 @@ use std::{
 use anyhow::Context;
 use shoal_engine::config::STORE_FILE;
 use shoal_store::{Cid, EventFilter, GcStats, SourceId, Store, StoreConfig};
+
+use crate::output::human_bytes;
+use crate::progress::{Progress, Unit};
 
 /// Blocks deleted per garbage-collection transaction.
 const GC_STEP: usize = 10_000;
@@ -78,6 +82,25 @@ enum Command {
     /// refused while a node uses the data dir (stop it first; a running node collects in the
     /// background anyway). Blocks unpinned less than a minute ago are kept (grace period).
     Gc,
+    /// Write the DAGs under CIDs (blobs, tree roots, any stored block) to a CAR v1 file, as
+    /// `ipfs dag export` does: the roots, then every block below them once. Works while a node
+    /// uses the data dir.
+    Export {
+        /// Root CIDs (from `shoal blobs ls`, `shoal store streams`, ...).
+        #[arg(required = true, value_name = "CID")]
+        cids: Vec<String>,
+        /// The CAR file to write (`-` for stdout).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Import a CAR v1 file (`ipfs dag export`'s format, or `shoal store export`'s): every block
+    /// is checked against its CID and every root's DAG must be complete, else nothing is
+    /// imported. A root that is a blob is pinned as a blob put here (`shoal blobs ls` lists it),
+    /// any other root as `car/<cid>`. Refused while a node uses the data dir (stop it first).
+    Import {
+        /// The CAR file.
+        file: PathBuf,
+    },
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -166,9 +189,103 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             render::gc(&mut out, &stats, json)?;
         }
+        Command::Export { cids, output } => export(&path, &cids, &output)?,
+        Command::Import { file } => {
+            let (moved, pinned) = import(&path, &args.data_dir, &file)?;
+            render::imported(&mut out, &moved, &pinned, json)?;
+        }
     }
     out.flush()?;
     Ok(())
+}
+
+/// `shoal store export`: the CAR goes to a file (removed again if the export fails) or stdout.
+fn export(path: &Path, cids: &[String], output: &Path) -> anyhow::Result<()> {
+    let roots = cids
+        .iter()
+        .map(|c| {
+            c.parse::<Cid>().map_err(|e| {
+                anyhow::anyhow!("`{c}` is not a CID ({e}): copy one from `shoal blobs ls`")
+            })
+        })
+        .collect::<anyhow::Result<Vec<Cid>>>()?;
+    let reader = open(path)?;
+    let to_stdout = output == Path::new("-");
+    let mut progress = Progress::new("export", Unit::Bytes, None, Progress::wanted(to_stdout));
+    let sink: Box<dyn Write> = if to_stdout {
+        Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
+    } else {
+        let file = std::fs::File::create(output)
+            .with_context(|| format!("cannot create {}", output.display()))?;
+        Box::new(std::io::BufWriter::new(file))
+    };
+    let result = shoal_store::dag::export(&reader, &roots, sink, |n| progress.add(n));
+    progress.finish();
+    match result {
+        Ok((_, moved)) => {
+            eprintln!(
+                "exported {} block(s), {} to {}",
+                moved.blocks,
+                human_bytes(moved.bytes),
+                if to_stdout {
+                    "stdout".to_string()
+                } else {
+                    output.display().to_string()
+                }
+            );
+            Ok(())
+        }
+        Err(e) => {
+            if !to_stdout {
+                let _ = std::fs::remove_file(output);
+            }
+            Err(anyhow::Error::new(e).context("cannot export: nothing was written"))
+        }
+    }
+}
+
+/// `shoal store import`: checks the whole file, then stores it (the writer lock refuses it while
+/// a node uses the data dir).
+fn import(
+    path: &Path,
+    data_dir: &Path,
+    file: &Path,
+) -> anyhow::Result<(shoal_store::dag::Moved, Vec<shoal_store::dag::Pinned>)> {
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("cannot read {}", file.display()))?
+        .len();
+    let store = open_writable(path, data_dir, "import")?;
+    let mut writer = store
+        .writer()
+        .context("cannot take the store's writer: is a node using this data dir?")?;
+    // Two passes over the file: checking, then storing.
+    let mut progress = Progress::new(
+        "import",
+        Unit::Bytes,
+        Some(2 * size),
+        Progress::wanted(false),
+    );
+    let result = shoal_store::dag::import(
+        &mut writer,
+        || std::fs::File::open(file).map(std::io::BufReader::new),
+        |n| progress.add(n),
+    );
+    progress.finish();
+    result.with_context(|| format!("cannot import {}: nothing was imported", file.display()))
+}
+
+/// The store opened for writing, or an error saying to stop the node that holds it.
+fn open_writable(path: &Path, data_dir: &Path, what: &str) -> anyhow::Result<Store> {
+    match Store::open(&path_checked(path)?, StoreConfig::default()) {
+        Ok(store) => Ok(store),
+        Err(shoal_store::Error::Locked { pid, .. }) => anyhow::bail!(
+            "data dir {} is in use by {}: stop the node first, then {what} again (read-only \
+             commands work meanwhile)",
+            data_dir.display(),
+            holder(pid)
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot open {} for writing", path.display())),
+    }
 }
 
 /// The store file, or an error saying which data dir has none.

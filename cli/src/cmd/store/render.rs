@@ -314,6 +314,31 @@ pub fn gc(out: &mut impl Write, stats: &GcStats, as_json: bool) -> io::Result<()
     Ok(())
 }
 
+pub fn imported(
+    out: &mut impl Write,
+    moved: &shoal_store::dag::Moved,
+    pinned: &[shoal_store::dag::Pinned],
+    as_json: bool,
+) -> io::Result<()> {
+    if as_json {
+        return json(
+            out,
+            &serde_json::json!({"blocks": moved.blocks, "bytes": moved.bytes, "roots": pinned}),
+        );
+    }
+    for p in pinned {
+        match p.size {
+            Some(size) => writeln!(out, "{} pinned as {} ({size} bytes)", p.root, p.pin)?,
+            None => writeln!(out, "{} pinned as {}", p.root, p.pin)?,
+        }
+    }
+    writeln!(
+        out,
+        "imported {} block(s), {} bytes",
+        moved.blocks, moved.bytes
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@
 //!   `HASHES_IN_FLIGHT + (1 + PUTS_IN_FLIGHT) · PUT_BATCH` bytes whatever the size. Each
 //!   batch also moves the upload's pin (see `shoal_store::blob`), so GC never takes its chunks;
 //!   the last batch pins the root. An upload that fails or is dropped leaves only unpinned blocks.
-//! - a *read* (`fetch.rs`, one task per GET) walks the link tree for the asked range, then sends
+//! - a *read* (`fetch.rs`, one task per GET) walks the UnixFS DAG for the asked range, then sends
 //!   chunk after chunk into a bounded channel; local chunks are read on blocking threads, missing
 //!   ones are fetched through the swarm's block exchange (verified there: every block hashes to
 //!   its CID; a peer that lies is skipped and the block asked elsewhere), stored as they arrive,
@@ -473,32 +473,79 @@ impl BlobService {
 
     /// The CID a name points to: the name event latest in Lamport order, from any node.
     pub async fn resolve(&self, name: &str) -> Result<Cid, BlobsError> {
-        let query = Query {
+        let mut events = self.name_events(Some(name));
+        let not_found = || BlobsError::NotFound(format!("no blob is named {name:?}"));
+        let event = events.next().await.ok_or_else(not_found)??;
+        let cid = named_cid(&event)?;
+        self.ready().await?;
+        Ok(self.canonical(cid))
+    }
+
+    /// The name events (of `name`, or all), latest first in Lamport order.
+    fn name_events(&self, name: Option<&str>) -> crate::events::EventStream {
+        self.inner.events.query(Query {
             lower: OffsetMap::new(),
             upper: None,
             filter: Filter(vec![StreamSelector {
                 semantics: Some(NAME_SEMANTICS.into()),
-                name: Some(name.into()),
+                name: name.map(Into::into),
                 ..StreamSelector::default()
             }]),
             order: Order::LamportReverse,
-        };
-        let mut events = self.inner.events.query(query);
-        let not_found = || BlobsError::NotFound(format!("no blob is named {name:?}"));
-        let event = events.next().await.ok_or_else(not_found)??;
-        #[derive(serde::Deserialize)]
-        struct Named {
-            cid: String,
-        }
-        let named: Named = serde_json::from_str(event.payload.get())
-            .map_err(|e| BlobsError::Corrupt(format!("name event: {e}")))?;
-        let cid = named
-            .cid
-            .parse()
-            .map_err(|e| BlobsError::Corrupt(format!("name event cid: {e}")))?;
-        self.ready().await?;
-        Ok(self.canonical(cid))
+        })
     }
+
+    /// Points the names whose latest event names a CID this node converted from the old blob
+    /// format (see [`BlobService::canonical`]) at the new CID, with a new name event: nodes that
+    /// never held the blob cannot fetch it by its old CID, and retention follows names. Run once
+    /// after start-up; a name that cannot be re-pointed now (e.g. while the node is resuming)
+    /// is logged and tried again at the next start.
+    pub async fn rename_converted(&self) -> Result<(), BlobsError> {
+        self.ready().await?;
+        if self
+            .inner
+            .init
+            .get()
+            .is_none_or(|aliases| aliases.is_empty())
+        {
+            return Ok(());
+        }
+        let mut latest: Vec<(String, Cid)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut events = self.name_events(None);
+        while let Some(event) = events.next().await {
+            let event = event?;
+            if seen.insert(event.name.clone()) {
+                match named_cid(&event) {
+                    Ok(cid) if self.canonical(cid) != cid => latest.push((event.name, cid)),
+                    _ => {}
+                }
+            }
+        }
+        for (name, old) in latest {
+            let new = self.canonical(old);
+            match self.set_name(&name, new).await {
+                Ok(()) => tracing::info!(%name, %old, %new, "blob name moved to the UnixFS CID"),
+                Err(e) => tracing::warn!(%name, %old, %new, error = %e,
+                    "cannot move a blob name to the UnixFS CID yet (next start retries)"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The CID a name event names.
+fn named_cid(event: &shoal_store::Event) -> Result<Cid, BlobsError> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        cid: String,
+    }
+    let named: Named = serde_json::from_str(event.payload.get())
+        .map_err(|e| BlobsError::Corrupt(format!("name event: {e}")))?;
+    named
+        .cid
+        .parse()
+        .map_err(|e| BlobsError::Corrupt(format!("name event cid: {e}")))
 }
 
 type Job = tokio::task::JoinHandle<Result<(), BlobsError>>;
@@ -511,7 +558,7 @@ struct Upload {
     builder: Builder,
     /// Chunks being hashed, in body order.
     hashing: std::collections::VecDeque<Hashing>,
-    /// Hashed chunks and the link blocks they completed, not yet handed to the writer.
+    /// Hashed chunks and the DAG nodes they completed, not yet handed to the writer.
     batch: Vec<(Cid, Bytes)>,
     links: Vec<(Cid, Vec<u8>)>,
     batch_bytes: usize,

@@ -1,5 +1,5 @@
 //! Property tests of every decoder of bytes a peer chooses: signed heads, gossip messages,
-//! exchange requests and responses, blob link blocks, and the heads file (which a crash or a
+//! exchange requests and responses, blob DAG nodes (dag-pb, UnixFS), and the heads file (which a crash or a
 //! full disk can leave half written). Each decoder gets a round trip (what we encode decodes
 //! to the same value) and junk that must never panic: random bytes, and *mutations* of valid
 //! encodings (bytes changed, inserted, cut), which get much further into a decoder than random

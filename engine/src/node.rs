@@ -236,6 +236,12 @@ impl Node {
             writer.stop().await;
             return Err(e.into());
         }
+        let renaming = blobs.clone();
+        tokio::spawn(async move {
+            if let Err(e) = renaming.rename_converted().await {
+                tracing::warn!(error = %e, "cannot move blob names to their UnixFS CIDs");
+            }
+        });
         let replica_task = crate::blobs::replicas::spawn(
             replica_inbox,
             blobs.clone(),

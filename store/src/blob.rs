@@ -316,7 +316,7 @@ pub fn aliases(r: &Reader) -> Result<Vec<(Cid, Cid)>> {
     Ok(out)
 }
 
-/// Stores blocks the caller hashed itself (chunks it cut, link blocks it encoded, or blocks the
+/// Stores blocks the caller hashed itself (chunks it cut, DAG nodes it encoded, or blocks the
 /// exchange verified), in one transaction. With `upload = Some((id, prev))` the batch also
 /// writes a manifest block linking them and `prev` and pins it as `blob-upload/<id>`; returns
 /// the manifest's CID (pass it as `prev` next time). On error nothing was stored.
@@ -410,7 +410,7 @@ pub(crate) fn set_alias_quietly(
     Ok(())
 }
 
-/// Finishes an upload in one transaction: stores the last link blocks, records the metadata,
+/// Finishes an upload in one transaction: stores the last DAG nodes, records the metadata,
 /// pins the root as `blob/<cid>` and drops the upload's pin.
 pub fn commit_upload(
     w: &mut Writer,

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 pub use cid::Cid;
 
-/// Multicodec code of dag-cbor: tree nodes, heads, blob link blocks.
+/// Multicodec code of dag-cbor: tree nodes, heads, upload manifests.
 pub const DAG_CBOR: u64 = 0x71;
 /// Multicodec code of dag-pb: the nodes of a blob's UnixFS DAG.
 pub const DAG_PB: u64 = 0x70;

@@ -218,7 +218,7 @@ async fn delete_frees_only_unshared_blocks() {
     .unwrap();
     assert_eq!(resp.status(), 204);
     let (blocks2, bytes2) = block_stats(&node).unwrap();
-    // Chunk A and x's link block are gone; chunk B (shared with y) stays.
+    // Chunk A and x's root node are gone; chunk B (shared with y) stays.
     assert_eq!(blocks - blocks2, 2);
     assert!(bytes - bytes2 >= CHUNK as u64 && bytes - bytes2 < 2 * CHUNK as u64);
     let resp = get(&node, &format!("/api/v1/blobs/{y}"), None)

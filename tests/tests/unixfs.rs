@@ -131,3 +131,94 @@ fn the_balanced_layout_matches_the_reference_at_every_depth() {
     }
     assert_eq!(reference.len(), sizes.len());
 }
+
+/// Issue 15 item 2: a data dir holding a blob of the old format (1 MiB chunks under dag-cbor
+/// link blocks, as shoal wrote them before) is converted when the node starts: the blob is
+/// listed under the UnixFS CID the reference importer gives its bytes, reads back by that CID
+/// and by its old one, keeps its name, content type and pin, and the store verifies clean with
+/// the old link block gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_dir_with_blobs_of_the_old_format_is_converted_at_start() {
+    use shoal_store::blob::{self, legacy::LinkNode, BlobMeta};
+    use shoal_store::cid::{cid_of, RAW};
+    let tools = tools();
+    let mut node = Node::start().unwrap();
+    node.stop().unwrap();
+    let data = random(3 * MIB + 7, 9);
+    // The old format, written into the stopped node's store.
+    let old = {
+        let path = node.data_dir().join("store.sqlite");
+        let store = shoal_store::Store::open(&path, shoal_store::StoreConfig::default()).unwrap();
+        let mut w = store.writer().unwrap();
+        blob::init(&mut w).unwrap();
+        let chunks: Vec<(shoal_store::Cid, &[u8])> =
+            data.chunks(MIB).map(|c| (cid_of(RAW, c), c)).collect();
+        let (old, link_block) = LinkNode {
+            chunk: MIB as u64,
+            height: 1,
+            size: data.len() as u64,
+            links: chunks.iter().map(|c| c.0).collect(),
+        }
+        .encode()
+        .unwrap();
+        let mut blocks = chunks.clone();
+        blocks.push((old, &link_block));
+        blob::put_hashed(&mut w, &blocks, Some(("old", None))).unwrap();
+        let meta = BlobMeta {
+            cid: old,
+            size: data.len() as u64,
+            name: Some("report".into()),
+            mime: Some("text/plain".into()),
+        };
+        blob::commit_upload(&mut w, "old", &[], &meta).unwrap();
+        old.to_string()
+    };
+    assert!(old.starts_with("bafyrei"), "dag-cbor: {old}");
+    let node = node.respawn().unwrap();
+    let list: Value = within(node.http.get(node.url("/api/v1/blobs")).send())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = &list[0];
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    let new = listed["cid"].as_str().unwrap().to_string();
+    assert_eq!(listed["name"], "report");
+    assert_eq!(listed["mime"], "text/plain");
+    assert_eq!(listed["pinned"], true);
+    assert_eq!(listed["size"], data.len() as u64);
+    if let Some(tools) = tools {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &data).unwrap();
+        let reference = reference_cids(tools, &[file.path().to_path_buf()]).unwrap();
+        assert_eq!(vec![new.clone()], reference);
+    }
+    for cid in [&new, &old] {
+        let got = get_range(&node, cid, 0, data.len()).await.unwrap();
+        assert!(got == data, "{cid}");
+    }
+    let out = shoal_tests::cli(
+        &[
+            "store",
+            "verify",
+            "--data-dir",
+            node.data_dir().to_str().unwrap(),
+        ],
+        None,
+    )
+    .unwrap();
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    let out = shoal_tests::cli(
+        &[
+            "store",
+            "block",
+            &old,
+            "--data-dir",
+            node.data_dir().to_str().unwrap(),
+        ],
+        None,
+    )
+    .unwrap();
+    assert!(out.stderr.contains("not in this store"), "{}", out.stderr);
+}

@@ -278,3 +278,91 @@ async fn a_fetched_blob_over_max_blob_bytes_is_refused_and_not_cached() {
     a.writer.stop().await;
     b.writer.stop().await;
 }
+
+/// Issue 15 item 2: a blob of the old format, named before the upgrade, is converted by the
+/// first `ready` and its name moved to the new CID by a new name event, so nodes that never
+/// held the blob (and cannot fetch its old CID) find it; the old CID still opens here.
+#[tokio::test]
+async fn a_converted_blob_keeps_its_name_on_the_new_cid() {
+    use shoal_store::blob::legacy::LinkNode;
+    let dir = tempfile::tempdir().unwrap();
+    let (svc, parts) = service(dir.path(), BlobsConfig::default(), Arc::new(NoPeers));
+    // The old format, written before the service's first use (no conversion yet).
+    let data = random(2 * CHUNK_SIZE + 3, 11);
+    let chunks: Vec<(Cid, Bytes)> = data
+        .chunks(CHUNK_SIZE)
+        .map(|c| (cid_of(RAW, c), Bytes::copy_from_slice(c)))
+        .collect();
+    let (old, link_block) = LinkNode {
+        chunk: CHUNK_SIZE as u64,
+        height: 1,
+        size: data.len() as u64,
+        links: chunks.iter().map(|c| c.0).collect(),
+    }
+    .encode()
+    .unwrap();
+    parts.events.blob_write(BlobWrite::Init).await.unwrap();
+    parts
+        .events
+        .blob_write(BlobWrite::Put {
+            chunks,
+            links: vec![(old, link_block)],
+            upload: Some("u".into()),
+        })
+        .await
+        .unwrap();
+    let meta = BlobMeta {
+        cid: old,
+        size: data.len() as u64,
+        name: None,
+        mime: None,
+    };
+    parts
+        .events
+        .blob_write(BlobWrite::Commit {
+            upload: "u".into(),
+            last: Vec::new(),
+            meta,
+        })
+        .await
+        .unwrap();
+    let payload = RawValue::from_string(format!(r#"{{"cid":"{old}"}}"#)).unwrap();
+    parts
+        .events
+        .publish(vec![PublishEvent {
+            semantics: NAME_SEMANTICS.into(),
+            name: "report".into(),
+            tags: vec![NAME_TAG.into()],
+            payload,
+            timestamp: None,
+        }])
+        .await
+        .unwrap();
+
+    svc.ready().await.unwrap();
+    let new = svc.canonical(old);
+    assert_ne!(new, old);
+    assert_eq!(new.codec(), shoal_store::cid::DAG_PB);
+    svc.rename_converted().await.unwrap();
+    let latest = svc
+        .name_events(Some("report"))
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        named_cid(&latest).unwrap(),
+        new,
+        "a new name event names the new CID"
+    );
+    assert_eq!(svc.resolve("report").await.unwrap(), new);
+    // Idempotent: nothing left to move, no further event.
+    svc.rename_converted().await.unwrap();
+    let count = svc.name_events(Some("report")).count().await;
+    assert_eq!(count, 2);
+    assert_eq!(
+        read_all(&svc, old, 0, data.len() as u64).await.unwrap(),
+        data
+    );
+    parts.writer.stop().await;
+}

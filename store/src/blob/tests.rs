@@ -247,7 +247,7 @@ fn put_list_dedup_and_delete_frees_only_unshared_blocks() {
     };
     let before = count(&r);
     let freed = delete(&mut w, &x).unwrap().unwrap();
-    assert_eq!(freed.blocks, 2, "chunk A and x's link block; B is shared");
+    assert_eq!(freed.blocks, 2, "chunk A and x's root node; B is shared");
     assert_eq!(count(&r), before - 2);
     assert!(!r.has_block(&cid::cid_of(RAW, b"AAAA")).unwrap());
     assert!(r.has_block(&cid::cid_of(RAW, b"BBBB")).unwrap());

@@ -150,9 +150,9 @@ pub enum Command {
 
 /// Blob writes, each one transaction (see `shoal_store::blob`).
 pub enum BlobWrite {
-    /// Creates the blob tables if needed.
+    /// Creates the blob tables if needed and converts blobs of the old format.
     Init,
-    /// Stores hashed chunks and the link blocks they completed. With `upload`, the batch is
+    /// Stores hashed chunks and the DAG nodes they completed. With `upload`, the batch is
     /// also pinned under that upload (the writer chains each upload's manifests, so batches
     /// may arrive in any order); without, the blocks are fetched ones.
     Put {
@@ -160,7 +160,7 @@ pub enum BlobWrite {
         links: Vec<(Cid, Vec<u8>)>,
         upload: Option<String>,
     },
-    /// Finishes an upload: the last link blocks, the metadata, the root's pin.
+    /// Finishes an upload: the last DAG nodes, the metadata, the root's pin.
     Commit {
         upload: String,
         last: Vec<(Cid, Vec<u8>)>,

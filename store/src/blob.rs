@@ -188,6 +188,7 @@ pub fn init(w: &mut Writer) -> Result<()> {
 /// engine resolves old CIDs through it: names, replica events and app packages recorded before
 /// keep working here), and the old link blocks deleted. A blob whose old tree is not all
 /// here (a fetch cut short) cannot be converted: its cache pin is dropped and it is forgotten.
+/// A failed conversion (a full disk) is logged, not returned: the next start tries again.
 fn migrate(w: &mut Writer) -> Result<()> {
     let conn = writer_conn(w);
     let conn = lock(&conn)?;
@@ -225,7 +226,13 @@ fn migrate(w: &mut Writer) -> Result<()> {
             Err(e @ Error::Corrupt { .. }) => {
                 tracing::warn!(old = %cid, error = %e, "cannot convert a damaged blob of the old format")
             }
-            Err(e) => return Err(e),
+            // E.g. a full disk: the node starts all the same (reads must work); the blobs not
+            // converted yet stay as they are and the next start tries again.
+            Err(e) => {
+                tracing::warn!(old = %cid, error = %e,
+                    "cannot convert blobs of the old format now; the next start tries again");
+                break;
+            }
         }
     }
     Ok(())

@@ -2,8 +2,9 @@
 //! `ipfs dag export` / `ipfs dag import` format; the codec is `car.rs`).
 //!
 //! - [`export`] writes the DAGs under the given roots from the store: the header names the
-//!   roots, then every block reachable from them exactly once, each root before its children
-//!   (depth first, links in order), whatever the codec (dag-cbor, dag-pb, raw).
+//!   roots, then every block reachable from them exactly once, each block before its children
+//!   (depth first; dag-pb links in order, dag-cbor links in CID order), whatever the codec
+//!   (dag-cbor, dag-pb, raw).
 //! - [`import`] reads a CAR file twice: first it checks everything (every block hashes to its
 //!   CID, only CIDs the store accepts, well-formed dag-cbor and dag-pb, every root's DAG complete
 //!   in the file and the store together) and writes nothing; then it stores the blocks in
@@ -262,4 +263,100 @@ fn pin_roots(w: &mut Writer, roots: &[Cid]) -> Result<Vec<Pinned>, DagError> {
     }
     tx.commit().map_err(Error::from)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cid::{cid_of, DAG_CBOR};
+    use crate::{Store, StoreConfig};
+    use libipld::{cbor::DagCborCodec, codec::Codec, Ipld};
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite"), StoreConfig::debug()).unwrap();
+        (dir, store)
+    }
+
+    /// A dag-cbor block listing `children`.
+    fn list(children: &[Cid]) -> (Cid, Vec<u8>) {
+        let links = children
+            .iter()
+            .map(|c| Ipld::Link(crate::cid::to_ipld(c).unwrap()))
+            .collect();
+        let data = DagCborCodec.encode(&Ipld::List(links)).unwrap();
+        (cid_of(DAG_CBOR, &data), data)
+    }
+
+    fn block_count(store: &Store) -> i64 {
+        let r = store.reader().unwrap();
+        let conn = r.conn.lock().unwrap();
+        conn.query_row("SELECT count(*) FROM blocks", [], |x| x.get(0))
+            .unwrap()
+    }
+
+    /// A dag-cbor DAG (no blob) goes out and in again, each block once, pinned as `car/<cid>`;
+    /// a file whose root is incomplete imports nothing.
+    #[test]
+    fn a_dag_cbor_dag_round_trips_and_an_incomplete_one_imports_nothing() {
+        let (_a_dir, a) = store();
+        let mut wa = a.writer().unwrap();
+        blob::init(&mut wa).unwrap();
+        let (x, y) = (cid_of(RAW, b"x"), cid_of(RAW, b"y"));
+        let (inner, inner_data) = list(&[y, x]);
+        let (root, root_data) = list(&[x, inner]);
+        let blocks: Vec<(Cid, &[u8])> = vec![
+            (x, b"x"),
+            (y, b"y"),
+            (inner, &inner_data),
+            (root, &root_data),
+        ];
+        blob::put_hashed(&mut wa, &blocks, None).unwrap();
+        let (car, moved) = export(&a.reader().unwrap(), &[root], Vec::new(), |_| {}).unwrap();
+        assert_eq!(moved.blocks, 4, "x once, though linked twice");
+        let mut reader = CarReader::new(&car[..]).unwrap();
+        assert_eq!(reader.roots(), &[root]);
+        assert_eq!(
+            reader.next_block().unwrap().unwrap().0,
+            root,
+            "the root first"
+        );
+
+        let (_b_dir, b) = store();
+        let mut wb = b.writer().unwrap();
+        let (_, pinned) = import(&mut wb, || Ok(&car[..]), |_| {}).unwrap();
+        assert_eq!(pinned.len(), 1);
+        assert_eq!(pinned[0].pin, format!("car/{root}"));
+        assert_eq!(pinned[0].size, None);
+        let rb = b.reader().unwrap();
+        assert_eq!(rb.alias(&format!("car/{root}")).unwrap(), Some(root));
+        assert_eq!(block_count(&b), 4);
+
+        // Without `y`: refused, nothing stored.
+        let mut partial = CarWriter::new(Vec::new(), &[root]).unwrap();
+        for (cid, data) in [(root, &root_data[..]), (inner, &inner_data), (x, b"x")] {
+            partial.block(&cid, data).unwrap();
+        }
+        let partial = partial.finish().unwrap();
+        let (_c_dir, c) = store();
+        let mut wc = c.writer().unwrap();
+        match import(&mut wc, || Ok(&partial[..]), |_| {}) {
+            Err(DagError::Incomplete { first, .. }) => assert_eq!(*first, y),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(block_count(&c), 0);
+        // Into a store that has `y`'s DAG already, the same file is complete.
+        blob::put_hashed(&mut wc, &[(y, b"y")], None).unwrap();
+        import(&mut wc, || Ok(&partial[..]), |_| {}).unwrap();
+        // A root the store lacks cannot be exported.
+        assert!(matches!(
+            export(
+                &c.reader().unwrap(),
+                &[cid_of(RAW, b"z")],
+                Vec::new(),
+                |_| {}
+            ),
+            Err(DagError::Missing(_))
+        ));
+    }
 }

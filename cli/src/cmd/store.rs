@@ -68,7 +68,7 @@ enum Command {
         #[arg(long, value_name = "M")]
         to: Option<u64>,
     },
-    /// One block, decoded: dag-cbor as JSON, raw as length and hex.
+    /// One block, decoded: dag-cbor and dag-pb (blob DAG nodes) as JSON, raw as length and hex.
     Block {
         /// The block's CID (e.g. from `shoal store tree`).
         cid: String,

@@ -1,6 +1,6 @@
 //! The blob DAG: a UnixFS v1 file, built exactly as `ipfs add --cid-version=1 --raw-leaves
-//! --chunker=size-1048576` builds it (the reference is `ipfs-unixfs-importer`'s balanced layout,
-//! which kubo's `ipfs add` matches; `tests/tests/unixfs.rs` compares CIDs with it).
+//! --chunker=size-1048576` builds it (`tests/tests/unixfs.rs` compares CIDs with the reference
+//! importer of Helia, `ipfs-unixfs-importer`, run with the settings of those flags).
 //!
 //! - Leaves: the chunks, raw blocks (CIDv1, raw, SHA-256) of [`super::CHUNK_SIZE`] bytes (the
 //!   last one shorter).

@@ -1,7 +1,11 @@
 //! The IPFS reference tools from npm (`tests/ipfs`: Helia, the UnixFS importer, `@ipld/car`),
-//! installed once per test process with `npm ci` from the committed lockfile into a scratch dir,
-//! and `tests/ipfs/unixfs.mjs` run with them (the reference importer's CIDs, CAR files written
-//! and read by `@ipld/car`).
+//! installed with `npm ci` from the committed lockfile, and `tests/ipfs/unixfs.mjs` run with them
+//! (the reference importer's CIDs, CAR files written and read by `@ipld/car`).
+//!
+//! The install (~400 MB) is shared: `<tmp>/shoal-tests-ipfs/<hash of package.json and
+//! package-lock.json>`, made once (in a scratch dir renamed into place, so test processes
+//! running at once never see half an install) and reused by every later test process until the
+//! lockfile changes. The scripts are copied in at each use.
 //!
 //! [`tools`] is `None`, after saying so loudly on stderr, only when node/npm are not installed
 //! or the npm registry is unreachable; any other failure of `npm ci` is a test failure.
@@ -12,13 +16,14 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
 
 /// `npm ci` gives up after this.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// One script run gives up after this (the reference importer hashes ~100 MB/s).
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
-static TOOLS: OnceLock<Option<tempfile::TempDir>> = OnceLock::new();
+static TOOLS: OnceLock<Option<PathBuf>> = OnceLock::new();
 
 /// The dir holding `node_modules` and the scripts of `tests/ipfs`, installed on first use.
 pub fn tools() -> Option<&'static Path> {
@@ -27,11 +32,10 @@ pub fn tools() -> Option<&'static Path> {
             Ok(dir) => dir,
             Err(e) => panic!("installing tests/ipfs with npm ci failed: {e:#}"),
         })
-        .as_ref()
-        .map(|d| d.path())
+        .as_deref()
 }
 
-fn install() -> Result<Option<tempfile::TempDir>> {
+fn install() -> Result<Option<PathBuf>> {
     let have = |cmd: &str| {
         Command::new(cmd)
             .arg("--version")
@@ -45,17 +49,56 @@ fn install() -> Result<Option<tempfile::TempDir>> {
         return Ok(None);
     }
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("ipfs");
-    let dir = tempfile::tempdir()?;
-    for entry in std::fs::read_dir(&src)? {
-        let path = entry?.path();
-        let name = path.file_name().map(|n| n.to_string_lossy().to_string());
-        if let Some(name) = name.filter(|n| n.ends_with(".json") || n.ends_with(".mjs")) {
-            std::fs::copy(&path, dir.path().join(name))?;
+    let mut hash = Sha256::new();
+    for f in ["package.json", "package-lock.json"] {
+        hash.update(std::fs::read(src.join(f)).with_context(|| format!("tests/ipfs/{f}"))?);
+    }
+    let key: String = hash.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let base = std::env::temp_dir().join("shoal-tests-ipfs");
+    let dir = base.join(&key);
+    if !dir.join("node_modules").is_dir() {
+        std::fs::create_dir_all(&base)?;
+        let scratch = tempfile::Builder::new()
+            .prefix(&format!("{key}.installing."))
+            .tempdir_in(&base)?;
+        for f in ["package.json", "package-lock.json"] {
+            std::fs::copy(src.join(f), scratch.path().join(f))?;
+        }
+        if !npm_ci(scratch.path())? {
+            return Ok(None);
+        }
+        // Another test process may have finished first: then its install is used, ours goes.
+        let scratch = scratch.keep();
+        if std::fs::rename(&scratch, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&scratch);
+        }
+        if !dir.join("node_modules").is_dir() {
+            bail!("no install in {} after npm ci", dir.display());
         }
     }
+    // The scripts, fresh at each use (renamed into place: other processes may be running them).
+    for entry in std::fs::read_dir(&src)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.ends_with(".mjs") {
+            let tmp = dir.join(format!("{name}.{}", std::process::id()));
+            std::fs::copy(&path, &tmp)?;
+            std::fs::rename(&tmp, dir.join(name))?;
+        }
+    }
+    Ok(Some(dir))
+}
+
+/// Runs `npm ci` in `dir`; `false` (after saying so) when the registry is unreachable.
+fn npm_ci(dir: &Path) -> Result<bool> {
     let mut child = Command::new("npm")
         .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-        .current_dir(dir.path())
+        .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -63,7 +106,7 @@ fn install() -> Result<Option<tempfile::TempDir>> {
     loop {
         if let Some(status) = child.try_wait()? {
             if status.success() {
-                return Ok(Some(dir));
+                return Ok(true);
             }
             let mut err = String::new();
             if let Some(mut e) = child.stderr.take() {
@@ -75,7 +118,7 @@ fn install() -> Result<Option<tempfile::TempDir>> {
                 .any(|code| err.contains(code))
             {
                 eprintln!("SKIPPED: npm registry unreachable, the IPFS reference checks did not run: {err}");
-                return Ok(None);
+                return Ok(false);
             }
             bail!("npm ci failed ({status}): {err}");
         }

@@ -13,6 +13,8 @@
 //! - HTTP helpers over `reqwest` and [`Ndjson`] for streaming answers; every wait has a timeout.
 //! - [`raw_http`] speaks HTTP/1.1 by hand over TCP, for requests reqwest will not send (a lying
 //!   `Content-Length`).
+//! - [`load`] runs CPU hogs beside the benchmarks' nodes; [`nats`] runs a NATS JetStream node
+//!   as their reference.
 //! - [`prometheus`] parses `/metrics` with the official Python client's parser.
 //! - [`cli`] runs a `shoal` client command with a timeout (`cli.rs`); [`run_on_data_dir`] starts
 //!   a second `shoal run` on a data dir that must refuse it.
@@ -22,6 +24,8 @@ mod cli;
 pub mod hostile;
 mod http;
 pub mod ipfs;
+pub mod load;
+pub mod nats;
 pub mod prometheus;
 pub mod stats;
 

@@ -14,6 +14,17 @@
 //! ratios to it, which carry over between machines better than events/s (an fsync costs what the
 //! disk makes it cost). The query run prints the node's start-up check time on the stored set.
 //!
+//! The latency run also measures, in every run right after the node, NATS JetStream (Debian's
+//! `nats-server`, installed with apt-get when missing; one node, file store): single messages
+//! published at the same rate with an acknowledgement requested, read by one push consumer,
+//! from just before the publish to the consumer's socket (`--no-nats` skips it).
+//!
+//! `--hog [N]` runs N busy processes (default: one per core) at normal priority beside
+//! everything for the whole run, references included: a busy device, reproducibly.
+//! `--compare PATH` also measures the batched and single-event publishes on another `shoal`
+//! binary in every run (before/after in one session; ratios printed). Each run line carries
+//! the 1-minute load average.
+//!
 //! Run: `cargo run --release -p shoal-tests --bin bench_node [-- --runs 3 --query-events 1000000]`.
 //! The node is the real `shoal run` binary of the same profile (built by the harness). Request
 //! bodies are encoded before the clock starts, so the client's JSON work is not measured; the
@@ -38,6 +49,12 @@ struct Settings {
     only: Vec<String>,
     /// `--durability` of the nodes (`process` or `power`).
     durability: String,
+    /// Busy processes beside the run (`--hog [N]`).
+    hog: usize,
+    /// Measure NATS JetStream beside the latency run.
+    nats: bool,
+    /// Another `shoal` binary measured in the same runs (`--compare PATH`).
+    compare: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -55,9 +72,12 @@ fn settings() -> Result<Settings> {
         latency_events: 5_000,
         only: Vec::new(),
         durability: "process".into(),
+        hog: 0,
+        nats: true,
+        compare: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = args.iter();
+    let mut it = args.iter().peekable();
     while let Some(flag) = it.next() {
         let mut value = || -> Result<usize> {
             it.next()
@@ -85,6 +105,14 @@ fn settings() -> Result<Settings> {
                     bail!("--durability must be process or power");
                 }
             }
+            "--hog" => {
+                let n = it.next_if(|v| !v.starts_with("--")).map(String::as_str);
+                s.hog = shoal_tests::load::hog_count(n)?;
+            }
+            "--no-nats" => s.nats = false,
+            "--compare" => {
+                s.compare = Some(it.next().context("--compare needs a shoal binary")?.into());
+            }
             "--quick" => {
                 s.runs = 1;
                 s.batched_events = 40_000;
@@ -99,9 +127,15 @@ fn settings() -> Result<Settings> {
 }
 
 fn start_node(s: &Settings) -> Result<Node> {
+    start_node_bin(s, None)
+}
+
+/// A node of `bin` (`None` = the harness's binary).
+fn start_node_bin(s: &Settings, bin: Option<&std::path::Path>) -> Result<Node> {
     let mut opts = NodeOptions::default()
         .arg("--durability")
         .arg(s.durability.clone());
+    opts.bin = bin.map(Into::into);
     // The start-up check's report (info) is read back by the query run.
     opts.env
         .push(("RUST_LOG".into(), "warn,shoal_store::check=info".into()));
@@ -146,7 +180,7 @@ async fn publish_throughput(
     clients: usize,
     per_request: usize,
     total: usize,
-) -> Result<f64> {
+) -> Result<(f64, Option<f64>)> {
     let requests = total / per_request / clients;
     let url = node.url("/api/v1/events/publish");
     // Bodies encoded up front: the clock measures the node, not serde on the client.
@@ -190,16 +224,18 @@ async fn publish_throughput(
     }
     let secs = start.elapsed().as_secs_f64();
     let events = requests * clients * per_request;
+    let mut cpu = None;
     if let (Some(pid), Some(before)) = (node.pid(), cpu_before) {
         if let Some(after) = cpu_seconds(pid) {
+            let per_event = (after - before) * 1e6 / events as f64;
             println!(
-                "  ({clients} clients x {per_request} events/request: node CPU {:.1} µs/event, {:.0}% of one core)",
-                (after - before) * 1e6 / events as f64,
+                "  ({clients} clients x {per_request} events/request: node CPU {per_event:.1} µs/event, {:.0}% of one core)",
                 (after - before) * 100.0 / secs
             );
+            cpu = Some(per_event);
         }
     }
-    Ok(events as f64 / secs)
+    Ok((events as f64 / secs, cpu))
 }
 
 /// Streams every stored event; returns (events/s, events, peak RSS in KiB during the query).
@@ -313,6 +349,77 @@ async fn latency(node: &Node, events: usize, rate: u32) -> Result<(Duration, Dur
     Ok((pct(0.50), pct(0.99)))
 }
 
+/// The reference for [`latency`]: NATS JetStream, one node, file store. Single messages
+/// published at `rate`/s, each asking for the stream's acknowledgement (not awaited before the
+/// next, as each shoal publish runs on its own task), one push consumer reading them. Latency
+/// from just before the publish to the consumer's connection reading the message. Returns
+/// (p50, p99).
+async fn nats_latency(events: usize, rate: u32) -> Result<(Duration, Duration)> {
+    let server = shoal_tests::nats::NatsServer::start()?;
+    let mut publisher = server.connect().await?;
+    let mut consumer = server.connect().await?;
+    consumer.subscribe("deliver.lat", 1).await?;
+    publisher
+        .request(
+            "$JS.API.STREAM.CREATE.LAT",
+            &json!({"name": "LAT", "subjects": ["lat"], "storage": "file"}),
+        )
+        .await?;
+    publisher
+        .request(
+            "$JS.API.CONSUMER.CREATE.LAT",
+            &json!({"stream_name": "LAT", "config": {
+                "deliver_subject": "deliver.lat", "ack_policy": "none", "deliver_policy": "all"}}),
+        )
+        .await?;
+    publisher.subscribe("acks", 2).await?;
+    let epoch = Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(events);
+        while latencies.len() < events {
+            let Some(m) = consumer.msgs.recv().await else {
+                bail!("nats consumer connection closed");
+            };
+            let v: Value = serde_json::from_slice(&m.payload)?;
+            let sent = v["t"].as_u64().context("no t")?;
+            let at = m.received.saturating_duration_since(epoch).as_nanos() as u64;
+            latencies.push(Duration::from_nanos(at.saturating_sub(sent)));
+        }
+        Ok(latencies)
+    });
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for i in 0..events {
+        tick.tick().await;
+        let t = epoch.elapsed().as_nanos() as u64;
+        let body = serde_json::to_vec(&json!({"t": t, "i": i}))?;
+        publisher.publish("lat", Some("acks"), &body).await?;
+    }
+    // Every publish must be acknowledged (stored), not only delivered.
+    let mut acks = 0;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while acks < events {
+            let m = publisher.msgs.recv().await.context("nats connection closed")?;
+            if m.subject == "acks" {
+                let v: Value = serde_json::from_slice(&m.payload)?;
+                if !v["error"].is_null() {
+                    bail!("nats refused a publish: {v}");
+                }
+                acks += 1;
+            }
+        }
+        Ok(())
+    })
+    .await
+    .context("nats did not acknowledge every publish within 60 s")??;
+    let mut latencies = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .context("nats consumer did not get every message within 60 s")???;
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    Ok((pct(0.50), pct(0.99)))
+}
+
 fn fmt_runs(v: &[f64], unit: &str, scale: f64) -> String {
     let each: Vec<String> = v.iter().map(|x| format!("{:.0}", x / scale)).collect();
     format!(
@@ -322,15 +429,53 @@ fn fmt_runs(v: &[f64], unit: &str, scale: f64) -> String {
     )
 }
 
+/// Figures of one binary over the runs (one entry per run).
+#[derive(Default)]
+struct Publishes {
+    batched: Vec<f64>,
+    single: Vec<f64>,
+    /// Node CPU per event, single-event publishes.
+    single_cpu: Vec<f64>,
+}
+
+impl Publishes {
+    /// Measures the publish benchmarks `s` asks for on fresh nodes of `bin`; appends to `line`.
+    async fn measure(
+        &mut self,
+        s: &Settings,
+        bin: Option<&std::path::Path>,
+        line: &mut String,
+    ) -> Result<()> {
+        if s.wants("batched") {
+            let node = start_node_bin(s, bin)?;
+            let (rate, _) = publish_throughput(&node, 4, 100, s.batched_events).await?;
+            self.batched.push(rate);
+            *line += &format!(" batched {rate:.0}/s");
+        }
+        if s.wants("single") {
+            let node = start_node_bin(s, bin)?;
+            let (rate, cpu) = publish_throughput(&node, 16, 1, s.single_events).await?;
+            self.single.push(rate);
+            if let Some(cpu) = cpu {
+                self.single_cpu.push(cpu);
+            }
+            *line += &format!(" single {rate:.0}/s");
+        }
+        Ok(())
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let s = settings()?;
     let bin = shoal_tests::shoal_bin();
     println!("bench_node: {} runs; node binary {}", s.runs, bin.display());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cores = shoal_tests::load::cores();
     println!("machine: {cores} cores");
+    let _hog = shoal_tests::load::Hog::start(s.hog)?;
+    if s.hog > 0 {
+        println!("CPU hog: {} busy processes at normal priority beside everything", s.hog);
+    }
 
     println!(
         "durability: {} (reference: one-row SQLite commits, WAL, synchronous={})",
@@ -341,50 +486,91 @@ async fn main() -> Result<()> {
             "NORMAL"
         }
     );
-    let (mut batched, mut single, mut query, mut rss, mut p50, mut p99) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
+    let mut this = Publishes::default();
+    let mut other = Publishes::default();
+    let (mut query, mut rss, mut p50, mut p99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut nats50, mut nats99, mut loads) = (Vec::new(), Vec::new(), Vec::new());
     let mut reference = Vec::new();
     for run in 0..s.runs {
-        let mut line = format!("run {}:", run + 1);
+        let load = shoal_tests::load::load_average().unwrap_or(f64::NAN);
+        loads.push(load);
+        let mut line = format!("run {} (load {load:.1}):", run + 1);
         if s.wants("batched") || s.wants("single") {
             reference.push(reference_commits(&s.durability)?);
             line += &format!(" reference {:.0} commits/s", reference[run]);
         }
-        if s.wants("batched") {
-            let node = start_node(&s)?;
-            batched.push(publish_throughput(&node, 4, 100, s.batched_events).await?);
-            line += &format!(" batched {:.0}/s", batched[run]);
-        }
-        if s.wants("single") {
-            let node = start_node(&s)?;
-            single.push(publish_throughput(&node, 16, 1, s.single_events).await?);
-            line += &format!(" single {:.0}/s", single[run]);
+        this.measure(&s, None, &mut line).await?;
+        if let Some(path) = &s.compare {
+            line += " | compare:";
+            other.measure(&s, Some(path), &mut line).await?;
         }
         if s.wants("latency") {
             let node = start_node(&s)?;
             let (a, b) = latency(&node, s.latency_events, 1000).await?;
+            drop(node);
             p50.push(a.as_secs_f64() * 1e6);
             p99.push(b.as_secs_f64() * 1e6);
             line += &format!(" latency p50 {:.0} µs p99 {:.0} µs", p50[run], p99[run]);
+            if s.nats {
+                let (a, b) = nats_latency(s.latency_events, 1000).await?;
+                nats50.push(a.as_secs_f64() * 1e6);
+                nats99.push(b.as_secs_f64() * 1e6);
+                line += &format!(" | NATS p50 {:.0} µs p99 {:.0} µs", nats50[run], nats99[run]);
+            }
         }
         println!("{line}");
     }
     if s.wants("query") {
         query_runs(&s, &mut query, &mut rss).await?;
     }
-    report(&s, &batched, &single, &query, &p50, &p99, &rss);
-    report_ratios(&reference, &batched, &single);
+    report(&s, &this.batched, &this.single, &query, &p50, &p99, &rss);
+    if !this.single_cpu.is_empty() {
+        println!(
+            "{:<36} {}",
+            "node CPU per single-event publish",
+            fmt_runs(&this.single_cpu, "µs", 1.0)
+        );
+    }
+    report_ratios("", &reference, &this.batched, &this.single);
+    let ratio_row = |name: &str, num: &[f64], den: &[f64]| {
+        if num.len() != den.len() || num.is_empty() {
+            return;
+        }
+        let ratios: Vec<f64> = num.iter().zip(den).map(|(a, b)| a / b).collect();
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "{name:<36} median {:.2}x (runs: {})",
+            median(ratios.clone()),
+            each.join(", ")
+        );
+    };
+    if !nats99.is_empty() {
+        println!("{:<36} {}", "NATS JetStream latency p50", fmt_runs(&nats50, "µs", 1.0));
+        println!("{:<36} {}", "NATS JetStream latency p99", fmt_runs(&nats99, "µs", 1.0));
+        ratio_row("latency p50 ÷ NATS p50", &p50, &nats50);
+        ratio_row("latency p99 ÷ NATS p99", &p99, &nats99);
+    }
+    if let Some(path) = &s.compare {
+        println!("compare: {}", path.display());
+        ratio_row("batched ÷ compare", &this.batched, &other.batched);
+        ratio_row("single ÷ compare", &this.single, &other.single);
+        ratio_row("single CPU/event ÷ compare", &this.single_cpu, &other.single_cpu);
+        if !other.single_cpu.is_empty() {
+            println!(
+                "{:<36} {}",
+                "compare: node CPU per single event",
+                fmt_runs(&other.single_cpu, "µs", 1.0)
+            );
+        }
+        report_ratios("compare: ", &reference, &other.batched, &other.single);
+    }
+    let each: Vec<String> = loads.iter().map(|l| format!("{l:.1}")).collect();
+    println!("load average (1 min) at each run's start: {}", each.join(", "));
     Ok(())
 }
 
 /// The publish figures as ratios to the same run's reference (medians of the per-run ratios).
-fn report_ratios(reference: &[f64], batched: &[f64], single: &[f64]) {
+fn report_ratios(prefix: &str, reference: &[f64], batched: &[f64], single: &[f64]) {
     if reference.is_empty() {
         return;
     }
@@ -401,7 +587,7 @@ fn report_ratios(reference: &[f64], batched: &[f64], single: &[f64]) {
         let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
         println!(
             "{:<36} median {:.2}x (runs: {})",
-            format!("{name} events/s ÷ reference"),
+            format!("{prefix}{name} events/s ÷ reference"),
             median(ratios.clone()),
             each.join(", ")
         );
@@ -412,7 +598,7 @@ fn report_ratios(reference: &[f64], batched: &[f64], single: &[f64]) {
 async fn query_runs(s: &Settings, query: &mut Vec<f64>, rss: &mut Vec<f64>) -> Result<()> {
     let node = start_node(s)?;
     let fill_start = Instant::now();
-    let fill = publish_throughput(&node, 4, 1000, s.query_events).await?;
+    let (fill, _) = publish_throughput(&node, 4, 1000, s.query_events).await?;
     println!(
         "stored {} events for the query in {:.1} s ({fill:.0}/s with batches of 1000)",
         s.query_events,

@@ -8,7 +8,10 @@
 //! 5. `shoal events dump` of A and `restore` into a fresh node, in events/s, beside the catch-up
 //!    of a fresh peer measured in the same run (`BENCH_RUNS` runs, default 3; medians).
 //!
-//! Run: `cargo run --release -p shoal-tests --bin bench_swarm [-- latency|catchup|mesh|idle|dump]`
+//! Run: `cargo run --release -p shoal-tests --bin bench_swarm [-- latency|catchup|mesh|idle|dump]
+//! [--hog [N]] [--runs N]` (`--hog`: N busy processes, default one per core, at normal priority
+//! beside the nodes for the whole run; `--runs N`: the mesh N times, medians; the load average
+//! is printed with each figure)
 //! (`BENCH_CATCHUP_EVENTS=N` sizes the catch-up and the dump). Latency is measured from a timestamp in the
 //! payload taken just before the publish request to the moment B's subscriber reads the line.
 
@@ -81,6 +84,11 @@ async fn latencies(sub: &mut Ndjson, source: Option<&str>, n: usize) -> Result<V
     Ok(out)
 }
 
+/// ` (load X)`: the 1-minute load average, for the figure it follows.
+fn load() -> String {
+    shoal_tests::load::load_average().map_or(String::new(), |l| format!(" (load {l:.1})"))
+}
+
 async fn direct_latency() -> Result<()> {
     let a = Node::start()?;
     let b = Node::start_with(peer(&a))?;
@@ -98,10 +106,11 @@ async fn direct_latency() -> Result<()> {
         let mut lat = lat?;
         lat.sort_unstable();
         println!(
-            "direct A→B at {rate} ev/s: n={n} p50={:.2} ms p99={:.2} ms max={:.2} ms",
+            "direct A→B at {rate} ev/s: n={n} p50={:.2} ms p99={:.2} ms max={:.2} ms{}",
             pct(&lat, 0.5),
             pct(&lat, 0.99),
-            pct(&lat, 1.0)
+            pct(&lat, 1.0),
+            load()
         );
     }
     Ok(())
@@ -283,7 +292,29 @@ async fn catchup() -> Result<()> {
     Ok(())
 }
 
-async fn mesh() -> Result<()> {
+/// The mesh `runs` times on fresh nodes; medians of p50 and p99.
+async fn mesh_runs(runs: usize) -> Result<()> {
+    let (mut p50, mut p99) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (a, b) = mesh().await?;
+        p50.push(a);
+        p99.push(b);
+    }
+    if runs > 1 {
+        let each = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+        println!(
+            "mesh, {runs} runs: median p50={:.1} ms (runs: {}) p99={:.1} ms (runs: {})",
+            median(p50.clone()),
+            each(&p50),
+            median(p99.clone()),
+            each(&p99)
+        );
+    }
+    Ok(())
+}
+
+/// One mesh run; returns (p50, p99) in ms.
+async fn mesh() -> Result<(f64, f64)> {
     const N: usize = 10;
     const RATE: u64 = 50;
     const SECS: u64 = 10;
@@ -336,13 +367,14 @@ async fn mesh() -> Result<()> {
     let mut all: Vec<u64> = r?.into_iter().flatten().collect();
     all.sort_unstable();
     println!(
-        "{N} nodes × {RATE} ev/s for {SECS} s: deliveries={} p50={:.2} ms p99={:.2} ms max={:.2} ms",
+        "{N} nodes × {RATE} ev/s for {SECS} s: deliveries={} p50={:.2} ms p99={:.2} ms max={:.2} ms{}",
         all.len(),
         pct(&all, 0.5),
         pct(&all, 0.99),
-        pct(&all, 1.0)
+        pct(&all, 1.0),
+        load()
     );
-    Ok(())
+    Ok((pct(&all, 0.5), pct(&all, 0.99)))
 }
 
 /// With `BENCH_LOG_DIR=dir`, copies each node's log there (`node<i>.log`; set
@@ -427,7 +459,33 @@ async fn idle() -> Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let which: Vec<String> = std::env::args().skip(1).collect();
+    let mut which: Vec<String> = Vec::new();
+    let (mut hog, mut runs) = (0, 1);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter().peekable();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--hog" => {
+                let n = it.next_if(|v| v.parse::<usize>().is_ok() || v.as_str() == "cores");
+                hog = shoal_tests::load::hog_count(n.map(String::as_str))?;
+            }
+            "--runs" => {
+                runs = it
+                    .next()
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .context("--runs needs a number")?
+                    .max(1);
+            }
+            other if other.starts_with("--") => {
+                bail!("unknown flag {other}; see the module doc of bench_swarm.rs")
+            }
+            _ => which.push(a.clone()),
+        }
+    }
+    let _hog = shoal_tests::load::Hog::start(hog)?;
+    if hog > 0 {
+        println!("CPU hog: {hog} busy processes at normal priority beside the nodes");
+    }
     let run = |name: &str| which.is_empty() || which.iter().any(|w| w == name);
     if run("latency") {
         direct_latency().await?;
@@ -436,7 +494,7 @@ async fn main() -> Result<()> {
         idle().await?;
     }
     if run("mesh") {
-        mesh().await?;
+        mesh_runs(runs).await?;
     }
     if run("catchup") {
         catchup().await?;

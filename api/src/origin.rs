@@ -159,6 +159,11 @@ fn parse_host_header(text: &str) -> Option<(Host, Option<u16>)> {
     if host.is_empty() {
         return None;
     }
+    // The common case (a client of 127.0.0.1) skips url's IDNA pass (seen in the profile of
+    // single-event publishes).
+    if let Ok(ip) = host.parse::<std::net::Ipv4Addr>() {
+        return Some((Host::Ipv4(ip), port));
+    }
     Some((Host::parse(host).ok()?, port))
 }
 

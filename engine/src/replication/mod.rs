@@ -177,7 +177,7 @@ impl Replicator {
                     Err(e) => tracing::error!(error = %e, "a sync task failed"),
                 },
                 update = updates.recv() => match update {
-                    Ok(u) => self.on_update(&u).await,
+                    Ok(u) => self.on_updates(u, &mut updates).await,
                     Err(broadcast::error::RecvError::Lagged(_)) => self.publish_own().await,
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
@@ -193,27 +193,54 @@ impl Replicator {
         self.syncs.abort_all();
     }
 
-    /// A local append: sign its head and gossip it with its new blocks.
-    async fn on_update(&mut self, u: &SourceUpdate) {
-        let Origin::Local {
-            lamport,
-            timestamp,
-            new_blocks,
-        } = &u.origin
-        else {
+    /// Local appends: sign the head of the newest and gossip it with the new blocks of all.
+    /// Every commit already waiting on the broadcast is taken with `first`, so a burst of
+    /// commits costs one signature and one gossip message instead of one per commit (the newest
+    /// head covers the older ones; a peer that misses blocks fetches them).
+    async fn on_updates(
+        &mut self,
+        first: Arc<SourceUpdate>,
+        updates: &mut broadcast::Receiver<Arc<SourceUpdate>>,
+    ) {
+        let mut newest: Option<(Arc<SourceUpdate>, u64, u64)> = None;
+        let mut blocks: Vec<(Cid, Vec<u8>)> = Vec::new();
+        let mut next = Some(first);
+        while let Some(u) = next.take() {
+            if let Origin::Local {
+                lamport,
+                timestamp,
+                new_blocks,
+            } = &u.origin
+            {
+                blocks.extend(new_blocks.iter().cloned());
+                let (lamport, timestamp) = (*lamport, *timestamp);
+                newest = Some((u, lamport, timestamp));
+            }
+            next = match updates.try_recv() {
+                Ok(u) => Some(u),
+                // The newest head read from the store covers whatever was missed.
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    return self.publish_own().await;
+                }
+                Err(_) => None,
+            };
+        }
+        let Some((u, lamport, timestamp)) = newest else {
             return;
         };
         let head = Head {
             source: self.own,
             root: u.root,
             offset: u.last,
-            lamport: *lamport,
-            timestamp: *timestamp,
+            lamport,
+            timestamp,
             pruned: 0,
         };
+        if blocks.iter().map(|(_, d)| d.len()).sum::<usize>() > swarm::gossip::INLINE_LIMIT {
+            blocks.clear();
+        }
         match head.sign(&self.keypair) {
             Ok(head) => {
-                let blocks = new_blocks.to_vec();
                 let _ = self.swarm.send(Command::Publish { head, blocks }).await;
             }
             Err(e) => tracing::error!(error = %e, "cannot sign our head"),

@@ -204,6 +204,8 @@ impl Replicator {
     ) {
         let mut newest: Option<(Arc<SourceUpdate>, u64, u64)> = None;
         let mut blocks: Vec<(Cid, Vec<u8>)> = Vec::new();
+        // Past the gossip limit no block goes inline (peers fetch them): stop copying.
+        let mut inline = Some(0usize);
         let mut next = Some(first);
         while let Some(u) = next.take() {
             if let Origin::Local {
@@ -212,7 +214,13 @@ impl Replicator {
                 new_blocks,
             } = &u.origin
             {
-                blocks.extend(new_blocks.iter().cloned());
+                inline = inline
+                    .map(|n| n + new_blocks.iter().map(|(_, d)| d.len()).sum::<usize>())
+                    .filter(|&n| n <= swarm::gossip::INLINE_LIMIT);
+                match inline {
+                    Some(_) => blocks.extend(new_blocks.iter().cloned()),
+                    None => blocks.clear(),
+                }
                 let (lamport, timestamp) = (*lamport, *timestamp);
                 newest = Some((u, lamport, timestamp));
             }
@@ -236,9 +244,6 @@ impl Replicator {
             timestamp,
             pruned: 0,
         };
-        if blocks.iter().map(|(_, d)| d.len()).sum::<usize>() > swarm::gossip::INLINE_LIMIT {
-            blocks.clear();
-        }
         match head.sign(&self.keypair) {
             Ok(head) => {
                 let _ = self.swarm.send(Command::Publish { head, blocks }).await;

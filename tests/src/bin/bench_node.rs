@@ -399,7 +399,11 @@ async fn nats_latency(events: usize, rate: u32) -> Result<(Duration, Duration)> 
     let mut acks = 0;
     tokio::time::timeout(Duration::from_secs(60), async {
         while acks < events {
-            let m = publisher.msgs.recv().await.context("nats connection closed")?;
+            let m = publisher
+                .msgs
+                .recv()
+                .await
+                .context("nats connection closed")?;
             if m.subject == "acks" {
                 let v: Value = serde_json::from_slice(&m.payload)?;
                 if !v["error"].is_null() {
@@ -474,7 +478,10 @@ async fn main() -> Result<()> {
     println!("machine: {cores} cores");
     let _hog = shoal_tests::load::Hog::start(s.hog)?;
     if s.hog > 0 {
-        println!("CPU hog: {} busy processes at normal priority beside everything", s.hog);
+        println!(
+            "CPU hog: {} busy processes at normal priority beside everything",
+            s.hog
+        );
     }
 
     println!(
@@ -515,7 +522,10 @@ async fn main() -> Result<()> {
                 let (a, b) = nats_latency(s.latency_events, 1000).await?;
                 nats50.push(a.as_secs_f64() * 1e6);
                 nats99.push(b.as_secs_f64() * 1e6);
-                line += &format!(" | NATS p50 {:.0} µs p99 {:.0} µs", nats50[run], nats99[run]);
+                line += &format!(
+                    " | NATS p50 {:.0} µs p99 {:.0} µs",
+                    nats50[run], nats99[run]
+                );
             }
         }
         println!("{line}");
@@ -545,8 +555,16 @@ async fn main() -> Result<()> {
         );
     };
     if !nats99.is_empty() {
-        println!("{:<36} {}", "NATS JetStream latency p50", fmt_runs(&nats50, "µs", 1.0));
-        println!("{:<36} {}", "NATS JetStream latency p99", fmt_runs(&nats99, "µs", 1.0));
+        println!(
+            "{:<36} {}",
+            "NATS JetStream latency p50",
+            fmt_runs(&nats50, "µs", 1.0)
+        );
+        println!(
+            "{:<36} {}",
+            "NATS JetStream latency p99",
+            fmt_runs(&nats99, "µs", 1.0)
+        );
         ratio_row("latency p50 ÷ NATS p50", &p50, &nats50);
         ratio_row("latency p99 ÷ NATS p99", &p99, &nats99);
     }
@@ -554,7 +572,11 @@ async fn main() -> Result<()> {
         println!("compare: {}", path.display());
         ratio_row("batched ÷ compare", &this.batched, &other.batched);
         ratio_row("single ÷ compare", &this.single, &other.single);
-        ratio_row("single CPU/event ÷ compare", &this.single_cpu, &other.single_cpu);
+        ratio_row(
+            "single CPU/event ÷ compare",
+            &this.single_cpu,
+            &other.single_cpu,
+        );
         if !other.single_cpu.is_empty() {
             println!(
                 "{:<36} {}",
@@ -565,7 +587,10 @@ async fn main() -> Result<()> {
         report_ratios("compare: ", &reference, &other.batched, &other.single);
     }
     let each: Vec<String> = loads.iter().map(|l| format!("{l:.1}")).collect();
-    println!("load average (1 min) at each run's start: {}", each.join(", "));
+    println!(
+        "load average (1 min) at each run's start: {}",
+        each.join(", ")
+    );
     Ok(())
 }
 

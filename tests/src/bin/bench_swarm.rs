@@ -301,7 +301,12 @@ async fn mesh_runs(runs: usize) -> Result<()> {
         p99.push(b);
     }
     if runs > 1 {
-        let each = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+        let each = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         println!(
             "mesh, {runs} runs: median p50={:.1} ms (runs: {}) p99={:.1} ms (runs: {})",
             median(p50.clone()),

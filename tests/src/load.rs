@@ -31,16 +31,6 @@ impl Hog {
         }
         Ok(hog)
     }
-
-    /// How many busy processes run.
-    pub fn len(&self) -> usize {
-        self.children.len()
-    }
-
-    /// Whether none runs.
-    pub fn is_empty(&self) -> bool {
-        self.children.is_empty()
-    }
 }
 
 impl Drop for Hog {

@@ -93,10 +93,6 @@ impl NatsServer {
     pub async fn connect(&self) -> Result<NatsClient> {
         NatsClient::connect(self.port).await
     }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
 }
 
 impl Drop for NatsServer {
@@ -199,14 +195,6 @@ impl NatsClient {
             bail!("nats: {subject} answered {v}");
         }
         Ok(v)
-    }
-
-    /// Whether the reader stopped (with its error).
-    pub fn check(&self) -> Result<()> {
-        if self.reader.is_finished() {
-            bail!("nats connection closed");
-        }
-        Ok(())
     }
 }
 

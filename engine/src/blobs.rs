@@ -3,7 +3,8 @@
 //!
 //! Actors and what each owns:
 //! - an *upload* (one per `put` call) cuts the body into [`CHUNK_SIZE`] chunks and hashes each on
-//!   a blocking thread while it reads on (at most [`HASHES_IN_FLIGHT`] at once), then hands
+//!   a blocking thread while it reads on (at most [`HASHES_IN_FLIGHT`] at once; the same thread
+//!   writes the chunk to its file beside the database, `Store::stage_block`), then hands
 //!   batches of about [`PUT_BATCH`] bytes to the writer thread (at most [`PUTS_IN_FLIGHT`]
 //!   queued): reading, hashing and writing overlap, and memory per upload is bounded by
 //!   `HASHES_IN_FLIGHT + (1 + PUTS_IN_FLIGHT) · PUT_BATCH` bytes whatever the size. Each
@@ -549,7 +550,7 @@ fn named_cid(event: &shoal_store::Event) -> Result<Cid, BlobsError> {
 }
 
 type Job = tokio::task::JoinHandle<Result<(), BlobsError>>;
-type Hashing = tokio::task::JoinHandle<(Cid, Bytes)>;
+type Hashing = tokio::task::JoinHandle<Result<(Cid, Bytes), shoal_store::Error>>;
 
 /// One upload in progress (see the module doc).
 struct Upload {
@@ -630,15 +631,20 @@ impl Upload {
                 self.hashed(h).await?;
             }
         }
+        // Hashed, then written to its file beside the database on this thread too (a no-op
+        // for a chunk the store keeps inline), so the writer's commit only records it.
+        let store = self.service.inner.store.clone();
         self.hashing.push_back(tokio::task::spawn_blocking(move || {
-            (cid_of(RAW, &chunk), chunk)
+            let cid = cid_of(RAW, &chunk);
+            store.stage_block(&cid, &chunk)?;
+            Ok((cid, chunk))
         }));
         Ok(())
     }
 
     /// Extends the tree with a hashed chunk; queues the batch at the writer once it is full.
     async fn hashed(&mut self, hashing: Hashing) -> Result<(), BlobsError> {
-        let (cid, data) = hashing.await?;
+        let (cid, data) = hashing.await??;
         self.links
             .extend(self.builder.push_chunk(cid, data.len() as u64)?);
         self.batch_bytes += data.len();

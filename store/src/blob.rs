@@ -78,8 +78,9 @@ const ONLY_UNDER: &str = "WITH RECURSIVE \
      live(id) AS (SELECT id FROM aliases UNION SELECT id FROM retired \
         UNION SELECT refs.child FROM refs JOIN live ON refs.parent = live.id), \
      mine(id) AS (SELECT ?1 UNION SELECT refs.child FROM refs JOIN mine ON refs.parent = mine.id) \
-     SELECT mine.id, length(blocks.data) FROM mine LEFT JOIN blocks ON blocks.id = mine.id \
-     WHERE mine.id NOT IN (SELECT id FROM live)";
+     SELECT mine.id, coalesce(length(blocks.data), files.size), files.id IS NOT NULL, cids.cid \
+     FROM mine JOIN cids ON cids.id = mine.id LEFT JOIN blocks ON blocks.id = mine.id \
+     LEFT JOIN files ON files.id = mine.id WHERE mine.id NOT IN (SELECT id FROM live)";
 
 /// What the store knows of one blob.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -261,10 +262,12 @@ fn migrate_one(conn: &mut Connection, old: &Cid) -> Result<Option<Cid>> {
         }
         tx.prepare_cached(META_DELETE)?
             .execute(params![old.to_bytes()])?;
-        if let Some(id) = old_id {
-            free_unreached(&tx, id)?;
-        }
+        let files = match old_id {
+            Some(id) => free_unreached(&tx, id)?.1,
+            None => Vec::new(),
+        };
         tx.commit()?;
+        blocks::remove_files(conn, &files);
         return Ok(None);
     }
     if builder.size() != size.max(0) as u64 {
@@ -301,10 +304,12 @@ fn migrate_one(conn: &mut Connection, old: &Cid) -> Result<Option<Cid>> {
          ON CONFLICT(old) DO UPDATE SET new = excluded.new",
         params![old.to_bytes(), new.to_bytes()],
     )?;
-    if let Some(id) = old_id {
-        free_unreached(&tx, id)?;
-    }
+    let files = match old_id {
+        Some(id) => free_unreached(&tx, id)?.1,
+        None => Vec::new(),
+    };
     tx.commit()?;
+    blocks::remove_files(conn, &files);
     Ok(Some(new))
 }
 
@@ -343,13 +348,19 @@ pub fn put_hashed(
     if auto != 0 {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     }
+    let as_files = crate::files::BlockFiles::of(&conn).is_some();
     let result = put_hashed_tx(&mut conn, blocks, upload);
     if auto != 0 {
         conn.pragma_update(None, "wal_autocheckpoint", auto)?;
     }
     drop(conn);
     if result.is_ok() {
-        let bytes: usize = blocks.iter().map(|(_, d)| d.len()).sum();
+        // Only what went into the WAL: blocks stored as files never pass through it.
+        let bytes: usize = blocks
+            .iter()
+            .filter(|(c, d)| !(as_files && crate::files::is_file_block(c, d.len())))
+            .map(|(_, d)| d.len())
+            .sum();
         // The batch is committed whatever happens here: a checkpoint that fails (disk full,
         // busy) must not report it lost; the WAL keeps the data and a later one retries.
         if let Err(e) = w.wrote(bytes as u64) {
@@ -575,33 +586,39 @@ fn unpin(w: &mut Writer, root: &Cid, prefixes: &[&str]) -> Result<Option<Freed>>
         tx.prepare_cached(META_DELETE)?
             .execute(params![root.to_bytes()])?;
     }
-    let freed = match blocks::cid_id(&tx, root)? {
+    let (freed, files) = match blocks::cid_id(&tx, root)? {
         Some(id) => free_unreached(&tx, id)?,
-        None => Freed::default(),
+        None => (Freed::default(), Vec::new()),
     };
     tx.commit()?;
+    blocks::remove_files(&conn, &files);
     Ok(known.then_some(freed))
 }
 
 /// Deletes every block under the CID with id `root` (itself included) that no alias and no
-/// recently retired root reaches.
-fn free_unreached(tx: &Connection, root: i64) -> Result<Freed> {
+/// recently retired root reaches. The blocks kept as files are returned: remove them with
+/// [`blocks::remove_files`] once the transaction committed.
+fn free_unreached(tx: &Connection, root: i64) -> Result<(Freed, Vec<Cid>)> {
     let mut freed = Freed::default();
-    let dead: Vec<(i64, Option<i64>)> = {
+    let mut files = Vec::new();
+    type Row = (i64, Option<i64>, bool, Vec<u8>);
+    let dead: Vec<Row> = {
         let mut stmt = tx.prepare(ONLY_UNDER)?;
-        let rows = stmt.query_map(params![root], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let rows = stmt.query_map(params![root], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
         rows.collect::<std::result::Result<_, _>>()?
     };
-    for (id, len) in dead {
-        if let Some(len) = len {
-            tx.execute("DELETE FROM blocks WHERE id = ?1", params![id])?;
+    for (id, len, file, cid) in dead {
+        let file = if file { Some(cid::from_bytes(&cid)?) } else { None };
+        let deleted = blocks::delete(tx, id, len, file)?;
+        if let Some(bytes) = deleted.bytes {
             freed.blocks += 1;
-            freed.bytes += len.max(0) as u64;
+            freed.bytes += bytes;
         }
-        tx.execute("DELETE FROM refs WHERE parent = ?1", params![id])?;
-        tx.execute("DELETE FROM cids WHERE id = ?1", params![id])?;
+        files.extend(deleted.file);
     }
-    Ok(freed)
+    Ok((freed, files))
 }
 
 /// Metadata of a blob known here (put here or being fetched).

@@ -1,4 +1,6 @@
-//! Blocks by CID, their links, and aliases (named pins), over one SQLite connection.
+//! Blocks by CID, their links, and aliases (named pins), over one SQLite connection. Large
+//! raw blocks keep their bytes in files beside the database (`files.rs`); this module is the
+//! one place that decides which and reads and deletes them.
 //!
 //! Owns: `put`/`get`/`has`, link extraction at put time (into `refs`), alias moves, and the
 //! "what is missing below this root" walk. It does not decide what is garbage (`gc.rs`) nor
@@ -15,6 +17,7 @@
 use crate::{
     cid::{self, Cid, DAG_CBOR, DAG_PB, RAW},
     error::{Error, Result},
+    files::{self, BlockFiles},
     schema,
 };
 use libipld::{cbor::DagCborCodec, codec::Codec, Ipld};
@@ -31,12 +34,31 @@ pub(crate) fn put_verified(conn: &Connection, cid: &Cid, data: &[u8], now: i64) 
     put_trusted(conn, cid, data, now)
 }
 
-/// Stores a block whose CID the caller computed from `data` itself.
+/// Stores a block whose CID the caller computed from `data` itself. A large raw block goes to
+/// its file beside the database (`files.rs`; usually written there already by
+/// [`crate::Store::stage_block`], then this only checks it) and gets a `files` row; every
+/// other block is stored inline. A block stored inline before stays so.
 pub(crate) fn put_trusted(conn: &Connection, cid: &Cid, data: &[u8], now: i64) -> Result<()> {
     let children = links(cid, data)?;
     let id = cid_id_touch(conn, cid, now)?;
-    conn.prepare_cached(schema::BLOCK_INSERT)?
-        .execute(params![id, data])?;
+    match BlockFiles::of(conn).filter(|_| files::is_file_block(cid, data.len())) {
+        Some(dir) => {
+            let inline = conn
+                .prepare_cached(schema::INLINE_HAS)?
+                .query_row(params![id], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if !inline {
+                dir.write(cid, data)?;
+                conn.prepare_cached(schema::FILE_INSERT)?
+                    .execute(params![id, data.len() as i64])?;
+            }
+        }
+        None => {
+            conn.prepare_cached(schema::BLOCK_INSERT)?
+                .execute(params![id, data])?;
+        }
+    }
     if !children.is_empty() {
         let mut insert_ref = conn.prepare_cached(schema::REF_INSERT)?;
         for child in children {
@@ -83,12 +105,59 @@ pub(crate) fn cid_id(conn: &Connection, cid: &Cid) -> Result<Option<i64>> {
         .optional()?)
 }
 
-/// The bytes of `cid`, if present.
+/// The bytes of `cid`, if present (read from its file for a block stored as one; a file
+/// deleted since its row was read counts as absent).
 pub(crate) fn get(conn: &Connection, cid: &Cid) -> Result<Option<Vec<u8>>> {
-    Ok(conn
+    let row: Option<(Option<Vec<u8>>, Option<i64>)> = conn
         .prepare_cached(schema::BLOCK_GET)?
-        .query_row(params![cid.to_bytes()], |r| r.get(0))
-        .optional()?)
+        .query_row(params![cid.to_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match row {
+        Some((Some(data), _)) => Ok(Some(data)),
+        Some((None, Some(size))) => match BlockFiles::of(conn) {
+            Some(dir) => dir.read(cid, size),
+            None => Ok(None),
+        },
+        Some((None, None)) | None => Ok(None),
+    }
+}
+
+/// What deleting one CID's rows freed.
+#[derive(Debug, Default)]
+pub(crate) struct Deleted {
+    /// Bytes of the block, if it was present.
+    pub bytes: Option<u64>,
+    /// Its bytes are a file: remove it with [`remove_files`] once the transaction committed.
+    pub file: Option<Cid>,
+}
+
+/// Deletes the rows of CID id `id` (its block or file row, its links, the CID itself), in the
+/// caller's transaction. `cid` and `file` as the GC or blob queries returned them.
+pub(crate) fn delete(conn: &Connection, id: i64, bytes: Option<i64>, file: Option<Cid>) -> Result<Deleted> {
+    if bytes.is_some() {
+        conn.prepare_cached(schema::GC_DELETE_BLOCK)?
+            .execute(params![id])?;
+        conn.prepare_cached(schema::GC_DELETE_FILE)?
+            .execute(params![id])?;
+    }
+    conn.prepare_cached(schema::GC_DELETE_REFS)?
+        .execute(params![id])?;
+    conn.prepare_cached(schema::GC_DELETE_CID)?
+        .execute(params![id])?;
+    Ok(Deleted {
+        bytes: bytes.map(|b| b.max(0) as u64),
+        file: file.filter(|_| bytes.is_some()),
+    })
+}
+
+/// Removes the files of deleted blocks; call after the deleting transaction committed (a
+/// crash before leaves complete files without rows, which the GC sweep removes).
+pub(crate) fn remove_files(conn: &Connection, cids: &[Cid]) {
+    if let Some(dir) = BlockFiles::of(conn) {
+        for cid in cids {
+            dir.remove(cid);
+        }
+    }
 }
 
 /// Is `cid` present?

@@ -34,7 +34,8 @@ pub enum Error {
         root: Box<Cid>,
         reason: String,
     },
-    /// The disk is full (SQLITE_FULL). Nothing of the failed transaction was kept.
+    /// The disk is full (SQLITE_FULL; a full disk under a block file is a [`Error::BlockFile`]
+    /// for which [`Error::is_full`] is true). Nothing of the failed transaction was kept.
     #[error("disk full: the store could not write; free disk space and retry")]
     Full(#[source] rusqlite::Error),
     /// Another process (or another open store in this one) holds the store's writer lock:
@@ -73,6 +74,13 @@ pub enum Error {
         path: std::path::PathBuf,
         data_dir: std::path::PathBuf,
         problem: String,
+    },
+    /// Writing, reading or flushing a block file beside the database (`files.rs`) failed.
+    #[error("block file {}: {source}", .path.display())]
+    BlockFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     /// Filesystem errors around opening the store.
     #[error("io: {0}")]
@@ -121,6 +129,13 @@ impl Error {
 
     /// True when retrying after freeing disk space could succeed.
     pub fn is_full(&self) -> bool {
-        matches!(self, Error::Full(_))
+        match self {
+            Error::Full(_) => true,
+            Error::BlockFile { source, .. } => {
+                source.kind() == std::io::ErrorKind::StorageFull
+                    || source.kind() == std::io::ErrorKind::QuotaExceeded
+            }
+            _ => false,
+        }
     }
 }

@@ -10,11 +10,17 @@
 //! (`auto_vacuum=INCREMENTAL`), so the file shrinks after packing instead of keeping the size
 //! of the unpacked appends.
 //!
+//! Blocks stored as files (`files.rs`) lose their row in the transaction and their file right
+//! after it commits; each call also sweeps one of the 256 block directories for files without a
+//! row older than `grace` (what a crash between the two, or a batch that never committed, left).
+//!
 //! Invariant: GC never deletes a block reachable from an alias. Reachability uses only the
 //! `refs` table, which holds the links of every present block (see `blocks.rs`).
 
 use crate::{
+    blocks, cid,
     error::Result,
+    files::BlockFiles,
     schema::{self, now_secs},
 };
 use rusqlite::{params, Connection};
@@ -30,20 +36,29 @@ pub struct GcStats {
     pub bytes_freed: u64,
     /// CID rows deleted (blocks plus placeholders of never-fetched links).
     pub cids_deleted: u64,
+    /// Block files without a row removed by the sweep (left by a crash; `files.rs`).
+    pub files_swept: u64,
     /// True when the budget was exhausted: there may be more garbage.
     pub more: bool,
 }
 
-/// Deletes at most `budget` unreachable CIDs.
-pub(crate) fn collect(conn: &mut Connection, grace: Duration, budget: usize) -> Result<GcStats> {
+/// Deletes at most `budget` unreachable CIDs, then sweeps block directory `shard` for files
+/// without a row (`files.rs`).
+pub(crate) fn collect(
+    conn: &mut Connection,
+    grace: Duration,
+    budget: usize,
+    shard: u8,
+) -> Result<GcStats> {
     let cutoff = now_secs() - grace.as_secs() as i64;
     let tx = conn.transaction()?;
     tx.prepare_cached(schema::RETIRED_EXPIRE)?
         .execute(params![cutoff])?;
-    let dead: Vec<(i64, Option<i64>)> = {
+    type Row = (i64, Option<i64>, bool, Vec<u8>);
+    let dead: Vec<Row> = {
         let mut stmt = tx.prepare_cached(schema::GARBAGE)?;
         let rows = stmt.query_map(params![cutoff, budget as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?;
         rows.collect::<std::result::Result<_, _>>()?
     };
@@ -51,22 +66,28 @@ pub(crate) fn collect(conn: &mut Connection, grace: Duration, budget: usize) -> 
         more: dead.len() >= budget,
         ..GcStats::default()
     };
-    {
-        let mut del_block = tx.prepare_cached(schema::GC_DELETE_BLOCK)?;
-        let mut del_refs = tx.prepare_cached(schema::GC_DELETE_REFS)?;
-        let mut del_cid = tx.prepare_cached(schema::GC_DELETE_CID)?;
-        for (id, len) in &dead {
-            if let Some(len) = len {
-                del_block.execute(params![id])?;
-                stats.blocks_deleted += 1;
-                stats.bytes_freed += (*len).max(0) as u64;
-            }
-            del_refs.execute(params![id])?;
-            del_cid.execute(params![id])?;
-            stats.cids_deleted += 1;
+    let mut files = Vec::new();
+    for (id, len, file, cid) in &dead {
+        let file = if *file {
+            Some(cid::from_bytes(cid)?)
+        } else {
+            None
+        };
+        let deleted = blocks::delete(&tx, *id, *len, file)?;
+        if let Some(bytes) = deleted.bytes {
+            stats.blocks_deleted += 1;
+            stats.bytes_freed += bytes;
         }
+        files.extend(deleted.file);
+        stats.cids_deleted += 1;
     }
     tx.commit()?;
+    blocks::remove_files(conn, &files);
+    if let Some(dir) = BlockFiles::of(conn) {
+        let (swept, bytes) = dir.sweep(conn, shard, grace)?;
+        stats.files_swept = swept;
+        stats.bytes_freed += bytes;
+    }
     if stats.blocks_deleted > 0 {
         // Hand free pages back to the filesystem, bounded per call like the deletes (a no-op
         // on databases created before auto_vacuum=INCREMENTAL was set).

@@ -132,8 +132,12 @@ pub struct SourceStats {
 /// Whole-store statistics.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stats {
+    /// Present blocks, inline and as files.
     pub blocks: u64,
     pub bytes: u64,
+    /// Of those, the blocks whose bytes are files beside the database (`files.rs`).
+    pub file_blocks: u64,
+    pub file_bytes: u64,
     pub cids: u64,
     pub aliases: u64,
     pub sources: Vec<SourceStats>,
@@ -346,7 +350,8 @@ impl Reader {
     }
 
     /// Walks every alias: every reachable block must be present and hash to its CID (and
-    /// dag-cbor blocks must be well-formed). Each block is checked once even if shared.
+    /// dag-cbor blocks must be well-formed); a block stored as a file is read and hashed from
+    /// its file. Each block is checked once even if shared.
     pub fn verify(&self) -> Result<VerifyReport> {
         let aliases = blocks::all_aliases(&*self.lock()?)?;
         let mut report = VerifyReport {
@@ -361,14 +366,20 @@ impl Reader {
                     continue;
                 }
                 report.blocks_checked += 1;
+                // A block file that is gone or has the wrong length is a problem of this
+                // block, not a reason to stop.
                 let data = if r.present {
-                    self.get_block(&r.cid)?
+                    self.get_block(&r.cid)
                 } else {
-                    None
+                    Ok(None)
                 };
                 let problem = match data {
-                    None => Some(ProblemKind::Missing),
-                    Some(data) => match cid::verify(&r.cid, &data) {
+                    Err(e @ (Error::Corrupt { .. } | Error::BlockFile { .. })) => {
+                        Some(ProblemKind::Corrupt(e.to_string()))
+                    }
+                    Err(e) => return Err(e),
+                    Ok(None) => Some(ProblemKind::Missing),
+                    Ok(Some(data)) => match cid::verify(&r.cid, &data) {
                         Err(Error::HashMismatch { .. }) => Some(ProblemKind::HashMismatch),
                         Err(e) => Some(ProblemKind::Corrupt(e.to_string())),
                         Ok(()) => match blocks::links(&r.cid, &data) {
@@ -395,6 +406,9 @@ impl Reader {
         let (blocks, bytes): (i64, i64) =
             self.lock()?
                 .query_row(schema::COUNT_BLOCKS, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (file_blocks, file_bytes): (i64, i64) =
+            self.lock()?
+                .query_row(schema::COUNT_FILES, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
         let cids: i64 = self
             .lock()?
             .query_row(schema::COUNT_CIDS, [], |r| r.get(0))?;
@@ -418,8 +432,10 @@ impl Reader {
             });
         }
         Ok(Stats {
-            blocks: blocks.max(0) as u64,
-            bytes: bytes.max(0) as u64,
+            blocks: (blocks.max(0) + file_blocks.max(0)) as u64,
+            bytes: (bytes.max(0) + file_bytes.max(0)) as u64,
+            file_blocks: file_blocks.max(0) as u64,
+            file_bytes: file_bytes.max(0) as u64,
             cids: cids.max(0) as u64,
             aliases,
             sources,

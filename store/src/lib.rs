@@ -1,7 +1,8 @@
 //! shoal-store: the SQLite block store and the per-source event trees.
 //!
 //! - [`Store`]: opens the SQLite file (WAL mode), hands out the one [`Writer`] and any number of
-//!   [`Reader`]s. A store opened for writing is locked to one process (`lock.rs`): a second
+//!   [`Reader`]s. Raw blocks of at least [`FILE_MIN`] bytes (blob chunks) keep their bytes in
+//!   files beside it (`files.rs`), still one store: one GC, one verify, one inspector. A store opened for writing is locked to one process (`lock.rs`): a second
 //!   writer is refused with [`Error::Locked`], naming the holder.
 //! - [`Writer`] (`log.rs`): appends batches to a source's banyan tree and moves its alias in one
 //!   transaction; imports replicated trees; packs; collects garbage.
@@ -26,6 +27,7 @@ pub mod dag;
 pub mod dagpb;
 mod error;
 mod event;
+mod files;
 mod gc;
 mod inspect;
 mod lock;
@@ -45,6 +47,7 @@ pub use crate::error::{Error, Result};
 pub use crate::event::{
     Event, EventFilter, Lamport, NewEvent, Offset, Selector, SourceId, MAX_LAMPORT,
 };
+pub use crate::files::{FILE_DIRS, FILE_MIN};
 pub use crate::gc::GcStats;
 pub use crate::inspect::{
     BlockView, NodeShape, Problem, ProblemKind, SourceStats, Stats, TreeShape, VerifyReport,

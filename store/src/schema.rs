@@ -3,7 +3,10 @@
 //! Tables:
 //! - `cids(id, cid)`: every CID the store knows, present or only referenced. Ids are stable
 //!   handles so `refs` and `aliases` stay small.
-//! - `blocks(id, data)`: the bytes of present blocks (`id` = `cids.id`).
+//! - `blocks(id, data)`: the bytes of present blocks (`id` = `cids.id`) stored inline.
+//! - `files(id, size)`: present blocks whose bytes are a file beside the database (raw blocks
+//!   of at least `files::FILE_MIN` bytes, see `files.rs`). A block is present when it has a
+//!   `blocks` or a `files` row.
 //! - `refs(parent, child)`: links of each present dag-cbor block, extracted once at put time,
 //!   so reachability (GC, missing blocks, verify) is pure SQL and never decodes a block.
 //! - `aliases(name, id)`: named pins (one per source's current tree, later one per blob).
@@ -20,7 +23,9 @@ use rusqlite::Connection;
 use std::time::Duration;
 
 /// Schema version, in `PRAGMA user_version`.
-pub(crate) const VERSION: i64 = 1;
+/// 2 added `files` (large raw blocks as files): a build that knows only 1 would take those
+/// blocks for missing.
+pub(crate) const VERSION: i64 = 2;
 
 const CREATE: &str = r#"
 CREATE TABLE IF NOT EXISTS cids (
@@ -31,6 +36,10 @@ CREATE TABLE IF NOT EXISTS cids (
 CREATE TABLE IF NOT EXISTS blocks (
     id   INTEGER PRIMARY KEY,
     data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS files (
+    id   INTEGER PRIMARY KEY,
+    size INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS refs (
     parent INTEGER NOT NULL,
@@ -163,15 +172,42 @@ pub(crate) fn configure_reader(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// A store last written by a build before `files` (schema 1) has no such table, and a reader
+/// cannot add one: an empty temporary one answers the same. Call before `query_only` is set
+/// (it refuses temporary tables too); a read-only connection cannot make one at all.
+pub(crate) fn files_standin(conn: &Connection) -> Result<()> {
+    if !has_files_table(conn)? {
+        conn.execute_batch(FILES_STANDIN)?;
+    }
+    Ok(())
+}
+
+/// Does the database have the `files` table (schema 2)?
+pub(crate) fn has_files_table(conn: &Connection) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'files'",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+const FILES_STANDIN: &str =
+    "CREATE TEMP TABLE IF NOT EXISTS files (id INTEGER PRIMARY KEY, size INTEGER NOT NULL)";
+
 pub(crate) const CID_ID: &str = "SELECT id FROM cids WHERE cid = ?1";
 pub(crate) const CID_LOOKUP: &str = "SELECT id, added FROM cids WHERE cid = ?1";
 pub(crate) const CID_NEW: &str = "INSERT INTO cids (cid, added) VALUES (?1, ?2)";
 pub(crate) const CID_TOUCH: &str = "UPDATE cids SET added = ?2 WHERE id = ?1";
 pub(crate) const BLOCK_INSERT: &str = "INSERT OR IGNORE INTO blocks (id, data) VALUES (?1, ?2)";
-pub(crate) const BLOCK_GET: &str =
-    "SELECT blocks.data FROM cids JOIN blocks ON blocks.id = cids.id WHERE cids.cid = ?1";
-pub(crate) const BLOCK_HAS: &str =
-    "SELECT 1 FROM cids JOIN blocks ON blocks.id = cids.id WHERE cids.cid = ?1";
+pub(crate) const FILE_INSERT: &str = "INSERT OR IGNORE INTO files (id, size) VALUES (?1, ?2)";
+pub(crate) const INLINE_HAS: &str = "SELECT 1 FROM blocks WHERE id = ?1";
+/// The inline bytes or the file size of a block (both NULL: known but absent).
+pub(crate) const BLOCK_GET: &str = "SELECT blocks.data, files.size FROM cids \
+     LEFT JOIN blocks ON blocks.id = cids.id LEFT JOIN files ON files.id = cids.id \
+     WHERE cids.cid = ?1";
+pub(crate) const BLOCK_HAS: &str = "SELECT 1 FROM cids WHERE cids.cid = ?1 AND \
+     (EXISTS (SELECT 1 FROM blocks WHERE blocks.id = cids.id) \
+     OR EXISTS (SELECT 1 FROM files WHERE files.id = cids.id))";
 pub(crate) const REF_INSERT: &str = "INSERT OR IGNORE INTO refs (parent, child) VALUES (?1, ?2)";
 pub(crate) const ALIAS_GET: &str =
     "SELECT cids.cid FROM aliases JOIN cids ON cids.id = aliases.id WHERE aliases.name = ?1";
@@ -192,35 +228,43 @@ pub(crate) const META_SET: &str = "INSERT INTO meta (key, value) VALUES (?1, ?2)
 pub(crate) const REACHABLE_FROM: &str = "WITH RECURSIVE reach(id) AS ( \
         SELECT ?1 \
         UNION SELECT refs.child FROM refs JOIN reach ON refs.parent = reach.id) \
-     SELECT reach.id, cids.cid, blocks.id IS NOT NULL, length(blocks.data) \
-     FROM reach JOIN cids ON cids.id = reach.id LEFT JOIN blocks ON blocks.id = reach.id";
+     SELECT reach.id, cids.cid, blocks.id IS NOT NULL OR files.id IS NOT NULL, \
+        coalesce(length(blocks.data), files.size) \
+     FROM reach JOIN cids ON cids.id = reach.id LEFT JOIN blocks ON blocks.id = reach.id \
+     LEFT JOIN files ON files.id = reach.id";
 
 /// CIDs reachable from `?1` whose block is absent.
 pub(crate) const MISSING_FROM: &str = "WITH RECURSIVE reach(id) AS ( \
         SELECT ?1 \
         UNION SELECT refs.child FROM refs JOIN reach ON refs.parent = reach.id) \
      SELECT cids.cid FROM reach JOIN cids ON cids.id = reach.id \
-     WHERE NOT EXISTS (SELECT 1 FROM blocks WHERE blocks.id = reach.id)";
+     WHERE NOT EXISTS (SELECT 1 FROM blocks WHERE blocks.id = reach.id) \
+     AND NOT EXISTS (SELECT 1 FROM files WHERE files.id = reach.id)";
 
 /// Garbage: ids not reachable from any alias nor from a root retired after `?1`, and not
-/// written after `?1` (`?1` = now − grace, in seconds); at most `?2` of them.
+/// written after `?1` (`?1` = now − grace, in seconds); at most `?2` of them. Per id: its
+/// bytes (NULL when absent), whether they are a file, its CID.
 pub(crate) const GARBAGE: &str = "WITH RECURSIVE live(id) AS ( \
         SELECT id FROM aliases \
         UNION SELECT id FROM retired WHERE at > ?1 \
         UNION SELECT refs.child FROM refs JOIN live ON refs.parent = live.id) \
-     SELECT cids.id, length(blocks.data) FROM cids LEFT JOIN blocks ON blocks.id = cids.id \
+     SELECT cids.id, coalesce(length(blocks.data), files.size), files.id IS NOT NULL, cids.cid \
+     FROM cids LEFT JOIN blocks ON blocks.id = cids.id LEFT JOIN files ON files.id = cids.id \
      WHERE cids.added <= ?1 AND cids.id NOT IN (SELECT id FROM live) LIMIT ?2";
 pub(crate) const GC_DELETE_BLOCK: &str = "DELETE FROM blocks WHERE id = ?1";
+pub(crate) const GC_DELETE_FILE: &str = "DELETE FROM files WHERE id = ?1";
 pub(crate) const GC_DELETE_REFS: &str = "DELETE FROM refs WHERE parent = ?1";
 pub(crate) const GC_DELETE_CID: &str = "DELETE FROM cids WHERE id = ?1";
 
 pub(crate) const COUNT_BLOCKS: &str = "SELECT count(*), coalesce(sum(length(data)), 0) FROM blocks";
+pub(crate) const COUNT_FILES: &str = "SELECT count(*), coalesce(sum(size), 0) FROM files";
 pub(crate) const COUNT_CIDS: &str = "SELECT count(*) FROM cids";
 pub(crate) const ALL_ALIASES: &str =
     "SELECT aliases.name, cids.cid FROM aliases JOIN cids ON cids.id = aliases.id ORDER BY 1";
 pub(crate) const ALIASES_WITHOUT_ROOT: &str = "SELECT aliases.name, cids.cid FROM aliases \
      JOIN cids ON cids.id = aliases.id \
-     WHERE NOT EXISTS (SELECT 1 FROM blocks WHERE blocks.id = aliases.id) ORDER BY 1";
+     WHERE NOT EXISTS (SELECT 1 FROM blocks WHERE blocks.id = aliases.id) \
+     AND NOT EXISTS (SELECT 1 FROM files WHERE files.id = aliases.id) ORDER BY 1";
 
 /// Seconds since the Unix epoch, for `added` / `retired.at`.
 pub(crate) fn now_secs() -> i64 {

@@ -6,7 +6,9 @@
 //! so queries never wait on the writer (WAL mode).
 
 use crate::{
+    cid::Cid,
     error::{Error, Result},
+    files::{self, BlockFiles},
     lock::WriterLock,
     log::Writer,
     read::{Reader, RootCache},
@@ -152,6 +154,20 @@ impl Store {
         ))
     }
 
+    /// Writes a block that the store keeps as a file (a raw block of at least
+    /// [`crate::FILE_MIN`] bytes) to its place beside the database now, flushed, so that the
+    /// writer's later commit of it only records it (`files.rs`); does nothing for other blocks.
+    /// For callers off the writer's thread (uploads, fetches), so block bytes are written in
+    /// parallel and never inside the writer's transactions. `data` must hash to `cid`
+    /// (callers hashed or verified it), as for every block handed to the writer. A file the
+    /// writer never records is removed by GC after its grace period.
+    pub fn stage_block(&self, cid: &Cid, data: &[u8]) -> Result<()> {
+        if files::is_file_block(cid, data.len()) {
+            BlockFiles::beside(&self.path).write(cid, data)?;
+        }
+        Ok(())
+    }
+
     /// Path of the SQLite file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -165,13 +181,16 @@ impl Store {
 
 /// A read-only connection. Falls back to a read-write connection limited by `query_only` when
 /// SQLite refuses a read-only open of a WAL database whose `-shm` file does not exist yet (no
-/// writer has it open): the fallback can create that file but never writes data.
+/// writer has it open), or the store predates the `files` table: the fallback can create
+/// that file and temporary tables but never writes data.
 fn open_read_connection(path: &Path) -> Result<Connection> {
     let ro = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = match Connection::open_with_flags(path, ro) {
         Ok(conn) => match conn.query_row("SELECT count(*) FROM aliases", [], |_| Ok(())) {
-            Ok(()) => conn,
-            Err(_) => open_query_only(path)?,
+            // A store of schema 1 has no `files` table: the reader makes an empty temporary
+            // one (`schema::files_standin`), which a read-only connection cannot.
+            Ok(()) if schema::has_files_table(&conn)? => conn,
+            _ => open_query_only(path)?,
         },
         Err(_) => open_query_only(path)?,
     };
@@ -182,6 +201,7 @@ fn open_read_connection(path: &Path) -> Result<Connection> {
 fn open_query_only(path: &Path) -> Result<Connection> {
     let rw = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, rw)?;
+    schema::files_standin(&conn)?;
     conn.pragma_update(None, "query_only", true)?;
     Ok(conn)
 }

@@ -102,8 +102,8 @@ fn chunks(node: &Node) -> Result<u64> {
     let out = Command::new("sqlite3")
         .arg(node.data_dir().join("store.sqlite"))
         .arg(
-            "SELECT count(*) FROM blocks b JOIN cids c ON c.id = b.id \
-             WHERE substr(c.cid, 2, 1) = x'55';",
+            "SELECT count(*) FROM (SELECT id FROM blocks UNION ALL SELECT id FROM files) b \
+             JOIN cids c ON c.id = b.id WHERE substr(c.cid, 2, 1) = x'55';",
         )
         .output()
         .context("sqlite3 (the tests use the sqlite3 CLI to look into a store)")?;

@@ -60,11 +60,13 @@ async fn body(resp: reqwest::Response) -> Result<Vec<u8>> {
     Ok(within(resp.bytes()).await?.to_vec())
 }
 
-/// `SELECT count(*), sum(length(data)) FROM blocks` of a node's store (WAL: safe while it runs).
+/// Count and bytes of the present blocks of a node's store, inline (`blocks`) and as files
+/// beside it (`files`), read with the sqlite3 CLI (WAL: safe while it runs).
 fn block_stats(node: &Node) -> Result<(u64, u64)> {
     count_and_bytes(
         node,
-        "SELECT count(*), coalesce(sum(length(data)), 0) FROM blocks;",
+        "SELECT count(*), coalesce(sum(n), 0) FROM \
+         (SELECT length(data) AS n FROM blocks UNION ALL SELECT size FROM files);",
     )
 }
 
@@ -72,9 +74,27 @@ fn block_stats(node: &Node) -> Result<(u64, u64)> {
 fn chunk_stats(node: &Node) -> Result<(u64, u64)> {
     count_and_bytes(
         node,
-        "SELECT count(*), coalesce(sum(length(b.data)), 0) FROM blocks b \
-         JOIN cids c ON c.id = b.id WHERE substr(c.cid, 2, 1) = x'55';",
+        "SELECT count(*), coalesce(sum(p.n), 0) FROM \
+         (SELECT id, length(data) AS n FROM blocks UNION ALL SELECT id, size FROM files) p \
+         JOIN cids c ON c.id = p.id WHERE substr(c.cid, 2, 1) = x'55';",
     )
+}
+
+/// Every block file beside a node's database (path and length).
+fn block_files(node: &Node) -> Vec<(std::path::PathBuf, u64)> {
+    let dir = node.data_dir().join("store.sqlite.blocks");
+    let mut out = Vec::new();
+    for shard in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if shard.file_name() == "tmp" {
+            continue;
+        }
+        for f in std::fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            out.push((f.path(), len));
+        }
+    }
+    out.sort();
+    out
 }
 
 fn count_and_bytes(node: &Node, sql: &str) -> Result<(u64, u64)> {
@@ -329,12 +349,12 @@ async fn a_corrupted_chunk_from_a_peer_is_rejected() {
     let mut c = Node::start().unwrap();
     let (cid, _) = put(&c, &data, "").await.unwrap();
     c.kill9();
-    sqlite(
-        &c,
-        "UPDATE blocks SET data = zeroblob(1048576) WHERE id = \
-         (SELECT min(id) FROM blocks WHERE length(data) = 1048576);",
-    )
-    .unwrap();
+    // Chunks of 1 MiB are files beside the database (`store.sqlite.blocks/<xx>/<cid>`).
+    let damaged = block_files(&c)
+        .into_iter()
+        .find(|(_, len)| *len == CHUNK as u64)
+        .expect("a 1 MiB chunk file");
+    std::fs::write(&damaged.0, vec![0u8; CHUNK]).unwrap();
     let c = c.respawn().unwrap();
     let b = Node::start_with(peer_of(&c)).unwrap();
     let path = format!("/api/v1/blobs/{cid}");

@@ -175,15 +175,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .writer()
                 .context("cannot take the store's writer: is a node using this data dir?")?;
             // Bounded steps (each one transaction) until nothing is left.
+            // Every step also sweeps one block-file directory: at least one step per
+            // directory, so all are swept.
             let mut stats = GcStats::default();
-            loop {
-                let step = writer.gc(GC_STEP).context(
+            for step in 1usize.. {
+                let got = writer.gc(GC_STEP).context(
                     "garbage collection failed: stop the node using this data dir and retry",
                 )?;
-                stats.blocks_deleted += step.blocks_deleted;
-                stats.bytes_freed += step.bytes_freed;
-                stats.cids_deleted += step.cids_deleted;
-                if !step.more {
+                stats.blocks_deleted += got.blocks_deleted;
+                stats.bytes_freed += got.bytes_freed;
+                stats.cids_deleted += got.cids_deleted;
+                stats.files_swept += got.files_swept;
+                if !got.more && step >= shoal_store::FILE_DIRS {
                     break;
                 }
             }

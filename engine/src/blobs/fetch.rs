@@ -465,6 +465,7 @@ impl Read {
         }
         let svc = self.svc.clone();
         self.writes.push_back(tokio::spawn(async move {
+            stage(&svc, &blocks).await?;
             svc.write(BlobWrite::Put {
                 chunks: blocks,
                 links: Vec::new(),
@@ -474,4 +475,20 @@ impl Read {
         }));
         Ok(())
     }
+}
+
+/// Writes the fetched blocks the store keeps as files to their places, each on its own
+/// blocking thread, so the writer's commit of them only records them (`Store::stage_block`).
+async fn stage(svc: &BlobService, blocks: &[(Cid, Bytes)]) -> Result<(), BlobsError> {
+    let jobs: Vec<JoinHandle<shoal_store::Result<()>>> = blocks
+        .iter()
+        .map(|(cid, data)| {
+            let (store, cid, data) = (svc.inner.store.clone(), *cid, data.clone());
+            tokio::task::spawn_blocking(move || store.stage_block(&cid, &data))
+        })
+        .collect();
+    for job in jobs {
+        job.await??;
+    }
+    Ok(())
 }

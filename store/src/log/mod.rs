@@ -125,6 +125,8 @@ pub struct Writer {
     /// Tree nodes from peers already validated by an import (content-addressed, so they stay
     /// valid): later imports of the same source validate only what is new. Bounded.
     validated: std::collections::HashSet<Cid>,
+    /// The block directory the next GC call sweeps for files without a row (`files.rs`).
+    sweep_shard: u8,
     /// Makes this the only writing process of the store file (`lock.rs`); dropped last.
     _lock: WriterLock,
 }
@@ -147,6 +149,10 @@ impl Writer {
         roots: RootCache,
     ) -> Result<Writer> {
         let checkpointer = Checkpointer::spawn(&conn, &config)?;
+        // Writes a previous process left half done (only this process writes block files now).
+        if let Some(files) = crate::files::BlockFiles::of(&conn) {
+            files.clear_tmp();
+        }
         let conn = Arc::new(Mutex::new(conn));
         let forest = Forest::new(SqliteReader::new(conn.clone()), cache);
         Ok(Writer {
@@ -160,6 +166,7 @@ impl Writer {
             written_since_checkpoint: 0,
             checkpointer,
             validated: Default::default(),
+            sweep_shard: 0,
             _lock: lock,
         })
     }
@@ -274,7 +281,9 @@ impl Writer {
     /// Deletes at most `budget` unreachable blocks (see `gc.rs`).
     pub fn gc(&mut self, budget: usize) -> Result<GcStats> {
         let grace = self.config.gc_grace;
-        let stats = gc::collect(&mut *lock(&self.conn)?, grace, budget)?;
+        let shard = self.sweep_shard;
+        self.sweep_shard = shard.wrapping_add(1);
+        let stats = gc::collect(&mut *lock(&self.conn)?, grace, budget, shard)?;
         if stats.blocks_deleted > 0 {
             self.forget_validated();
             self.written_since_checkpoint += stats.bytes_freed;

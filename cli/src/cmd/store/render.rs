@@ -268,6 +268,14 @@ pub fn stats(out: &mut impl Write, stats: &Stats, as_json: bool) -> io::Result<(
         stats.cids,
         stats.aliases
     )?;
+    if stats.file_blocks > 0 {
+        writeln!(
+            out,
+            "of which {} block(s), {}, are files beside the database",
+            stats.file_blocks,
+            bytes(stats.file_bytes)
+        )?;
+    }
     if stats.sources.is_empty() {
         return Ok(());
     }
@@ -308,6 +316,13 @@ pub fn gc(out: &mut impl Write, stats: &GcStats, as_json: bool) -> io::Result<()
         bytes(stats.bytes_freed),
         stats.cids_deleted
     )?;
+    if stats.files_swept > 0 {
+        writeln!(
+            out,
+            "removed {} block file(s) no row pointed to (left by a crash)",
+            stats.files_swept
+        )?;
+    }
     if stats.more {
         writeln!(out, "more garbage remains: run `shoal store gc` again")?;
     }

@@ -413,7 +413,7 @@ impl Metrics {
         );
         now.register(
             "shoal_store_bytes",
-            "Size of the store's files on disk (database, WAL, shared memory)",
+            "Size of the store's files on disk (database, WAL, shared memory, block files)",
             gauge(snapshot.store_bytes),
         );
         now.register(

@@ -522,7 +522,7 @@ impl NodeHandle {
                     0
                 }
             };
-            (store_file_bytes(store.path()), blob_bytes)
+            (store_disk_bytes(&store), blob_bytes)
         })
         .await;
         let (store_bytes, blob_bytes) = sizes.unwrap_or((0, 0));
@@ -540,8 +540,8 @@ impl NodeHandle {
     pub async fn info(&self) -> NodeInfo {
         let offsets: OffsetMap = self.events.offsets();
         let network = self.network.borrow().clone();
-        let store_path = self.store.path().to_path_buf();
-        let store_bytes = tokio::task::spawn_blocking(move || store_file_bytes(&store_path))
+        let store = self.store.clone();
+        let store_bytes = tokio::task::spawn_blocking(move || store_disk_bytes(&store))
             .await
             .unwrap_or(0);
         let streams = match self.events.stream_count().await {
@@ -600,16 +600,12 @@ async fn start_swarm(
     Ok(swarm::spawn(swarm_cfg, blocks, offsets, shutdown).await?)
 }
 
-/// Size of the store's files (database, WAL, shared memory); a missing file counts 0. Blocking.
-fn store_file_bytes(store_path: &std::path::Path) -> u64 {
-    ["", "-wal", "-shm"]
-        .iter()
-        .filter_map(|suffix| {
-            let mut p = store_path.to_path_buf().into_os_string();
-            p.push(suffix);
-            std::fs::metadata(p).ok().map(|m| m.len())
-        })
-        .sum()
+/// The store's size on disk (database, WAL, shared memory, block files); 0 when unreadable.
+fn store_disk_bytes(store: &Store) -> u64 {
+    store.disk_bytes().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot measure the store's size on disk");
+        0
+    })
 }
 
 /// Union of stored and known offsets, by source.

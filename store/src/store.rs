@@ -168,6 +168,25 @@ impl Store {
         Ok(())
     }
 
+    /// Bytes the store takes on disk: the SQLite file, its WAL and shared-memory files, and
+    /// the block files beside it (summed from their rows, not by listing the directory).
+    pub fn disk_bytes(&self) -> Result<u64> {
+        let sqlite: u64 = ["", "-wal", "-shm"]
+            .iter()
+            .filter_map(|suffix| {
+                let mut p = self.path.clone().into_os_string();
+                p.push(suffix);
+                std::fs::metadata(p).ok().map(|m| m.len())
+            })
+            .sum();
+        let reader = self.reader()?;
+        let files: i64 =
+            reader
+                .lock()?
+                .query_row(schema::COUNT_FILES, [], |r| r.get(1))?;
+        Ok(sqlite + files.max(0) as u64)
+    }
+
     /// Path of the SQLite file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -133,7 +133,12 @@ pub(crate) struct Deleted {
 
 /// Deletes the rows of CID id `id` (its block or file row, its links, the CID itself), in the
 /// caller's transaction. `cid` and `file` as the GC or blob queries returned them.
-pub(crate) fn delete(conn: &Connection, id: i64, bytes: Option<i64>, file: Option<Cid>) -> Result<Deleted> {
+pub(crate) fn delete(
+    conn: &Connection,
+    id: i64,
+    bytes: Option<i64>,
+    file: Option<Cid>,
+) -> Result<Deleted> {
     if bytes.is_some() {
         conn.prepare_cached(schema::GC_DELETE_BLOCK)?
             .execute(params![id])?;

@@ -71,9 +71,7 @@ impl BlockFiles {
     /// Final path of `cid`'s file.
     pub(crate) fn path(&self, cid: &Cid) -> PathBuf {
         let shard = cid.hash().digest().first().copied().unwrap_or(0);
-        self.dir
-            .join(format!("{shard:02x}"))
-            .join(cid.to_string())
+        self.dir.join(format!("{shard:02x}")).join(cid.to_string())
     }
 
     /// Stores `data` (which hashes to `cid`) as `cid`'s file unless a complete one is there:
@@ -164,7 +162,12 @@ impl BlockFiles {
     /// Removes the files of directory `shard` that have no `files` row and were written more
     /// than `grace` ago (see the module doc). Runs on the writer's connection, between its
     /// transactions. Returns (files, bytes) removed.
-    pub(crate) fn sweep(&self, conn: &Connection, shard: u8, grace: Duration) -> Result<(u64, u64)> {
+    pub(crate) fn sweep(
+        &self,
+        conn: &Connection,
+        shard: u8,
+        grace: Duration,
+    ) -> Result<(u64, u64)> {
         let dir = self.dir.join(format!("{shard:02x}"));
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
@@ -367,8 +370,11 @@ mod tests {
         std::fs::write(files.path(&c1), b"short").unwrap();
         std::fs::remove_file(files.path(&c2)).unwrap();
         let report = store.reader().unwrap().verify().unwrap();
-        let kinds: std::collections::HashMap<Cid, ProblemKind> =
-            report.problems.iter().map(|p| (p.cid, p.kind.clone())).collect();
+        let kinds: std::collections::HashMap<Cid, ProblemKind> = report
+            .problems
+            .iter()
+            .map(|p| (p.cid, p.kind.clone()))
+            .collect();
         assert_eq!(kinds.get(&c0), Some(&ProblemKind::HashMismatch));
         assert!(matches!(kinds.get(&c1), Some(ProblemKind::Corrupt(_))));
         assert_eq!(kinds.get(&c2), Some(&ProblemKind::Missing));
@@ -397,14 +403,15 @@ mod tests {
             let mut w = store.writer().unwrap();
             blob::init(&mut w).unwrap();
             put_blob(&store, &mut w, &data, "a");
-            store
-                .stage_block(&cid_of(RAW, &orphan), &orphan)
-                .unwrap();
+            store.stage_block(&cid_of(RAW, &orphan), &orphan).unwrap();
         }
         std::fs::write(files.dir.join(TMP).join("torn"), b"half").unwrap();
         let store = Store::open(&path, StoreConfig::debug()).unwrap();
         let mut w = store.writer().unwrap();
-        assert!(!files.dir.join(TMP).join("torn").exists(), "tmp cleared on open");
+        assert!(
+            !files.dir.join(TMP).join("torn").exists(),
+            "tmp cleared on open"
+        );
         let orphan_path = files.path(&cid_of(RAW, &orphan));
         assert!(orphan_path.exists());
         // Let the orphan age past the (zero) grace period, then sweep every directory.
@@ -415,7 +422,10 @@ mod tests {
         }
         assert_eq!(swept, 1);
         assert!(!orphan_path.exists());
-        assert!(files.path(&cid_of(RAW, &data)).exists(), "recorded file kept");
+        assert!(
+            files.path(&cid_of(RAW, &data)).exists(),
+            "recorded file kept"
+        );
         assert!(store.reader().unwrap().verify().unwrap().is_sound());
     }
 

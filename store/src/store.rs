@@ -180,10 +180,9 @@ impl Store {
             })
             .sum();
         let reader = self.reader()?;
-        let files: i64 =
-            reader
-                .lock()?
-                .query_row(schema::COUNT_FILES, [], |r| r.get(1))?;
+        let files: i64 = reader
+            .lock()?
+            .query_row(schema::COUNT_FILES, [], |r| r.get(1))?;
         Ok(sqlite + files.max(0) as u64)
     }
 

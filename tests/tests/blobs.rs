@@ -88,7 +88,11 @@ fn block_files(node: &Node) -> Vec<(std::path::PathBuf, u64)> {
         if shard.file_name() == "tmp" {
             continue;
         }
-        for f in std::fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(shard.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);
             out.push((f.path(), len));
         }
@@ -451,13 +455,21 @@ async fn kill9_mid_put_leaves_no_torn_blob_and_a_re_put_reads_back() {
         .unwrap();
     assert_eq!(listed, json!([]), "no blob of the dead upload is known");
     // The blob service's first use dropped the dead upload's pin.
-    assert_eq!(upload_pins(&node).unwrap(), 0, "the dead upload's pin is gone");
+    assert_eq!(
+        upload_pins(&node).unwrap(),
+        0,
+        "the dead upload's pin is gone"
+    );
 
     let (cid, size) = put(&node, &data, "").await.unwrap();
     assert_eq!(size, data.len() as u64);
-    let got = body(get(&node, &format!("/api/v1/blobs/{cid}"), None).await.unwrap())
-        .await
-        .unwrap();
+    let got = body(
+        get(&node, &format!("/api/v1/blobs/{cid}"), None)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     assert!(got == data, "the re-put blob reads back different bytes");
     assert_eq!(chunk_stats(&node).unwrap(), (48, data.len() as u64));
     verify(&node);

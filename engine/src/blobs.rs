@@ -60,9 +60,12 @@ pub const PUT_BATCH: usize = 4 * CHUNK_SIZE;
 /// the body is read on while the writer pauses for a WAL restart (tens of ms, two fsyncs, every
 /// ~40–56 MiB; see `shoal_store`'s `checkpoint.rs`).
 pub const PUTS_IN_FLIGHT: usize = 6;
-/// Chunks of one upload being hashed at once, on blocking threads, while the body is read on
-/// (hashing 1 MiB takes about as long as receiving it: without this, one waits for the other).
-pub const HASHES_IN_FLIGHT: usize = 4;
+/// Chunks of one upload being hashed and written to their files at once, on blocking threads,
+/// while the body is read on. Each waits for two flushes (its file, its directory) that take
+/// milliseconds on a busy disk but cost no CPU; the filesystem's journal serves concurrent
+/// flushes with one commit, so many in flight keep the disk, not the flushes, the limit
+/// (measured in BENCHMARKS.md, "Blobs": 4 left the node a third of a core busy during a put).
+pub const HASHES_IN_FLIGHT: usize = 16;
 
 /// Settings of the blob service.
 #[derive(Debug, Clone)]

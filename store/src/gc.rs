@@ -83,10 +83,16 @@ pub(crate) fn collect(
     }
     tx.commit()?;
     blocks::remove_files(conn, &files);
+    // The deletes are committed: a sweep that fails (a directory unreadable) is retried when
+    // this directory's turn comes again, and must not make the call look failed.
     if let Some(dir) = BlockFiles::of(conn) {
-        let (swept, bytes) = dir.sweep(conn, shard, grace)?;
-        stats.files_swept = swept;
-        stats.bytes_freed += bytes;
+        match dir.sweep(conn, shard, grace) {
+            Ok((swept, bytes)) => {
+                stats.files_swept = swept;
+                stats.bytes_freed += bytes;
+            }
+            Err(e) => tracing::warn!(error = %e, shard, "cannot sweep a block-file directory"),
+        }
     }
     if stats.blocks_deleted > 0 {
         // Hand free pages back to the filesystem, bounded per call like the deletes (a no-op

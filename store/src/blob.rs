@@ -610,7 +610,11 @@ fn free_unreached(tx: &Connection, root: i64) -> Result<(Freed, Vec<Cid>)> {
         rows.collect::<std::result::Result<_, _>>()?
     };
     for (id, len, file, cid) in dead {
-        let file = if file { Some(cid::from_bytes(&cid)?) } else { None };
+        let file = if file {
+            Some(cid::from_bytes(&cid)?)
+        } else {
+            None
+        };
         let deleted = blocks::delete(tx, id, len, file)?;
         if let Some(bytes) = deleted.bytes {
             freed.blocks += 1;

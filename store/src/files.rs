@@ -264,7 +264,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::blob::{self, BlobMeta, TreeBuilder};
+    use crate::blob::{self, BlobMeta, Builder};
     use crate::cid::{cid_of, RAW};
     use crate::inspect::ProblemKind;
     use crate::{Store, StoreConfig};
@@ -274,7 +274,7 @@ mod tests {
     /// Puts `data` as a blob of 64 KiB chunks (files) through the writer, as the engine does:
     /// chunks staged off the writer first, then one batch and the commit.
     fn put_blob(store: &Store, w: &mut crate::Writer, data: &[u8], id: &str) -> Cid {
-        let mut builder = TreeBuilder::with_chunk(64 << 10);
+        let mut builder = Builder::new();
         let mut blocks = Vec::new();
         for chunk in data.chunks(64 << 10) {
             let cid = cid_of(RAW, chunk);

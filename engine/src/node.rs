@@ -581,6 +581,11 @@ async fn start_swarm(
     swarm_cfg.peers = config.peers.clone();
     swarm_cfg.mdns = config.mdns;
     swarm_cfg.heads_file = Some(config.data_dir.join(swarm::HEADS_FILE));
+    // A measuring knob, not a setting: which exchange fetches blocks from shoal peers
+    // (BENCHMARKS.md compares the two with it).
+    if std::env::var("SHOAL_BLOCK_EXCHANGE").as_deref() == Ok("shoal") {
+        swarm_cfg.block_exchange = swarm::BlockExchange::Shoal;
+    }
     let reachable = config.mdns
         || config.swarm_addrs.iter().any(|a| {
             !a.iter()

@@ -8,6 +8,12 @@
 //! slot of the session's channel, so delivering its result can never block the swarm task or
 //! buffer without bound: a session whose consumer is slow simply gets no new requests.
 //!
+//! A request asks for about [`BATCH_BYTES`] of blocks: a session learns the size of its blocks
+//! from the answers (until then it asks for [`FIRST_BATCH`] CIDs at a time), so a request for
+//! 1 MiB blob chunks names two of them and one for small tree blocks up to [`WANT_BATCH`].
+//! The responder of `/shoal/exchange/1` cuts its answer at the same size anyway; a Bitswap
+//! peer sends everything asked for, so this is what bounds the bytes a request gathers.
+//!
 //! A CID a peer does not have (or answers wrongly, or times out on) is retried with another
 //! peer; once every connected peer was tried it is reported `NotFound` and the caller decides
 //! when to try again.
@@ -25,8 +31,12 @@ use super::wire::verify_block;
 pub const PEER_WINDOW: usize = 8;
 /// Requests in flight for one session (all peers together).
 pub const SESSION_WINDOW: usize = 24;
-/// CIDs per `Want` request.
+/// Most CIDs per `Want` request.
 pub const WANT_BATCH: usize = 64;
+/// CIDs per request while a session does not know its block size yet.
+pub const FIRST_BATCH: usize = 4;
+/// Bytes of blocks a request asks for (the shoal responder's budget).
+pub const BATCH_BYTES: usize = super::RESPONSE_BUDGET;
 /// How far into a session's queue `plan` looks for CIDs a given peer was not yet asked for.
 const SCAN_LIMIT: usize = 4096;
 
@@ -64,6 +74,17 @@ struct Session {
     tried: HashMap<Cid, Vec<PeerId>>,
     inflight: usize,
     preferred: Vec<PeerId>,
+    /// Blocks and bytes delivered so far (the average block size sets the batch size).
+    delivered: (usize, usize),
+}
+
+impl Session {
+    fn batch(&self) -> usize {
+        match self.delivered {
+            (0, _) => FIRST_BATCH,
+            (n, bytes) => (BATCH_BYTES / (bytes / n).max(1)).clamp(1, WANT_BATCH),
+        }
+    }
 }
 
 struct Inflight {
@@ -113,6 +134,7 @@ impl<K: Hash + Eq> Fetcher<K> {
                 tried: HashMap::new(),
                 inflight: 0,
                 preferred,
+                delivered: (0, 0),
             },
         );
         id
@@ -168,6 +190,7 @@ impl<K: Hash + Eq> Fetcher<K> {
                 .copied()
                 .collect();
             candidates.extend(peers.iter().filter(|p| !s.preferred.contains(p)));
+            let batch = s.batch();
             'peers: for peer in candidates {
                 while !s.queue.is_empty() && s.inflight < SESSION_WINDOW {
                     let load = self.per_peer.get(&peer).copied().unwrap_or(0);
@@ -188,7 +211,7 @@ impl<K: Hash + Eq> Fetcher<K> {
                         } else {
                             cids.push(c);
                         }
-                        if cids.len() >= WANT_BATCH || scanned >= SCAN_LIMIT {
+                        if cids.len() >= batch || scanned >= SCAN_LIMIT {
                             break;
                         }
                     }
@@ -245,13 +268,15 @@ impl<K: Hash + Eq> Fetcher<K> {
         Some(f)
     }
 
-    /// A response arrived. Verifies every block against its CID; good ones are delivered,
-    /// the rest are retried elsewhere.
+    /// A response arrived. Verifies every block against its CID (unless `hashed`: the CIDs
+    /// were computed from the bytes, as Bitswap does); good ones are delivered, the rest are
+    /// retried elsewhere.
     pub fn on_response(
         &mut self,
         key: &K,
         blocks: Vec<(Cid, Vec<u8>)>,
         have_not: Vec<Cid>,
+        hashed: bool,
     ) -> ResponseReport {
         let mut report = ResponseReport::default();
         let Some(f) = self.finish(key) else {
@@ -260,7 +285,7 @@ impl<K: Hash + Eq> Fetcher<K> {
         let mut outstanding: std::collections::HashSet<Cid> = f.cids.iter().copied().collect();
         let mut good = Vec::with_capacity(blocks.len());
         for (cid, data) in blocks {
-            if outstanding.contains(&cid) && verify_block(&cid, &data) {
+            if outstanding.contains(&cid) && (hashed || verify_block(&cid, &data)) {
                 outstanding.remove(&cid);
                 good.push((cid, data));
             } else {
@@ -271,6 +296,8 @@ impl<K: Hash + Eq> Fetcher<K> {
         let Some(s) = self.sessions.get_mut(&f.session) else {
             return report;
         };
+        s.delivered.0 += good.len();
+        s.delivered.1 += good.iter().map(|(_, d)| d.len()).sum::<usize>();
         let bad: std::collections::HashSet<Cid> = report.bad_blocks.iter().copied().collect();
         // A responder defers CIDs only once its answer is full, and always sends at least one
         // block it has: an answer without a good block that leaves CIDs unanswered withholds

@@ -44,6 +44,7 @@
 //! - Tree shape: blocks that hash correctly but do not form a valid extension of the source's
 //!   tree are rejected by the store's `import`, which keeps the old tree.
 
+pub mod bitswap;
 pub mod fetch;
 pub mod wire;
 

@@ -1,5 +1,6 @@
-//! The libp2p stack: TCP (nodelay) → optional pnet (swarm key) → noise → yamux, and the
-//! composed behaviour (gossipsub for heads, the block exchange, identify, ping, optional mDNS).
+//! The libp2p stack: TCP (nodelay, keep-alive) → optional pnet (swarm key) → noise → yamux, and
+//! the composed behaviour (gossipsub for heads, the block exchanges `/shoal/exchange/1` and
+//! Bitswap, identify, ping, optional mDNS).
 //!
 //! With a swarm key every connection starts with the pnet handshake: a node with another key (or
 //! none) cannot complete it, so it never gets to noise, let alone to our protocols.
@@ -41,6 +42,7 @@ pub struct Behaviour {
     pub limits: connection_limits::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
     pub exchange: exchange::Behaviour,
+    pub bitswap: exchange::bitswap::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
@@ -115,8 +117,34 @@ fn gossip_scoring(
 }
 
 /// Ping period; a failed ping closes the connection (the bootstrap redial then takes over).
+/// A peer that runs no ping (IPFS nodes such as Helia) is kept: TCP keep-alive
+/// ([`KEEPALIVE_IDLE`]) and a bound on unacknowledged data ([`TCP_USER_TIMEOUT`]) close its
+/// connection once it is dead.
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection idle this long is probed by TCP keep-alive (every [`KEEPALIVE_INTERVAL`], up to
+/// [`KEEPALIVE_PROBES`] times, then closed by the kernel).
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 3;
+/// Data unacknowledged for this long closes the connection (instead of minutes of
+/// retransmissions to a peer that is gone).
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Turns on keep-alive probes and the user timeout; a socket that refuses keeps the defaults.
+fn keep_alive(socket: &tcp::tokio::TcpStream) {
+    let sock = socket2::SockRef::from(&socket.0);
+    let params = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    if let Err(e) = sock
+        .set_tcp_keepalive(&params)
+        .and_then(|()| sock.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT)))
+    {
+        tracing::debug!(error = %e, "cannot set TCP keep-alive");
+    }
+}
 
 impl Behaviour {
     pub fn new(key: &Keypair, mdns_on: bool) -> Result<Self, BuildError> {
@@ -167,6 +195,7 @@ impl Behaviour {
             limits: limits(),
             gossipsub,
             exchange: exchange::behaviour(),
+            bitswap: exchange::bitswap::Behaviour::new(),
             identify,
             ping,
             mdns: mdns.into(),
@@ -185,6 +214,7 @@ pub fn transport(
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, BuildError> {
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
     let base = tcp.and_then(move |socket, _| async move {
+        keep_alive(&socket);
         match psk {
             Some(psk) => PnetConfig::new(psk)
                 .handshake(socket)

@@ -52,6 +52,7 @@ pub use forks::ForkInfo;
 pub use heads::FILE as HEADS_FILE;
 pub use statuses::Received as ReceivedStatus;
 pub(crate) use task::age_ms;
+pub use task::BlockExchange;
 
 use crate::exchange::{BlockSource, FetchEvent};
 use crate::head::SignedHead;
@@ -74,6 +75,8 @@ pub struct Config {
     /// Resuming the own source: peers' digests say how far they hold it, and their heads of
     /// it go to the replicator (`crate::resume`).
     pub resume: crate::resume::Resume,
+    /// Which exchange fetches blocks from shoal peers (IPFS peers always get Bitswap).
+    pub block_exchange: BlockExchange,
 }
 
 impl Config {
@@ -87,6 +90,7 @@ impl Config {
             digest_interval: Duration::from_secs(5),
             heads_file: None,
             resume: crate::resume::Resume::done(),
+            block_exchange: BlockExchange::Bitswap,
         }
     }
 }

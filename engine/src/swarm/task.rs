@@ -20,6 +20,7 @@ use super::heads::{self, source_id, HeadBook};
 use super::redial::{self, Added, Redials};
 use super::statuses::{Offer, StatusBook};
 use super::{dialable, gossip, Command, Config, Error, Event, NetworkState, PeerInfo};
+use crate::exchange::bitswap::{self, Presence, Want, WantType};
 use crate::exchange::wire::source_hash;
 use crate::exchange::{self, BlockSource, DigestEntry, Fetcher, Request, Response};
 use crate::head::SignedHead;
@@ -82,6 +83,42 @@ fn is_loopback(addr: &Multiaddr) -> bool {
 /// A served `Want`: who asked, where the answer goes, the answer.
 type Served = (PeerId, ResponseChannel<Response>, Response);
 
+/// Bitswap wants of one peer read from the store: blocks, presences, wants left over for the
+/// next batch (the size budget), and how many CIDs were not here.
+struct BitswapServed {
+    peer: PeerId,
+    blocks: Vec<(cid::Cid, Vec<u8>)>,
+    presences: Vec<(cid::Cid, Presence)>,
+    unserved: Vec<Want>,
+    misses: usize,
+}
+
+/// Bitswap wants taken from a peer's ledger per store read.
+const BITSWAP_WANTS_PER_READ: usize = 64;
+/// Store reads for one peer's Bitswap wants at once.
+const BITSWAP_READS_PER_PEER: usize = 2;
+
+/// A block request in flight, by protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum RequestKey {
+    Shoal(OutboundRequestId),
+    Bitswap(bitswap::RequestId),
+}
+
+/// Which block exchanges a peer's identify lists.
+#[derive(Debug, Clone, Copy)]
+struct Speaks {
+    shoal: bool,
+    bitswap: bool,
+}
+
+/// Which protocol fetches blocks from shoal peers (IPFS peers always get Bitswap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockExchange {
+    Bitswap,
+    Shoal,
+}
+
 pub(super) struct Task {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
@@ -92,7 +129,15 @@ pub(super) struct Task {
     served_tx: mpsc::Sender<Served>,
     served_rx: mpsc::Receiver<Served>,
     serve_limit: Arc<Semaphore>,
-    fetcher: Fetcher<OutboundRequestId>,
+    fetcher: Fetcher<RequestKey>,
+    bitswap_tx: mpsc::Sender<BitswapServed>,
+    bitswap_rx: mpsc::Receiver<BitswapServed>,
+    /// Store reads running per peer for its Bitswap wants.
+    bitswap_reads: HashMap<PeerId, usize>,
+    /// The block exchanges each connected peer speaks (from identify).
+    speaks: HashMap<PeerId, Speaks>,
+    /// Which exchange fetches from peers that speak both.
+    block_exchange: BlockExchange,
     /// Known and stored heads per source.
     heads: HeadBook,
     topic: gossipsub::IdentTopic,
@@ -154,6 +199,7 @@ impl Task {
         }
         let redial = Redials::new(&config.peers, Instant::now());
         let (served_tx, served_rx) = mpsc::channel(64);
+        let (bitswap_tx, bitswap_rx) = mpsc::channel(64);
         Ok(Self {
             swarm,
             commands,
@@ -164,6 +210,11 @@ impl Task {
             served_rx,
             serve_limit: Arc::new(Semaphore::new(SERVE_CONCURRENCY)),
             fetcher: Fetcher::default(),
+            bitswap_tx,
+            bitswap_rx,
+            bitswap_reads: HashMap::new(),
+            speaks: HashMap::new(),
+            block_exchange: config.block_exchange,
             heads,
             topic,
             status_topic,
@@ -233,6 +284,7 @@ impl Task {
                     // The requester may have gone away; nothing to do then.
                     let _ = self.swarm.behaviour_mut().exchange.send_response(channel, response);
                 }
+                Some(served) = self.bitswap_rx.recv() => self.on_bitswap_served(served),
                 _ = crate::stopped(&mut shutdown) => break,
                 cmd = self.commands.recv() => match cmd {
                     Some(cmd) => self.on_command(cmd),
@@ -246,6 +298,10 @@ impl Task {
                 }
                 _ = redial.tick() => {
                     self.redial();
+                    // Peers whose wants waited for their miss budget to refill.
+                    for peer in self.swarm.behaviour().bitswap.peers_with_wants() {
+                        self.serve_bitswap(peer);
+                    }
                     self.heads.save_if_due();
                     self.publish_scores();
                 }
@@ -343,16 +399,37 @@ impl Task {
         news
     }
 
+    /// Whether blocks are fetched from `peer` with Bitswap: the preferred exchange, unless its
+    /// identify shows it speaks only the other (until identify arrives: the preferred one).
+    fn fetch_with_bitswap(&self, peer: &PeerId) -> bool {
+        match self.speaks.get(peer) {
+            Some(Speaks { bitswap: false, .. }) => false,
+            Some(Speaks { shoal: false, .. }) => true,
+            _ => self.block_exchange == BlockExchange::Bitswap,
+        }
+    }
+
+    /// Whether `peer` may speak `/shoal/exchange/1` (false once identify says it does not).
+    fn speaks_shoal(&self, peer: &PeerId) -> bool {
+        self.speaks.get(peer).is_none_or(|s| s.shoal)
+    }
+
     fn pump_fetches(&mut self) {
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for planned in self.fetcher.plan(&peers) {
-            let req = Request::Want(planned.cids.clone());
-            let id = self
-                .swarm
-                .behaviour_mut()
-                .exchange
-                .send_request(&planned.peer, req);
-            self.fetcher.sent(id, planned);
+            let key = if self.fetch_with_bitswap(&planned.peer) {
+                let cids = planned.cids.clone();
+                RequestKey::Bitswap(self.swarm.behaviour_mut().bitswap.want(planned.peer, cids))
+            } else {
+                let req = Request::Want(planned.cids.clone());
+                RequestKey::Shoal(
+                    self.swarm
+                        .behaviour_mut()
+                        .exchange
+                        .send_request(&planned.peer, req),
+                )
+            };
+            self.fetcher.sent(key, planned);
         }
     }
 
@@ -370,6 +447,7 @@ impl Task {
     fn send_digests(&mut self) {
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         let digest = self.digest();
+        let peers: Vec<PeerId> = peers.into_iter().filter(|p| self.speaks_shoal(p)).collect();
         for peer in peers {
             self.swarm
                 .behaviour_mut()
@@ -555,6 +633,7 @@ impl Task {
                 let cause = cause.map(|c| c.to_string()).unwrap_or_default();
                 tracing::info!(peer = %peer_id, %cause, "peer disconnected");
                 self.budgets.disconnected(&peer_id);
+                self.speaks.remove(&peer_id);
                 self.touch_peer(peer_id, Some(false), None);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
@@ -609,7 +688,19 @@ impl Task {
             BehaviourEvent::Gossipsub(_) => {}
             BehaviourEvent::Limits(never) => match never {},
             BehaviourEvent::Exchange(ev) => self.on_exchange(ev),
+            BehaviourEvent::Bitswap(ev) => self.on_bitswap(ev),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let speaks = Speaks {
+                    shoal: info.protocols.iter().any(|p| p.as_ref() == exchange::PROTOCOL),
+                    bitswap: info.protocols.iter().any(|p| p.as_ref() == bitswap::PROTOCOL),
+                };
+                if !speaks.shoal {
+                    tracing::info!(
+                        peer = %peer_id, agent = %info.agent_version, bitswap = speaks.bitswap,
+                        "peer is not a shoal node; blocks are exchanged with it over Bitswap only"
+                    );
+                }
+                self.speaks.insert(peer_id, speaks);
                 for a in info.listen_addrs {
                     self.touch_peer(peer_id, None, Some(a));
                 }
@@ -621,6 +712,10 @@ impl Task {
                 result,
             }) => match result {
                 Ok(_) => self.touch_peer(peer, None, None),
+                // IPFS peers (Helia) run no ping: kept, TCP keep-alive tells when they are gone.
+                Err(ping::Failure::Unsupported) => {
+                    tracing::debug!(%peer, "peer runs no ping; kept (TCP keep-alive watches it)");
+                }
                 Err(e) => {
                     tracing::info!(%peer, error = %e, "ping failed; closing the connection");
                     self.swarm.close_connection(connection);
@@ -777,7 +872,8 @@ impl Task {
                     response,
                 } => match response {
                     Response::Blocks { blocks, have_not } => {
-                        let report = self.fetcher.on_response(&request_id, blocks, have_not);
+                        let key = RequestKey::Shoal(request_id);
+                        let report = self.fetcher.on_response(&key, blocks, have_not, false);
                         if !report.bad_blocks.is_empty() {
                             tracing::warn!(
                                 %peer,
@@ -788,7 +884,7 @@ impl Task {
                         }
                     }
                     Response::Heads(heads) => {
-                        self.fetcher.on_failure(&request_id);
+                        self.fetcher.on_failure(&RequestKey::Shoal(request_id));
                         self.on_heads(peer, heads);
                     }
                 },
@@ -800,7 +896,7 @@ impl Task {
                 ..
             } => {
                 tracing::debug!(%peer, %error, "exchange request failed");
-                self.fetcher.on_failure(&request_id);
+                self.fetcher.on_failure(&RequestKey::Shoal(request_id));
             }
             rr::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "inbound exchange request failed");
@@ -919,4 +1015,134 @@ impl Task {
             let _ = tx.send((peer, channel, resp)).await;
         });
     }
+
+    fn on_bitswap(&mut self, ev: bitswap::Event) {
+        match ev {
+            bitswap::Event::Response {
+                request,
+                blocks,
+                dont_have,
+                ..
+            } => {
+                let key = RequestKey::Bitswap(request);
+                // The CIDs were computed from the blocks' bytes: no second hash.
+                self.fetcher.on_response(&key, blocks, dont_have, true);
+            }
+            bitswap::Event::Failed { peer, request } => {
+                tracing::debug!(%peer, "Bitswap request failed");
+                self.fetcher.on_failure(&RequestKey::Bitswap(request));
+            }
+            bitswap::Event::Wanted { peer } => self.serve_bitswap(peer),
+            bitswap::Event::Unsupported { peer } => {
+                tracing::debug!(%peer, "peer does not speak Bitswap");
+                let shoal = self.speaks_shoal(&peer);
+                self.speaks.insert(
+                    peer,
+                    Speaks {
+                        shoal,
+                        bitswap: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Reads `peer`'s queued Bitswap wants from the store, a batch at a time, while it has
+    /// budget (the Want and miss budgets of `budget.rs`) and its send queue has room.
+    fn serve_bitswap(&mut self, peer: PeerId) {
+        loop {
+            let reads = self.bitswap_reads.get(&peer).copied().unwrap_or(0);
+            let bitswap = &self.swarm.behaviour().bitswap;
+            if reads >= BITSWAP_READS_PER_PEER || !bitswap.can_send(&peer) || !bitswap.has_wants(&peer) {
+                return;
+            }
+            if !self.budgets.start_want(peer) {
+                return; // retried on the redial tick
+            }
+            let wants = self
+                .swarm
+                .behaviour_mut()
+                .bitswap
+                .take_wants(&peer, BITSWAP_WANTS_PER_READ);
+            *self.bitswap_reads.entry(peer).or_default() += 1;
+            let blocks = self.blocks.clone();
+            let tx = self.bitswap_tx.clone();
+            let limit = self.serve_limit.clone();
+            tokio::spawn(async move {
+                let Ok(_permit) = limit.acquire_owned().await else {
+                    return;
+                };
+                let read = tokio::task::spawn_blocking(move || read_wants(&*blocks, peer, wants)).await;
+                let served = read.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "serving Bitswap wants panicked");
+                    BitswapServed {
+                        peer,
+                        blocks: Vec::new(),
+                        presences: Vec::new(),
+                        unserved: Vec::new(),
+                        misses: 0,
+                    }
+                });
+                let _ = tx.send(served).await;
+            });
+        }
+    }
+
+    fn on_bitswap_served(&mut self, served: BitswapServed) {
+        let peer = served.peer;
+        self.budgets.end_want(&peer, served.misses);
+        if let Some(n) = self.bitswap_reads.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.bitswap_reads.remove(&peer);
+            }
+        }
+        let bitswap = &mut self.swarm.behaviour_mut().bitswap;
+        bitswap.return_wants(&peer, served.unserved);
+        bitswap.respond(&peer, served.blocks, served.presences);
+        self.serve_bitswap(peer);
+    }
+}
+
+/// Answers Bitswap wants from local blocks (blocking): up to [`exchange::RESPONSE_BUDGET`] of
+/// blocks; the wants past it are returned unserved. A local read error counts as not here.
+fn read_wants(source: &dyn BlockSource, peer: PeerId, wants: Vec<Want>) -> BitswapServed {
+    let mut out = BitswapServed {
+        peer,
+        blocks: Vec::new(),
+        presences: Vec::new(),
+        unserved: Vec::new(),
+        misses: 0,
+    };
+    let mut size = 0usize;
+    let mut wants = wants.into_iter();
+    for want in wants.by_ref() {
+        if size >= exchange::RESPONSE_BUDGET {
+            out.unserved.push(want);
+            break;
+        }
+        let block = match source.get_block(&want.cid) {
+            Ok(Some(data)) if data.len() <= exchange::MAX_BLOCK_SIZE => Some(data),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(cid = %want.cid, error = %e, "reading a block for a peer failed");
+                None
+            }
+        };
+        match (block, want.want_type) {
+            (Some(data), WantType::Block) => {
+                size += data.len();
+                out.blocks.push((want.cid, data));
+            }
+            (Some(_), WantType::Have) => out.presences.push((want.cid, Presence::Have)),
+            (None, _) => {
+                out.misses += 1;
+                if want.send_dont_have {
+                    out.presences.push((want.cid, Presence::DontHave));
+                }
+            }
+        }
+    }
+    out.unserved.extend(wants);
+    out
 }

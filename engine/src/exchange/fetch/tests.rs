@@ -44,12 +44,12 @@ fn have_not_is_retried_on_another_peer() {
     let reqs = send_all(&mut f, &[a, b], &mut k);
     assert_eq!(reqs.len(), 1);
     assert_eq!(reqs[0].1, a, "preferred peer asked first");
-    f.on_response(&reqs[0].0, vec![], reqs[0].2.clone());
+    f.on_response(&reqs[0].0, vec![], reqs[0].2.clone(), false);
     let reqs = send_all(&mut f, &[a, b], &mut k);
     assert_eq!(reqs.len(), 1);
     assert_eq!(reqs[0].1, b);
     let resp = reqs[0].2.iter().map(|c| (*c, lookup(&all, c))).collect();
-    let r = f.on_response(&reqs[0].0, resp, vec![]);
+    let r = f.on_response(&reqs[0].0, resp, vec![], false);
     assert_eq!(r.delivered, 3);
     match rx.try_recv().unwrap() {
         FetchEvent::Blocks(bs) => assert_eq!(bs.len(), 3),
@@ -72,18 +72,18 @@ fn a_peer_that_withholds_everything_is_not_asked_again() {
     let mut k = 0;
     let reqs = send_all(&mut f, &[staller, honest], &mut k);
     assert_eq!(reqs[0].1, staller);
-    f.on_response(&reqs[0].0, vec![], vec![]);
+    f.on_response(&reqs[0].0, vec![], vec![], false);
     let reqs = send_all(&mut f, &[staller, honest], &mut k);
     assert_eq!(reqs.len(), 1);
     assert_eq!(reqs[0].1, honest, "the staller is not asked again");
     // The honest peer defers one after sending the other: that deferral is legitimate.
-    f.on_response(&reqs[0].0, vec![all[0].clone()], vec![]);
+    f.on_response(&reqs[0].0, vec![all[0].clone()], vec![], false);
     assert!(matches!(rx.try_recv().unwrap(), FetchEvent::Blocks(_)));
     let reqs = send_all(&mut f, &[staller, honest], &mut k);
     assert_eq!(reqs[0].1, honest);
     assert_eq!(reqs[0].2, vec![all[1].0]);
     // Now both withhold it: reported not found rather than asked for ever.
-    f.on_response(&reqs[0].0, vec![], vec![]);
+    f.on_response(&reqs[0].0, vec![], vec![], false);
     assert!(send_all(&mut f, &[staller, honest], &mut k).is_empty());
     match rx.try_recv().unwrap() {
         FetchEvent::NotFound(c) => assert_eq!(c, vec![all[1].0]),
@@ -100,12 +100,12 @@ fn wrong_block_is_reported_and_fetched_elsewhere() {
     f.add(vec![all[0].0], tx, vec![liar]);
     let mut k = 0;
     let reqs = send_all(&mut f, &[liar, honest], &mut k);
-    let r = f.on_response(&reqs[0].0, vec![(all[0].0, b"forged".to_vec())], vec![]);
+    let r = f.on_response(&reqs[0].0, vec![(all[0].0, b"forged".to_vec())], vec![], false);
     assert_eq!(r.bad_blocks, vec![all[0].0]);
     assert!(rx.try_recv().is_err(), "nothing unverified is delivered");
     let reqs = send_all(&mut f, &[liar, honest], &mut k);
     assert_eq!(reqs[0].1, honest);
-    f.on_response(&reqs[0].0, vec![all[0].clone()], vec![]);
+    f.on_response(&reqs[0].0, vec![all[0].clone()], vec![], false);
     assert!(matches!(rx.try_recv().unwrap(), FetchEvent::Blocks(_)));
 }
 
@@ -118,7 +118,7 @@ fn unrequested_blocks_are_rejected() {
     f.add(vec![all[0].0], tx, vec![]);
     let mut k = 0;
     let reqs = send_all(&mut f, &[p], &mut k);
-    let r = f.on_response(&reqs[0].0, all.clone(), vec![]);
+    let r = f.on_response(&reqs[0].0, all.clone(), vec![], false);
     assert_eq!(r.bad_blocks, vec![all[1].0]);
     match rx.try_recv().unwrap() {
         FetchEvent::Blocks(bs) => assert_eq!(bs, vec![all[0].clone()]),
@@ -137,7 +137,7 @@ fn not_found_after_every_peer_tried() {
     for _ in 0..2 {
         let reqs = send_all(&mut f, &[a, b], &mut k);
         for (key, _, cids) in reqs {
-            f.on_response(&key, vec![], cids);
+            f.on_response(&key, vec![], cids, false);
         }
     }
     assert!(send_all(&mut f, &[a, b], &mut k).is_empty());
@@ -168,7 +168,7 @@ fn failure_retries_elsewhere() {
     f.on_failure(&reqs[0].0);
     let reqs = send_all(&mut f, &[a, b], &mut k);
     assert_eq!(reqs[0].1, b);
-    f.on_response(&reqs[0].0, vec![all[0].clone()], vec![]);
+    f.on_response(&reqs[0].0, vec![all[0].clone()], vec![], false);
     assert!(matches!(rx.try_recv().unwrap(), FetchEvent::Blocks(_)));
 }
 
@@ -182,11 +182,17 @@ fn windows_bound_requests_in_flight() {
     let mut k = 0;
     let reqs = send_all(&mut f, &[p], &mut k);
     assert_eq!(reqs.len(), PEER_WINDOW);
-    assert!(reqs.iter().all(|r| r.2.len() == WANT_BATCH));
+    assert!(reqs.iter().all(|r| r.2.len() == FIRST_BATCH));
     assert!(send_all(&mut f, &[p], &mut k).is_empty(), "window full");
+    // Small blocks delivered: the next requests name as many CIDs as a request may.
+    let resp = reqs[0].2.iter().map(|c| (*c, lookup(&all, c))).collect();
+    f.on_response(&reqs[0].0, resp, vec![], false);
+    let next = send_all(&mut f, &[p], &mut k);
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].2.len(), WANT_BATCH);
     let peers: Vec<PeerId> = (0..10).map(|_| PeerId::random()).collect();
     let more = send_all(&mut f, &peers, &mut k);
-    assert_eq!(reqs.len() + more.len(), SESSION_WINDOW);
+    assert_eq!(reqs.len() - 1 + next.len() + more.len(), SESSION_WINDOW);
 }
 
 #[test]
@@ -201,7 +207,7 @@ fn slow_consumer_gets_no_new_requests() {
     assert_eq!(reqs.len(), 2, "one request per free channel slot");
     for (key, _, cids) in &reqs {
         let resp = cids.iter().map(|c| (*c, lookup(&all, c))).collect();
-        f.on_response(key, resp, vec![]);
+        f.on_response(key, resp, vec![], false);
     }
     assert!(send_all(&mut f, &[p], &mut k).is_empty(), "channel full");
     rx.try_recv().unwrap();
@@ -228,11 +234,11 @@ fn deferred_cids_are_asked_again_from_same_peer() {
     let mut k = 0;
     let reqs = send_all(&mut f, &[p], &mut k);
     // Only the first block fits the peer's response budget; the rest are deferred.
-    f.on_response(&reqs[0].0, vec![all[0].clone()], vec![]);
+    f.on_response(&reqs[0].0, vec![all[0].clone()], vec![], false);
     let reqs = send_all(&mut f, &[p], &mut k);
     assert_eq!(reqs[0].2.len(), 3);
     let resp = reqs[0].2.iter().map(|c| (*c, lookup(&all, c))).collect();
-    f.on_response(&reqs[0].0, resp, vec![]);
+    f.on_response(&reqs[0].0, resp, vec![], false);
     let mut n = 0;
     while let Ok(FetchEvent::Blocks(b)) = rx.try_recv() {
         n += b.len();

@@ -1,14 +1,11 @@
 //! The IPFS reference tools from npm (`tests/ipfs`: Helia, the UnixFS importer, `@ipld/car`),
-//! installed with `npm ci` from the committed lockfile, and `tests/ipfs/unixfs.mjs` run with them
-//! (the reference importer's CIDs, CAR files written and read by `@ipld/car`).
+//! installed once per test process with `npm ci` from the committed lockfile into a scratch dir,
+//! and `tests/ipfs/unixfs.mjs` run with them (the reference importer's CIDs, CAR files written
+//! and read by `@ipld/car`), and [`Helia`], a real IPFS peer (`tests/ipfs/peer.mjs`) that joins
+//! the swarm with a swarm key file.
 //!
-//! The install (~400 MB) is shared: `<tmp>/shoal-tests-ipfs/<hash of package.json and
-//! package-lock.json>`, made once (in a scratch dir renamed into place, so test processes
-//! running at once never see half an install) and reused by every later test process until the
-//! lockfile changes. The scripts are copied in at each use.
-//!
-//! [`tools`] is `None`, after saying so loudly on stderr, only when node/npm are not installed
-//! or the npm registry is unreachable; any other failure of `npm ci` is a test failure.
+//! [`tools`] is `None`, after saying so loudly on stderr, only when the npm registry is
+//! unreachable (or npm is not installed); any other failure of `npm ci` is a test failure.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,118 +13,27 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
+use serde_json::{json, Value};
 
-/// `npm ci` gives up after this.
-const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+use crate::npm::{install_from, Js};
+
 /// One script run gives up after this (the reference importer hashes ~100 MB/s).
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
 static TOOLS: OnceLock<Option<PathBuf>> = OnceLock::new();
 
-/// The dir holding `node_modules` and the scripts of `tests/ipfs`, installed on first use.
+/// The dir holding `node_modules` and the scripts of `tests/ipfs`, installed on first use
+/// (`crate::npm::install_from`).
 pub fn tools() -> Option<&'static Path> {
     TOOLS
-        .get_or_init(|| match install() {
-            Ok(dir) => dir,
-            Err(e) => panic!("installing tests/ipfs with npm ci failed: {e:#}"),
+        .get_or_init(|| {
+            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("ipfs");
+            match install_from("ipfs", &src) {
+                Ok(dir) => dir,
+                Err(e) => panic!("installing tests/ipfs with npm ci failed: {e:#}"),
+            }
         })
         .as_deref()
-}
-
-fn install() -> Result<Option<PathBuf>> {
-    let have = |cmd: &str| {
-        Command::new(cmd)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !have("node") || !have("npm") {
-        eprintln!("SKIPPED: node/npm not installed: the IPFS reference checks did not run");
-        return Ok(None);
-    }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("ipfs");
-    let mut hash = Sha256::new();
-    for f in ["package.json", "package-lock.json"] {
-        hash.update(std::fs::read(src.join(f)).with_context(|| format!("tests/ipfs/{f}"))?);
-    }
-    let key: String = hash.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let base = std::env::temp_dir().join("shoal-tests-ipfs");
-    let dir = base.join(&key);
-    if !dir.join("node_modules").is_dir() {
-        std::fs::create_dir_all(&base)?;
-        let scratch = tempfile::Builder::new()
-            .prefix(&format!("{key}.installing."))
-            .tempdir_in(&base)?;
-        for f in ["package.json", "package-lock.json"] {
-            std::fs::copy(src.join(f), scratch.path().join(f))?;
-        }
-        if !npm_ci(scratch.path())? {
-            return Ok(None);
-        }
-        // Another test process may have finished first: then its install is used, ours goes.
-        let scratch = scratch.keep();
-        if std::fs::rename(&scratch, &dir).is_err() {
-            let _ = std::fs::remove_dir_all(&scratch);
-        }
-        if !dir.join("node_modules").is_dir() {
-            bail!("no install in {} after npm ci", dir.display());
-        }
-    }
-    // The scripts, fresh at each use (renamed into place: other processes may be running them).
-    for entry in std::fs::read_dir(&src)? {
-        let path = entry?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        if name.ends_with(".mjs") {
-            let tmp = dir.join(format!("{name}.{}", std::process::id()));
-            std::fs::copy(&path, &tmp)?;
-            std::fs::rename(&tmp, dir.join(name))?;
-        }
-    }
-    Ok(Some(dir))
-}
-
-/// Runs `npm ci` in `dir`; `false` (after saying so) when the registry is unreachable.
-fn npm_ci(dir: &Path) -> Result<bool> {
-    let mut child = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let deadline = Instant::now() + INSTALL_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            if status.success() {
-                return Ok(true);
-            }
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
-            }
-            if ["ENOTFOUND", "EAI_AGAIN", "ECONNREFUSED"]
-                .iter()
-                .any(|code| err.contains(code))
-            {
-                eprintln!("SKIPPED: npm registry unreachable, the IPFS reference checks did not run: {err}");
-                return Ok(false);
-            }
-            bail!("npm ci failed ({status}): {err}");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!("npm ci did not finish within {INSTALL_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Runs `node unixfs.mjs ARGS...` in the tools dir; returns its stdout.
@@ -178,4 +84,103 @@ pub fn reference_cids(tools: &Path, files: &[PathBuf]) -> Result<Vec<String>> {
         .chain(files.iter().filter_map(|f| f.to_str()))
         .collect();
     Ok(unixfs(tools, &args)?.lines().map(str::to_string).collect())
+}
+
+/// How long one Helia command may take (a large `cat` is given more by its caller).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A running Helia peer; killed on drop.
+pub struct Helia {
+    js: Js,
+    /// Its peer id.
+    pub peer: String,
+    /// Its listen addresses, each ending in `/p2p/<id>`.
+    pub addrs: Vec<String>,
+}
+
+impl Helia {
+    /// Installs the packages (once per process, [`tools`]) and starts a peer using the swarm
+    /// key file `key`. `Ok(None)`: skipped (printed) because npm cannot reach its registry.
+    pub fn start(key: &Path) -> Result<Option<Helia>> {
+        let Some(dir) = tools() else {
+            return Ok(None);
+        };
+        let key = key.to_str().context("key path is not UTF-8")?;
+        let mut js = Js::spawn(dir, "peer.mjs", &[key], &[])?;
+        let hello = js.next_within(COMMAND_TIMEOUT)?;
+        let peer = hello["peer"].as_str().context("peer")?.to_string();
+        let addrs = hello["addrs"]
+            .as_array()
+            .context("addrs")?
+            .iter()
+            .filter_map(|a| a.as_str().map(String::from))
+            .collect();
+        Ok(Some(Helia { js, peer, addrs }))
+    }
+
+    fn ask(&mut self, cmd: Value, limit: Duration) -> Result<Value> {
+        self.js.ask(&cmd, limit)
+    }
+
+    /// Connects to `addr` and waits until its identify lists Bitswap.
+    pub fn dial(&mut self, addr: &str) -> Result<()> {
+        self.ask(json!({ "dial": addr }), COMMAND_TIMEOUT)?;
+        Ok(())
+    }
+
+    /// Tries to connect to `addr`: `Ok(None)` if it worked, else the error.
+    pub fn try_dial(&mut self, addr: &str) -> Result<Option<String>> {
+        let v = self.ask(json!({ "tryDial": addr }), COMMAND_TIMEOUT)?;
+        match v["connected"].as_bool() {
+            Some(true) => Ok(None),
+            Some(false) => Ok(Some(v["error"].as_str().unwrap_or("").to_string())),
+            None => bail!("unexpected answer {v}"),
+        }
+    }
+
+    /// Fetches blocks over Bitswap: `(cid, size, sha256 hex)` each.
+    pub fn get(&mut self, cids: &[String]) -> Result<Vec<(String, u64, String)>> {
+        let v = self.ask(json!({ "get": cids }), COMMAND_TIMEOUT)?;
+        v["blocks"]
+            .as_array()
+            .context("blocks")?
+            .iter()
+            .map(|b| {
+                Ok((
+                    b["cid"].as_str().context("cid")?.to_string(),
+                    b["size"].as_u64().context("size")?,
+                    b["sha256"].as_str().context("sha256")?.to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Stores the bytes of `file` as one raw block; its CID.
+    pub fn put(&mut self, file: &Path) -> Result<String> {
+        let v = self.ask(json!({ "put": file }), COMMAND_TIMEOUT)?;
+        Ok(v["cid"].as_str().context("cid")?.to_string())
+    }
+
+    /// Imports `file` as a UnixFS file the way `ipfs add --cid-version=1 --raw-leaves
+    /// --chunker=size-1048576` does; its CID.
+    pub fn add(&mut self, file: &Path, limit: Duration) -> Result<String> {
+        let v = self.ask(json!({ "add": file }), limit)?;
+        Ok(v["cid"].as_str().context("cid")?.to_string())
+    }
+
+    /// Reads a UnixFS file over Bitswap: its size, SHA-256 (hex) and the milliseconds it took.
+    pub fn cat(&mut self, cid: &str, limit: Duration) -> Result<(u64, String, u64)> {
+        let v = self.ask(json!({ "cat": cid }), limit)?;
+        Ok((
+            v["size"].as_u64().context("size")?,
+            v["sha256"].as_str().context("sha256")?.to_string(),
+            v["ms"].as_u64().context("ms")?,
+        ))
+    }
+
+    /// Deletes blocks from its blockstore.
+    pub fn drop_blocks(&mut self, cids: &[String]) -> Result<()> {
+        self.ask(json!({ "drop": cids }), COMMAND_TIMEOUT)?;
+        Ok(())
+    }
 }

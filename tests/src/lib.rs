@@ -16,6 +16,10 @@
 //! - [`load`] runs CPU hogs beside the benchmarks' nodes; [`nats`] runs a NATS JetStream node
 //!   as their reference.
 //! - [`prometheus`] parses `/metrics` with the official Python client's parser.
+//! - [`ipfs`] runs the IPFS reference tools from npm; [`ipfs::Helia`] is a real IPFS peer
+//!   (Helia) for the interop tests.
+//! - [`npm`] installs npm packages from committed lockfiles and drives Node.js scripts (Pond
+//!   apps, the Helia IPFS peer).
 //! - [`cli`] runs a `shoal` client command with a timeout (`cli.rs`); [`run_on_data_dir`] starts
 //!   a second `shoal run` on a data dir that must refuse it.
 
@@ -26,6 +30,7 @@ mod http;
 pub mod ipfs;
 pub mod load;
 pub mod nats;
+pub mod npm;
 pub mod prometheus;
 pub mod stats;
 

@@ -422,8 +422,9 @@ impl Behaviour {
                 self.warned = Some(Instant::now());
                 tracing::warn!(
                     %peer, count = dropped,
-                    "peer sent Bitswap blocks nobody asked it for (or under a hash shoal does \
-                     not accept); dropped (not logged again for a minute)"
+                    "peer sent Bitswap blocks that do not match their CIDs (blocks nobody asked \
+                     it for, or under a hash shoal does not accept); dropped (not logged again \
+                     for a minute)"
                 );
             } else {
                 tracing::debug!(%peer, count = dropped, "dropped unrequested Bitswap blocks");

@@ -7,7 +7,7 @@
 // prints {"peer": id, "addrs": [...]} once listening, then answers one JSON command per stdin
 // line with one JSON line (an {"error"} line if it failed):
 //   {"dial": MULTIADDR}              -> {"dialed": peer}: connected, and its identify lists Bitswap
-//   {"tryDial": MULTIADDR}           -> {"connected": false, "error": "..."} or {"connected": true}
+//   {"tryDial": MULTIADDR}           -> {"connected": false, "reason": "..."} or {"connected": true}
 //   {"get": [CID...]}                -> {"blocks": [{"cid", "size", "sha256"}...], "ms"}: via Bitswap
 //   {"put": FILE}                    -> {"cid"}: the file's bytes as one raw block
 //   {"add": FILE}                    -> {"cid"}: a UnixFS file as `ipfs add --cid-version=1
@@ -120,7 +120,7 @@ async function run (cmd) {
       await helia.libp2p.dial(multiaddr(cmd.tryDial), { signal: AbortSignal.timeout(10_000) })
       return { connected: true }
     } catch (err) {
-      return { connected: false, error: String(err?.message ?? err) }
+      return { connected: false, reason: String(err?.message ?? err) }
     }
   }
   if (cmd.get != null) {

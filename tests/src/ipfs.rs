@@ -133,7 +133,7 @@ impl Helia {
         let v = self.ask(json!({ "tryDial": addr }), COMMAND_TIMEOUT)?;
         match v["connected"].as_bool() {
             Some(true) => Ok(None),
-            Some(false) => Ok(Some(v["error"].as_str().unwrap_or("").to_string())),
+            Some(false) => Ok(Some(v["reason"].as_str().unwrap_or("").to_string())),
             None => bail!("unexpected answer {v}"),
         }
     }

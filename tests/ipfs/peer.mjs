@@ -14,6 +14,9 @@
 //                                        --raw-leaves --chunker=size-1048576` builds it
 //   {"cat": CID}                     -> {"size", "sha256", "ms"}: the UnixFS file's bytes, via Bitswap
 //   {"drop": [CID...]}               -> {"dropped": n}: deleted from the local blockstore
+//   {"hostile": MULTIADDR}           -> {"streams": n}: misbehaves on Bitswap towards that peer
+//                                        (junk, an oversized frame, too many entries, blocks
+//                                        nobody asked for, floods of wants for random CIDs)
 
 // Node 20 has no Promise.withResolvers (Node 22), which libp2p 3 uses.
 if (typeof Promise.withResolvers !== 'function') {
@@ -113,7 +116,41 @@ async function dial (addr) {
   throw new Error(`${addr}: identify did not list ${BITSWAP} within 20 s`)
 }
 
+// Hand-made Bitswap frames for the hostile command (Helia itself only sends valid ones).
+const concat = (...parts) => Buffer.concat(parts.map(p => Buffer.from(p)))
+function varint (n) {
+  const out = []
+  while (n >= 0x80) { out.push((n % 0x80) | 0x80); n = Math.floor(n / 0x80) }
+  out.push(n)
+  return Uint8Array.from(out)
+}
+const field = (num, bytes) => concat(varint(num * 8 + 2), varint(bytes.length), bytes)
+const frame = (body) => concat(varint(body.length), body)
+const randomCid = () => concat([0x01, 0x55, 0x12, 0x20], crypto.getRandomValues(new Uint8Array(32)))
+const wants = (n) => field(1, concat(...Array.from({ length: n }, () =>
+  field(1, concat(field(1, randomCid()), [5 * 8, 1])))))
+
+async function hostile (addr) {
+  const frames = [
+    concat(varint(1000), crypto.getRandomValues(new Uint8Array(1000))), // junk protobuf
+    concat(varint(100 << 20), new Uint8Array(16)), // a 100 MiB frame announced
+    frame(wants(4097)), // more entries than a message may hold
+    frame(concat(...[1, 2, 3].map(() => field(3, concat( // blocks nobody asked for
+      field(1, Uint8Array.from([1, 0x55, 0x12, 0x20])),
+      field(2, crypto.getRandomValues(new Uint8Array(1000)))
+    ))))),
+    ...Array.from({ length: 12 }, () => frame(wants(1000))) // floods of wants for random CIDs
+  ]
+  for (const f of frames) {
+    const stream = await helia.libp2p.dialProtocol(multiaddr(addr), BITSWAP, { signal: AbortSignal.timeout(20_000) })
+    if (!stream.send(f)) await stream.onDrain()
+    await stream.close().catch(() => {})
+  }
+  return { streams: frames.length }
+}
+
 async function run (cmd) {
+  if (cmd.hostile != null) return await hostile(cmd.hostile)
   if (cmd.dial != null) return { dialed: await dial(cmd.dial) }
   if (cmd.tryDial != null) {
     try {

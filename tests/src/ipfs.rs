@@ -178,6 +178,13 @@ impl Helia {
         ))
     }
 
+    /// Misbehaves on Bitswap towards `addr` (see the script): junk, an oversized frame, too
+    /// many entries, blocks nobody asked for, floods of wants for random CIDs.
+    pub fn hostile(&mut self, addr: &str) -> Result<()> {
+        self.ask(json!({ "hostile": addr }), COMMAND_TIMEOUT)?;
+        Ok(())
+    }
+
     /// Deletes blocks from its blockstore.
     pub fn drop_blocks(&mut self, cids: &[String]) -> Result<()> {
         self.ask(json!({ "drop": cids }), COMMAND_TIMEOUT)?;

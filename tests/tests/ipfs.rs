@@ -196,3 +196,26 @@ async fn helia_with_another_key_cannot_connect() {
     };
     assert_eq!(good.try_dial(&node.swarm).unwrap(), None);
 }
+
+/// Bad Bitswap from a peer holding the key (junk protobuf, a 100 MiB frame announced, more
+/// entries than a message may hold, blocks nobody asked for, floods of wants for random CIDs)
+/// is dropped and logged, never fatal: the node stays up and still serves the same peer.
+#[tokio::test]
+async fn bad_bitswap_is_dropped_and_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "swarm.key");
+    let Some(mut helia) = helia(&key) else { return };
+    let node = Node::start_with(keyed(&key)).unwrap();
+    let data = random(CHUNK / 2, 17);
+    let root = put(&node, &data).await.unwrap();
+    helia.dial(&node.swarm).unwrap();
+    helia.hostile(&node.swarm).unwrap();
+    // Still serving, the same peer too.
+    let chunk = raw_cid(&data);
+    let got = helia.get(&[root.clone(), chunk]).unwrap();
+    assert_eq!(got[1].2, sha256_hex(&data));
+    let log = node.log();
+    assert!(log.contains("invalid Bitswap message"), "{log}");
+    assert!(log.contains("do not match their CIDs"), "{log}");
+    assert_eq!(get_blob(&node, &root).await.unwrap(), data);
+}

@@ -158,6 +158,8 @@ pub struct Behaviour {
     events: VecDeque<ToSwarm<Event, (Message, usize)>>,
     check: Option<tokio::time::Interval>,
     warned: Option<Instant>,
+    /// When an invalid message was last warned of.
+    bad_warned: Option<Instant>,
     /// Blocks dropped since start: unrequested, or under a hash shoal does not accept.
     pub dropped_blocks: u64,
 }
@@ -181,6 +183,7 @@ impl Behaviour {
             events: VecDeque::new(),
             check: None,
             warned: None,
+            bad_warned: None,
             dropped_blocks: 0,
         }
     }
@@ -573,7 +576,16 @@ impl NetworkBehaviour for Behaviour {
                     .push_back(ToSwarm::GenerateEvent(Event::Unsupported { peer }));
             }
             handler::ToBehaviour::Bad(error) => {
-                tracing::warn!(%peer, %error, "peer sent an invalid Bitswap message; dropped it and its stream");
+                if self.bad_warned.is_none_or(|t| t.elapsed() >= WARN_PERIOD) {
+                    self.bad_warned = Some(Instant::now());
+                    tracing::warn!(
+                        %peer, %error,
+                        "peer sent an invalid Bitswap message; dropped it and its stream (not \
+                         logged again for a minute)"
+                    );
+                } else {
+                    tracing::debug!(%peer, %error, "dropped an invalid Bitswap message");
+                }
             }
         }
     }

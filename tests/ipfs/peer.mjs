@@ -1,6 +1,6 @@
 // A Helia IPFS peer for shoal's interop tests and benchmark (tests/tests/ipfs.rs,
 // tests/src/bin/bench_ipfs.rs): Bitswap over TCP + pnet (the swarm key file) + noise + yamux,
-// identify, nothing else (no DHT, no ping — like many IPFS peers).
+// identify, nothing else (no DHT, no ping service — like many IPFS peers).
 //
 //   node peer.mjs SWARM_KEY_FILE
 //
@@ -85,6 +85,10 @@ const helia = withBitswap(withLibp2pLight(createHeliaLight(), {
   connectionEncrypters: [noise()],
   streamMuxers: [yamux()],
   connectionProtector: protector(readFileSync(process.argv[2])),
+  // js-libp2p probes every connection with a ping every 10 s and aborts it when one times out;
+  // while this process itself is busy sending blocks, its probe waits behind them in its own
+  // send queue and times out (seen in bench_ipfs, Helia -> shoal). Probe, but keep the peer.
+  connectionMonitor: { abortConnectionOnPingFailure: false },
   services: { identify: identify() }
 }))
 await helia.start()

@@ -207,6 +207,15 @@ fn pnet_error(e: libp2p::pnet::PnetError) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
+/// Streams per connection yamux accepts, chosen for what it does to the receive windows (which
+/// libp2p-yamux does not let us set directly): yamux grows a stream's window beyond its 256 KiB
+/// only out of 1 GiB − streams × 256 KiB per connection, here 768 KiB, so no stream's window
+/// exceeds 1 MiB. js-libp2p's yamux (Helia) sends a stream's whole window as one frame, and
+/// rust yamux drops the connection on a frame over 1 MiB ("frame body is too large"): with
+/// larger windows an IPFS peer sending us blocks lost its connection within seconds. 1 MiB per
+/// stream is ample on a LAN (1 GB/s at 1 ms).
+const YAMUX_MAX_STREAMS: usize = 4093;
+
 /// TCP + (pnet) + noise + yamux.
 pub fn transport(
     key: &Keypair,
@@ -225,10 +234,12 @@ pub fn transport(
         }
     });
     let noise = noise::Config::new(key).map_err(BuildError::Noise)?;
+    let mut muxer = yamux::Config::default();
+    muxer.set_max_num_streams(YAMUX_MAX_STREAMS);
     Ok(base
         .upgrade(Version::V1Lazy)
         .authenticate(noise)
-        .multiplex(yamux::Config::default())
+        .multiplex(muxer)
         .timeout(Duration::from_secs(20))
         .boxed())
 }

@@ -19,8 +19,9 @@
 //! before gossipsub may forward it or anyone sees it. All channels are bounded; a full event
 //! channel drops the head (the periodic digest brings it back).
 //!
-//! Membership: TCP + optional pnet swarm key + noise + yamux; identify; ping (a failed ping
-//! closes the connection); mDNS unless disabled; `--peer` addresses (and mDNS finds, at most
+//! Membership: TCP (keep-alive) + optional pnet swarm key + noise + yamux; identify; ping (a
+//! failed ping closes the connection; a peer that runs none, as IPFS peers, is kept and TCP
+//! keep-alive notices when it is gone); mDNS unless disabled; `--peer` addresses (and mDNS finds, at most
 //! 64) redialled with exponential backoff (1 s to 30 s) whenever not connected (`redial.rs`).
 
 mod behaviour;

@@ -48,7 +48,9 @@
 //! # What a peer can lie about
 //!
 //! - A block's content: its CID is computed from its bytes, so a block can only ever be the
-//!   block of its own CID; one nobody asked this peer for is dropped (counted, logged).
+//!   block of its own CID; one nobody asked this peer for is dropped (counted, logged), and
+//!   the peer's outstanding requests fail at once (a wrong block in answer to a want looks
+//!   like that), so the fetcher asks another peer instead of waiting for the timeout.
 //! - Having a block: `DontHave` or silence (the timeout) sends the CID to another peer.
 //! - Junk: a message that does not decode, or breaks a cap, is dropped with its stream and
 //!   logged with the peer id; the connection stays (other streams are fine).
@@ -374,7 +376,7 @@ impl Behaviour {
     }
 
     fn on_message(&mut self, peer: PeerId, message: Message, skipped: usize) {
-        let mut dropped = skipped;
+        let mut unrequested = 0;
         // Answers to our requests.
         let ids = self.by_peer.get(&peer).cloned().unwrap_or_default();
         // Completed after the whole message is read: a request past its byte cap still takes
@@ -396,7 +398,7 @@ impl Behaviour {
                         done.push(id);
                     }
                 }
-                None => dropped += 1,
+                None => unrequested += 1,
             }
         }
         for (cid, presence) in message.presences {
@@ -419,6 +421,15 @@ impl Behaviour {
         for id in done {
             self.complete(id);
         }
+        // A block under no CID we asked this peer for is, in answer to a want, a block that
+        // does not hash to its CID: the peer's other answers are not to be waited for (the
+        // fetcher asks elsewhere at once, not after the timeout).
+        if unrequested > 0 {
+            for id in self.by_peer.get(&peer).cloned().unwrap_or_default() {
+                self.fail(id, true);
+            }
+        }
+        let dropped = skipped + unrequested;
         if dropped > 0 {
             self.dropped_blocks = self.dropped_blocks.saturating_add(dropped as u64);
             if self.warned.is_none_or(|t| t.elapsed() >= WARN_PERIOD) {

@@ -37,25 +37,22 @@ fn want(cid: Cid, cancel: bool) -> Entry {
     }
 }
 
-/// A request completes once every CID arrived or was answered DontHave; blocks nobody asked
-/// for are dropped and counted.
+/// A request completes once every CID arrived or was answered DontHave.
 #[test]
 fn requests_complete_with_blocks_and_dont_haves() {
     let (mut b, peer) = connected();
     let (a, da) = block(b"a");
     let (c, _) = block(b"c");
-    let (x, dx) = block(b"unasked");
     let id = b.want(peer, vec![a, c]);
     b.on_message(
         peer,
         Message {
-            blocks: vec![(a, da.clone().into()), (x, dx.into())],
+            blocks: vec![(a, da.clone().into())],
             ..Message::default()
         },
         0,
     );
     assert!(events(&mut b).is_empty(), "c is still outstanding");
-    assert_eq!(b.dropped_blocks, 1);
     b.on_message(
         peer,
         Message {
@@ -188,4 +185,34 @@ fn requests_are_capped_in_bytes() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A block under a CID nobody asked the peer for (what a corrupted block looks like) is
+/// dropped, and the peer's outstanding requests fail at once, so they go to another peer.
+#[test]
+fn a_wrong_block_fails_the_peers_requests_at_once() {
+    let (mut b, peer) = connected();
+    let (a, _) = block(b"a");
+    let (c, _) = block(b"c");
+    let first = b.want(peer, vec![a]);
+    let second = b.want(peer, vec![c]);
+    b.on_message(
+        peer,
+        Message {
+            blocks: vec![(block(b"a, corrupted").0, Bytes::from_static(b"a, corrupted"))],
+            ..Message::default()
+        },
+        0,
+    );
+    assert_eq!(b.dropped_blocks, 1);
+    let failed: Vec<RequestId> = events(&mut b)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Failed { request, .. } => Some(request),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 2);
+    assert!(failed.contains(&first) && failed.contains(&second));
+    assert!(b.requests.is_empty());
 }

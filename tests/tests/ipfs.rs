@@ -1,7 +1,9 @@
 //! IPFS interoperability (issue 15, API.md "IPFS interoperability"), against a real IPFS
 //! implementation: Helia from npm (`tests/ipfs/`, driven by `shoal_tests::ipfs::Helia`), joining
 //! shoal's private swarm with the same swarm key file. It speaks only Bitswap (and identify):
-//! no ping, no `/shoal/exchange/1`, no gossip.
+//! no ping service, no `/shoal/exchange/1`, no gossip. Helia fetches a stream's tree root and a
+//! blob's blocks, `cat`s a blob and computes the same CID for the same file; shoal reads blobs
+//! only Helia has; another key cannot connect; bad Bitswap is dropped.
 //!
 //! Skipped, saying so, only when npm cannot reach its registry.
 
@@ -137,8 +139,8 @@ async fn helia_fetches_a_stream_tree_root_by_cid() {
     assert!(log.contains("not a shoal node"), "{log}");
 }
 
-/// Helia fetches a shoal blob's blocks (the root and every raw chunk) by CID; then, with the
-/// only shoal node that had it gone, a fresh shoal node fetches the whole blob from Helia.
+/// Helia fetches a shoal blob's blocks (the dag-pb root and every raw chunk) by CID; then, with
+/// the only shoal node that had it gone, a fresh shoal node fetches the whole blob from Helia.
 #[tokio::test]
 async fn blob_blocks_go_from_shoal_to_helia_and_back_to_shoal() {
     let dir = tempfile::tempdir().unwrap();
@@ -218,4 +220,46 @@ async fn bad_bitswap_is_dropped_and_the_node_keeps_serving() {
     assert!(log.contains("invalid Bitswap message"), "{log}");
     assert!(log.contains("do not match their CIDs"), "{log}");
     assert_eq!(get_blob(&node, &root).await.unwrap(), data);
+}
+
+/// Helia `cat`s a multi-chunk shoal blob (a UnixFS file, issue 15 item 2) over Bitswap and gets
+/// the same bytes; the same file imported into Helia the way `ipfs add --cid-version=1
+/// --raw-leaves --chunker=size-1048576` does has the same CID as in shoal.
+#[tokio::test]
+async fn helia_cats_a_shoal_blob_and_computes_the_same_cid() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "swarm.key");
+    let Some(mut helia) = helia(&key) else { return };
+    let node = Node::start_with(keyed(&key)).unwrap();
+    let data = random(3 * CHUNK + 4_321, 18);
+    let root = put(&node, &data).await.unwrap();
+    helia.dial(&node.swarm).unwrap();
+    let (size, sha, _) = helia.cat(&root, shoal_tests::TIMEOUT).unwrap();
+    assert_eq!(size, data.len() as u64);
+    assert_eq!(sha, sha256_hex(&data), "Helia read other bytes");
+    let file = dir.path().join("same.bin");
+    std::fs::write(&file, &data).unwrap();
+    assert_eq!(helia.add(&file, shoal_tests::TIMEOUT).unwrap(), root);
+}
+
+/// A file only Helia has (imported there, multi-chunk and single-chunk): a shoal node reads it
+/// by CID, fetching every block over Bitswap.
+#[tokio::test]
+async fn shoal_reads_files_only_helia_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "swarm.key");
+    let Some(mut helia) = helia(&key) else { return };
+    let node = Node::start_with(keyed(&key)).unwrap();
+    helia.dial(&node.swarm).unwrap();
+    for (i, len) in [2 * CHUNK + 5, 300_000].into_iter().enumerate() {
+        let data = random(len, 19 + i as u64);
+        let file = dir.path().join(format!("only-helia-{i}.bin"));
+        std::fs::write(&file, &data).unwrap();
+        let cid = helia.add(&file, shoal_tests::TIMEOUT).unwrap();
+        if len <= CHUNK {
+            assert_eq!(cid, raw_cid(&data), "a one-chunk file is its raw leaf");
+        }
+        let back = get_blob(&node, &cid).await.unwrap();
+        assert!(back == data, "shoal read other bytes from Helia");
+    }
 }

@@ -97,9 +97,7 @@ pub fn install_from(dir: &'static str, source: &Path) -> Result<Option<PathBuf>>
     let scratch = match SCRATCH.get() {
         Some(s) => s,
         None => {
-            let t = tempfile::Builder::new()
-                .prefix("shoal-npm-")
-                .tempdir()?;
+            let t = tempfile::Builder::new().prefix("shoal-npm-").tempdir()?;
             let _ = SCRATCH.set(t);
             SCRATCH.get().context("scratch dir")?
         }

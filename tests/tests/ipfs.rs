@@ -74,7 +74,12 @@ async fn put(node: &Node, data: &[u8]) -> Result<String> {
 }
 
 async fn get_blob(node: &Node, cid: &str) -> Result<Vec<u8>> {
-    let resp = within(node.http.get(node.url(&format!("/api/v1/blobs/{cid}"))).send()).await?;
+    let resp = within(
+        node.http
+            .get(node.url(&format!("/api/v1/blobs/{cid}")))
+            .send(),
+    )
+    .await?;
     anyhow::ensure!(resp.status() == 200, "get: {}", resp.status());
     Ok(within(resp.bytes()).await?.to_vec())
 }
@@ -108,7 +113,13 @@ async fn helia_fetches_a_stream_tree_root_by_cid() {
         .collect();
     node.publish(&events).await.unwrap();
     let out = cli(
-        &["store", "streams", "--json", "--data-dir", node.data_dir().to_str().unwrap()],
+        &[
+            "store",
+            "streams",
+            "--json",
+            "--data-dir",
+            node.data_dir().to_str().unwrap(),
+        ],
         None,
     )
     .unwrap();
@@ -129,7 +140,11 @@ async fn helia_fetches_a_stream_tree_root_by_cid() {
     let (cid, size, sha) = &got[0];
     assert_eq!(cid, &root);
     assert!(*size > 0);
-    assert_eq!(sha, &digest_of(&root), "Helia got other bytes than the block");
+    assert_eq!(
+        sha,
+        &digest_of(&root),
+        "Helia got other bytes than the block"
+    );
 
     // Still connected: a peer without ping is not dropped for it.
     let p = peer_info(&node, &helia.peer).await.expect("Helia listed");

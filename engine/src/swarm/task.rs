@@ -691,8 +691,14 @@ impl Task {
             BehaviourEvent::Bitswap(ev) => self.on_bitswap(ev),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let speaks = Speaks {
-                    shoal: info.protocols.iter().any(|p| p.as_ref() == exchange::PROTOCOL),
-                    bitswap: info.protocols.iter().any(|p| p.as_ref() == bitswap::PROTOCOL),
+                    shoal: info
+                        .protocols
+                        .iter()
+                        .any(|p| p.as_ref() == exchange::PROTOCOL),
+                    bitswap: info
+                        .protocols
+                        .iter()
+                        .any(|p| p.as_ref() == bitswap::PROTOCOL),
                 };
                 if !speaks.shoal {
                     tracing::info!(
@@ -1053,7 +1059,10 @@ impl Task {
         loop {
             let reads = self.bitswap_reads.get(&peer).copied().unwrap_or(0);
             let bitswap = &self.swarm.behaviour().bitswap;
-            if reads >= BITSWAP_READS_PER_PEER || !bitswap.can_send(&peer) || !bitswap.has_wants(&peer) {
+            if reads >= BITSWAP_READS_PER_PEER
+                || !bitswap.can_send(&peer)
+                || !bitswap.has_wants(&peer)
+            {
                 return;
             }
             if !self.budgets.start_want(peer) {
@@ -1072,7 +1081,8 @@ impl Task {
                 let Ok(_permit) = limit.acquire_owned().await else {
                     return;
                 };
-                let read = tokio::task::spawn_blocking(move || read_wants(&*blocks, peer, wants)).await;
+                let read =
+                    tokio::task::spawn_blocking(move || read_wants(&*blocks, peer, wants)).await;
                 let served = read.unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "serving Bitswap wants panicked");
                     BitswapServed {

@@ -57,7 +57,10 @@ fn main() -> Result<()> {
     std::fs::write(&key, shoal_engine::swarm::generate_swarm_key())?;
     let chunks = chunk_cids(&file)?;
     let bytes = (mib << 20) as f64;
-    println!("blob: {mib} MiB random ({} chunks), {runs} runs", chunks.len());
+    println!(
+        "blob: {mib} MiB random ({} chunks), {runs} runs",
+        chunks.len()
+    );
     let mut results = Vec::new();
     for i in 0..runs {
         let r = one_run(&file, &key, &chunks, bytes, before.as_deref())?;

@@ -8,5 +8,8 @@ use std::path::{Path, PathBuf};
 /// A scratch copy of `tests/pond/<dir>` with its packages installed by `npm ci`. `Ok(None)`:
 /// skipped (printed) because npm cannot reach its registry.
 pub fn install(dir: &'static str) -> anyhow::Result<Option<PathBuf>> {
-    install_from(dir, &Path::new(env!("CARGO_MANIFEST_DIR")).join("pond").join(dir))
+    install_from(
+        dir,
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("pond").join(dir),
+    )
 }

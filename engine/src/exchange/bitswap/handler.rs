@@ -216,7 +216,9 @@ impl ConnectionHandler for Handler {
                         self.events.push_back(ToBehaviour::Done { bytes });
                         match r {
                             Ok(stream) => self.out = Out::Ready(stream),
-                            Err(e) => tracing::debug!(error = %e, "writing a Bitswap message failed"),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "writing a Bitswap message failed")
+                            }
                         }
                         continue;
                     }

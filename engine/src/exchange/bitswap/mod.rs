@@ -279,12 +279,13 @@ impl Behaviour {
         };
         self.unlink(&p.peer, id);
         self.cancel(&p.peer, p.remaining.iter().copied());
-        self.events.push_back(ToSwarm::GenerateEvent(Event::Response {
-            peer: p.peer,
-            request: id,
-            blocks: p.blocks,
-            dont_have: p.dont_have,
-        }));
+        self.events
+            .push_back(ToSwarm::GenerateEvent(Event::Response {
+                peer: p.peer,
+                request: id,
+                blocks: p.blocks,
+                dont_have: p.dont_have,
+            }));
     }
 
     fn fail(&mut self, id: RequestId, cancel: bool) {
@@ -356,7 +357,12 @@ impl Behaviour {
 
     /// Sends the answers to `peer`'s wants, split into messages of at most [`MESSAGE_BUDGET`]
     /// bytes of blocks.
-    pub fn respond(&mut self, peer: &PeerId, blocks: Vec<(Cid, Vec<u8>)>, presences: Vec<(Cid, Presence)>) {
+    pub fn respond(
+        &mut self,
+        peer: &PeerId,
+        blocks: Vec<(Cid, Vec<u8>)>,
+        presences: Vec<(Cid, Presence)>,
+    ) {
         let mut message = Message {
             presences,
             ..Message::default()
@@ -394,7 +400,9 @@ impl Behaviour {
                     p.bytes += data.len();
                     p.blocks.push((cid, Vec::from(data)));
                     p.deadline = Instant::now() + REQUEST_TIMEOUT;
-                    if (p.remaining.is_empty() || p.bytes >= MAX_REQUEST_BYTES) && !done.contains(&id) {
+                    if (p.remaining.is_empty() || p.bytes >= MAX_REQUEST_BYTES)
+                        && !done.contains(&id)
+                    {
                         done.push(id);
                     }
                 }

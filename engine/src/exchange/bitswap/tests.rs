@@ -13,7 +13,8 @@ fn block(data: &[u8]) -> (Cid, Vec<u8>) {
 fn connected() -> (Behaviour, PeerId) {
     let mut b = Behaviour::new();
     let peer = PeerId::random();
-    b.connections.insert(peer, vec![ConnectionId::new_unchecked(1)]);
+    b.connections
+        .insert(peer, vec![ConnectionId::new_unchecked(1)]);
     (b, peer)
 }
 
@@ -180,7 +181,11 @@ fn requests_are_capped_in_bytes() {
         [Event::Response {
             blocks, dont_have, ..
         }] => {
-            assert_eq!(blocks.len(), 5, "the message that crossed the cap is kept whole");
+            assert_eq!(
+                blocks.len(),
+                5,
+                "the message that crossed the cap is kept whole"
+            );
             assert!(dont_have.is_empty());
         }
         other => panic!("{other:?}"),
@@ -199,7 +204,10 @@ fn a_wrong_block_fails_the_peers_requests_at_once() {
     b.on_message(
         peer,
         Message {
-            blocks: vec![(block(b"a, corrupted").0, Bytes::from_static(b"a, corrupted"))],
+            blocks: vec![(
+                block(b"a, corrupted").0,
+                Bytes::from_static(b"a, corrupted"),
+            )],
             ..Message::default()
         },
         0,

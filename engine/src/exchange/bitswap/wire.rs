@@ -347,7 +347,10 @@ impl Message {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.wantlist.is_empty() && !self.full && self.blocks.is_empty() && self.presences.is_empty()
+        self.wantlist.is_empty()
+            && !self.full
+            && self.blocks.is_empty()
+            && self.presences.is_empty()
     }
 }
 
@@ -396,7 +399,10 @@ pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Option<B
 }
 
 /// Writes one message with its length prefix; returns the bytes written.
-pub async fn write_frame<T: AsyncWrite + Unpin>(io: &mut T, message: &Message) -> io::Result<usize> {
+pub async fn write_frame<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    message: &Message,
+) -> io::Result<usize> {
     let body = message.encode();
     let mut frame = Vec::with_capacity(body.len() + 10);
     encode_varint(body.len() as u64, &mut frame);

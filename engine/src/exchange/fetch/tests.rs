@@ -100,7 +100,12 @@ fn wrong_block_is_reported_and_fetched_elsewhere() {
     f.add(vec![all[0].0], tx, vec![liar]);
     let mut k = 0;
     let reqs = send_all(&mut f, &[liar, honest], &mut k);
-    let r = f.on_response(&reqs[0].0, vec![(all[0].0, b"forged".to_vec())], vec![], false);
+    let r = f.on_response(
+        &reqs[0].0,
+        vec![(all[0].0, b"forged".to_vec())],
+        vec![],
+        false,
+    );
     assert_eq!(r.bad_blocks, vec![all[0].0]);
     assert!(rx.try_recv().is_err(), "nothing unverified is delivered");
     let reqs = send_all(&mut f, &[liar, honest], &mut k);

@@ -296,8 +296,11 @@ impl<K: Hash + Eq> Fetcher<K> {
         let Some(s) = self.sessions.get_mut(&f.session) else {
             return report;
         };
-        s.delivered.0 += good.len();
-        s.delivered.1 += good.iter().map(|(_, d)| d.len()).sum::<usize>();
+        let bytes: usize = good.iter().map(|(_, d)| d.len()).sum();
+        s.delivered = (
+            s.delivered.0.saturating_add(good.len()),
+            s.delivered.1.saturating_add(bytes),
+        );
         let bad: std::collections::HashSet<Cid> = report.bad_blocks.iter().copied().collect();
         // A responder defers CIDs only once its answer is full, and always sends at least one
         // block it has: an answer without a good block that leaves CIDs unanswered withholds

@@ -397,7 +397,7 @@ impl Behaviour {
             match owner.and_then(|id| Some((id, self.requests.get_mut(&id)?))) {
                 Some((id, p)) => {
                     p.remaining.remove(&cid);
-                    p.bytes += data.len();
+                    p.bytes = p.bytes.saturating_add(data.len());
                     p.blocks.push((cid, Vec::from(data)));
                     p.deadline = Instant::now() + REQUEST_TIMEOUT;
                     if (p.remaining.is_empty() || p.bytes >= MAX_REQUEST_BYTES)

@@ -1,5 +1,5 @@
 //! The IPFS reference tools from npm (`tests/ipfs`: Helia, the UnixFS importer, `@ipld/car`),
-//! installed once per test process with `npm ci` from the committed lockfile into a scratch dir,
+//! installed with `npm ci` from the committed lockfile once per lockfile (`crate::npm::install_from`),
 //! and `tests/ipfs/unixfs.mjs` run with them (the reference importer's CIDs, CAR files written
 //! and read by `@ipld/car`), and [`Helia`], a real IPFS peer (`tests/ipfs/peer.mjs`) that joins
 //! the swarm with a swarm key file.

@@ -1,6 +1,6 @@
 //! Real npm packages for the tests and benchmarks (`@actyx/pond` under `tests/pond/<dir>/`,
-//! Helia under `tests/ipfs/`): `npm ci` from a committed lockfile into a scratch directory (once
-//! per process and package), and Node.js driver processes whose JSON stdout lines are read with
+//! Helia under `tests/ipfs/`): `npm ci` from a committed lockfile into a shared directory (once
+//! per lockfile, see [`install_from`]), and Node.js driver processes whose JSON stdout lines are read with
 //! timeouts (and that may be sent JSON lines on stdin).
 //!
 //! Skipping: only when npm cannot reach its registry (`npm ping` fails, or `npm ci` fails with a
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 /// How long `npm ci` may take (a cold cache downloads a few MB).
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
@@ -80,11 +81,15 @@ fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Result<(bool, String)
     }
 }
 
-/// A scratch copy of `source` (a directory with `package.json` and its lockfile; `dir` names
-/// the copy) with its packages installed by `npm ci`. `Ok(None)`: skipped (printed) because npm
-/// cannot reach its registry.
+/// `source` (a directory with `package.json` and its lockfile; `dir` names it) with its packages
+/// installed by `npm ci`. `Ok(None)`: skipped (printed) because npm cannot reach its registry.
+///
+/// The install is shared: `<tmp>/shoal-tests-npm/<dir>-<hash of package.json and
+/// package-lock.json>`, made once (in a scratch dir renamed into place, so test processes running
+/// at once never see half an install) and reused by every later test process until the lockfile
+/// changes. A scratch install per process left ~400 MB in `/tmp` per run. The other files of
+/// `source` (the driver scripts) are copied in at each first use in a process.
 pub fn install_from(dir: &'static str, source: &Path) -> Result<Option<PathBuf>> {
-    static SCRATCH: OnceLock<tempfile::TempDir> = OnceLock::new();
     static DONE: Mutex<Vec<(&'static str, PathBuf)>> = Mutex::new(Vec::new());
     if skipped(dir) {
         return Ok(None);
@@ -94,48 +99,69 @@ pub fn install_from(dir: &'static str, source: &Path) -> Result<Option<PathBuf>>
     if let Some((_, p)) = done.iter().find(|(d, _)| *d == dir) {
         return Ok(Some(p.clone()));
     }
-    let scratch = match SCRATCH.get() {
-        Some(s) => s,
-        None => {
-            let t = tempfile::Builder::new().prefix("shoal-npm-").tempdir()?;
-            let _ = SCRATCH.set(t);
-            SCRATCH.get().context("scratch dir")?
+    const PACKAGE: [&str; 2] = ["package.json", "package-lock.json"];
+    let mut hash = Sha256::new();
+    for f in PACKAGE {
+        hash.update(std::fs::read(source.join(f)).with_context(|| format!("{dir}/{f}"))?);
+    }
+    let key: String = hash.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let base = std::env::temp_dir().join("shoal-tests-npm");
+    let target = base.join(format!("{dir}-{key}"));
+    if !target.join("node_modules").is_dir() {
+        std::fs::create_dir_all(&base)?;
+        let scratch = tempfile::Builder::new()
+            .prefix(&format!("{dir}-{key}.installing."))
+            .tempdir_in(&base)?;
+        for f in PACKAGE {
+            std::fs::copy(source.join(f), scratch.path().join(f))?;
         }
-    };
-    let target = scratch.path().join(dir);
-    std::fs::create_dir_all(&target)?;
+        let started = Instant::now();
+        let (ok, text) = run_with_timeout(
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(scratch.path()),
+            INSTALL_TIMEOUT,
+        )?;
+        if !ok {
+            let network = [
+                "ENOTFOUND",
+                "ETIMEDOUT",
+                "EAI_AGAIN",
+                "ECONNREFUSED",
+                "ECONNRESET",
+            ]
+            .iter()
+            .any(|m| text.contains(m));
+            if network {
+                println!("SKIPPED {dir}: npm ci cannot reach the registry: {text}");
+                eprintln!("SKIPPED {dir}: npm ci cannot reach the registry: {text}");
+                return Ok(None);
+            }
+            bail!("npm ci for {dir} failed:\n{text}");
+        }
+        eprintln!("npm ci for {dir} took {:?}", started.elapsed());
+        // Another test process may have finished first: then its install is used, ours goes.
+        let scratch = scratch.keep();
+        if std::fs::rename(&scratch, &target).is_err() {
+            let _ = std::fs::remove_dir_all(&scratch);
+        }
+        if !target.join("node_modules").is_dir() {
+            bail!("no install in {} after npm ci", target.display());
+        }
+    }
+    // The scripts, fresh (renamed into place: other processes may be running them).
     for entry in std::fs::read_dir(source)? {
         let entry = entry?;
         let name = entry.file_name();
-        if entry.file_type()?.is_file() {
-            std::fs::copy(entry.path(), target.join(&name))?;
+        if entry.file_type()?.is_file() && !PACKAGE.iter().any(|p| name == *p) {
+            let tmp = target.join(format!("{}.{}", name.to_string_lossy(), std::process::id()));
+            std::fs::copy(entry.path(), &tmp)?;
+            std::fs::rename(&tmp, target.join(&name))?;
         }
     }
-    let started = Instant::now();
-    let (ok, text) = run_with_timeout(
-        Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&target),
-        INSTALL_TIMEOUT,
-    )?;
-    if !ok {
-        let network = [
-            "ENOTFOUND",
-            "ETIMEDOUT",
-            "EAI_AGAIN",
-            "ECONNREFUSED",
-            "ECONNRESET",
-        ]
-        .iter()
-        .any(|m| text.contains(m));
-        if network {
-            println!("SKIPPED {dir}: npm ci cannot reach the registry: {text}");
-            eprintln!("SKIPPED {dir}: npm ci cannot reach the registry: {text}");
-            return Ok(None);
-        }
-        bail!("npm ci in {target:?} failed:\n{text}");
-    }
-    eprintln!("npm ci for {dir} took {:?}", started.elapsed());
     done.push((dir, target.clone()));
     Ok(Some(target))
 }

@@ -403,13 +403,13 @@ async fn streams_send_headers_before_the_first_line() {
 }
 
 /// The real v1 JS client (`@actyx/os-sdk` 0.3.1 from npm), installed with `npm ci` from the
-/// committed lock file into a scratch dir. Skipped (with a message) only when node/npm are not
-/// installed or the registry cannot be reached.
+/// committed lock file (shared per lockfile). Skipped (with a message) only when the registry
+/// cannot be reached.
 #[tokio::test]
 async fn v1_js_sdk_publish_query_subscribe() {
     let Some(dir) = install_sdk() else { return };
     let node = Node::start().unwrap();
-    let script = dir.path().join("v1_sdk.js");
+    let script = dir.join("v1_sdk.js");
     let event_uri = format!("http://{}/api/", node.api);
     let console_uri = format!("http://{}/api/", node.console);
     let output = tokio::task::spawn_blocking(move || {
@@ -443,57 +443,8 @@ async fn v1_js_sdk_publish_query_subscribe() {
     assert_eq!(logs[0]["additionalData"], json!({"x": 1}));
 }
 
-/// Copies tests/js into a temp dir and runs `npm ci` there (bounded by a timeout).
-fn install_sdk() -> Option<tempfile::TempDir> {
-    use std::process::{Command, Stdio};
-    let have = |cmd: &str| {
-        Command::new(cmd)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !have("node") || !have("npm") {
-        eprintln!("SKIPPED: node/npm not installed");
-        return None;
-    }
+/// tests/js with its packages installed (`shoal_tests::npm::install_from`, shared per lockfile).
+fn install_sdk() -> Option<std::path::PathBuf> {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("js");
-    let dir = tempfile::tempdir().unwrap();
-    for f in ["package.json", "package-lock.json", "v1_sdk.js"] {
-        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
-    }
-    let mut child = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            if status.success() {
-                return Some(dir);
-            }
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
-            }
-            if err.contains("ENOTFOUND")
-                || err.contains("EAI_AGAIN")
-                || err.contains("ECONNREFUSED")
-            {
-                eprintln!("SKIPPED: npm registry unreachable: {err}");
-                return None;
-            }
-            panic!("npm ci failed ({status}): {err}");
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("npm ci did not finish within 300 s");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    shoal_tests::npm::install_from("js", &src).expect("npm ci of tests/js")
 }

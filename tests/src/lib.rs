@@ -399,6 +399,20 @@ impl Node {
         Ok(body["data"].as_array().cloned().unwrap_or_default())
     }
 
+    /// `POST /api/v1/blobs` of `data`; the blob's CID (an error unless the answer is 201).
+    pub async fn put_blob(&self, data: Vec<u8>) -> Result<String> {
+        let resp = within(self.http.post(self.url("/api/v1/blobs")).body(data).send()).await?;
+        let status = resp.status();
+        let body: Value = within(resp.json()).await?;
+        if status.as_u16() != 201 {
+            bail!("blob put answered {status}: {body}");
+        }
+        Ok(body["cid"]
+            .as_str()
+            .context("no cid in the answer")?
+            .to_string())
+    }
+
     /// Polls `GET /api/v1/node/info` until `done` holds (panics after [`TIMEOUT`], showing the
     /// last answer); returns that answer.
     pub async fn wait_info(&self, done: impl Fn(&Value) -> bool) -> Value {

@@ -17,20 +17,6 @@ use shoal_tests::{raw_http, within, Node, NodeOptions, TIMEOUT};
 
 const CHUNK: usize = 1 << 20;
 
-/// Deterministic pseudo-random bytes (xorshift), distinct per seed.
-fn random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
-
 async fn put(node: &Node, data: &[u8], query: &str) -> Result<(String, u64)> {
     let resp = within(
         node.http
@@ -129,7 +115,7 @@ async fn boundary_sizes_round_trip_with_stable_cids() {
         .into_iter()
         .enumerate()
     {
-        let data = random(n, i as u64);
+        let data = shoal_fixtures::blob(i as u64, n);
         let (cid, size) = put(&node, &data, "").await.unwrap();
         assert_eq!(size, n as u64);
         let resp = get(&node, &format!("/api/v1/blobs/{cid}"), None)
@@ -157,7 +143,7 @@ async fn boundary_sizes_round_trip_with_stable_cids() {
 #[tokio::test]
 async fn ranges_head_and_names() {
     let node = Node::start().unwrap();
-    let data = random(3 * CHUNK + 5, 9);
+    let data = shoal_fixtures::blob(9, 3 * CHUNK + 5);
     let (cid, _) = put(&node, &data, "?name=report").await.unwrap();
     let path = format!("/api/v1/blobs/{cid}");
     let n = data.len();
@@ -227,7 +213,11 @@ async fn ranges_head_and_names() {
 #[tokio::test]
 async fn delete_frees_only_unshared_blocks() {
     let node = Node::start().unwrap();
-    let (a, b, c) = (random(CHUNK, 1), random(CHUNK, 2), random(CHUNK, 3));
+    let (a, b, c) = (
+        shoal_fixtures::blob(1, CHUNK),
+        shoal_fixtures::blob(2, CHUNK),
+        shoal_fixtures::blob(3, CHUNK),
+    );
     let (x, _) = put(&node, &[a.clone(), b.clone()].concat(), "")
         .await
         .unwrap();
@@ -274,7 +264,7 @@ fn peer_of(node: &Node) -> NodeOptions {
 async fn put_on_a_read_on_b_and_a_range_fetches_only_its_chunks() {
     let a = Node::start().unwrap();
     let b = Node::start_with(peer_of(&a)).unwrap();
-    let data = random(8 * CHUNK + 3, 4);
+    let data = shoal_fixtures::blob(4, 8 * CHUNK + 3);
     let (cid, _) = put(&a, &data, "").await.unwrap();
     let path = format!("/api/v1/blobs/{cid}");
     // A range in the middle: B fetches the root and those chunks only.
@@ -309,7 +299,7 @@ async fn killing_the_source_mid_transfer_and_restarting_it_lets_b_finish() {
     // B first; A dials B, so A's new address after a restart does not matter.
     let b = Node::start().unwrap();
     let a = Node::start_with(peer_of(&b)).unwrap();
-    let data = random(64 * CHUNK, 5);
+    let data = shoal_fixtures::blob(5, 64 * CHUNK);
     let (cid, _) = put(&a, &data, "").await.unwrap();
     let path = format!("/api/v1/blobs/{cid}");
     let resp = get(&b, &path, None).await.unwrap();
@@ -348,7 +338,7 @@ async fn killing_the_source_mid_transfer_and_restarting_it_lets_b_finish() {
 
 #[tokio::test]
 async fn a_corrupted_chunk_from_a_peer_is_rejected() {
-    let data = random(3 * CHUNK, 6);
+    let data = shoal_fixtures::blob(6, 3 * CHUNK);
     // C holds a copy whose first chunk is damaged on disk (it serves it under the right CID).
     let mut c = Node::start().unwrap();
     let (cid, _) = put(&c, &data, "").await.unwrap();
@@ -394,7 +384,7 @@ async fn a_corrupted_chunk_from_a_peer_is_rejected() {
 /// gives a blob that reads back in full.
 #[tokio::test]
 async fn kill9_mid_put_leaves_no_torn_blob_and_a_re_put_reads_back() {
-    let data = random(48 * CHUNK, 16);
+    let data = shoal_fixtures::blob(16, 48 * CHUNK);
     let mut node = Node::start().unwrap();
     let (tx, rx) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
     let request = node
@@ -522,7 +512,9 @@ async fn the_maximum_blob_size_gives_413_both_with_and_without_content_length() 
     let (status, _, text) = raw_http(node.api, request.as_bytes()).await.unwrap();
     let by_length: Value = serde_json::from_str(&text).unwrap();
     // Chunked: refused once what arrived passes the limit (the whole body has been sent then).
-    let (chunked_status, chunked) = put_raw(&node, random(LIMIT + 1, 7), true).await.unwrap();
+    let (chunked_status, chunked) = put_raw(&node, shoal_fixtures::blob(7, LIMIT + 1), true)
+        .await
+        .unwrap();
     for (status, body) in [(status, by_length), (chunked_status, chunked)] {
         assert_eq!(status, 413, "{body}");
         assert_eq!(body["errorCode"], "ERR_PAYLOAD_TOO_LARGE", "{body}");
@@ -540,7 +532,7 @@ async fn the_maximum_blob_size_gives_413_both_with_and_without_content_length() 
     assert_eq!(list, json!([]), "nothing of a rejected upload is listed");
     assert_eq!(upload_pins(&node).unwrap(), 0, "nothing stays pinned");
     // Exactly the limit is accepted.
-    let data = random(LIMIT, 8);
+    let data = shoal_fixtures::blob(8, LIMIT);
     let (status, body) = put_raw(&node, data.clone(), true).await.unwrap();
     assert_eq!(status, 201, "{body}");
     let cid = body["cid"].as_str().unwrap();
@@ -624,7 +616,7 @@ async fn a_full_disk_gives_507_and_leaves_the_store_consistent() {
     let mut stored: Vec<(String, Vec<u8>)> = Vec::new();
     let mut full = None;
     for seed in 100..140 {
-        let data = random(3 * CHUNK + 1, seed);
+        let data = shoal_fixtures::blob(seed, 3 * CHUNK + 1);
         let (status, body) = match put_raw(&node, data.clone(), seed % 2 == 0).await {
             Ok(answer) => answer,
             // The node answered 507 while the body was still being sent, and the client saw
@@ -655,7 +647,7 @@ async fn a_full_disk_gives_507_and_leaves_the_store_consistent() {
     // one fails; a leaf holds at most 1 MiB of events).
     let mut event_full = None;
     for i in 0..400 {
-        let big: String = random(128 << 10, 500 + i)
+        let big: String = shoal_fixtures::blob(500 + i, 128 << 10)
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
@@ -722,7 +714,7 @@ async fn a_full_disk_gives_507_and_leaves_the_store_consistent() {
         1,
         "a publish after freeing space is stored"
     );
-    let data = random(3 * CHUNK + 1, 999);
+    let data = shoal_fixtures::blob(999, 3 * CHUNK + 1);
     let (status, body) = put_raw(&node, data.clone(), true).await.unwrap();
     assert_eq!(status, 201, "put after freeing space: {body}");
     let cid = body["cid"].as_str().unwrap();

@@ -18,29 +18,6 @@ use shoal_tests::{cli, event, within, Node};
 
 const MIB: usize = 1 << 20;
 
-/// Deterministic pseudo-random bytes (xorshift), distinct per seed.
-fn random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
-
-async fn put(node: &Node, data: Vec<u8>) -> Result<String> {
-    let resp = within(node.http.post(node.url("/api/v1/blobs")).body(data).send()).await?;
-    if resp.status() != 201 {
-        bail!("put: {} {}", resp.status(), resp.text().await?);
-    }
-    let v: Value = resp.json().await?;
-    Ok(v["cid"].as_str().context("cid")?.to_string())
-}
-
 async fn get(node: &Node, cid: &str) -> Result<Vec<u8>> {
     let resp = within(
         node.http
@@ -87,7 +64,7 @@ async fn a_car_exported_by_shoal_is_read_by_ipld_car_with_the_blocks_ipfs_has() 
     let node = Node::start().unwrap();
     let scratch = tempfile::tempdir().unwrap();
     // 3 MiB + 5: four leaves under one node. Its reference CAR has IPFS's blocks for it.
-    let data = random(3 * MIB + 5, 1);
+    let data = shoal_fixtures::blob(1, 3 * MIB + 5);
     let file = scratch.path().join("blob");
     std::fs::write(&file, &data).unwrap();
     let reference = scratch.path().join("reference.car");
@@ -98,7 +75,7 @@ async fn a_car_exported_by_shoal_is_read_by_ipld_car_with_the_blocks_ipfs_has() 
     .unwrap()
     .trim()
     .to_string();
-    assert_eq!(put(&node, data).await.unwrap(), blob);
+    assert_eq!(node.put_blob(data).await.unwrap(), blob);
     // An event tree (dag-cbor) as a second root.
     node.publish(&[event("car-test", "a", json!({"n": 1}))])
         .await
@@ -173,7 +150,7 @@ async fn a_car_written_by_ipld_car_is_imported_and_the_blob_reads_back() {
     };
     let scratch = tempfile::tempdir().unwrap();
     // 5 MiB + 3: six leaves; written by @ipld/car from the reference importer's blocks.
-    let data = random(5 * MIB + 3, 2);
+    let data = shoal_fixtures::blob(2, 5 * MIB + 3);
     let file = scratch.path().join("blob");
     std::fs::write(&file, &data).unwrap();
     let car = scratch.path().join("ipfs.car");
@@ -206,7 +183,7 @@ async fn a_car_written_by_ipld_car_is_imported_and_the_blob_reads_back() {
     std::fs::write(&flipped, &f).unwrap();
     let partial = scratch.path().join("partial.car");
     let other = scratch.path().join("other");
-    std::fs::write(&other, random(3 * MIB, 3)).unwrap();
+    std::fs::write(&other, shoal_fixtures::blob(3, 3 * MIB)).unwrap();
     unixfs(
         tools,
         &["car", other.to_str().unwrap(), partial.to_str().unwrap()],

@@ -59,20 +59,6 @@ fn keyed(key: &Path) -> NodeOptions {
         .arg(key.to_str().unwrap())
 }
 
-async fn put(node: &Node, data: &[u8]) -> Result<String> {
-    let resp = within(
-        node.http
-            .post(node.url("/api/v1/blobs"))
-            .header("content-type", "application/octet-stream")
-            .body(data.to_vec())
-            .send(),
-    )
-    .await?;
-    anyhow::ensure!(resp.status() == 201, "put: {}", resp.status());
-    let v: Value = resp.json().await?;
-    Ok(v["cid"].as_str().context("cid")?.to_string())
-}
-
 async fn get_blob(node: &Node, cid: &str) -> Result<Vec<u8>> {
     let resp = within(
         node.http
@@ -163,7 +149,7 @@ async fn blob_blocks_go_from_shoal_to_helia_and_back_to_shoal() {
     let Some(mut helia) = helia(&key) else { return };
     let data = random(2 * CHUNK + 12_345, 15);
     let mut a = Node::start_with(keyed(&key)).unwrap();
-    let root = put(&a, &data).await.unwrap();
+    let root = a.put_blob(data.clone()).await.unwrap();
     let chunks: Vec<&[u8]> = data.chunks(CHUNK).collect();
     let mut cids = vec![root.clone()];
     cids.extend(chunks.iter().map(|c| raw_cid(c)));
@@ -224,7 +210,7 @@ async fn bad_bitswap_is_dropped_and_the_node_keeps_serving() {
     let Some(mut helia) = helia(&key) else { return };
     let node = Node::start_with(keyed(&key)).unwrap();
     let data = random(CHUNK / 2, 17);
-    let root = put(&node, &data).await.unwrap();
+    let root = node.put_blob(data.clone()).await.unwrap();
     helia.dial(&node.swarm).unwrap();
     helia.hostile(&node.swarm).unwrap();
     // Still serving, the same peer too.
@@ -247,7 +233,7 @@ async fn helia_cats_a_shoal_blob_and_computes_the_same_cid() {
     let Some(mut helia) = helia(&key) else { return };
     let node = Node::start_with(keyed(&key)).unwrap();
     let data = random(3 * CHUNK + 4_321, 18);
-    let root = put(&node, &data).await.unwrap();
+    let root = node.put_blob(data.clone()).await.unwrap();
     helia.dial(&node.swarm).unwrap();
     let (size, sha, _) = helia.cat(&root, shoal_tests::TIMEOUT).unwrap();
     assert_eq!(size, data.len() as u64);

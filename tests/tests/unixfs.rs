@@ -8,35 +8,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::Value;
 use shoal_tests::ipfs::{reference_cids, tools, unixfs};
 use shoal_tests::{within, Node};
 
 const MIB: usize = 1 << 20;
-
-/// Deterministic pseudo-random bytes (xorshift), distinct per seed.
-fn random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
-
-async fn put(node: &Node, data: Vec<u8>) -> Result<String> {
-    let resp = within(node.http.post(node.url("/api/v1/blobs")).body(data).send()).await?;
-    if resp.status() != 201 {
-        bail!("put: {} {}", resp.status(), resp.text().await?);
-    }
-    let v: Value = resp.json().await?;
-    Ok(v["cid"].as_str().context("cid")?.to_string())
-}
 
 async fn get_range(node: &Node, cid: &str, from: usize, to: usize) -> Result<Vec<u8>> {
     let resp = within(
@@ -69,12 +46,12 @@ async fn blob_cids_are_the_reference_importers() {
         sizes.push((x % (8 * MIB as u64)) as usize);
     }
     for (i, size) in sizes.into_iter().enumerate() {
-        let data = random(size, i as u64 + 1);
+        let data = shoal_fixtures::blob(i as u64 + 1, size);
         let file: PathBuf = dir.path().join(format!("blob-{size}"));
         std::fs::write(&file, &data).unwrap();
         let reference = reference_cids(tools, std::slice::from_ref(&file)).unwrap();
         std::fs::remove_file(&file).unwrap();
-        let ours = put(&node, data.clone()).await.unwrap();
+        let ours = node.put_blob(data.clone()).await.unwrap();
         assert_eq!(vec![ours.clone()], reference, "{size} bytes");
         if size == 0 {
             assert_eq!(
@@ -109,7 +86,7 @@ fn the_balanced_layout_matches_the_reference_at_every_depth() {
     let mut files = Vec::new();
     let mut ours = Vec::new();
     for size in sizes {
-        let data = random(size, size as u64);
+        let data = shoal_fixtures::blob(size as u64, size);
         let file = dir.path().join(format!("f{size}"));
         std::fs::write(&file, &data).unwrap();
         files.push(file.to_str().unwrap().to_string());
@@ -144,7 +121,7 @@ async fn a_data_dir_with_blobs_of_the_old_format_is_converted_at_start() {
     let tools = tools();
     let mut node = Node::start().unwrap();
     node.stop().unwrap();
-    let data = random(3 * MIB + 7, 9);
+    let data = shoal_fixtures::blob(9, 3 * MIB + 7);
     // The old format, written into the stopped node's store.
     let old = {
         let path = node.data_dir().join("store.sqlite");

@@ -25,6 +25,7 @@
 
 pub mod browser;
 mod cli;
+pub mod curl;
 pub mod hostile;
 mod http;
 pub mod ipfs;

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
+use shoal_tests::curl::{curl, download};
 use shoal_tests::stats::{median, percentile_ms, proc_status_kib};
 use shoal_tests::{Node, NodeOptions};
 
@@ -294,41 +295,6 @@ impl Publisher {
             n: samples.len(),
         })
     }
-}
-
-/// MB/s of a curl download into /dev/null (checks the size).
-fn download(url: &str, bytes: f64) -> Result<f64> {
-    let t = Instant::now();
-    let size = curl(&[
-        "-sS",
-        "--fail",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{size_download}",
-        url,
-    ])?;
-    let secs = t.elapsed().as_secs_f64();
-    let got: f64 = size.trim().parse().context("curl size")?;
-    if got != bytes {
-        bail!("{url}: downloaded {got} bytes, expected {bytes}");
-    }
-    Ok(bytes / secs / 1e6)
-}
-
-fn curl(args: &[&str]) -> Result<String> {
-    let out = Command::new("curl")
-        .args(args)
-        .output()
-        .context("cannot run curl")?;
-    if !out.status.success() {
-        bail!(
-            "curl {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn peak_rss_mb(node: &Node) -> Result<f64> {

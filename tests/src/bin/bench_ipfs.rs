@@ -15,13 +15,13 @@
 //! [--before /path/to/old/shoal]`. Nodes use a swarm key (as IPFS peers must). MB = 10^6 bytes.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use cid::multihash::Multihash;
 use cid::Cid;
 use sha2::{Digest, Sha256};
+use shoal_tests::curl::{curl, download};
 use shoal_tests::ipfs::Helia;
 use shoal_tests::stats::median;
 use shoal_tests::{Node, NodeOptions};
@@ -215,41 +215,6 @@ fn chunk_cids(file: &Path) -> Result<Vec<String>> {
         let mh = Multihash::<64>::wrap(0x12, &Sha256::digest(&buf[..n]))?;
         out.push(Cid::new_v1(0x55, mh).to_string());
     }
-}
-
-/// MB/s of a curl download into /dev/null (checks the size).
-fn download(url: &str, bytes: f64) -> Result<f64> {
-    let t = Instant::now();
-    let size = curl(&[
-        "-sS",
-        "--fail",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{size_download}",
-        url,
-    ])?;
-    let secs = t.elapsed().as_secs_f64();
-    let got: f64 = size.trim().parse().context("curl size")?;
-    if got != bytes {
-        bail!("{url}: downloaded {got} bytes, expected {bytes}");
-    }
-    Ok(bytes / secs / 1e6)
-}
-
-fn curl(args: &[&str]) -> Result<String> {
-    let out = Command::new("curl")
-        .args(args)
-        .output()
-        .context("cannot run curl")?;
-    if !out.status.success() {
-        bail!(
-            "curl {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Pseudo-random bytes (xorshift; incompressible enough, fast to make).

@@ -102,8 +102,10 @@ async function refreshNodes() {
   drawSwarm(nodes);
 }
 
-// Nodes on a circle; an edge from this node to each peer it is connected to (what this node
-// can see: node info's peers), dashed grey to nodes known only through others.
+// Nodes on a circle; an edge for each pair of nodes one of which lists the other among its
+// connected peers (every node's status carries its `peers`), drawn once per pair. Edges of this
+// node (it sees them itself) are solid, edges between other nodes dashed (known from their
+// status). Peers without a status of their own (e.g. an IPFS peer) are not drawn.
 function drawSwarm(nodes) {
   const svg = $('#swarm-map');
   const self = info?.source;
@@ -112,13 +114,19 @@ function drawSwarm(nodes) {
     const a = (2 * Math.PI * k) / n - Math.PI / 2;
     return [node.source, [150 + 110 * Math.cos(a), 150 + 110 * Math.sin(a)]];
   }));
-  const connected = new Set((info?.peers ?? []).filter((p) => p.connected).map((p) => p.peerId));
-  let out = '';
+  const edges = new Map();
   for (const node of nodes) {
-    if (node.source === self || !pos.has(self)) continue;
-    const [x1, y1] = pos.get(self), [x2, y2] = pos.get(node.source);
-    const direct = connected.has(node.source);
-    out += `<line class="edge ${direct ? 'direct' : ''}" x1="${x1}" y1="${y1}" x2="${x2}" y2="${y2}" ${direct ? '' : 'stroke-dasharray="4 3"'}/>`;
+    for (const peer of node.peers ?? []) {
+      if (peer === node.source || !pos.has(peer)) continue;
+      const [x, y] = [node.source, peer].sort();
+      edges.set(`${x} ${y}`, [x, y]);
+    }
+  }
+  let out = '';
+  for (const [key, [x, y]] of edges) {
+    const [x1, y1] = pos.get(x), [x2, y2] = pos.get(y);
+    const direct = x === self || y === self;
+    out += `<line class="edge ${direct ? 'direct' : ''}" data-edge="${esc(key)}" x1="${x1}" y1="${y1}" x2="${x2}" y2="${y2}" ${direct ? '' : 'stroke-dasharray="4 3"'}/>`;
   }
   for (const node of nodes) {
     const [x, y] = pos.get(node.source);

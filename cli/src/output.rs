@@ -200,8 +200,8 @@ impl Out {
         };
         writeln!(
             self.w,
-            "{:<52}  {:<16}  {:<8}  {:<9}  {:<9}  {:<12}  EVENTS",
-            "SOURCE", "NAME", "VERSION", "CONNECTED", "LAST SEEN", "APPS RUN/ALL"
+            "{:<52}  {:<16}  {:<8}  {:<9}  {:<9}  {:<12}  {:<5}  EVENTS",
+            "SOURCE", "NAME", "VERSION", "CONNECTED", "LAST SEEN", "APPS RUN/ALL", "PEERS"
         )?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -217,15 +217,18 @@ impl Out {
                 "via peers"
             };
             let apps = format!("{}/{}", n["apps"]["running"], n["apps"]["deployed"]);
+            // How many peers it is connected to (who they are: `--json`, or the dashboard).
+            let peers = n["peers"].as_array().map_or(0, Vec::len);
             writeln!(
                 self.w,
-                "{:<52}  {:<16}  {:<8}  {:<9}  {:<9}  {:<12}  {}",
+                "{:<52}  {:<16}  {:<8}  {:<9}  {:<9}  {:<12}  {:<5}  {}",
                 plain(&n["source"]),
                 plain(&n["displayName"]),
                 plain(&n["version"]),
                 connected,
                 seen,
                 apps,
+                peers,
                 n["events"]
             )?;
         }

@@ -52,6 +52,9 @@ pub struct NodeEntry {
     pub last_seen: u64,
     pub apps: AppCounts,
     pub events: u64,
+    /// The peers the node says it is connected to (its status' list; extension of API.md's
+    /// shape): source ids only, at most [`MAX_LISTED`], sorted.
+    pub peers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -82,8 +85,23 @@ impl NodeView {
                 deployed: self.status.apps_deployed,
             },
             events: self.status.events,
+            peers: listed_peers(&self.status.peers),
         }
     }
+}
+
+/// A status' peer list as it may be shown: another node wrote it, so entries that are not
+/// peer ids are left out, and it is bounded like the lists a node sends.
+fn listed_peers(peers: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = peers
+        .iter()
+        .filter(|p| p.parse::<libp2p::PeerId>().is_ok())
+        .take(MAX_LISTED)
+        .cloned()
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Builds this node's status from the parts that know each fact.
@@ -251,4 +269,27 @@ pub async fn run(
         }
     }
     tracing::debug!("status announcer stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_peers_keep_peer_ids_only_sorted_and_bounded() {
+        let ids: Vec<String> = (0..MAX_LISTED + 5)
+            .map(|_| {
+                Keypair::generate_ed25519()
+                    .public()
+                    .to_peer_id()
+                    .to_string()
+            })
+            .collect();
+        let mut given = vec!["<script>".to_string(), ids[1].clone()];
+        given.extend(ids.iter().cloned());
+        let listed = listed_peers(&given);
+        assert!(!listed.iter().any(|p| p == "<script>"));
+        assert_eq!(listed.len(), MAX_LISTED - 1, "bounded, then deduplicated");
+        assert!(listed.windows(2).all(|w| w[0] < w[1]), "sorted, no repeats");
+    }
 }

@@ -1,7 +1,7 @@
 //! The swarm-wide view of nodes and apps, and app commands across the swarm (`--to`), with
 //! real node processes: node status gossip lists a node that A reaches only through B (A–B–C
-//! chain via `--peer`, no mDNS), over HTTP (`GET /api/v1/nodes`) and the CLI (`shoal nodes
-//! ls`, `shoal apps ls --all`); `deploy`/`settings`/`stop`/`undeploy --to` given on A are
+//! chain via `--peer`, no mDNS), with each node's connected peers, over HTTP (`GET
+//! /api/v1/nodes`) and the CLI (`shoal nodes ls`, `shoal apps ls --all`); `deploy`/`settings`/`stop`/`undeploy --to` given on A are
 //! carried out by B, also when B was down while the command was given (the partition used
 //! here: B stopped, then started again; it learns the command by replication once back), and
 //! exactly once across B's restarts. The test app is `tests/apps/echo` (python3), which
@@ -138,11 +138,21 @@ async fn nodes_ls_lists_a_node_reached_only_through_another() {
     c.publish(&[event("test", "c", json!(1)), event("test", "c", json!(2))])
         .await
         .unwrap();
-    let list = wait_nodes(&a, "A sees C with its 2 events", |l| {
-        find(l, &c.source).is_some_and(|n| n["events"].as_u64() >= Some(2))
-            && find(l, &b.source).is_some()
-    })
+    let names = |n: &Value, peer: &Node| {
+        n["peers"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|x| x == peer.source.as_str()))
+    };
+    let list = wait_nodes(
+        &a,
+        "A sees C with its 2 events, and B's peers A and C",
+        |l| {
+            find(l, &c.source).is_some_and(|n| n["events"].as_u64() >= Some(2))
+                && find(l, &b.source).is_some_and(|n| names(n, &a) && names(n, &c))
+        },
+    )
     .await;
+    assert!(names(&list[0], &b), "A's own entry names B: {}", list[0]);
     assert_eq!(list[0]["source"], a.source, "this node comes first");
     assert_eq!(list[0]["connected"], true);
     let cn = find(&list, &c.source).unwrap();
@@ -173,11 +183,14 @@ async fn nodes_ls_lists_a_node_reached_only_through_another() {
             "displayName",
             "events",
             "lastSeen",
+            "peers",
             "source",
             "version"
         ]
     );
     assert!(cj["apps"]["running"].is_u64() && cj["apps"]["deployed"].is_u64());
+    // `peers` (shoal's extension of API.md's shape): whom each node says it is connected to.
+    assert_eq!(cj["peers"], json!([b.source]), "C is connected to B only");
     assert!(cj["lastSeen"].is_u64() && cj["version"].is_string());
 
     let out = cli(&["nodes", "ls", "--node", &url], None).unwrap();

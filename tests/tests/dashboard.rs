@@ -1,5 +1,5 @@
 //! The node dashboard (issue 14 item 2) in a real browser: Debian's headless `chromium`, driven
-//! over the Chrome DevTools Protocol (its WebSocket, with tokio-tungstenite) against two real
+//! over the Chrome DevTools Protocol (`shoal_tests::browser::Devtools`) against two real
 //! `shoal run` processes. The page, served by node A at `/`, shows both nodes; events published
 //! over HTTP (on A, and on B then replicated) appear in its live tail without a reload; a file
 //! uploaded through the page's blob form is stored and reads back byte for byte. A real process
@@ -10,213 +10,17 @@
 //! screenshots of the page (desktop and tablet widths, and the apps pane); with
 //! `SHOAL_SCREENSHOTS=1` it writes them to `docs/dashboard/`, else beside the test's nodes, so a
 //! test run leaves the checkout clean.
+//! The swarm picture, with three nodes in a line A–B–C: A's page draws the B–C edge it knows
+//! only from B's and C's status (dashed), its own edge to B (solid), and none between A and C.
 //! Without a browser: the page's feed (`GET /api/v1/node/events`) sends `event: apps` on change.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use base64::Engine as _;
-use futures::{SinkExt, StreamExt};
+use anyhow::{Context, Result};
 use serde_json::{json, Value};
-use shoal_tests::browser::chromium;
+use shoal_tests::browser::{chromium, Devtools, Page};
 use shoal_tests::{cli, event, within, Node, NodeOptions, TIMEOUT};
-use tokio_tungstenite::tungstenite::Message;
-
-/// Headless chromium with the DevTools Protocol on a port of its choosing, in its own process
-/// group (killed with it on drop).
-struct Browser {
-    child: std::process::Child,
-    ws_url: String,
-}
-
-impl Browser {
-    fn launch(chromium: &Path, profile: &Path) -> Result<Browser> {
-        use std::os::unix::process::CommandExt;
-        let mut child = Command::new(chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--hide-scrollbars",
-                "--remote-debugging-port=0",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg("about:blank")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .context("cannot run chromium")?;
-        let stderr = child.stderr.take().context("chromium stderr")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("DevTools listening on ") {
-                    let _ = tx.send(url.trim().to_string());
-                }
-            }
-        });
-        let mut browser = Browser {
-            child,
-            ws_url: String::new(),
-        };
-        browser.ws_url = rx
-            .recv_timeout(TIMEOUT)
-            .context("chromium printed no DevTools address")?;
-        Ok(browser)
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        if let Ok(pgid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill(2) on the process group of our own, not yet reaped, child.
-            unsafe {
-                libc::kill(-pgid, libc::SIGKILL);
-            }
-        }
-        let _ = self.child.wait();
-    }
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A DevTools Protocol session on one page.
-struct Page {
-    ws: Socket,
-    next_id: u64,
-    session: String,
-}
-
-impl Page {
-    async fn open(browser: &Browser, url: &str) -> Result<Page> {
-        let (ws, _) = within(tokio_tungstenite::connect_async(browser.ws_url.as_str())).await?;
-        let mut page = Page {
-            ws,
-            next_id: 1,
-            session: String::new(),
-        };
-        let target = page
-            .call("Target.createTarget", json!({"url": "about:blank"}))
-            .await?;
-        let attached = page
-            .call(
-                "Target.attachToTarget",
-                json!({"targetId": target["targetId"], "flatten": true}),
-            )
-            .await?;
-        page.session = attached["sessionId"]
-            .as_str()
-            .context("no sessionId")?
-            .to_string();
-        page.viewport(1280, 1500).await?;
-        page.call("Page.navigate", json!({ "url": url })).await?;
-        Ok(page)
-    }
-
-    /// One command; its `result`, or its error.
-    async fn call(&mut self, method: &str, params: Value) -> Result<Value> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut msg = json!({"id": id, "method": method, "params": params});
-        if !self.session.is_empty() {
-            msg["sessionId"] = self.session.clone().into();
-        }
-        within(self.ws.send(Message::text(msg.to_string()))).await?;
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let frame = tokio::time::timeout(left, self.ws.next())
-                .await
-                .with_context(|| format!("{method}: no answer within {TIMEOUT:?}"))?
-                .context("the DevTools socket closed")??;
-            let Message::Text(text) = frame else { continue };
-            let answer: Value = serde_json::from_str(text.as_str())?;
-            if answer["id"] != id {
-                continue; // an event, or another command's answer
-            }
-            if !answer["error"].is_null() {
-                bail!("{method}: {}", answer["error"]);
-            }
-            return Ok(answer["result"].clone());
-        }
-    }
-
-    /// Evaluates `js` in the page (promises awaited); its value.
-    async fn eval(&mut self, js: &str) -> Result<Value> {
-        let r = self
-            .call(
-                "Runtime.evaluate",
-                json!({"expression": js, "awaitPromise": true, "returnByValue": true}),
-            )
-            .await?;
-        if !r["exceptionDetails"].is_null() {
-            bail!("{js}: {}", r["exceptionDetails"]);
-        }
-        Ok(r["result"]["value"].clone())
-    }
-
-    /// Polls `js` until it is true (bounded by [`TIMEOUT`]).
-    async fn wait_for(&mut self, what: &str, js: &str) -> Result<()> {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if self.eval(js).await.ok() == Some(Value::Bool(true)) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let body = self
-                    .eval("document.body.innerText")
-                    .await
-                    .unwrap_or_default();
-                bail!("the page never showed {what} ({js}); it shows:\n{body}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn viewport(&mut self, width: u32, height: u32) -> Result<()> {
-        self.call(
-            "Emulation.setDeviceMetricsOverride",
-            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}),
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// Types `text` into the element `selector` (focused, its content selected first), as a
-    /// user's keyboard would.
-    async fn type_into(&mut self, selector: &str, text: &str) -> Result<()> {
-        let sel = serde_json::to_string(selector)?;
-        self.eval(&format!(
-            "(() => {{ const t = document.querySelector({sel}); t.focus(); t.select(); return true; }})()"
-        ))
-        .await?;
-        self.call("Input.insertText", json!({ "text": text }))
-            .await?;
-        Ok(())
-    }
-
-    /// A PNG of the viewport, written to `<dir>/<name>.png`.
-    async fn screenshot(&mut self, dir: &Path, name: &str) -> Result<()> {
-        let shot = self
-            .call("Page.captureScreenshot", json!({"format": "png"}))
-            .await?;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(shot["data"].as_str().context("no screenshot data")?)?;
-        std::fs::create_dir_all(dir)?;
-        std::fs::write(dir.join(format!("{name}.png")), png)?;
-        Ok(())
-    }
-}
 
 /// Where screenshots go: `docs/dashboard/` when `SHOAL_SCREENSHOTS=1` (to refresh the README's
 /// pictures), else a temporary directory.
@@ -244,7 +48,7 @@ async fn the_dashboard_shows_both_nodes_tails_events_live_and_uploads_blobs() ->
         .await?;
     let profile = tempfile::tempdir()?;
     let shots = screenshot_dir(profile.path());
-    let browser = Browser::launch(&chromium, profile.path())?;
+    let browser = Devtools::launch(&chromium, profile.path())?;
     let mut page = Page::open(&browser, &format!("http://{}/", a.api)).await?;
 
     // This node, live, and both nodes in the swarm pane (status gossip: within seconds).
@@ -373,6 +177,61 @@ async fn the_dashboard_shows_both_nodes_tails_events_live_and_uploads_blobs() ->
     page.screenshot(&shots, "apps-tablet").await?;
     drop(page);
     drop(browser);
+    Ok(())
+}
+
+/// A–B–C in a line (each started with `--peer` of the one before, no mDNS): A's swarm picture
+/// draws every node's connections, also the B–C edge A knows only from their statuses.
+#[tokio::test]
+async fn the_swarm_picture_draws_edges_between_other_nodes() -> Result<()> {
+    let Some(chromium) = tokio::task::spawn_blocking(chromium).await? else {
+        eprintln!(
+            "\n!!!!!!!! SKIPPED the_swarm_picture_...: chromium is not installed and `apt-get \
+             install -y chromium` failed. Install Debian's chromium (or set SHOAL_CHROMIUM) to \
+             run this test. !!!!!!!!\n"
+        );
+        return Ok(());
+    };
+    let a = Node::start()?;
+    let b = Node::start_with(NodeOptions::default().arg("--peer").arg(a.swarm.clone()))?;
+    let c = Node::start_with(NodeOptions::default().arg("--peer").arg(b.swarm.clone()))?;
+    let profile = tempfile::tempdir()?;
+    let browser = Devtools::launch(&chromium, profile.path())?;
+    let mut page = Page::open(&browser, &format!("http://{}/", a.api)).await?;
+    let edge = |x: &Node, y: &Node| {
+        let (x, y) = if x.source < y.source {
+            (&x.source, &y.source)
+        } else {
+            (&y.source, &x.source)
+        };
+        format!("document.querySelector('#swarm-map line[data-edge=\"{x} {y}\"]')")
+    };
+    let (ab, bc, ac) = (edge(&a, &b), edge(&b, &c), edge(&a, &c));
+    page.wait_for(
+        "the B–C edge, dashed",
+        &format!("{bc}?.getAttribute('stroke-dasharray') === '4 3'"),
+    )
+    .await?;
+    page.wait_for(
+        "A's own edge to B, solid",
+        &format!("{ab}?.classList.contains('direct') === true"),
+    )
+    .await?;
+    let circles = page
+        .eval("document.querySelectorAll('#swarm-map circle').length")
+        .await?;
+    anyhow::ensure!(circles == json!(3), "{circles} nodes drawn");
+    anyhow::ensure!(
+        page.eval(&format!("{ac} === null")).await? == json!(true),
+        "an edge between A and C, which are not connected"
+    );
+    // The page's data: C's entry in A's node list names B among its peers.
+    let nodes: Vec<Value> = within(a.get("/api/v1/nodes").await?.json()).await?;
+    let cn = nodes
+        .iter()
+        .find(|n| n["source"] == c.source.as_str())
+        .context("C not listed on A")?;
+    anyhow::ensure!(cn["peers"] == json!([b.source]), "{cn}");
     Ok(())
 }
 

@@ -208,6 +208,10 @@ pub struct NetworkState {
     pub known: BTreeMap<SourceId, u64>,
     /// Sources seen signing two trees at one offset (at most [`forks::MAX_FORKS`]).
     pub forks: Vec<ForkInfo>,
+    /// Grows when the node list (`GET /api/v1/nodes`) changes in what it shows of a node other
+    /// than its counters: a node joins or expires, its peers, apps, name or version change.
+    /// Wakes the dashboard's feed, whose swarm picture draws every node's peers.
+    pub node_list_changes: u64,
 }
 
 /// Peers node info lists at most: a peer holding the swarm key can connect under ever new

@@ -100,11 +100,27 @@ impl StatusBook {
         }
     }
 
-    /// Forgets statuses not heard of for the TTL.
-    pub(super) fn expire(&mut self, now: Instant) {
+    /// Whether keeping `status` would change what the node list shows of its source beyond
+    /// the counters that move all the time (events, uptime): a new source, other peers, apps,
+    /// name or version.
+    pub(super) fn changes_listing(&self, status: &SignedStatus) -> bool {
+        let Some(old) = self.entries.get(&status.source) else {
+            return true;
+        };
+        let (old, new) = (&old.received.status.status, &status.status);
+        old.peers != new.peers
+            || old.apps != new.apps
+            || old.display_name != new.display_name
+            || old.version != new.version
+    }
+
+    /// Forgets statuses not heard of for the TTL; whether any went.
+    pub(super) fn expire(&mut self, now: Instant) -> bool {
         let ttl = self.ttl;
+        let before = self.entries.len();
         self.entries
             .retain(|_, e| now.saturating_duration_since(e.at) < ttl);
+        self.entries.len() != before
     }
 
     /// Every status held (not yet expired), in no particular order.
@@ -187,5 +203,27 @@ mod tests {
         assert_eq!(book.offer(signed(&keys[3], 1), later, 3), Offer::Kept);
         assert_eq!(book.len(), 1, "the expired entries made room");
         assert_eq!(book.list(later).len(), 1);
+    }
+
+    #[test]
+    fn a_listing_changes_with_a_new_node_or_other_peers_not_with_counters() {
+        let mut book = StatusBook::default();
+        let key = Keypair::generate_ed25519();
+        let now = Instant::now();
+        let first = signed(&key, 1);
+        assert!(book.changes_listing(&first), "a new node");
+        book.offer(first, now, 1);
+        // Another event count and date: the same listing.
+        assert!(!book.changes_listing(&signed(&key, 2)));
+        let mut status = signed(&key, 3).status;
+        status.peers = vec![Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+            .to_string()];
+        let with_peer = SignedStatus::sign(&key, 3, status).unwrap();
+        assert!(book.changes_listing(&with_peer), "other peers");
+        book.offer(with_peer, now, 3);
+        assert!(!book.expire(now));
+        assert!(book.expire(now + TTL + Duration::from_secs(1)), "it went");
     }
 }

@@ -294,7 +294,9 @@ impl Task {
                 _ = tick.tick(), if self.fetcher.sessions() > 0 => {}
                 _ = digest.tick() => {
                     self.send_digests();
-                    self.statuses.expire(Instant::now());
+                    if self.statuses.expire(Instant::now()) {
+                        self.node_list_changed();
+                    }
                 }
                 _ = redial.tick() => {
                     self.redial();
@@ -809,32 +811,48 @@ impl Task {
             Ok(s) if s.source == *self.swarm.local_peer_id() => {
                 gossipsub::MessageAcceptance::Ignore
             }
-            Ok(s) => match self
-                .statuses
-                .offer(s, Instant::now(), micros(SystemTime::now()))
-            {
-                Offer::Kept => gossipsub::MessageAcceptance::Accept,
-                Offer::Stale => gossipsub::MessageAcceptance::Ignore,
-                Offer::Full => {
-                    let due = self
-                        .status_limit_warned
-                        .is_none_or(|t| t.elapsed() >= INCOMING_WARN_PERIOD);
-                    if due {
-                        self.status_limit_warned = Some(Instant::now());
-                        tracing::warn!(
-                            peer = %from, limit = crate::status::MAX_NODES,
-                            "this node keeps as many node statuses as it may; statuses of new \
-                             nodes are dropped until old ones expire (not logged for a minute)"
-                        );
+            Ok(s) => {
+                let changes_listing = self.statuses.changes_listing(&s);
+                match self
+                    .statuses
+                    .offer(s, Instant::now(), micros(SystemTime::now()))
+                {
+                    Offer::Kept => {
+                        if changes_listing {
+                            self.node_list_changed();
+                        }
+                        gossipsub::MessageAcceptance::Accept
                     }
-                    gossipsub::MessageAcceptance::Ignore
+                    Offer::Stale => gossipsub::MessageAcceptance::Ignore,
+                    Offer::Full => {
+                        let due = self
+                            .status_limit_warned
+                            .is_none_or(|t| t.elapsed() >= INCOMING_WARN_PERIOD);
+                        if due {
+                            self.status_limit_warned = Some(Instant::now());
+                            tracing::warn!(
+                                peer = %from, limit = crate::status::MAX_NODES,
+                                "this node keeps as many node statuses as it may; statuses of new \
+                                 nodes are dropped until old ones expire (not logged for a minute)"
+                            );
+                        }
+                        gossipsub::MessageAcceptance::Ignore
+                    }
                 }
-            },
+            }
         };
         self.swarm
             .behaviour_mut()
             .gossipsub
             .report_message_validation_result(&id, &from, acceptance);
+    }
+
+    /// Wakes the readers of the network state: the node list shows something new.
+    fn node_list_changed(&self) {
+        self.status(|n| {
+            n.node_list_changes = n.node_list_changes.wrapping_add(1);
+            true
+        });
     }
 
     fn on_exchange(&mut self, ev: rr::Event<Request, Response>) {

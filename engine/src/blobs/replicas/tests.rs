@@ -127,6 +127,7 @@ fn placement_prefers_connected_then_recent_then_stream_sources() {
         peers: BTreeMap::from([(old, old_info), (recent, recent_info), (up, up_info)]),
         known: BTreeMap::from([(far.clone(), 3), (me.clone(), 7)]),
         forks: Vec::new(),
+        node_list_changes: 0,
     };
     let book = Book::default();
     let order = book.placement(&cid, &me, &network, 10);

@@ -617,6 +617,154 @@ async fn a_crash_looping_app_backs_off_and_the_node_stays_responsive() {
     );
 }
 
+/// A copy of the echo app as app `id`, its manifest's `memory-max` replaced by `limits` (lines
+/// of `[process]`), whose default settings allocate and touch `allocate_mib` MiB at start.
+fn echo_with_limits(id: &str, limits: &str, allocate_mib: u64) -> tempfile::TempDir {
+    let dir = echo_copy();
+    let manifest = std::fs::read_to_string(dir.path().join("shoal-app.toml")).expect("manifest");
+    let manifest = manifest
+        .replace(&format!("id = \"{ECHO}\""), &format!("id = \"{id}\""))
+        .replace("memory-max = \"512M\"\n", limits);
+    assert!(
+        manifest.contains(id) && !manifest.contains("512M"),
+        "{manifest}"
+    );
+    std::fs::write(dir.path().join("shoal-app.toml"), manifest).expect("manifest");
+    std::fs::write(
+        dir.path().join("defaults.json"),
+        json!({"greeting": "hello", "allocateMiB": allocate_mib}).to_string(),
+    )
+    .expect("defaults");
+    dir
+}
+
+/// The first echo event app `id` published (its name is the app id).
+async fn wait_echo_of(node: &Node, id: &str) -> Value {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(e) = echoes(node)
+            .await
+            .into_iter()
+            .find(|e| e["stream"]["name"] == id)
+        {
+            return e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "app {id} published nothing\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `memory-max` is enforced: the same app allocating 256 MiB fails under `memory-max = "128M"`
+/// and succeeds without a limit. What enforces it depends on the machine (limits.rs): under
+/// rlimits the limited process has `RLIMIT_AS` = 128 MiB (`/proc/<pid>/limits`) and python's
+/// allocation raises MemoryError, which the app reports; under cgroup v2 its cgroup has
+/// `memory.max` and `cpu.max` and the app is killed (OOM) when it touches too much.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_limit_from_the_manifest_is_applied() {
+    let node = Node::start().unwrap();
+    let limited = echo_with_limits(
+        "com.example.limited",
+        "memory-max = \"128M\"\ncpu-max = 0.5\n",
+        256,
+    );
+    let free = echo_with_limits("com.example.unlimited", "", 256);
+    deploy(&node, limited.path()).unwrap();
+    deploy(&node, free.path()).unwrap();
+
+    let unlimited = wait_echo_of(&node, "com.example.unlimited").await;
+    assert_eq!(
+        unlimited["payload"]["allocated"], true,
+        "without a limit the allocation works: {unlimited}"
+    );
+    let pid = unlimited["payload"]["pid"].as_u64().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max address space") && l.contains("unlimited")),
+        "{limits}"
+    );
+
+    // The node says which mechanism applies when it first starts an app with limits.
+    let deadline = Instant::now() + TIMEOUT;
+    let log = loop {
+        let log = node.log();
+        if log.contains("app limits use") {
+            break log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no limits mechanism logged\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    if log.contains("app limits use rlimits") {
+        eprintln!(
+            "\n!!!!!!!! a_memory_limit_...: this machine offers no writable cgroup v2 with the \
+             memory and cpu controllers, so the node used rlimits; the cgroup v2 path (memory.max, \
+             cpu.max) was NOT exercised. !!!!!!!!\n"
+        );
+        let e = wait_echo_of(&node, "com.example.limited").await;
+        assert_eq!(
+            e["payload"]["allocated"], false,
+            "256 MiB under memory-max = 128M: {e}"
+        );
+        let pid = e["payload"]["pid"].as_u64().unwrap();
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max address space"))
+            .unwrap_or_else(|| panic!("{limits}"));
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            fields[3..5],
+            ["134217728", "134217728"],
+            "RLIMIT_AS soft and hard: {line}"
+        );
+        assert!(
+            node.log().contains("cpu-max is not enforced"),
+            "the operator is told cpu-max does nothing here"
+        );
+    } else {
+        assert!(log.contains("app limits use cgroup v2"), "{log}");
+        let dir = Path::new("/sys/fs/cgroup/shoal-apps/com.example.limited");
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        assert_eq!(read("memory.max").trim(), "134217728");
+        assert_eq!(read("cpu.max").trim(), "50000 100000");
+        // Touching 256 MiB in a 128 MiB cgroup: the kernel kills it (on-failure restarts it,
+        // and it is killed again), or the allocation fails and the app says so.
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let app = apps(&node)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|a| a["id"] == "com.example.limited")
+                .unwrap_or(Value::Null);
+            let reported = echoes(&node)
+                .await
+                .into_iter()
+                .find(|e| e["stream"]["name"] == "com.example.limited");
+            if let Some(e) = reported {
+                assert_eq!(e["payload"]["allocated"], false, "{e}");
+                break;
+            }
+            if app["restarts"].as_u64() >= Some(1) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the limited app neither failed nor was killed: {app}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_web_app_loads_in_chromium_and_reads_events_through_the_api() {
     let node = Node::start().unwrap();

@@ -50,7 +50,10 @@ pub fn mechanism() -> &'static Mechanism {
             .and_then(|_| std::fs::write(root.join("cgroup.subtree_control"), "+memory +cpu"))
             .and_then(|_| std::fs::write(parent.join("cgroup.subtree_control"), "+memory +cpu"));
         match ready {
-            Ok(()) => Mechanism::CgroupV2(parent),
+            Ok(()) => {
+                tracing::info!(dir = %parent.display(), "app limits use cgroup v2");
+                Mechanism::CgroupV2(parent)
+            }
             Err(e) => {
                 tracing::info!(error = %e, "cgroup v2 not writable: app limits use rlimits");
                 Mechanism::Rlimit

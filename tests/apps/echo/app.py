@@ -1,6 +1,8 @@
 """Test app: publish one event with our settings and environment, then idle until SIGTERM.
 
 settings.exit = N makes it exit with status N right after publishing (crash loops, policies).
+settings.allocateMiB = N makes it first allocate and touch N MiB, and say in the event whether
+that worked (resource limits: the manifest's memory-max).
 """
 import json
 import os
@@ -15,6 +17,15 @@ with open("marker", "a") as f:  # in the working dir: <data-dir>/apps/<id>/data
     f.write("started\n")
 payload = {"settings": settings, "env": env, "pid": os.getpid(), "cwd": os.getcwd(),
            "argv": sys.argv}
+if "allocateMiB" in settings:
+    try:
+        block = bytearray(settings["allocateMiB"] << 20)
+        for i in range(0, len(block), 4096):  # touched, so it is really in memory
+            block[i] = 1
+        del block
+        payload["allocated"] = True
+    except MemoryError:
+        payload["allocated"] = False
 body = json.dumps({"data": [{"semantics": "test.apps", "name": env["SHOAL_APP_ID"],
                              "payload": payload}]}).encode()
 req = urllib.request.Request(env["SHOAL_API"] + "/api/v1/events/publish", data=body,

@@ -166,7 +166,14 @@ impl Node {
     /// and starts every part in dependency order: writer → console → swarm → replicator →
     /// blobs → maintenance. Returns once the swarm listens. The blocking parts run on a
     /// blocking thread.
-    pub async fn start(config: Config) -> Result<Node, NodeError> {
+    pub async fn start(mut config: Config) -> Result<Node, NodeError> {
+        // Absolute, so that paths built from it mean the same in app processes, which run in
+        // their own working directory (`shoal run --data-dir a` gave apps `a/apps/...`).
+        config.data_dir =
+            std::path::absolute(&config.data_dir).map_err(|source| NodeError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })?;
         let cfg = config.clone();
         let Opened {
             identity,

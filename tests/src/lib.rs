@@ -154,6 +154,9 @@ pub struct NodeOptions {
     pub mdns: bool,
     /// Run this binary instead of [`shoal_bin`] (a benchmark's before/after).
     pub bin: Option<PathBuf>,
+    /// Give `--data-dir data` relative to the node's working directory (the temp dir), as the
+    /// README's `--data-dir a` does, instead of an absolute path.
+    pub relative_data_dir: bool,
 }
 
 impl NodeOptions {
@@ -165,6 +168,12 @@ impl NodeOptions {
     /// See [`NodeOptions::mdns`].
     pub fn mdns(mut self) -> Self {
         self.mdns = true;
+        self
+    }
+
+    /// See [`NodeOptions::relative_data_dir`].
+    pub fn relative_data_dir(mut self) -> Self {
+        self.relative_data_dir = true;
         self
     }
 }
@@ -220,10 +229,13 @@ impl Node {
             .context("node.log")?;
         let console: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut cmd = Command::new(options.bin.as_deref().unwrap_or_else(|| shoal_bin()));
-        cmd.arg("run")
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--api-addr", "127.0.0.1:0"])
+        cmd.arg("run").arg("--data-dir");
+        if options.relative_data_dir {
+            cmd.arg("data").current_dir(dir.path());
+        } else {
+            cmd.arg(&data);
+        }
+        cmd.args(["--api-addr", "127.0.0.1:0"])
             .args(["--console-addr", &console.to_string()])
             .args(["--store-addr", "127.0.0.1:0"]);
         if options.mdns {

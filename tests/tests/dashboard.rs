@@ -11,7 +11,8 @@
 //! `SHOAL_SCREENSHOTS=1` it writes them to `docs/dashboard/`, else beside the test's nodes, so a
 //! test run leaves the checkout clean.
 //! The swarm picture, with three nodes in a line A–B–C: A's page draws the B–C edge it knows
-//! only from B's and C's status (dashed), its own edge to B (solid), and none between A and C.
+//! only from B's and C's status (dashed), its own edge to B (solid), and none between A and C
+//! (screenshot `swarm`).
 //! Without a browser: the page's feed (`GET /api/v1/node/events`) sends `event: apps` on change.
 
 use std::path::Path;
@@ -232,6 +233,11 @@ async fn the_swarm_picture_draws_edges_between_other_nodes() -> Result<()> {
         .find(|n| n["source"] == c.source.as_str())
         .context("C not listed on A")?;
     anyhow::ensure!(cn["peers"] == json!([b.source]), "{cn}");
+    page.viewport(1000, 400).await?;
+    page.eval("document.querySelector('#swarm').scrollIntoView()")
+        .await?;
+    page.screenshot(&screenshot_dir(profile.path()), "swarm")
+        .await?;
     Ok(())
 }
 

@@ -1,14 +1,13 @@
 //! The factory example of seed 003 (`examples/factory/`) as the README deploys it: three real
 //! nodes in a line A–B–C (each started with `--peer` of the one before), one `shoal apps
-//! deploy` each — the robot (python3 process app) on A, the workstations (python3 process app)
-//! on B, the dashboard (web app) on C — run by the nodes' supervisors. Material moves from the
-//! raw-material store through the three stations into the warehouse, the robot and the machines
-//! learning each other's buffers only from replicated events, recording only seed 003's events;
-//! C stores them all, and its dashboard page, served at `/apps/<id>/`, shows the movements and
-//! the warehouse's stock in headless Chromium. Skips loudly without python3 (and the browser
-//! half without chromium). Every wait is bounded by the harness's `TIMEOUT`; nothing asserts
-//! on time.
-
+//! deploy` each — the robot (python3 process app) on A (with a relative `--data-dir`, as the
+//! README's), the workstations (python3 process app) on B, the dashboard (web app) on C — run
+//! by the nodes' supervisors. Material moves from the raw-material store through the three
+//! stations into the warehouse, the robot and the machines learning each other's buffers only
+//! from replicated events, recording only seed 003's events; C stores them all, and its
+//! dashboard page, served at `/apps/<id>/`, shows the movements and the warehouse's stock in
+//! headless Chromium. Skips loudly without python3 (and the browser half without chromium).
+//! Every wait is bounded by the harness's `TIMEOUT`; nothing asserts on time.
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -74,7 +73,8 @@ async fn the_factory_apps_deployed_on_three_nodes_fill_the_warehouse() {
         );
         return;
     }
-    let a = Node::start().unwrap();
+    // A's data dir is relative to its working directory, as the README's `--data-dir a`.
+    let a = Node::start_with(NodeOptions::default().relative_data_dir()).unwrap();
     let b = Node::start_with(peer(&a)).unwrap();
     let c = Node::start_with(peer(&b)).unwrap();
     deploy(&a, "robot");

@@ -7,9 +7,10 @@
 //! the page's event stream, no reload), its log shows its output; an invalid setting typed into
 //! the settings editor shows the schema error naming the JSON path and changes nothing (same
 //! settings, same process); a valid one is applied and the app restarts with it. The run takes
-//! screenshots of the page (desktop and tablet widths, and the apps pane); with
-//! `SHOAL_SCREENSHOTS=1` it writes them to `docs/dashboard/`, else beside the test's nodes, so a
-//! test run leaves the checkout clean.
+//! screenshots of the page (desktop and tablet widths, and the apps pane), and checks that
+//! everything the page loaded came from the node (it works offline). With `SHOAL_SCREENSHOTS=1`
+//! the screenshots go to `docs/dashboard/`, else beside the test's nodes, so a test run leaves
+//! the checkout clean.
 //! The swarm picture, with three nodes in a line A–B–C: A's page draws the B–C edge it knows
 //! only from B's and C's status (dashed), its own edge to B (solid), and none between A and C
 //! (screenshot `swarm`).
@@ -167,6 +168,26 @@ async fn the_dashboard_shows_both_nodes_tails_events_live_and_uploads_blobs() ->
     );
 
     apps_pane(&a, &mut page, &shots).await?;
+
+    // Works offline: everything the page loaded (scripts, styles, API calls) came from the
+    // node itself, nothing from a CDN or another site.
+    let foreign = page
+        .eval(
+            "performance.getEntriesByType('resource').map(r => r.name)\
+             .filter(n => !n.startsWith(location.origin + '/'))",
+        )
+        .await?;
+    anyhow::ensure!(
+        foreign == json!([]),
+        "the page loaded from elsewhere: {foreign}"
+    );
+    let loaded = page
+        .eval("performance.getEntriesByType('resource').length")
+        .await?;
+    anyhow::ensure!(
+        loaded.as_u64() > Some(2),
+        "{loaded} resources: is the check blind?"
+    );
 
     page.eval("window.scrollTo(0, 0)").await?;
     page.screenshot(&shots, "overview").await?;

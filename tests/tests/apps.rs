@@ -488,6 +488,67 @@ async fn stop_start_undeploy_and_purge() {
     assert!(apps(&node).await.unwrap().is_empty());
 }
 
+/// An app that ignores SIGTERM, with a child in its process group that ignores it too, blocks
+/// nothing: after `stop` the node keeps answering, and once the grace period is over the
+/// supervisor kills the whole group (SIGKILL) and says so; neither process is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_ignores_sigterm_is_killed_with_its_process_group() {
+    let node = Node::start().unwrap();
+    let dir = echo_copy();
+    std::fs::write(
+        dir.path().join("defaults.json"),
+        json!({"greeting": "hello", "hang": true}).to_string(),
+    )
+    .unwrap();
+    deploy(&node, dir.path()).unwrap();
+    let app = wait_app(&node, ECHO, "running", running).await;
+    let echo = wait_echoes(&node, 1).await.remove(0);
+    let pid = app["pid"].as_u64().unwrap();
+    assert_eq!(echo["payload"]["pid"], pid);
+    let child = echo["payload"]["childPid"].as_u64().unwrap();
+    assert!(alive(pid) && alive(child));
+
+    let resp = within(
+        node.http
+            .post(node.url(&format!("/api/v1/apps/{ECHO}/stop")))
+            .send(),
+    )
+    .await
+    .unwrap();
+    expect_status(&resp, 202).unwrap();
+    // Until it is stopped, the node answers (each request bounded by the harness's timeout)
+    // and takes events.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        expect_status(&node.get("/api/v1/node/info").await.unwrap(), 200).unwrap();
+        node.publish(&[shoal_tests::event("test.alive", "n", json!(1))])
+            .await
+            .unwrap();
+        let app = apps(&node).await.unwrap().pop().unwrap_or(Value::Null);
+        if app["state"] == "stopped" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never stopped: {app}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The leader was reaped; the child got the same SIGKILL (bounded wait for it to be gone).
+    assert!(!alive(pid), "the app outlived its stop");
+    let deadline = Instant::now() + TIMEOUT;
+    while alive(child) {
+        assert!(
+            Instant::now() < deadline,
+            "the app's child outlived its stop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        node.log()
+            .contains("app did not stop within 10 s of SIGTERM; killing it"),
+        "{}",
+        node.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_deploy_leaves_the_old_version_running_and_a_node_restart_brings_it_back() {
     let node = Node::start().unwrap();
@@ -582,15 +643,10 @@ async fn a_crash_looping_app_backs_off_and_the_node_stays_responsive() {
         if crashing.len() >= 4 {
             break crashing;
         }
-        // The API answers at once meanwhile.
-        let t = Instant::now();
+        // The API answers meanwhile (each request bounded by the harness's timeout; no
+        // figure asserted on a shared machine).
         expect_status(&node.get("/api/v1/node/info").await.unwrap(), 200).unwrap();
         apps(&node).await.unwrap();
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "the API stalled {:?}",
-            t.elapsed()
-        );
         assert!(
             Instant::now() < deadline,
             "only {} crashing starts",

@@ -3,10 +3,13 @@
 settings.exit = N makes it exit with status N right after publishing (crash loops, policies).
 settings.allocateMiB = N makes it first allocate and touch N MiB, and say in the event whether
 that worked (resource limits: the manifest's memory-max).
+settings.hang = true makes it ignore SIGTERM, and start a child (`sleep`, in its process group)
+that ignores it too: only the supervisor's SIGKILL of the group ends them.
 """
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import urllib.request
@@ -26,6 +29,9 @@ if "allocateMiB" in settings:
         payload["allocated"] = True
     except MemoryError:
         payload["allocated"] = False
+if settings.get("hang"):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited by the child across exec
+    payload["childPid"] = subprocess.Popen(["sleep", "3600"]).pid
 body = json.dumps({"data": [{"semantics": "test.apps", "name": env["SHOAL_APP_ID"],
                              "payload": payload}]}).encode()
 req = urllib.request.Request(env["SHOAL_API"] + "/api/v1/events/publish", data=body,
@@ -35,6 +41,7 @@ print("published", json.dumps(settings), flush=True)
 print("a line on stderr", file=sys.stderr, flush=True)
 if "exit" in settings:
     sys.exit(settings["exit"])
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+if not settings.get("hang"):
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 while True:
     time.sleep(3600)

@@ -103,9 +103,9 @@ async function refreshNodes() {
 }
 
 // Nodes on a circle; an edge for each pair of nodes one of which lists the other among its
-// connected peers (every node's status carries its `peers`), drawn once per pair. Edges of this
-// node (it sees them itself) are solid, edges between other nodes dashed (known from their
-// status). Peers without a status of their own (e.g. an IPFS peer) are not drawn.
+// connected peers (every node's status carries its `peers`), drawn once per pair. This node's
+// own connections are solid, every other edge dashed (known only from other nodes' status).
+// Peers without a status of their own (e.g. an IPFS peer) are not drawn.
 function drawSwarm(nodes) {
   const svg = $('#swarm-map');
   const self = info?.source;
@@ -122,10 +122,12 @@ function drawSwarm(nodes) {
       edges.set(`${x} ${y}`, [x, y]);
     }
   }
+  // This node's own connections, as it sees them now (another node's status may be older).
+  const mine = new Set(nodes.find((node) => node.source === self)?.peers ?? []);
   let out = '';
   for (const [key, [x, y]] of edges) {
     const [x1, y1] = pos.get(x), [x2, y2] = pos.get(y);
-    const direct = x === self || y === self;
+    const direct = (x === self && mine.has(y)) || (y === self && mine.has(x));
     out += `<line class="edge ${direct ? 'direct' : ''}" data-edge="${esc(key)}" x1="${x1}" y1="${y1}" x2="${x2}" y2="${y2}" ${direct ? '' : 'stroke-dasharray="4 3"'}/>`;
   }
   for (const node of nodes) {

@@ -3,7 +3,8 @@
 //!
 //! Two kinds of event, each sent once at the start and then after every change:
 //! - unnamed (`message`): the whole node info (as `GET /api/v1/node/info`), after a change of
-//!   the swarm's `NetworkState` watch (peers, known offsets, addresses) or of the stored offsets;
+//!   the swarm's `NetworkState` watch (peers, known offsets, addresses, the node list) or of the
+//!   stored offsets;
 //! - `event: apps`: the app list (as `GET /api/v1/apps`), after the app runtime republishes it
 //!   (deploy, start/stop, an exit or restart, new settings).
 //!

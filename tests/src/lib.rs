@@ -20,6 +20,8 @@
 //!   (Helia) for the interop tests.
 //! - [`npm`] installs npm packages from committed lockfiles and drives Node.js scripts (Pond
 //!   apps, the Helia IPFS peer).
+//! - [`browser`] runs Debian's headless chromium on a page, or driven over the DevTools
+//!   Protocol ([`browser::Devtools`], [`browser::Page`]) for the dashboard and web app tests.
 //! - [`cli`] runs a `shoal` client command with a timeout (`cli.rs`); [`run_on_data_dir`] starts
 //!   a second `shoal run` on a data dir that must refuse it.
 

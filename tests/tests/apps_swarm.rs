@@ -1,12 +1,12 @@
 //! The swarm-wide view of nodes and apps, and app commands across the swarm (`--to`), with
 //! real node processes: node status gossip lists a node that A reaches only through B (A–B–C
 //! chain via `--peer`, no mDNS), with each node's connected peers, over HTTP (`GET
-//! /api/v1/nodes`) and the CLI (`shoal nodes ls`, `shoal apps ls --all`); `deploy`/`settings`/`stop`/`undeploy --to` given on A are
-//! carried out by B, also when B was down while the command was given (the partition used
-//! here: B stopped, then started again; it learns the command by replication once back), and
-//! exactly once across B's restarts. The test app is `tests/apps/echo` (python3), which
-//! publishes one event echoing its settings each time it starts. Every wait is bounded by the
-//! harness's `TIMEOUT`; nothing asserts on time.
+//! /api/v1/nodes`) and the CLI (`shoal nodes ls`, `shoal apps ls --all`);
+//! `deploy`/`settings`/`stop`/`undeploy --to` given on A are carried out by B, also when B was
+//! down while the command was given (the partition used here: B stopped, then started again; it
+//! learns the command by replication once back), and exactly once across B's restarts. The test
+//! app is `tests/apps/echo` (python3), which publishes one event echoing its settings each time
+//! it starts. Every wait is bounded by the harness's `TIMEOUT`; nothing asserts on time.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

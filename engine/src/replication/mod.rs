@@ -13,11 +13,13 @@
 //! same path as local events). At most one batch is in flight; heads arriving meanwhile
 //! supersede older targets and wait for the next one, so under load batches grow instead of
 //! queueing writer work per head. A tree still missing blocks becomes a fetching sync
-//! (`sync.rs`; at most one per source, [`MAX_SYNCS`] in all). A newer head arriving mid-sync
-//! supersedes the target: the running sync (a prefix of the newer tree, whose blocks are
+//! (`sync.rs`; at most one per source, [`MAX_SYNCS`] in all, at most half of them for sources
+//! with no tree stored here; free slots go to stored sources first). A newer head arriving
+//! mid-sync supersedes the target: the running sync (a prefix of the newer tree, whose blocks are
 //! reused) finishes first, then the newer one starts at once. A failed sync is retried with
 //! backoff (blocks not found: 200 ms doubling, the relaying peers may still be syncing; else
-//! 2 s …), capped at 30 s, or at once when a newer head arrives.
+//! 2 s …), capped at 30 s, or at once when a newer head arrives or a peer turns out to hold
+//! the target (its digest answer names it, or it is the source itself).
 //!
 //! Local appends (updates of [`Origin::Local`]) are signed as heads and handed to the swarm with
 //! their new blocks for the gossip fast path. A head's lamport is only its source's claim: the
@@ -28,7 +30,7 @@
 
 mod sync;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +50,10 @@ use sync::SyncError;
 
 /// Fetching syncs running at once (different sources).
 pub const MAX_SYNCS: usize = 32;
+/// Of those, syncs of sources with no tree stored here yet. Anybody can invent sources whose
+/// blocks nobody serves (a hostile peer does, by the thousand, and holds their fetches open):
+/// they must never take the slots of the sources this node already follows.
+const MAX_UNPROVEN_SYNCS: usize = MAX_SYNCS / 2;
 /// Sources per import batch (one writer command).
 const MAX_BATCH: usize = 256;
 /// Inline blocks kept for syncs not started yet, all sources together.
@@ -86,6 +92,7 @@ pub fn spawn(
         swarm,
         sources: HashMap::new(),
         syncs: JoinSet::new(),
+        unproven: HashSet::new(),
         batches: JoinSet::new(),
         batch_queue: Vec::new(),
         stashed: 0,
@@ -138,6 +145,8 @@ struct Replicator {
     swarm: swarm::Handle,
     sources: HashMap<PeerId, SourceState>,
     syncs: JoinSet<SyncResult>,
+    /// Sources of running syncs that have no tree stored here (at most [`MAX_UNPROVEN_SYNCS`]).
+    unproven: HashSet<PeerId>,
     /// The import batch in flight (at most one; see `flush_batch`).
     batches: JoinSet<BatchResult>,
     /// Sources waiting for the next import batch.
@@ -182,7 +191,9 @@ impl Replicator {
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
                 ev = heads.recv() => match ev {
-                    Some(Event::Head { head, blocks, from }) => self.on_head(head, blocks, from),
+                    Some(Event::Head { head, blocks, from, held }) => {
+                        self.on_head(head, blocks, from, held)
+                    }
                     Some(Event::Forgotten { source }) => self.forget(&source),
                     None => break,
                 },
@@ -307,7 +318,7 @@ impl Replicator {
         self.events.offsets().get(&source_id(source))
     }
 
-    fn on_head(&mut self, head: SignedHead, blocks: Vec<(Cid, Vec<u8>)>, from: PeerId) {
+    fn on_head(&mut self, head: SignedHead, blocks: Vec<(Cid, Vec<u8>)>, from: PeerId, held: bool) {
         // The head's lamport is the source's claim: the clock moves only with imported,
         // checked events (the writer does it), and a lamport no tree may hold drops the head.
         if head.head.lamport > shoal_store::MAX_LAMPORT {
@@ -331,16 +342,25 @@ impl Replicator {
             st.stash.extend(blocks);
             self.stashed += size;
         }
-        if !st.peers.contains(&from) {
+        // A peer that holds the tree is asked first.
+        if held || !st.peers.contains(&from) {
+            st.peers.retain(|p| *p != from);
             st.peers.insert(0, from);
             st.peers.truncate(8);
         }
-        if st
-            .target
-            .as_ref()
-            .is_some_and(|t| t.head.position() >= head.head.position())
-        {
-            return;
+        if let Some(target) = &st.target {
+            let (have, got) = (target.head.position(), head.head.position());
+            // A sync that failed for want of blocks is worth trying again at once when a peer
+            // turns out to hold the whole target: the peers that relayed its head may simply
+            // not have imported it yet, and a relayed head arriving again says nothing new.
+            let retry = held && have == got && st.retry_at.is_some();
+            if have >= got {
+                if retry {
+                    st.retry_at = None;
+                    self.maybe_start(source);
+                }
+                return;
+            }
         }
         tracing::debug!(%source, offset = head.head.offset, %from, "newer head");
         st.target = Some(head);
@@ -388,21 +408,27 @@ impl Replicator {
         let now = Instant::now();
         // Sources that found every sync slot taken go back to the writer only as slots free
         // up: re-importing all of them after every batch kept the writer busy for nothing
-        // while syncs were full (thousands of invented sources under attack).
-        let mut free_slots = MAX_SYNCS.saturating_sub(self.syncs.len());
+        // while syncs were full (thousands of invented sources under attack). Sources with a
+        // tree stored here get the free slots first, the least failing first.
         let mut due = Vec::new();
+        let mut waiting = Vec::new();
+        let stored = self.events.offsets();
         for (source, s) in &self.sources {
             if s.running || s.target.is_none() || s.retry_at.is_some_and(|t| t > now) {
                 continue;
             }
             if s.awaits_slot {
-                if free_slots == 0 {
-                    continue;
-                }
-                free_slots -= 1;
+                let unproven = stored.get(&source_id(source)).is_none();
+                waiting.push((unproven, s.failures, *source));
+            } else {
+                due.push(*source);
             }
-            due.push(*source);
         }
+        due.extend(take_slots(
+            waiting,
+            MAX_SYNCS.saturating_sub(self.syncs.len()),
+            MAX_UNPROVEN_SYNCS.saturating_sub(self.unproven.len()),
+        ));
         for source in due {
             self.maybe_start(source);
         }
@@ -478,7 +504,10 @@ impl Replicator {
                 ImportOutcome::Current => self.sync_ok(source, head, 0).await,
                 ImportOutcome::Failed(e) => self.sync_failed(source, &head, &SyncError::Events(e)),
                 ImportOutcome::Missing(missing) => {
-                    if self.syncs.len() >= MAX_SYNCS {
+                    let unproven = self.stored_offset(&source).is_none();
+                    if self.syncs.len() >= MAX_SYNCS
+                        || (unproven && self.unproven.len() >= MAX_UNPROVEN_SYNCS)
+                    {
                         // Not now: `start_due` queues it again once a sync slot is free.
                         if let Some(st) = self.sources.get_mut(&source) {
                             st.running = false;
@@ -497,6 +526,9 @@ impl Replicator {
                     let events = self.events.clone();
                     let swarm = self.swarm.clone();
                     let activity = self.activity.clone();
+                    if unproven {
+                        self.unproven.insert(source);
+                    }
                     self.syncs.spawn(async move {
                         let result =
                             sync::sync(&events, &swarm, &activity, &head, missing, peers).await;
@@ -509,6 +541,7 @@ impl Replicator {
     }
 
     async fn on_sync_done(&mut self, (source, head, result): SyncResult) {
+        self.unproven.remove(&source);
         match result {
             Ok(events) => self.sync_ok(source, head, events).await,
             Err(e) => self.sync_failed(source, &head, &e),
@@ -566,6 +599,29 @@ impl Replicator {
         st.retry_at = Some(Instant::now() + backoff);
         tracing::warn!(%source, offset = head.head.offset, error = %e, retry_in = ?backoff, "sync failed");
     }
+}
+
+/// Which of the sources waiting for a sync slot get the `free` ones: those with a tree stored
+/// here first (`unproven` false), the least failing first; at most `free_unproven` of the rest.
+fn take_slots(
+    mut waiting: Vec<(bool, u32, PeerId)>,
+    free: usize,
+    free_unproven: usize,
+) -> Vec<PeerId> {
+    waiting.sort_unstable();
+    let (mut free, mut free_unproven) = (free, free_unproven);
+    let mut out = Vec::new();
+    for (unproven, _, source) in waiting {
+        if free == 0 || (unproven && free_unproven == 0) {
+            break;
+        }
+        if unproven {
+            free_unproven -= 1;
+        }
+        free -= 1;
+        out.push(source);
+    }
+    out
 }
 
 #[cfg(test)]

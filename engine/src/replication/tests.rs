@@ -199,3 +199,99 @@ async fn a_heads_lamport_does_not_move_the_clock() {
         h.stop().await;
     }
 }
+
+/// Sync slots go to the sources this node already stores first, the least failing first, and
+/// sources with nothing stored here (invented ones, under attack: thousands) get at most their
+/// share: a hostile peer's endless fetches must not starve the honest sources (issue 12).
+#[test]
+fn sync_slots_go_to_stored_sources_first() {
+    let peers: Vec<PeerId> = (0..6).map(|_| PeerId::random()).collect();
+    let waiting = vec![
+        (true, 0, peers[0]),
+        (true, 0, peers[1]),
+        (false, 9, peers[2]),
+        (true, 0, peers[3]),
+        (false, 1, peers[4]),
+        (true, 5, peers[5]),
+    ];
+    // Room for four, two of them for unproven sources.
+    let taken = take_slots(waiting.clone(), 4, 2);
+    assert_eq!(taken.len(), 4);
+    assert_eq!(&taken[..2], &[peers[4], peers[2]]);
+    assert!(taken[2..]
+        .iter()
+        .all(|p| [peers[0], peers[1], peers[3]].contains(p)));
+    // No unproven room: only the stored sources, however many slots are free.
+    assert_eq!(take_slots(waiting.clone(), 32, 0), vec![peers[4], peers[2]]);
+    assert!(take_slots(waiting, 0, 16).is_empty());
+}
+
+/// A sync that failed for want of blocks (the peers that relayed its head had not imported it
+/// yet) is retried at once when a peer turns out to hold the whole target — its digest answer
+/// names it — and not when the same relayed head merely arrives again. Before, the failure
+/// backoff (up to 30 s) ran out first: after a minute under attack the honest swarm took
+/// ~30 s to converge (`bench_hostile`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_holds_a_failed_target_makes_it_due_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let keypair = Keypair::generate_ed25519();
+    let own = keypair.public().to_peer_id();
+    let parts = testing::start(dir.path(), &own.to_string());
+    let (_stop, shutdown) = watch::channel(false);
+    let mut cfg = swarm::Config::new(keypair.clone());
+    cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    cfg.mdns = false;
+    let blocks = Arc::new(StoreBlocks::open(&parts.store).unwrap());
+    let spawned = swarm::spawn(cfg, blocks, parts.events.offsets(), shutdown)
+        .await
+        .unwrap();
+    let (activity, _) = watch::channel(None);
+    let mut replicator = Replicator {
+        own,
+        keypair,
+        events: parts.events.clone(),
+        swarm: spawned.handle.clone(),
+        sources: HashMap::new(),
+        syncs: JoinSet::new(),
+        unproven: HashSet::new(),
+        batches: JoinSet::new(),
+        batch_queue: Vec::new(),
+        stashed: 0,
+        activity: Arc::new(activity),
+        resume: crate::resume::Resume::done(),
+    };
+    let other = Keypair::generate_ed25519();
+    let head = Head {
+        source: other.public().to_peer_id(),
+        root: Cid::default(),
+        offset: 41,
+        lamport: 41,
+        timestamp: 0,
+        pruned: 0,
+    }
+    .sign(&other)
+    .unwrap();
+    let source = head.head.source;
+    let (relay, holder) = (PeerId::random(), PeerId::random());
+    replicator.on_head(head.clone(), vec![], relay, false);
+    // Its sync failed eight times: the next try is 30 s away.
+    replicator.batch_queue.clear();
+    let st = replicator.sources.get_mut(&source).unwrap();
+    st.running = false;
+    st.failures = 7;
+    replicator.sync_failed(source, &head, &SyncError::NotFound(1));
+    let backoff = replicator.sources[&source].retry_at.unwrap() - Instant::now();
+    assert!(backoff > Duration::from_secs(25), "{backoff:?}");
+
+    replicator.on_head(head.clone(), vec![], relay, false);
+    assert!(replicator.sources[&source].retry_at.is_some());
+    assert!(replicator.batch_queue.is_empty());
+
+    replicator.on_head(head, vec![], holder, true);
+    let st = &replicator.sources[&source];
+    assert_eq!(st.retry_at, None);
+    assert!(st.running);
+    assert_eq!(replicator.batch_queue, vec![source]);
+    assert_eq!(st.peers[0], holder, "the holder is asked first");
+    parts.writer.stop().await;
+}

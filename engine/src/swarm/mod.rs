@@ -166,6 +166,10 @@ pub enum Event {
         head: SignedHead,
         blocks: Vec<(Cid, Vec<u8>)>,
         from: PeerId,
+        /// `from` stores this head's tree: it answered a digest with it, or it is the head's
+        /// own source. A relayed gossip head says nothing of the kind (peers forward heads
+        /// before they import them).
+        held: bool,
     },
     /// The head book gave up `source` (never stored here) for a newer one: the replicator
     /// drops its sync target.

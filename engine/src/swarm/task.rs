@@ -499,10 +499,19 @@ impl Task {
         Response::Heads(heads)
     }
 
-    fn emit(&mut self, head: SignedHead, blocks: Vec<(cid::Cid, Vec<u8>)>, from: PeerId) {
-        if let Err(mpsc::error::TrySendError::Full(_)) =
-            self.events.try_send(Event::Head { head, blocks, from })
-        {
+    fn emit(
+        &mut self,
+        head: SignedHead,
+        blocks: Vec<(cid::Cid, Vec<u8>)>,
+        from: PeerId,
+        held: bool,
+    ) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.events.try_send(Event::Head {
+            head,
+            blocks,
+            from,
+            held,
+        }) {
             tracing::warn!("replication is busy; dropped a head (the next digest brings it back)");
         }
     }
@@ -788,7 +797,8 @@ impl Task {
                             age_ms = age_ms(m.head.head.timestamp), "gossip head"
                         );
                         self.touch_peer(from, None, None);
-                        self.emit(m.head, m.blocks, from);
+                        let held = from == source;
+                        self.emit(m.head, m.blocks, from, held);
                     }
                     gossipsub::MessageAcceptance::Accept
                 }
@@ -944,7 +954,7 @@ impl Task {
                 // Our own tree, from a peer: wanted only while resuming after a lost store.
                 if self.resume.wants(head.head.offset) {
                     tracing::info!(%peer, offset = head.head.offset, "a peer holds more of this node's own events: importing them");
-                    self.emit(head, vec![], peer);
+                    self.emit(head, vec![], peer, true);
                 }
                 continue;
             }
@@ -956,7 +966,8 @@ impl Task {
             }
             if self.heads.is_unstored(&source, head.head.position()) {
                 self.remember_known(&head);
-                self.emit(head, vec![], peer);
+                // A digest answer lists the heads its sender stores.
+                self.emit(head, vec![], peer, true);
             }
         }
     }

@@ -145,7 +145,10 @@ async fn gossip_carries_head_and_inline_blocks() {
     })
     .await
     .expect("head arrives");
-    let Event::Head { head, blocks, from } = got else {
+    let Event::Head {
+        head, blocks, from, ..
+    } = got
+    else {
         panic!("expected a head, got {got:?}");
     };
     assert_eq!(head.head.source, ka.public().to_peer_id());

@@ -61,6 +61,10 @@ const MAX_STASHED_BYTES: usize = 32 << 20;
 /// First retry after blocks were not found (doubles per failure).
 const NOT_FOUND_RETRY: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often the sources are scanned for retries that are due and for free sync slots (at
+/// most; each one also waits for the next tick).
+const SCAN_PERIOD: Duration = Duration::from_millis(100);
+const TICK: Duration = Duration::from_millis(250);
 
 /// The running replicator.
 pub struct Spawned {
@@ -99,6 +103,7 @@ pub fn spawn(
         activity: Arc::new(activity),
         resume,
         reader: None,
+        scanned: None,
     };
     match replicator.events.reader() {
         Ok(r) => replicator.reader = Some(r),
@@ -165,6 +170,8 @@ struct Replicator {
     resume: crate::resume::Resume,
     /// Looks for roots before the writer is asked to import (`import_batch`).
     reader: Option<shoal_store::Reader>,
+    /// When `start_due` last scanned every source.
+    scanned: Option<Instant>,
 }
 
 fn source_id(peer: &PeerId) -> SourceId {
@@ -178,7 +185,7 @@ impl Replicator {
         mut heads: mpsc::Receiver<Event>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
@@ -412,9 +419,24 @@ impl Replicator {
         }
     }
 
+    /// After `finished` sources ended a batch or a sync: each goes on at once if a newer target
+    /// came meanwhile; the scan of all sources (thousands under attack) for retries that are
+    /// due and for free sync slots runs at most every [`SCAN_PERIOD`].
+    fn start_soon(&mut self, finished: impl IntoIterator<Item = PeerId>) {
+        for source in finished {
+            if self.sources.get(&source).is_some_and(|s| !s.awaits_slot) {
+                self.maybe_start(source);
+            }
+        }
+        if self.scanned.is_none_or(|t| t.elapsed() >= SCAN_PERIOD) {
+            self.start_due();
+        }
+    }
+
     fn start_due(&mut self) {
         self.prune();
         let now = Instant::now();
+        self.scanned = Some(now);
         // Sources that found every sync slot taken go back to the writer only as slots free
         // up: re-importing all of them after every batch kept the writer busy for nothing
         // while syncs were full (thousands of invented sources under attack). Sources with a
@@ -508,13 +530,14 @@ impl Replicator {
     }
 
     async fn on_batch_done(&mut self, (heads, result): BatchResult) {
+        let finished: Vec<PeerId> = heads.iter().map(|(s, _)| *s).collect();
         let outcomes = match result {
             Ok(o) => o,
             Err(e) => {
                 for (source, head) in heads {
                     self.sync_failed(source, &head, &SyncError::Events(e.clone()));
                 }
-                self.start_due();
+                self.start_soon(finished);
                 return;
             }
         };
@@ -559,7 +582,7 @@ impl Replicator {
                 }
             }
         }
-        self.start_due();
+        self.start_soon(finished);
     }
 
     async fn on_sync_done(&mut self, (source, head, result): SyncResult) {
@@ -568,7 +591,7 @@ impl Replicator {
             Ok(events) => self.sync_ok(source, head, events).await,
             Err(e) => self.sync_failed(source, &head, &e),
         }
-        self.start_due();
+        self.start_soon([source]);
     }
 
     async fn sync_ok(&mut self, source: PeerId, head: SignedHead, events: u64) {

@@ -260,6 +260,7 @@ async fn a_peer_that_holds_a_failed_target_makes_it_due_at_once() {
         activity: Arc::new(activity),
         resume: crate::resume::Resume::done(),
         reader: None,
+        scanned: None,
     };
     let other = Keypair::generate_ed25519();
     let head = Head {

@@ -6,8 +6,9 @@
 //!   a blocking thread while it reads on (at most [`HASHES_IN_FLIGHT`] at once; the same thread
 //!   writes the chunk to its file beside the database, `Store::stage_block`), then hands
 //!   batches of about [`PUT_BATCH`] bytes to the writer thread (at most [`PUTS_IN_FLIGHT`]
-//!   queued): reading, hashing and writing overlap, and memory per upload is bounded by
-//!   `HASHES_IN_FLIGHT + (1 + PUTS_IN_FLIGHT) · PUT_BATCH` bytes whatever the size. Each
+//!   queued; a chunk written as a file goes there as its CID and length, without its bytes):
+//!   reading, hashing and writing overlap, and memory per upload is bounded by about
+//!   `HASHES_IN_FLIGHT` chunks whatever the size. Each
 //!   batch also moves the upload's pin (see `shoal_store::blob`), so GC never takes its chunks;
 //!   the last batch pins the root. An upload that fails or is dropped leaves only unpinned blocks.
 //! - a *read* (`fetch.rs`, one task per GET) walks the UnixFS DAG for the asked range, then sends
@@ -32,13 +33,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use serde_json::value::RawValue;
 use shoal_store::blob::{self, Builder};
 use shoal_store::cid::{cid_of, RAW};
-use shoal_store::{OffsetMap, Store};
+use shoal_store::{OffsetMap, Store, DIRECT_ALIGN};
 use tokio::sync::mpsc;
 
 use crate::events::{
@@ -317,6 +318,7 @@ impl BlobService {
             id: id.clone(),
             builder: Builder::new(),
             hashing: std::collections::VecDeque::new(),
+            staged: Vec::new(),
             batch: Vec::new(),
             links: Vec::new(),
             batch_bytes: 0,
@@ -553,7 +555,8 @@ fn named_cid(event: &shoal_store::Event) -> Result<Cid, BlobsError> {
 }
 
 type Job = tokio::task::JoinHandle<Result<(), BlobsError>>;
-type Hashing = tokio::task::JoinHandle<Result<(Cid, Bytes), shoal_store::Error>>;
+/// A chunk being hashed and written: its CID, bytes, and whether it is now a file.
+type Hashing = tokio::task::JoinHandle<Result<(Cid, Bytes, bool), shoal_store::Error>>;
 
 /// One upload in progress (see the module doc).
 struct Upload {
@@ -562,7 +565,9 @@ struct Upload {
     builder: Builder,
     /// Chunks being hashed, in body order.
     hashing: std::collections::VecDeque<Hashing>,
-    /// Hashed chunks and the DAG nodes they completed, not yet handed to the writer.
+    /// Hashed chunks and the DAG nodes they completed, not yet handed to the writer: chunks
+    /// written as files by CID and length (their bytes are dropped), the others with bytes.
+    staged: Vec<(Cid, u64)>,
     batch: Vec<(Cid, Bytes)>,
     links: Vec<(Cid, Vec<u8>)>,
     batch_bytes: usize,
@@ -578,7 +583,7 @@ impl Upload {
     {
         let limit = self.service.inner.config.max_blob_bytes;
         let mut body = std::pin::pin!(body);
-        let mut chunk = BytesMut::with_capacity(CHUNK_SIZE);
+        let mut chunk = chunk_buffer();
         let mut total: u64 = 0;
         while let Some(piece) = body.next().await {
             let mut piece = piece.map_err(|e| BlobsError::Body(e.to_string()))?;
@@ -590,7 +595,7 @@ impl Upload {
                 let take = (CHUNK_SIZE - chunk.len()).min(piece.len());
                 chunk.extend_from_slice(&piece.split_to(take));
                 if chunk.len() == CHUNK_SIZE {
-                    let full = std::mem::replace(&mut chunk, BytesMut::with_capacity(CHUNK_SIZE));
+                    let full = std::mem::replace(&mut chunk, chunk_buffer());
                     self.add(full.freeze()).await?;
                 }
             }
@@ -639,19 +644,23 @@ impl Upload {
         let store = self.service.inner.store.clone();
         self.hashing.push_back(tokio::task::spawn_blocking(move || {
             let cid = cid_of(RAW, &chunk);
-            store.stage_block(&cid, &chunk)?;
-            Ok((cid, chunk))
+            let staged = store.stage_block(&cid, &chunk)?;
+            Ok((cid, chunk, staged))
         }));
         Ok(())
     }
 
     /// Extends the tree with a hashed chunk; queues the batch at the writer once it is full.
     async fn hashed(&mut self, hashing: Hashing) -> Result<(), BlobsError> {
-        let (cid, data) = hashing.await??;
+        let (cid, data, staged) = hashing.await??;
         self.links
             .extend(self.builder.push_chunk(cid, data.len() as u64)?);
         self.batch_bytes += data.len();
-        self.batch.push((cid, data));
+        if staged {
+            self.staged.push((cid, data.len() as u64));
+        } else {
+            self.batch.push((cid, data));
+        }
         if self.batch_bytes >= PUT_BATCH {
             self.flush().await?;
         }
@@ -660,9 +669,10 @@ impl Upload {
 
     /// Queues the batch at the writer (waiting while [`PUTS_IN_FLIGHT`] are queued).
     async fn flush(&mut self) -> Result<(), BlobsError> {
-        if self.batch.is_empty() && self.links.is_empty() {
+        if self.staged.is_empty() && self.batch.is_empty() && self.links.is_empty() {
             return Ok(());
         }
+        let staged = std::mem::take(&mut self.staged);
         let hashed = std::mem::take(&mut self.batch);
         let links = std::mem::take(&mut self.links);
         self.batch_bytes = 0;
@@ -673,6 +683,7 @@ impl Upload {
         }
         let service = self.service.clone();
         let write = BlobWrite::Put {
+            staged,
             chunks: hashed,
             links,
             upload: Some(self.id.clone()),
@@ -695,6 +706,17 @@ impl Drop for Upload {
             rt.spawn(async move { service.unpin(id).await });
         }
     }
+}
+
+/// An empty buffer for one chunk whose bytes start on a [`DIRECT_ALIGN`] boundary, so the
+/// store writes the chunk's file with `O_DIRECT` straight from it, without a copy
+/// (`shoal_store`'s `files.rs`).
+fn chunk_buffer() -> BytesMut {
+    let mut buf = BytesMut::with_capacity(CHUNK_SIZE + DIRECT_ALIGN);
+    let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+    buf.resize(start, 0);
+    buf.advance(start);
+    buf
 }
 
 async fn join(job: Job) -> Result<(), BlobsError> {

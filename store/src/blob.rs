@@ -337,6 +337,19 @@ pub fn put_hashed(
     blocks: &[(Cid, &[u8])],
     upload: Option<(&str, Option<Cid>)>,
 ) -> Result<Option<Cid>> {
+    put_staged(w, &[], blocks, upload)
+}
+
+/// As [`put_hashed`], plus `staged` blocks that [`crate::Store::stage_block`] already wrote as
+/// files, by CID and length: the writer checks each file and records it, and the caller need
+/// not keep their bytes until the commit. A staged file that is gone (or of another length)
+/// fails the batch, and nothing is stored. The upload's manifest links the staged blocks first.
+pub fn put_staged(
+    w: &mut Writer,
+    staged: &[(Cid, u64)],
+    blocks: &[(Cid, &[u8])],
+    upload: Option<(&str, Option<Cid>)>,
+) -> Result<Option<Cid>> {
     let conn = writer_conn(w);
     let mut conn = lock(&conn)?;
     // Blob batches are large: SQLite's automatic checkpoint (every ~4 MiB of WAL, each with two
@@ -349,7 +362,7 @@ pub fn put_hashed(
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     }
     let as_files = crate::files::BlockFiles::of(&conn).is_some();
-    let result = put_hashed_tx(&mut conn, blocks, upload);
+    let result = put_hashed_tx(&mut conn, staged, blocks, upload);
     if auto != 0 {
         conn.pragma_update(None, "wal_autocheckpoint", auto)?;
     }
@@ -375,19 +388,25 @@ pub fn put_hashed(
 
 fn put_hashed_tx(
     conn: &mut Connection,
+    staged: &[(Cid, u64)],
     blocks: &[(Cid, &[u8])],
     upload: Option<(&str, Option<Cid>)>,
 ) -> Result<Option<Cid>> {
     let tx = conn.transaction()?;
     let now = now_secs();
+    for (cid, len) in staged {
+        blocks::put_staged(&tx, cid, *len, now)?;
+    }
     for (cid, data) in blocks {
         blocks::put_trusted(&tx, cid, data, now)?;
     }
     let mut manifest = None;
     if let Some((id, prev)) = upload {
-        let mut links = blocks
+        let mut links = staged
             .iter()
-            .map(|(c, _)| Ok(Ipld::Link(cid::to_ipld(c)?)))
+            .map(|(c, _)| c)
+            .chain(blocks.iter().map(|(c, _)| c))
+            .map(|c| Ok(Ipld::Link(cid::to_ipld(c)?)))
             .collect::<Result<Vec<_>>>()?;
         if let Some(prev) = prev {
             links.push(Ipld::Link(cid::to_ipld(&prev)?));

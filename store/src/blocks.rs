@@ -69,6 +69,28 @@ pub(crate) fn put_trusted(conn: &Connection, cid: &Cid, data: &[u8], now: i64) -
     Ok(())
 }
 
+/// Records a large raw block that [`crate::Store::stage_block`] wrote as a file: checks the
+/// file (there, `len` bytes) and adds the block's rows. A block stored inline before stays so.
+pub(crate) fn put_staged(conn: &Connection, cid: &Cid, len: u64, now: i64) -> Result<()> {
+    let Some(dir) = BlockFiles::of(conn).filter(|_| files::is_file_block(cid, len as usize)) else {
+        return Err(Error::Invalid(format!(
+            "block {cid} of {len} bytes is not one the store keeps as a file"
+        )));
+    };
+    let id = cid_id_touch(conn, cid, now)?;
+    let inline = conn
+        .prepare_cached(schema::INLINE_HAS)?
+        .query_row(params![id], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if !inline {
+        dir.check(cid, len)?;
+        conn.prepare_cached(schema::FILE_INSERT)?
+            .execute(params![id, len as i64])?;
+    }
+    Ok(())
+}
+
 /// The id of `cid`, creating the row (as a placeholder without block) if needed, and marking
 /// it as written now so GC leaves it alone for its grace period.
 ///

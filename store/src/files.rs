@@ -8,6 +8,9 @@
 //! iroh-blobs' file store: small data inline in its database (up to 16 KiB), larger data as files
 //! beside it, moved into place from a temp dir on the same filesystem.
 //!
+//! Bytes are written with `O_DIRECT` when the filesystem allows it, past the page cache
+//! ([`write_flushed`]): copying a chunk into the page cache cost more CPU than hashing it.
+//!
 //! Crash safety: a file is written under `tmp/`, flushed (`fdatasync`), renamed to its final
 //! name and its directory flushed, all before the transaction that records it commits; so a
 //! file under its final name is always complete (kill -9 or power loss at any point), and a
@@ -18,11 +21,12 @@
 //! than the GC grace period alone (a batch on its way to the writer).
 //!
 //! Invariant: a `files` row exists only when its file exists, complete, under its final name;
-//! the writer checks the file again when it records the row and writes it itself if it is gone.
+//! the writer checks the file again when it records the row (and writes it itself if it is
+//! gone and it has the bytes; a staged block handed over without them fails its batch).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -95,12 +99,7 @@ impl BlockFiles {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        let written = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(data)?;
-            f.sync_data()
-        })();
-        if let Err(e) = written {
+        if let Err(e) = write_flushed(&tmp, data) {
             let _ = std::fs::remove_file(&tmp);
             return Err(err(&tmp)(e));
         }
@@ -109,6 +108,22 @@ impl BlockFiles {
             return Err(err(&path)(e));
         }
         sync_dir(&shard_dir)
+    }
+
+    /// Checks that `cid`'s file is there under its final name with `len` bytes: a file
+    /// [`crate::Store::stage_block`] wrote, about to be recorded.
+    pub(crate) fn check(&self, cid: &Cid, len: u64) -> Result<()> {
+        let path = self.path(cid);
+        match file_len(&path)? {
+            Some(n) if n == len => Ok(()),
+            found => Err(Error::BlockFile {
+                path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("a staged block file of {len} bytes is gone (found {found:?} bytes)"),
+                ),
+            }),
+        }
     }
 
     /// The bytes of `cid`'s file, which the database says holds `size` bytes. `None` when the
@@ -132,6 +147,20 @@ impl BlockFiles {
             });
         }
         Ok(Some(data))
+    }
+
+    /// Asks the kernel to start reading the files of `cids` into the page cache
+    /// (`POSIX_FADV_WILLNEED`), so a read of them soon after finds them there; returns at once.
+    /// CIDs without a file are skipped. Block files are written past the page cache
+    /// ([`write_flushed`]): a blob read right after its put reads the disk.
+    pub(crate) fn prefetch(&self, cids: &[Cid]) {
+        use std::os::fd::AsRawFd;
+        for cid in cids.iter().filter(|c| c.codec() == RAW) {
+            if let Ok(f) = std::fs::File::open(self.path(cid)) {
+                // SAFETY: plain syscall on a descriptor `f` owns; no memory is passed.
+                let _ = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
+            }
+        }
     }
 
     /// Removes `cid`'s file (after the transaction that deleted its row committed). A file
@@ -216,6 +245,65 @@ impl BlockFiles {
         }
         Ok(removed)
     }
+}
+
+/// Alignment of `O_DIRECT` buffers and lengths (the largest logical block size in use).
+pub const DIRECT_ALIGN: usize = 4096;
+/// Cleared once a filesystem refused `O_DIRECT`: later writes go through the page cache at once.
+static DIRECT: AtomicBool = AtomicBool::new(true);
+
+/// Writes `data` to a new file at `path` and flushes it (`fdatasync`).
+///
+/// With `O_DIRECT`: the bytes go from `data` to the disk without being copied into the page
+/// cache. That copy (and the page cache's allocation behind it) cost more CPU than hashing the
+/// chunk (BENCHMARKS.md, "Blobs"), and blob chunks are written once and read rarely soon after
+/// (a local read gets the kernel's read-ahead, [`BlockFiles::prefetch`]). `O_DIRECT` needs an
+/// aligned buffer and length: `data` is used as it is when it starts on a [`DIRECT_ALIGN`]
+/// boundary and its length is a multiple of it (an upload's chunks are cut into such buffers),
+/// else copied into one, zero-padded and the file cut back to `data.len()` before the flush.
+/// A filesystem without `O_DIRECT` (tmpfs before Linux 6.6, some FUSE ones) gets a buffered
+/// write. Either way the bytes and the length are on the disk when this returns.
+fn write_flushed(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    if DIRECT.load(Ordering::Relaxed) {
+        match write_direct(path, data) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::info!(path = %path.display(), "no O_DIRECT here: block files are written through the page cache");
+                DIRECT.store(false, Ordering::Relaxed);
+            }
+            done => return done,
+        }
+    }
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_data()
+}
+
+fn write_direct(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let padded = data.len().next_multiple_of(DIRECT_ALIGN);
+    let copy;
+    let aligned = if data.as_ptr().align_offset(DIRECT_ALIGN) == 0 && padded == data.len() {
+        data
+    } else {
+        let mut buf: Vec<u8> = Vec::with_capacity(padded + DIRECT_ALIGN);
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        buf.resize(start, 0);
+        buf.extend_from_slice(data);
+        buf.resize(start + padded, 0);
+        copy = buf;
+        &copy[start..]
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)?;
+    f.write_all(aligned)?;
+    if padded != data.len() {
+        f.set_len(data.len() as u64)?;
+    }
+    f.sync_data()
 }
 
 /// Length of the file at `path`, `None` if there is none.
@@ -427,6 +515,65 @@ mod tests {
             "recorded file kept"
         );
         assert!(store.reader().unwrap().verify().unwrap().is_sound());
+    }
+
+    /// Block files hold exactly the block's bytes whatever the buffer: aligned or not, a
+    /// length that is a multiple of the `O_DIRECT` alignment or not (padded, then cut back).
+    #[test]
+    fn files_hold_exact_bytes_from_aligned_and_unaligned_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = BlockFiles::beside(&dir.path().join("s.sqlite"));
+        let data = bytes((64 << 10) + 2 * DIRECT_ALIGN, 5);
+        let start = data.as_ptr().align_offset(DIRECT_ALIGN);
+        for (from, len) in [
+            (start, 64 << 10),           // aligned start and length: no copy
+            (start + 1, 64 << 10),       // unaligned start
+            (start, (20 << 10) + 123),   // aligned start, odd length
+            (start + 7, (16 << 10) + 1), // neither
+        ] {
+            let block = &data[from..from + len];
+            let cid = cid_of(RAW, block);
+            files.write(&cid, block).unwrap();
+            assert_eq!(std::fs::read(files.path(&cid)).unwrap(), block, "{from} {len}");
+            files.check(&cid, len as u64).unwrap();
+        }
+    }
+
+    /// A staged block whose file is gone fails its batch, and nothing of it is stored.
+    #[test]
+    fn a_staged_block_without_its_file_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let store = Store::open(&path, StoreConfig::debug()).unwrap();
+        let mut w = store.writer().unwrap();
+        blob::init(&mut w).unwrap();
+        let (a, b) = (bytes(64 << 10, 1), bytes(64 << 10, 2));
+        let (ca, cb) = (cid_of(RAW, &a), cid_of(RAW, &b));
+        assert!(store.stage_block(&ca, &a).unwrap());
+        assert!(store.stage_block(&cb, &b).unwrap());
+        assert!(!store.stage_block(&ca, &a[..100]).unwrap(), "small: inline");
+        std::fs::remove_file(BlockFiles::beside(&path).path(&cb)).unwrap();
+        let staged = [(ca, a.len() as u64), (cb, b.len() as u64)];
+        assert!(blob::put_staged(&mut w, &staged, &[], Some(("u", None))).is_err());
+        assert_eq!(count(&store, "files"), 0);
+        assert_eq!(blocks_upload_pins(&store), 0);
+        blob::put_staged(&mut w, &staged[..1], &[], Some(("u", None))).unwrap();
+        assert_eq!(count(&store, "files"), 1);
+        assert_eq!(store.reader().unwrap().get_block(&ca).unwrap().unwrap(), a);
+    }
+
+    fn blocks_upload_pins(store: &Store) -> i64 {
+        store
+            .reader()
+            .unwrap()
+            .lock()
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM aliases WHERE name LIKE 'blob-upload/%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
     }
 
     /// A store of schema 1 (no `files` table) opens read-only, e.g. for `shoal store verify`

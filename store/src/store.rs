@@ -161,11 +161,21 @@ impl Store {
     /// parallel and never inside the writer's transactions. `data` must hash to `cid`
     /// (callers hashed or verified it), as for every block handed to the writer. A file the
     /// writer never records is removed by GC after its grace period.
-    pub fn stage_block(&self, cid: &Cid, data: &[u8]) -> Result<()> {
-        if files::is_file_block(cid, data.len()) {
-            BlockFiles::beside(&self.path).write(cid, data)?;
+    ///
+    /// Returns `true` when the block is now a file: hand the writer only its CID and length
+    /// (`blob::put_staged`), so its bytes need not wait in memory for the commit.
+    pub fn stage_block(&self, cid: &Cid, data: &[u8]) -> Result<bool> {
+        if !files::is_file_block(cid, data.len()) {
+            return Ok(false);
         }
-        Ok(())
+        BlockFiles::beside(&self.path).write(cid, data)?;
+        Ok(true)
+    }
+
+    /// Starts reading the files of `cids` (block files; others are skipped) into the page
+    /// cache in the background, for a read that needs them next (`files.rs`). Returns at once.
+    pub fn prefetch_blocks(&self, cids: &[Cid]) {
+        BlockFiles::beside(&self.path).prefetch(cids);
     }
 
     /// Bytes the store takes on disk: the SQLite file, its WAL and shared-memory files, and

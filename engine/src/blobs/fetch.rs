@@ -181,6 +181,7 @@ pub(super) fn read_range(svc: BlobService, opened: Opened, start: u64, end: u64)
                 unwritten_bytes: 0,
                 fetched: 0,
                 started: Instant::now(),
+                prefetched: 0,
             };
             let result = read.run(&opened, start, end).await;
             // Failed or the client went away: keep what arrived, so the next request resumes
@@ -216,6 +217,8 @@ struct Read {
     unwritten_bytes: usize,
     fetched: u64,
     started: Instant,
+    /// Chunks before this index were handed to the kernel's read-ahead ([`Read::prefetch`]).
+    prefetched: usize,
 }
 
 impl LinkSource for Read {
@@ -231,6 +234,7 @@ impl LinkSource for Read {
             .ok_or_else(|| BlobsError::NotFound(format!("no peer delivered node {cid}")))?;
         self.svc
             .write(BlobWrite::Put {
+                staged: Vec::new(),
                 chunks: vec![(cid, data.clone())],
                 links: Vec::new(),
                 upload: None,
@@ -271,7 +275,10 @@ impl Read {
                         self.local(c.cid).await?
                     };
                     match local {
-                        Some(d) => d,
+                        Some(d) => {
+                            self.prefetch(&window, i);
+                            d
+                        }
                         None => {
                             self.ask_ahead(&window, i, i).await?;
                             if !self.requested.contains(&c.cid) {
@@ -319,6 +326,22 @@ impl Read {
                 mb_per_s = (self.fetched as f64 / secs / 1e6) as u64, "blob fetch done");
         }
         Ok(())
+    }
+
+    /// Starts the kernel reading the local files of the chunks after `window`'s front (chunk
+    /// `i`) into the page cache (they were written past it), to the window's end
+    /// (`read_ahead` chunks): one chunk read at a time from a cold disk is far slower than
+    /// the disk with many reads queued (BENCHMARKS.md, "Blobs").
+    fn prefetch(&mut self, window: &VecDeque<ChunkRef>, i: usize) {
+        let from = self.prefetched.max(i + 1);
+        let to = i + window.len();
+        if from >= to {
+            return;
+        }
+        let cids: Vec<Cid> = window.range(from - i..to - i).map(|c| c.cid).collect();
+        self.prefetched = to;
+        let store = self.svc.inner.store.clone();
+        drop(tokio::task::spawn_blocking(move || store.prefetch_blocks(&cids)));
     }
 
     async fn local(&self, cid: Cid) -> Result<Option<Bytes>, BlobsError> {
@@ -465,9 +488,10 @@ impl Read {
         }
         let svc = self.svc.clone();
         self.writes.push_back(tokio::spawn(async move {
-            stage(&svc, &blocks).await?;
+            let (staged, chunks) = stage(&svc, blocks).await?;
             svc.write(BlobWrite::Put {
-                chunks: blocks,
+                staged,
+                chunks,
                 links: Vec::new(),
                 upload: None,
             })
@@ -479,16 +503,26 @@ impl Read {
 
 /// Writes the fetched blocks the store keeps as files to their places, each on its own
 /// blocking thread, so the writer's commit of them only records them (`Store::stage_block`).
-async fn stage(svc: &BlobService, blocks: &[(Cid, Bytes)]) -> Result<(), BlobsError> {
-    let jobs: Vec<JoinHandle<shoal_store::Result<()>>> = blocks
-        .iter()
+/// Returns those by CID and length (their bytes are dropped here: the stream holds its own
+/// copy until sent) and the others with their bytes.
+type Staged = (Vec<(Cid, u64)>, Vec<(Cid, Bytes)>);
+async fn stage(svc: &BlobService, blocks: Vec<(Cid, Bytes)>) -> Result<Staged, BlobsError> {
+    let jobs: Vec<JoinHandle<shoal_store::Result<(Cid, Bytes, bool)>>> = blocks
+        .into_iter()
         .map(|(cid, data)| {
-            let (store, cid, data) = (svc.inner.store.clone(), *cid, data.clone());
-            tokio::task::spawn_blocking(move || store.stage_block(&cid, &data))
+            let store = svc.inner.store.clone();
+            tokio::task::spawn_blocking(move || {
+                let staged = store.stage_block(&cid, &data)?;
+                Ok((cid, data, staged))
+            })
         })
         .collect();
+    let (mut staged, mut chunks) = (Vec::new(), Vec::new());
     for job in jobs {
-        job.await??;
+        match job.await?? {
+            (cid, data, true) => staged.push((cid, data.len() as u64)),
+            (cid, data, false) => chunks.push((cid, data)),
+        }
     }
-    Ok(())
+    Ok((staged, chunks))
 }

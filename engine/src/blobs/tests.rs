@@ -249,6 +249,7 @@ async fn a_fetched_blob_over_max_blob_bytes_is_refused_and_not_cached() {
     };
     let (liar_cid, liar_data) = liar.encode();
     sa.write(BlobWrite::Put {
+        staged: Vec::new(),
         chunks: vec![(liar_cid, Bytes::from(liar_data))],
         links: Vec::new(),
         upload: None,
@@ -305,6 +306,7 @@ async fn a_converted_blob_keeps_its_name_on_the_new_cid() {
     parts
         .events
         .blob_write(BlobWrite::Put {
+        staged: Vec::new(),
             chunks,
             links: vec![(old, link_block)],
             upload: Some("u".into()),

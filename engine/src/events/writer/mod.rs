@@ -154,8 +154,10 @@ pub enum BlobWrite {
     Init,
     /// Stores hashed chunks and the DAG nodes they completed. With `upload`, the batch is
     /// also pinned under that upload (the writer chains each upload's manifests, so batches
-    /// may arrive in any order); without, the blocks are fetched ones.
+    /// may arrive in any order); without, the blocks are fetched ones. `staged`: chunks
+    /// already written as files (`Store::stage_block`), by CID and length.
     Put {
+        staged: Vec<(Cid, u64)>,
         chunks: Vec<(Cid, Bytes)>,
         links: Vec<(Cid, Vec<u8>)>,
         upload: Option<String>,

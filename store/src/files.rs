@@ -158,7 +158,8 @@ impl BlockFiles {
         for cid in cids.iter().filter(|c| c.codec() == RAW) {
             if let Ok(f) = std::fs::File::open(self.path(cid)) {
                 // SAFETY: plain syscall on a descriptor `f` owns; no memory is passed.
-                let _ = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
+                let _ =
+                    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
             }
         }
     }
@@ -534,7 +535,11 @@ mod tests {
             let block = &data[from..from + len];
             let cid = cid_of(RAW, block);
             files.write(&cid, block).unwrap();
-            assert_eq!(std::fs::read(files.path(&cid)).unwrap(), block, "{from} {len}");
+            assert_eq!(
+                std::fs::read(files.path(&cid)).unwrap(),
+                block,
+                "{from} {len}"
+            );
             files.check(&cid, len as u64).unwrap();
         }
     }

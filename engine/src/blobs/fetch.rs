@@ -341,7 +341,9 @@ impl Read {
         let cids: Vec<Cid> = window.range(from - i..to - i).map(|c| c.cid).collect();
         self.prefetched = to;
         let store = self.svc.inner.store.clone();
-        drop(tokio::task::spawn_blocking(move || store.prefetch_blocks(&cids)));
+        drop(tokio::task::spawn_blocking(move || {
+            store.prefetch_blocks(&cids)
+        }));
     }
 
     async fn local(&self, cid: Cid) -> Result<Option<Bytes>, BlobsError> {

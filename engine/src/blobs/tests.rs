@@ -306,7 +306,7 @@ async fn a_converted_blob_keeps_its_name_on_the_new_cid() {
     parts
         .events
         .blob_write(BlobWrite::Put {
-        staged: Vec::new(),
+            staged: Vec::new(),
             chunks,
             links: vec![(old, link_block)],
             upload: Some("u".into()),

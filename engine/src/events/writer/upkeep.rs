@@ -20,15 +20,17 @@ impl State {
                     chunks.iter().map(|(c, d)| (*c, d.as_ref())).collect();
                 blocks.extend(links.iter().map(|(c, d)| (*c, d.as_slice())));
                 match upload {
-                    None => {
-                        blob::put_staged(&mut self.writer, &staged, &blocks, None).map(|_| ())
-                    }
+                    None => blob::put_staged(&mut self.writer, &staged, &blocks, None).map(|_| ()),
                     Some(id) => {
                         // Each manifest links the one before it, so the pin covers every batch
                         // whatever order they came in.
                         let prev = self.uploads.get(&id).copied().flatten();
-                        let manifest =
-                            blob::put_staged(&mut self.writer, &staged, &blocks, Some((&id, prev)))?;
+                        let manifest = blob::put_staged(
+                            &mut self.writer,
+                            &staged,
+                            &blocks,
+                            Some((&id, prev)),
+                        )?;
                         self.uploads.insert(id, manifest);
                         Ok(())
                     }

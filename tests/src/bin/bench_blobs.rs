@@ -5,7 +5,10 @@
 //!   sequential write with fdatasync of the same size (`dd if=/dev/zero of=F bs=1M count=N
 //!   conv=fdatasync`) in the directory the nodes' data dirs live in;
 //! - local get: `curl` downloads it from A into `/dev/null`; reference: `curl` downloading the
-//!   same file from a plain static HTTP server on 127.0.0.1 (below);
+//!   same file from a plain static HTTP server on 127.0.0.1 (below), read into the page cache
+//!   first; also as a fraction of the disk's cold read (the same file dropped from the page
+//!   cache, then read once), since A writes chunk files past the page cache and reads them
+//!   from the disk;
 //! - node-to-node get: `curl` downloads it from B, which fetches every chunk from A through the
 //!   block exchange while streaming (it writes what it fetches, so its reference is dd too);
 //! - publish latency: single-event publishes one after another, on A while nothing else runs
@@ -42,6 +45,7 @@ const IDLE: Duration = Duration::from_secs(3);
 struct Run {
     dd: f64,
     reference: f64,
+    cold: f64,
     put: f64,
     local: f64,
     remote: f64,
@@ -93,16 +97,18 @@ fn main() -> Result<()> {
     for i in 0..runs {
         let r = one_run(dir.path(), &file, mib, bytes, &server)?;
         println!(
-            "run {}: dd fdatasync {:.0} MB/s, curl reference {:.0} MB/s | put {:.0} MB/s \
-             ({:.2}x dd), local get {:.0} MB/s ({:.2}x curl), node-to-node {:.0} MB/s \
-             ({:.2}x dd) | RSS A {:.0} MB, B {:.0} MB",
+            "run {}: dd fdatasync {:.0} MB/s, curl reference {:.0} MB/s, cold read {:.0} MB/s | \
+             put {:.0} MB/s ({:.2}x dd), local get {:.0} MB/s ({:.2}x curl, {:.2}x cold read), \
+             node-to-node {:.0} MB/s ({:.2}x dd) | RSS A {:.0} MB, B {:.0} MB",
             i + 1,
             r.dd,
             r.reference,
+            r.cold,
             r.put,
             r.put / r.dd,
             r.local,
             r.local / r.reference,
+            r.local / r.cold,
             r.remote,
             r.remote / r.dd,
             r.rss_a,
@@ -120,17 +126,19 @@ fn main() -> Result<()> {
     }
     let m = |f: &dyn Fn(&Run) -> f64| median(results.iter().map(f).collect());
     println!(
-        "median: put {:.2}x dd | local get {:.2}x curl | node-to-node {:.2}x dd | \
-         (put {:.0}, local get {:.0}, node-to-node {:.0}, dd {:.0}, curl {:.0} MB/s) | \
-         peak RSS A {:.0} MB, B {:.0} MB",
+        "median: put {:.2}x dd | local get {:.2}x curl, {:.2}x cold read | node-to-node \
+         {:.2}x dd | (put {:.0}, local get {:.0}, node-to-node {:.0}, dd {:.0}, curl {:.0}, \
+         cold read {:.0} MB/s) | peak RSS A {:.0} MB, B {:.0} MB",
         m(&|r| r.put / r.dd),
         m(&|r| r.local / r.reference),
+        m(&|r| r.local / r.cold),
         m(&|r| r.remote / r.dd),
         m(&|r| r.put),
         m(&|r| r.local),
         m(&|r| r.remote),
         m(&|r| r.dd),
         m(&|r| r.reference),
+        m(&|r| r.cold),
         m(&|r| r.rss_a),
         m(&|r| r.rss_b)
     );
@@ -193,6 +201,7 @@ fn one_run(
     let remote = download(&b.url(&format!("/api/v1/blobs/{cid}")), bytes);
     let pub_b_fetch = publisher.stop()?;
     let remote = remote?;
+    let cold = cold_read(file, bytes)?;
     // The file was written minutes ago and gigabytes since: read it into the page cache
     // first, as the nodes' chunks are, so the reference measures serving, not the disk.
     std::io::copy(&mut std::fs::File::open(file)?, &mut std::io::sink())?;
@@ -200,6 +209,7 @@ fn one_run(
     Ok(Run {
         dd,
         reference,
+        cold,
         put,
         local,
         remote,
@@ -232,6 +242,22 @@ fn dd_fdatasync(dir: &Path, mib: usize, bytes: f64) -> Result<f64> {
         bail!("dd failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(bytes / secs / 1e6)
+}
+
+/// MB/s of reading `file` once after dropping it from the page cache (`POSIX_FADV_DONTNEED`;
+/// it is clean, so nothing is written first): the disk's cold sequential read, kernel
+/// read-ahead included.
+fn cold_read(file: &Path, bytes: f64) -> Result<f64> {
+    use std::os::fd::AsRawFd;
+    let mut f = std::fs::File::open(file)?;
+    // SAFETY: plain syscall on a descriptor `f` owns; no memory is passed.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        bail!("posix_fadvise(DONTNEED) failed: {rc}");
+    }
+    let t = Instant::now();
+    std::io::copy(&mut f, &mut std::io::sink())?;
+    Ok(bytes / t.elapsed().as_secs_f64() / 1e6)
 }
 
 /// Publishes one event at a time to a node from its own thread, recording each latency.

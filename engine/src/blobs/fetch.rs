@@ -503,28 +503,27 @@ impl Read {
     }
 }
 
-/// Writes the fetched blocks the store keeps as files to their places, each on its own
-/// blocking thread, so the writer's commit of them only records them (`Store::stage_block`).
-/// Returns those by CID and length (their bytes are dropped here: the stream holds its own
-/// copy until sent) and the others with their bytes.
+/// Writes the fetched blocks the store keeps as files to their places, one after another on
+/// one blocking thread, so the writer's commit of them only records them
+/// (`Store::stage_block`). One thread per batch ([`WRITES_IN_FLIGHT`] batches at once), not
+/// one per block: each `O_DIRECT` write of a fetched (unaligned) block copies it into an
+/// aligned buffer, and with one thread per block (up to 32 at once) B's peak RSS in
+/// `bench_blobs` was 160–170 MB, with one per batch 137–138 MB (BENCHMARKS.md, "Blobs"); four
+/// concurrent writes keep the disk as busy. Returns the blocks now files by CID and length (their bytes are dropped
+/// here: the stream holds its own copy until sent) and the others with their bytes.
 type Staged = (Vec<(Cid, u64)>, Vec<(Cid, Bytes)>);
 async fn stage(svc: &BlobService, blocks: Vec<(Cid, Bytes)>) -> Result<Staged, BlobsError> {
-    let jobs: Vec<JoinHandle<shoal_store::Result<(Cid, Bytes, bool)>>> = blocks
-        .into_iter()
-        .map(|(cid, data)| {
-            let store = svc.inner.store.clone();
-            tokio::task::spawn_blocking(move || {
-                let staged = store.stage_block(&cid, &data)?;
-                Ok((cid, data, staged))
-            })
-        })
-        .collect();
-    let (mut staged, mut chunks) = (Vec::new(), Vec::new());
-    for job in jobs {
-        match job.await?? {
-            (cid, data, true) => staged.push((cid, data.len() as u64)),
-            (cid, data, false) => chunks.push((cid, data)),
+    let store = svc.inner.store.clone();
+    let job: JoinHandle<shoal_store::Result<Staged>> = tokio::task::spawn_blocking(move || {
+        let (mut staged, mut chunks) = (Vec::new(), Vec::new());
+        for (cid, data) in blocks {
+            if store.stage_block(&cid, &data)? {
+                staged.push((cid, data.len() as u64));
+            } else {
+                chunks.push((cid, data));
+            }
         }
-    }
-    Ok((staged, chunks))
+        Ok((staged, chunks))
+    });
+    Ok(job.await??)
 }

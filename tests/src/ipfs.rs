@@ -118,6 +118,16 @@ impl Helia {
         Ok(Some(Helia { js, peer, addrs }))
     }
 
+    /// The process id of its `node` process.
+    pub fn pid(&self) -> u32 {
+        self.js.pid()
+    }
+
+    /// What it printed on stderr so far (the last ~64 KiB).
+    pub fn stderr(&self) -> String {
+        self.js.stderr()
+    }
+
     fn ask(&mut self, cmd: Value, limit: Duration) -> Result<Value> {
         self.js.ask(&cmd, limit)
     }

@@ -226,6 +226,11 @@ impl Js {
         })
     }
 
+    /// The process id of `node`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends one JSON line to the driver's stdin.
     pub fn send(&mut self, v: &Value) -> Result<()> {
         let stdin = self.stdin.as_mut().context("stdin closed")?;
@@ -240,7 +245,8 @@ impl Js {
         self.next_within(limit)
     }
 
-    fn stderr(&self) -> String {
+    /// What the driver printed on stderr so far (the last ~64 KiB).
+    pub fn stderr(&self) -> String {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
 

@@ -5,9 +5,12 @@
 //! - shoal → shoal over `/shoal/exchange/1` (the same binary, B run with
 //!   `SHOAL_BLOCK_EXCHANGE=shoal`);
 //! - the previous shoal → shoal (`--before BIN`: a `shoal` binary built before this change;
-//!   A and B both run it) — the reference the ratios are to;
-//! - shoal → Helia: a Helia peer (`tests/ipfs/peer.mjs`, Node.js) fetches every block of the
-//!   blob from A over Bitswap;
+//!   A and B both run it, A puts the same bytes itself: an older build may chunk them into
+//!   another DAG) — the reference the ratios are to;
+//! - shoal → shoal over Bitswap with yamux's default stream windows (B run with
+//!   `SHOAL_YAMUX_WINDOWS=uncapped`): what the 1 MiB window cap IPFS peers need costs;
+//! - shoal → Helia: a Helia peer (`tests/ipfs/peer.mjs`, Node.js) `cat`s the blob (a UnixFS
+//!   file) from A over Bitswap, every block of its DAG, and must get the same bytes;
 //! - Helia → shoal: a fresh node C, connected only to that Helia, serves the blob (`curl`),
 //!   fetching every block from Helia.
 //!
@@ -18,18 +21,17 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cid::multihash::Multihash;
-use cid::Cid;
 use sha2::{Digest, Sha256};
 use shoal_tests::curl::{curl, download};
 use shoal_tests::ipfs::Helia;
-use shoal_tests::stats::median;
+use shoal_tests::stats::{median, proc_status_kib};
 use shoal_tests::{Node, NodeOptions};
 
 #[derive(Default)]
 struct Run {
     bitswap: f64,
     shoal: f64,
+    uncapped: f64,
     before: Option<f64>,
     to_helia: f64,
     from_helia: f64,
@@ -55,21 +57,20 @@ fn main() -> Result<()> {
     write_random(&file, mib << 20)?;
     let key = dir.path().join("swarm.key");
     std::fs::write(&key, shoal_engine::swarm::generate_swarm_key())?;
-    let chunks = chunk_cids(&file)?;
+    let digest = sha256_hex(&file)?;
     let bytes = (mib << 20) as f64;
-    println!(
-        "blob: {mib} MiB random ({} chunks), {runs} runs",
-        chunks.len()
-    );
+    println!("blob: {mib} MiB random, {runs} runs");
     let mut results = Vec::new();
     for i in 0..runs {
-        let r = one_run(&file, &key, &chunks, bytes, before.as_deref())?;
+        let r = one_run(&file, &key, &digest, bytes, before.as_deref())?;
         println!(
-            "run {}: shoal→shoal Bitswap {:.0} MB/s, /shoal/exchange/1 {:.0} MB/s, before {}, \
-             shoal→Helia {:.0} MB/s, Helia→shoal {:.0} MB/s",
+            "run {}: shoal→shoal Bitswap {:.0} MB/s, /shoal/exchange/1 {:.0} MB/s, Bitswap with \
+             uncapped yamux windows {:.0} MB/s, before {}, shoal→Helia {:.0} MB/s, \
+             Helia→shoal {:.0} MB/s",
             i + 1,
             r.bitswap,
             r.shoal,
+            r.uncapped,
             r.before.map_or("-".into(), |b| format!("{b:.0} MB/s")),
             r.to_helia,
             r.from_helia
@@ -84,12 +85,14 @@ fn main() -> Result<()> {
     };
     let ratio = |x: f64| reference.map_or(String::new(), |r| format!(" ({:.2}×)", x / r));
     println!(
-        "median: shoal→shoal Bitswap {:.0} MB/s{} | /shoal/exchange/1 {:.0} MB/s{} | before {} | \
-         shoal→Helia {:.0} MB/s{} | Helia→shoal {:.0} MB/s{}",
+        "median: shoal→shoal Bitswap {:.0} MB/s{} | /shoal/exchange/1 {:.0} MB/s{} | Bitswap \
+         uncapped {:.0} MB/s{} | before {} | shoal→Helia {:.0} MB/s{} | Helia→shoal {:.0} MB/s{}",
         m(|r| r.bitswap),
         ratio(m(|r| r.bitswap)),
         m(|r| r.shoal),
         ratio(m(|r| r.shoal)),
+        m(|r| r.uncapped),
+        ratio(m(|r| r.uncapped)),
         reference.map_or("-".into(), |r| format!("{r:.0} MB/s (1.00×)")),
         m(|r| r.to_helia),
         ratio(m(|r| r.to_helia)),
@@ -108,7 +111,7 @@ fn keyed(key: &Path) -> NodeOptions {
 fn one_run(
     file: &Path,
     key: &Path,
-    chunks: &[String],
+    digest: &str,
     bytes: f64,
     before: Option<&Path>,
 ) -> Result<Run> {
@@ -130,22 +133,50 @@ fn one_run(
         wait_connected(&b)?;
         run.shoal = download(&url(&b), bytes)?;
     }
+    {
+        let mut options = keyed(key).arg("--peer").arg(a.swarm.clone());
+        options
+            .env
+            .push(("SHOAL_YAMUX_WINDOWS".into(), "uncapped".into()));
+        let b = Node::start_with(options)?;
+        wait_connected(&b)?;
+        run.uncapped = download(&url(&b), bytes)?;
+    }
     let mut helia = Helia::start(key)?.context("npm cannot reach its registry")?;
     helia.dial(&a.swarm)?;
-    let mut cids = vec![cid.clone()];
-    cids.extend(chunks.iter().cloned());
+    // `cat` walks the whole DAG: the root, the interior nodes (a blob of more than 174 chunks
+    // has some) and the chunks, so Helia then holds every block C needs below.
     let t = Instant::now();
-    let got = helia.get(&cids)?;
+    let (size, sha, _) = helia.cat(&cid, Duration::from_secs(1800))?;
     run.to_helia = bytes / t.elapsed().as_secs_f64() / 1e6;
-    if got.len() != cids.len() {
-        bail!("Helia got {} of {} blocks", got.len(), cids.len());
+    if size as f64 != bytes || sha != digest {
+        bail!("Helia's cat gave {size} bytes with SHA-256 {sha}, expected {bytes} and {digest}");
     }
     drop(a);
     {
         let c = Node::start_with(keyed(key))?;
         helia.dial(&c.swarm)?;
-        run.from_helia = download(&url(&c), bytes)?;
+        run.from_helia = download(&url(&c), bytes).with_context(|| {
+            let log = c.log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let helia_err = helia.stderr();
+            let helia_tail: Vec<&str> = helia_err.lines().rev().take(30).collect();
+            format!(
+                "Helia → shoal failed; node C peak RSS {} KiB, Helia peak RSS {} KiB\n\
+                 ---- node C's log ----\n{}\n---- Helia's stderr ----\n{}",
+                c.pid()
+                    .and_then(|p| proc_status_kib(p, "VmHWM:"))
+                    .unwrap_or(0),
+                proc_status_kib(helia.pid(), "VmHWM:").unwrap_or(0),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                helia_tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            )
+        })?;
     }
+    println!(
+        "  Helia peak RSS {} MiB",
+        proc_status_kib(helia.pid(), "VmHWM:").unwrap_or(0) >> 10
+    );
     drop(helia);
     if let Some(bin) = before {
         let mut options = keyed(key);
@@ -194,27 +225,12 @@ fn wait_connected(node: &Node) -> Result<()> {
     }
 }
 
-/// The raw-block CIDs of the file's 1 MiB chunks (a shoal blob's chunks).
-fn chunk_cids(file: &Path) -> Result<Vec<String>> {
-    use std::io::Read;
+/// The SHA-256 of the file, hex.
+fn sha256_hex(file: &Path) -> Result<String> {
     let mut f = std::fs::File::open(file)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut out = Vec::new();
-    loop {
-        let mut n = 0;
-        while n < buf.len() {
-            let got = f.read(&mut buf[n..])?;
-            if got == 0 {
-                break;
-            }
-            n += got;
-        }
-        if n == 0 {
-            return Ok(out);
-        }
-        let mh = Multihash::<64>::wrap(0x12, &Sha256::digest(&buf[..n]))?;
-        out.push(Cid::new_v1(0x55, mh).to_string());
-    }
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut f, &mut hasher)?;
+    Ok(format!("{:x}", hasher.finalize()))
 }
 
 /// Pseudo-random bytes (xorshift; incompressible enough, fast to make).

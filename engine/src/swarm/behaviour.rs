@@ -213,7 +213,9 @@ fn pnet_error(e: libp2p::pnet::PnetError) -> std::io::Error {
 /// exceeds 1 MiB. js-libp2p's yamux (Helia) sends a stream's whole window as one frame, and
 /// rust yamux drops the connection on a frame over 1 MiB ("frame body is too large"): with
 /// larger windows an IPFS peer sending us blocks lost its connection within seconds. 1 MiB per
-/// stream is ample on a LAN (1 GB/s at 1 ms).
+/// stream is ample on a LAN (1 GB/s at 1 ms). `SHOAL_YAMUX_WINDOWS=uncapped` leaves yamux's
+/// default (a measuring knob for BENCHMARKS.md, not a setting: IPFS peers then lose their
+/// connections).
 const YAMUX_MAX_STREAMS: usize = 4093;
 
 /// TCP + (pnet) + noise + yamux.
@@ -235,7 +237,9 @@ pub fn transport(
     });
     let noise = noise::Config::new(key).map_err(BuildError::Noise)?;
     let mut muxer = yamux::Config::default();
-    muxer.set_max_num_streams(YAMUX_MAX_STREAMS);
+    if std::env::var("SHOAL_YAMUX_WINDOWS").as_deref() != Ok("uncapped") {
+        muxer.set_max_num_streams(YAMUX_MAX_STREAMS);
+    }
     Ok(base
         .upgrade(Version::V1Lazy)
         .authenticate(noise)

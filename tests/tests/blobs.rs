@@ -281,6 +281,42 @@ async fn put_on_a_read_on_b_and_a_range_fetches_only_its_chunks() {
     assert_eq!(head.headers()["x-shoal-complete"], "true");
 }
 
+/// A download that cannot complete (its headers sent, a later chunk held by no reachable peer)
+/// must not look complete: the body ends short of its Content-Length, so the client gets an
+/// error (curl: exit 18), never a clean short body; the node logs why.
+#[tokio::test]
+async fn a_download_whose_later_chunks_no_peer_has_breaks_the_body() {
+    let a = Node::start().unwrap();
+    let b = Node::start_with(
+        peer_of(&a)
+            .arg("--blob-fetch-timeout-secs")
+            .arg("1"),
+    )
+    .unwrap();
+    let data = shoal_fixtures::blob(7, 8 * CHUNK);
+    let (cid, _) = put(&a, &data, "").await.unwrap();
+    let path = format!("/api/v1/blobs/{cid}");
+    // B holds the root and the first chunk only, then its one source is gone.
+    let resp = get(&b, &path, Some("bytes=0-1048575")).await.unwrap();
+    assert!(body(resp).await.unwrap() == data[..CHUNK]);
+    drop(a);
+    let resp = get(&b, &path, None).await.unwrap();
+    assert_eq!(resp.status(), 200, "B knows the blob's size from its root");
+    assert_eq!(resp.content_length(), Some(data.len() as u64));
+    let mut stream = resp.bytes_stream();
+    let mut got = Vec::new();
+    let ended = loop {
+        match within(async { Ok(stream.next().await) }).await.unwrap() {
+            Some(Ok(piece)) => got.extend_from_slice(&piece),
+            Some(Err(e)) => break Err(e),
+            None => break Ok(()),
+        }
+    };
+    assert!(ended.is_err(), "the body ended cleanly after {} of {} bytes", got.len(), data.len());
+    assert!(got.len() < data.len() && got[..] == data[..got.len()]);
+    assert!(b.log().contains("blob read failed"), "B did not log why");
+}
+
 #[tokio::test]
 async fn unknown_blob_is_404_after_the_fetch_timeout() {
     let mut opts = NodeOptions::default();

@@ -164,6 +164,7 @@ async fn fetch_all(svc: &BlobService, cids: Vec<Cid>) -> Result<Vec<(Cid, Bytes)
 
 pub(super) fn read_range(svc: BlobService, opened: Opened, start: u64, end: u64) -> BlobStream {
     let (tx, rx) = mpsc::channel(4);
+    let opened_cid = opened.meta.cid;
     tokio::spawn(async move {
         let result = async {
             let store = svc.inner.store.clone();
@@ -194,6 +195,9 @@ pub(super) fn read_range(svc: BlobService, opened: Opened, start: u64, end: u64)
         }
         .await;
         if let Err(e) = result {
+            // The client sees the body end short of its Content-Length (a broken download,
+            // never a complete-looking one); this line says why.
+            tracing::warn!(cid = %opened_cid, start, end, error = %e, "blob read failed");
             let _ = tx.send(Err(e)).await;
         }
     });

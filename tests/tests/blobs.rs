@@ -306,7 +306,8 @@ async fn a_download_whose_later_chunks_no_peer_has_breaks_the_body() {
     let mut stream = resp.bytes_stream();
     let mut got = Vec::new();
     let ended = loop {
-        match within(async { Ok(stream.next().await) }).await.unwrap() {
+        let next = tokio::time::timeout(TIMEOUT, stream.next()).await;
+        match next.expect("the body neither went on nor ended within TIMEOUT") {
             Some(Ok(piece)) => got.extend_from_slice(&piece),
             Some(Err(e)) => break Err(e),
             None => break Ok(()),

@@ -35,6 +35,8 @@ struct Run {
     before: Option<f64>,
     to_helia: f64,
     from_helia: f64,
+    /// Blocks node C dropped because it had not asked Helia for them (or no longer).
+    unrequested: u64,
 }
 
 fn main() -> Result<()> {
@@ -154,7 +156,13 @@ fn one_run(
     }
     drop(a);
     {
-        let c = Node::start_with(keyed(key))?;
+        // Bitswap at debug: every block Helia sent that C had not asked for is a line.
+        let mut options = keyed(key);
+        options.env.push((
+            "RUST_LOG".into(),
+            "info,shoal_engine::exchange::bitswap=debug".into(),
+        ));
+        let c = Node::start_with(options)?;
         helia.dial(&c.swarm)?;
         run.from_helia = download(&url(&c), bytes).with_context(|| {
             let log = c.log();
@@ -172,10 +180,12 @@ fn one_run(
                 helia_tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
             )
         })?;
+        run.unrequested = unrequested_blocks(&c.log());
     }
     println!(
-        "  Helia peak RSS {} MiB",
-        proc_status_kib(helia.pid(), "VmHWM:").unwrap_or(0) >> 10
+        "  Helia peak RSS {} MiB; C dropped {} block(s) from Helia it had not asked for",
+        proc_status_kib(helia.pid(), "VmHWM:").unwrap_or(0) >> 10,
+        run.unrequested
     );
     drop(helia);
     if let Some(bin) = before {
@@ -223,6 +233,16 @@ fn wait_connected(node: &Node) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The blocks a node's Bitswap dropped as unrequested, summed from its log (`count=N` of its
+/// warn and debug lines about them).
+fn unrequested_blocks(log: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains("do not match their CIDs") || l.contains("dropped unrequested"))
+        .filter_map(|l| l.split("count=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// The SHA-256 of the file, hex.

@@ -287,12 +287,7 @@ async fn put_on_a_read_on_b_and_a_range_fetches_only_its_chunks() {
 #[tokio::test]
 async fn a_download_whose_later_chunks_no_peer_has_breaks_the_body() {
     let a = Node::start().unwrap();
-    let b = Node::start_with(
-        peer_of(&a)
-            .arg("--blob-fetch-timeout-secs")
-            .arg("1"),
-    )
-    .unwrap();
+    let b = Node::start_with(peer_of(&a).arg("--blob-fetch-timeout-secs").arg("1")).unwrap();
     let data = shoal_fixtures::blob(7, 8 * CHUNK);
     let (cid, _) = put(&a, &data, "").await.unwrap();
     let path = format!("/api/v1/blobs/{cid}");
@@ -313,7 +308,12 @@ async fn a_download_whose_later_chunks_no_peer_has_breaks_the_body() {
             None => break Ok(()),
         }
     };
-    assert!(ended.is_err(), "the body ended cleanly after {} of {} bytes", got.len(), data.len());
+    assert!(
+        ended.is_err(),
+        "the body ended cleanly after {} of {} bytes",
+        got.len(),
+        data.len()
+    );
     assert!(got.len() < data.len() && got[..] == data[..got.len()]);
     assert!(b.log().contains("blob read failed"), "B did not log why");
 }

@@ -1,7 +1,8 @@
 //! The blob service over real HTTP on real nodes: boundary sizes round-trip and give stable
 //! CIDs, Range edge cases (suffix, open-ended, out of range → 416, HEAD), names, a blob put on
 //! one node read on another, a transfer that survives its source being killed and restarted,
-//! a corrupted chunk served by a peer rejected, delete + GC freeing only unshared blocks, the
+//! a download that cannot finish breaking its body (never a clean short one), a corrupted
+//! chunk served by a peer rejected, delete + GC freeing only unshared blocks, the
 //! maximum blob size (413), and a full disk (507, on a tmpfs; skipped loudly without root).
 //!
 //! Boundary sizes, and why: 0 (the empty raw block), 1, CHUNK−1 / CHUNK / CHUNK+1 (the last chunk

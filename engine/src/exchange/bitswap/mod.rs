@@ -50,7 +50,9 @@
 //! - A block's content: its CID is computed from its bytes, so a block can only ever be the
 //!   block of its own CID; one nobody asked this peer for is dropped (counted, logged), and
 //!   the peer's outstanding requests fail at once (a wrong block in answer to a want looks
-//!   like that), so the fetcher asks another peer instead of waiting for the timeout.
+//!   like that), so the fetcher asks another peer instead of waiting for the timeout. A block
+//!   of a request to that peer that ended lately (answered, cancelled, failed) is a late or
+//!   repeated answer (Helia sends a few per GiB): dropped, counted, nothing failed.
 //! - Having a block: `DontHave` or silence (the timeout) sends the CID to another peer.
 //! - Junk: a message that does not decode, or breaks a cap, is dropped with its stream and
 //!   logged with the peer id; the connection stays (other streams are fine).
@@ -98,6 +100,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 pub const MAX_REQUEST_BYTES: usize = 8 << 20;
 /// Unrequested blocks are warned of at most this often.
 const WARN_PERIOD: Duration = Duration::from_secs(60);
+/// CIDs remembered per peer after their request to it ended (see [`Ended`]).
+const MAX_ENDED: usize = 4096;
 
 /// Names one [`Behaviour::want`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -147,6 +151,32 @@ struct Ledger {
     wants: HashMap<Cid, Want>,
 }
 
+/// The latest CIDs whose request to a peer ended (answered, given up for the byte cap, timed
+/// out, failed): a block under one of them arriving later is a late or repeated answer (it
+/// crossed our cancel, or the peer sent it twice), not a wrong block, and is dropped without
+/// failing the peer's other requests. At most [`MAX_ENDED`], oldest forgotten first.
+#[derive(Default)]
+struct Ended {
+    order: VecDeque<Cid>,
+    set: HashSet<Cid>,
+}
+
+impl Ended {
+    fn add(&mut self, cids: impl IntoIterator<Item = Cid>) {
+        for cid in cids {
+            if !self.set.insert(cid) {
+                continue;
+            }
+            self.order.push_back(cid);
+            if self.order.len() > MAX_ENDED {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
 /// See the module doc.
 pub struct Behaviour {
     protocol: StreamProtocol,
@@ -156,6 +186,7 @@ pub struct Behaviour {
     ledgers: HashMap<PeerId, Ledger>,
     requests: HashMap<RequestId, Pending>,
     by_peer: HashMap<PeerId, Vec<RequestId>>,
+    ended: HashMap<PeerId, Ended>,
     next_request: u64,
     events: VecDeque<ToSwarm<Event, (Message, usize)>>,
     check: Option<tokio::time::Interval>,
@@ -164,6 +195,8 @@ pub struct Behaviour {
     bad_warned: Option<Instant>,
     /// Blocks dropped since start: unrequested, or under a hash shoal does not accept.
     pub dropped_blocks: u64,
+    /// Blocks dropped since start as late answers to requests that had ended ([`Ended`]).
+    pub late_blocks: u64,
 }
 
 impl Default for Behaviour {
@@ -181,12 +214,14 @@ impl Behaviour {
             ledgers: HashMap::new(),
             requests: HashMap::new(),
             by_peer: HashMap::new(),
+            ended: HashMap::new(),
             next_request: 0,
             events: VecDeque::new(),
             check: None,
             warned: None,
             bad_warned: None,
             dropped_blocks: 0,
+            late_blocks: 0,
         }
     }
 
@@ -263,7 +298,12 @@ impl Behaviour {
         }
     }
 
-    fn unlink(&mut self, peer: &PeerId, id: RequestId) {
+    /// Forgets request `id` of `peer`, remembering its CIDs as ended while the peer is
+    /// connected.
+    fn unlink(&mut self, peer: &PeerId, id: RequestId, cids: impl IntoIterator<Item = Cid>) {
+        if self.connections.contains_key(peer) {
+            self.ended.entry(*peer).or_default().add(cids);
+        }
         if let Some(ids) = self.by_peer.get_mut(peer) {
             ids.retain(|i| *i != id);
             if ids.is_empty() {
@@ -277,7 +317,8 @@ impl Behaviour {
         let Some(p) = self.requests.remove(&id) else {
             return;
         };
-        self.unlink(&p.peer, id);
+        let cids = p.remaining.iter().chain(p.blocks.iter().map(|(c, _)| c));
+        self.unlink(&p.peer, id, cids.copied().collect::<Vec<_>>());
         self.cancel(&p.peer, p.remaining.iter().copied());
         self.events
             .push_back(ToSwarm::GenerateEvent(Event::Response {
@@ -292,7 +333,8 @@ impl Behaviour {
         let Some(p) = self.requests.remove(&id) else {
             return;
         };
-        self.unlink(&p.peer, id);
+        let cids = p.remaining.iter().chain(p.blocks.iter().map(|(c, _)| c));
+        self.unlink(&p.peer, id, cids.copied().collect::<Vec<_>>());
         if cancel {
             self.cancel(&p.peer, p.remaining.iter().copied());
         }
@@ -382,7 +424,7 @@ impl Behaviour {
     }
 
     fn on_message(&mut self, peer: PeerId, message: Message, skipped: usize) {
-        let mut unrequested = 0;
+        let (mut unrequested, mut late) = (0, 0u64);
         // Answers to our requests.
         let ids = self.by_peer.get(&peer).cloned().unwrap_or_default();
         // Completed after the whole message is read: a request past its byte cap still takes
@@ -406,6 +448,7 @@ impl Behaviour {
                         done.push(id);
                     }
                 }
+                None if self.ended.get(&peer).is_some_and(|e| e.set.contains(&cid)) => late += 1,
                 None => unrequested += 1,
             }
         }
@@ -436,6 +479,10 @@ impl Behaviour {
             for id in self.by_peer.get(&peer).cloned().unwrap_or_default() {
                 self.fail(id, true);
             }
+        }
+        if late > 0 {
+            self.late_blocks = self.late_blocks.saturating_add(late);
+            tracing::debug!(%peer, count = late, "dropped late Bitswap blocks (their request had ended)");
         }
         let dropped = skipped + unrequested;
         if dropped > 0 {
@@ -558,6 +605,7 @@ impl NetworkBehaviour for Behaviour {
                 }
                 if c.remaining_established == 0 {
                     self.ledgers.remove(&c.peer_id);
+                    self.ended.remove(&c.peer_id);
                     for id in self.by_peer.get(&c.peer_id).cloned().unwrap_or_default() {
                         self.fail(id, false);
                     }

@@ -224,3 +224,25 @@ fn a_wrong_block_fails_the_peers_requests_at_once() {
     assert!(failed.contains(&first) && failed.contains(&second));
     assert!(b.requests.is_empty());
 }
+
+/// A block whose request already ended (here: answered, then the peer sends it again, as Helia
+/// does a few times per GiB) is a late answer, not a wrong block: dropped without failing the
+/// peer's other requests.
+#[test]
+fn a_late_block_of_an_ended_request_fails_nothing() {
+    let (mut b, peer) = connected();
+    let (a, a_data) = block(b"a");
+    let (c, _) = block(b"c");
+    b.want(peer, vec![a]);
+    let message = || Message {
+        blocks: vec![(a, Bytes::from(a_data.clone()))],
+        ..Message::default()
+    };
+    b.on_message(peer, message(), 0);
+    assert!(matches!(&events(&mut b)[..], [Event::Response { .. }]));
+    let second = b.want(peer, vec![c]);
+    b.on_message(peer, message(), 0);
+    assert_eq!((b.late_blocks, b.dropped_blocks), (1, 0));
+    assert!(events(&mut b).is_empty(), "nothing failed");
+    assert!(b.requests.contains_key(&second));
+}

@@ -35,7 +35,9 @@ struct Run {
     before: Option<f64>,
     to_helia: f64,
     from_helia: f64,
-    /// Blocks node C dropped because it had not asked Helia for them (or no longer).
+    /// Blocks node C dropped: late (their request had ended) and unrequested (never asked
+    /// for: these fail C's other requests to Helia).
+    late: u64,
     unrequested: u64,
 }
 
@@ -156,7 +158,7 @@ fn one_run(
     }
     drop(a);
     {
-        // Bitswap at debug: every block Helia sent that C had not asked for is a line.
+        // Bitswap at debug: every block Helia sent that C dropped is counted in a line.
         let mut options = keyed(key);
         options.env.push((
             "RUST_LOG".into(),
@@ -180,11 +182,14 @@ fn one_run(
                 helia_tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
             )
         })?;
-        run.unrequested = unrequested_blocks(&c.log());
+        let log = c.log();
+        run.late = dropped_blocks(&log, &["dropped late"]);
+        run.unrequested = dropped_blocks(&log, &["do not match their CIDs", "dropped unrequested"]);
     }
     println!(
-        "  Helia peak RSS {} MiB; C dropped {} block(s) from Helia it had not asked for",
+        "  Helia peak RSS {} MiB; C dropped {} late and {} unrequested block(s) from Helia",
         proc_status_kib(helia.pid(), "VmHWM:").unwrap_or(0) >> 10,
+        run.late,
         run.unrequested
     );
     drop(helia);
@@ -235,11 +240,11 @@ fn wait_connected(node: &Node) -> Result<()> {
     }
 }
 
-/// The blocks a node's Bitswap dropped as unrequested, summed from its log (`count=N` of its
-/// warn and debug lines about them).
-fn unrequested_blocks(log: &str) -> u64 {
+/// The blocks a node's Bitswap dropped, summed from its log lines (`count=N`) that contain
+/// one of `kinds`.
+fn dropped_blocks(log: &str, kinds: &[&str]) -> u64 {
     log.lines()
-        .filter(|l| l.contains("do not match their CIDs") || l.contains("dropped unrequested"))
+        .filter(|l| kinds.iter().any(|k| l.contains(k)))
         .filter_map(|l| l.split("count=").nth(1))
         .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .sum()

@@ -52,7 +52,7 @@
 //!   the peer's outstanding requests fail at once (a wrong block in answer to a want looks
 //!   like that), so the fetcher asks another peer instead of waiting for the timeout. A block
 //!   of a request to that peer that ended lately (answered, cancelled, failed) is a late or
-//!   repeated answer (Helia sends a few per GiB): dropped, counted, nothing failed.
+//!   repeated answer (e.g. it crossed our cancel): dropped, counted, nothing failed.
 //! - Having a block: `DontHave` or silence (the timeout) sends the CID to another peer.
 //! - Junk: a message that does not decode, or breaks a cap, is dropped with its stream and
 //!   logged with the peer id; the connection stays (other streams are fine).

@@ -131,6 +131,9 @@ pub(super) struct Task {
     serve_limit: Arc<Semaphore>,
     fetcher: Fetcher<RequestKey>,
     bitswap_tx: mpsc::Sender<BitswapServed>,
+    /// Heads of digest answers, verified off the swarm task (`on_heads`).
+    verified_tx: mpsc::Sender<(PeerId, Vec<SignedHead>)>,
+    verified_rx: mpsc::Receiver<(PeerId, Vec<SignedHead>)>,
     bitswap_rx: mpsc::Receiver<BitswapServed>,
     /// Store reads running per peer for its Bitswap wants.
     bitswap_reads: HashMap<PeerId, usize>,
@@ -200,6 +203,7 @@ impl Task {
         let redial = Redials::new(&config.peers, Instant::now());
         let (served_tx, served_rx) = mpsc::channel(64);
         let (bitswap_tx, bitswap_rx) = mpsc::channel(64);
+        let (verified_tx, verified_rx) = mpsc::channel(64);
         Ok(Self {
             swarm,
             commands,
@@ -211,6 +215,8 @@ impl Task {
             serve_limit: Arc::new(Semaphore::new(SERVE_CONCURRENCY)),
             fetcher: Fetcher::default(),
             bitswap_tx,
+            verified_tx,
+            verified_rx,
             bitswap_rx,
             bitswap_reads: HashMap::new(),
             speaks: HashMap::new(),
@@ -285,6 +291,7 @@ impl Task {
                     let _ = self.swarm.behaviour_mut().exchange.send_response(channel, response);
                 }
                 Some(served) = self.bitswap_rx.recv() => self.on_bitswap_served(served),
+                Some((peer, heads)) = self.verified_rx.recv() => self.on_verified_heads(peer, heads),
                 _ = crate::stopped(&mut shutdown) => break,
                 cmd = self.commands.recv() => match cmd {
                     Some(cmd) => self.on_command(cmd),
@@ -939,16 +946,42 @@ impl Task {
         }
     }
 
+    /// A digest answer: heads this node may lack. Their signatures are checked on a blocking
+    /// thread, not here: an answer holds up to a thousand heads (a hostile peer's, all of
+    /// invented sources), and verifying them in one go held the swarm task, and the async
+    /// thread under it, for tens of milliseconds.
     fn on_heads(&mut self, peer: PeerId, heads: Vec<SignedHead>) {
         let mut seen = HashSet::new();
+        let own = *self.swarm.local_peer_id();
+        let heads: Vec<SignedHead> = heads
+            .into_iter()
+            .filter(|h| seen.insert(h.head.source))
+            // Cheap checks first: a head this node stores already needs no signature check.
+            .filter(|h| {
+                h.head.source == own || self.heads.is_unstored(&h.head.source, h.head.position())
+            })
+            .collect();
+        if heads.is_empty() {
+            return;
+        }
+        let tx = self.verified_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let valid = heads
+                .into_iter()
+                .filter(|h| match h.verify() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "peer sent an invalid head; dropped");
+                        false
+                    }
+                })
+                .collect();
+            let _ = tx.blocking_send((peer, valid));
+        });
+    }
+
+    fn on_verified_heads(&mut self, peer: PeerId, heads: Vec<SignedHead>) {
         for head in heads {
-            if !seen.insert(head.head.source) {
-                continue;
-            }
-            if let Err(e) = head.verify() {
-                tracing::warn!(%peer, error = %e, "peer sent an invalid head; dropped");
-                continue;
-            }
             let source = head.head.source;
             if source == *self.swarm.local_peer_id() {
                 // Our own tree, from a peer: wanted only while resuming after a lost store.

@@ -108,7 +108,7 @@ fn find_or_build() -> Result<PathBuf> {
 }
 
 /// Whether `bin` exists and is newer than every source the node is built from (the crates'
-/// `src/` trees and manifests, the workspace manifest and lock file).
+/// `src/` trees and manifests, the workspace manifest and lock file, `vendor/`).
 fn is_fresh(bin: &Path, workspace: &Path) -> bool {
     let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
         return false;
@@ -119,8 +119,9 @@ fn is_fresh(bin: &Path, workspace: &Path) -> bool {
         stack.push(workspace.join(krate).join("Cargo.toml"));
         stack.push(workspace.join(krate).join("src"));
     }
-    // The dashboard's files are compiled in (`include_str!`).
+    // The dashboard's files are compiled in (`include_str!`), and so is the patched banyan.
     stack.push(workspace.join("api").join("ui"));
+    stack.push(workspace.join("vendor"));
     while let Some(path) = stack.pop() {
         let Ok(meta) = std::fs::metadata(&path) else {
             continue;

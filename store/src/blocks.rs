@@ -43,12 +43,7 @@ pub(crate) fn put_trusted(conn: &Connection, cid: &Cid, data: &[u8], now: i64) -
     let id = cid_id_touch(conn, cid, now)?;
     match BlockFiles::of(conn).filter(|_| files::is_file_block(cid, data.len())) {
         Some(dir) => {
-            let inline = conn
-                .prepare_cached(schema::INLINE_HAS)?
-                .query_row(params![id], |_| Ok(()))
-                .optional()?
-                .is_some();
-            if !inline {
+            if !stored_inline(conn, id)? {
                 dir.write(cid, data)?;
                 conn.prepare_cached(schema::FILE_INSERT)?
                     .execute(params![id, data.len() as i64])?;
@@ -78,17 +73,21 @@ pub(crate) fn put_staged(conn: &Connection, cid: &Cid, len: u64, now: i64) -> Re
         )));
     };
     let id = cid_id_touch(conn, cid, now)?;
-    let inline = conn
-        .prepare_cached(schema::INLINE_HAS)?
-        .query_row(params![id], |_| Ok(()))
-        .optional()?
-        .is_some();
-    if !inline {
+    if !stored_inline(conn, id)? {
         dir.check(cid, len)?;
         conn.prepare_cached(schema::FILE_INSERT)?
             .execute(params![id, len as i64])?;
     }
     Ok(())
+}
+
+/// Whether block `id` is stored inline (in the database, not as a file).
+fn stored_inline(conn: &Connection, id: i64) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(schema::INLINE_HAS)?
+        .query_row(params![id], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 /// The id of `cid`, creating the row (as a placeholder without block) if needed, and marking

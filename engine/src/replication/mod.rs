@@ -89,28 +89,7 @@ pub fn spawn(
     shutdown: watch::Receiver<bool>,
 ) -> Spawned {
     let (activity, sync_activity) = watch::channel(None);
-    let mut replicator = Replicator {
-        own: keypair.public().to_peer_id(),
-        keypair,
-        events,
-        swarm,
-        sources: HashMap::new(),
-        syncs: JoinSet::new(),
-        unproven: HashSet::new(),
-        batches: JoinSet::new(),
-        batch_queue: Vec::new(),
-        stashed: 0,
-        activity: Arc::new(activity),
-        resume,
-        reader: None,
-        scanned: None,
-    };
-    match replicator.events.reader() {
-        Ok(r) => replicator.reader = Some(r),
-        Err(e) => {
-            tracing::warn!(error = %e, "no reader for the replicator: every import goes to the writer")
-        }
-    }
+    let mut replicator = Replicator::new(events, swarm, keypair, resume, activity);
     for head in resumed {
         let st = replicator.sources.entry(head.head.source).or_default();
         st.target = Some(head);
@@ -172,6 +151,42 @@ struct Replicator {
     reader: Option<shoal_store::Reader>,
     /// When `start_due` last scanned every source.
     scanned: Option<Instant>,
+}
+
+impl Replicator {
+    /// A replicator with no source state yet; blocks received by syncs are reported on
+    /// `activity`.
+    fn new(
+        events: EventService,
+        swarm: swarm::Handle,
+        keypair: Keypair,
+        resume: crate::resume::Resume,
+        activity: watch::Sender<Option<Instant>>,
+    ) -> Self {
+        let reader = match events.reader() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "no reader for the replicator: every import goes to the writer");
+                None
+            }
+        };
+        Replicator {
+            own: keypair.public().to_peer_id(),
+            keypair,
+            events,
+            swarm,
+            sources: HashMap::new(),
+            syncs: JoinSet::new(),
+            unproven: HashSet::new(),
+            batches: JoinSet::new(),
+            batch_queue: Vec::new(),
+            stashed: 0,
+            activity: Arc::new(activity),
+            resume,
+            reader,
+            scanned: None,
+        }
+    }
 }
 
 fn source_id(peer: &PeerId) -> SourceId {

@@ -246,22 +246,13 @@ async fn a_peer_that_holds_a_failed_target_makes_it_due_at_once() {
         .await
         .unwrap();
     let (activity, _) = watch::channel(None);
-    let mut replicator = Replicator {
-        own,
+    let mut replicator = Replicator::new(
+        parts.events.clone(),
+        spawned.handle.clone(),
         keypair,
-        events: parts.events.clone(),
-        swarm: spawned.handle.clone(),
-        sources: HashMap::new(),
-        syncs: JoinSet::new(),
-        unproven: HashSet::new(),
-        batches: JoinSet::new(),
-        batch_queue: Vec::new(),
-        stashed: 0,
-        activity: Arc::new(activity),
-        resume: crate::resume::Resume::done(),
-        reader: None,
-        scanned: None,
-    };
+        crate::resume::Resume::done(),
+        activity,
+    );
     let other = Keypair::generate_ed25519();
     let head = Head {
         source: other.public().to_peer_id(),

@@ -2,11 +2,13 @@
 //!
 //! Blocks become garbage when appends pack the tree (the replaced leaves and branches), when a
 //! replicated source moves to a newer root, and when a blob is deleted. Nothing else frees them,
-//! so one task runs a bounded GC step on the writer every [`PERIOD`], and keeps stepping while a
-//! step reports more garbage. Each step is one short write transaction queued behind publishes
-//! like any other writer command, capped by [`GC_BUDGET`] so it never holds the writer for long.
-//! Blocks younger than the store's GC grace period are kept (a running query may still need
-//! them).
+//! so one task runs a GC round every [`PERIOD`]: a mark on a read connection finds up to
+//! [`MARK_LIMIT`] unreachable blocks while commits go on (the walk of the live set grows with
+//! the store, so it must not run on the writer), then the writer deletes them in steps of
+//! [`SWEEP_BUDGET`] and hands free pages back in steps of [`VACUUM_PAGES`]. Each step is one
+//! short write transaction queued behind publishes like any other writer command, so a publish
+//! waits for at most one step. Blocks younger than the store's GC grace period are kept (a
+//! running query may still need them).
 //!
 //! Blocks fetched for a sync are not reachable from any alias until the sync imports its root,
 //! so a round waits while a sync is receiving blocks (the replicator publishes when one last
@@ -27,10 +29,15 @@ use crate::events::{EventService, EventsError};
 
 /// Time between GC rounds.
 const PERIOD: Duration = Duration::from_secs(30);
-/// CIDs deleted per GC step: small enough that one step takes milliseconds.
-const GC_BUDGET: usize = 2_000;
-/// Steps in one round at most, so a huge backlog is worked off over several rounds.
-const MAX_STEPS: usize = 50;
+/// Unreachable CIDs one mark finds at most (memory: tens of bytes each).
+const MARK_LIMIT: usize = 20_000;
+/// Marks in one round at most, so a huge backlog is worked off over several rounds.
+const MAX_MARKS: usize = 5;
+/// CIDs one sweep step deletes at most: one step must take about a millisecond, because a
+/// publish that arrives meanwhile waits for it.
+const SWEEP_BUDGET: usize = 200;
+/// Free pages one vacuum step hands back at most (1 MiB at 4 KiB pages), for the same reason.
+const VACUUM_PAGES: u32 = 256;
 /// A sync that received no block for this long does not hold GC back (the store's GC grace:
 /// what it received within that is kept anyway).
 pub(crate) const SYNC_QUIET: Duration = Duration::from_secs(60);
@@ -78,30 +85,63 @@ fn wait_for_syncs(last: Option<Instant>, paused_since: Option<Instant>, now: Ins
     active && !too_long
 }
 
-/// One GC round: bounded steps while there is more garbage, then a checkpoint.
+/// One GC round: marks on a reader and bounded sweep steps on the writer while the marks find
+/// more garbage, then vacuum steps and a checkpoint.
 async fn round(events: &EventService) {
-    let (mut blocks, mut bytes) = (0u64, 0u64);
-    for _ in 0..MAX_STEPS {
-        match events.gc_step(GC_BUDGET).await {
-            Ok(stats) => {
-                blocks += stats.blocks_deleted;
-                bytes += stats.bytes_freed;
-                if !stats.more {
-                    break;
-                }
-            }
+    let mut freed = shoal_store::GcStats::default();
+    for _ in 0..MAX_MARKS {
+        let stats = match mark_and_sweep(events).await {
+            Ok(stats) => stats,
             Err(EventsError::ShuttingDown | EventsError::Interrupted) => return,
             Err(err) => {
-                tracing::warn!(%err, "gc step failed; retrying next round");
+                tracing::warn!(%err, "gc failed; retrying next round");
                 return;
+            }
+        };
+        freed.blocks_deleted += stats.blocks_deleted;
+        freed.bytes_freed += stats.bytes_freed;
+        // Another mark only if this one stopped at its limit and got somewhere.
+        if !stats.more || stats.cids_deleted == 0 {
+            break;
+        }
+    }
+    if freed.blocks_deleted == 0 {
+        return;
+    }
+    loop {
+        match events.gc_vacuum(VACUUM_PAGES).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(EventsError::ShuttingDown | EventsError::Interrupted) => return,
+            Err(err) => {
+                tracing::warn!(%err, "handing free pages back failed; retrying next round");
+                break;
             }
         }
     }
-    if blocks > 0 {
-        tracing::info!(blocks, bytes, "gc freed unreachable blocks");
-        // The store's checkpoint thread does it: no wait for readers on the writer's thread.
-        if let Err(err) = events.request_checkpoint().await {
-            tracing::warn!(%err, "wal checkpoint failed");
+    tracing::info!(
+        blocks = freed.blocks_deleted,
+        bytes = freed.bytes_freed,
+        "gc freed unreachable blocks"
+    );
+    // The store's checkpoint thread does it: no wait for readers on the writer's thread.
+    if let Err(err) = events.request_checkpoint().await {
+        tracing::warn!(%err, "wal checkpoint failed");
+    }
+}
+
+/// One mark and its sweep; what the sweep freed (`more`: the mark stopped at its limit).
+async fn mark_and_sweep(events: &EventService) -> Result<shoal_store::GcStats, EventsError> {
+    let start = events.gc_start().await?;
+    let started = Instant::now();
+    let mut mark = events.gc_mark(start, MARK_LIMIT).await?;
+    tracing::debug!(candidates = mark.candidates(), took = ?started.elapsed(), "gc mark");
+    // At least one step, also for an empty mark: it expires retired roots and sweeps a block
+    // directory for files without a row.
+    loop {
+        mark = events.gc_sweep(mark, SWEEP_BUDGET).await?.0;
+        if mark.is_swept() {
+            return Ok(mark.freed().clone());
         }
     }
 }

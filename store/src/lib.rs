@@ -48,7 +48,7 @@ pub use crate::event::{
     Event, EventFilter, Lamport, NewEvent, Offset, Selector, SourceId, MAX_LAMPORT,
 };
 pub use crate::files::{DIRECT_ALIGN, FILE_DIRS, FILE_MIN};
-pub use crate::gc::GcStats;
+pub use crate::gc::{GcMark, GcStart, GcStats};
 pub use crate::inspect::{
     BlockView, NodeShape, Problem, ProblemKind, SourceStats, Stats, TreeShape, VerifyReport,
 };

@@ -16,6 +16,7 @@ use crate::{
     cid::{self, Cid},
     error::{Error, Result},
     event::{Event, EventFilter, SourceId},
+    gc::{self, GcMark, GcStart},
     log::{Forest, SOURCE_ALIAS_PREFIX},
     offset::OffsetMap,
     schema,
@@ -291,6 +292,13 @@ impl Reader {
             .prepare_cached(schema::META_GET)?
             .query_row(params![key], |r| r.get(0))
             .optional()?)
+    }
+
+    /// Finds up to `limit` garbage candidates for [`crate::Writer::gc_sweep`], from one
+    /// snapshot (see `gc.rs`). `start` must come from [`crate::Writer::gc_start`], called
+    /// before this.
+    pub fn gc_mark(&self, start: GcStart, limit: usize) -> Result<GcMark> {
+        gc::mark(&mut *lock(&self.conn)?, start, limit)
     }
 
     pub(crate) fn load_tree(&self, root: &Cid) -> Result<Tree<EventTree, Value>> {

@@ -244,13 +244,29 @@ pub(crate) const MISSING_FROM: &str = "WITH RECURSIVE reach(id) AS ( \
 /// Garbage: ids not reachable from any alias nor from a root retired after `?1`, and not
 /// written after `?1` (`?1` = now − grace, in seconds); at most `?2` of them. Per id: its
 /// bytes (NULL when absent), whether they are a file, its CID.
+/// GC candidates (`gc.rs`): dead CIDs (not reachable from an alias or a root retired after
+/// ?1, written at or before ?1), top down: first those no block links to, then, breadth first,
+/// the dead CIDs they link to; at most ?2. Top down so that a limited mark still finds CIDs
+/// whose parents are all among the candidates.
 pub(crate) const GARBAGE: &str = "WITH RECURSIVE live(id) AS ( \
         SELECT id FROM aliases \
         UNION SELECT id FROM retired WHERE at > ?1 \
-        UNION SELECT refs.child FROM refs JOIN live ON refs.parent = live.id) \
-     SELECT cids.id, coalesce(length(blocks.data), files.size), files.id IS NOT NULL, cids.cid \
+        UNION SELECT refs.child FROM refs JOIN live ON refs.parent = live.id), \
+     dead(id) AS ( \
+        SELECT cids.id FROM cids WHERE cids.added <= ?1 \
+            AND cids.id NOT IN (SELECT id FROM live) \
+            AND cids.id NOT IN (SELECT child FROM refs) \
+        UNION SELECT refs.child FROM refs JOIN dead ON refs.parent = dead.id \
+            JOIN cids ON cids.id = refs.child \
+            WHERE cids.added <= ?1 AND refs.child NOT IN (SELECT id FROM live)) \
+     SELECT id FROM dead LIMIT ?2";
+pub(crate) const ALL_REFS: &str = "SELECT parent, child FROM refs";
+/// A GC candidate as the sweep re-reads it: when last touched, its size, whether a file.
+pub(crate) const GC_CANDIDATE: &str =
+    "SELECT cids.added, coalesce(length(blocks.data), files.size), \
+     files.id IS NOT NULL, cids.cid \
      FROM cids LEFT JOIN blocks ON blocks.id = cids.id LEFT JOIN files ON files.id = cids.id \
-     WHERE cids.added <= ?1 AND cids.id NOT IN (SELECT id FROM live) LIMIT ?2";
+     WHERE cids.id = ?1";
 pub(crate) const GC_DELETE_BLOCK: &str = "DELETE FROM blocks WHERE id = ?1";
 pub(crate) const GC_DELETE_FILE: &str = "DELETE FROM files WHERE id = ?1";
 pub(crate) const GC_DELETE_REFS: &str = "DELETE FROM refs WHERE parent = ?1";
@@ -266,12 +282,17 @@ pub(crate) const ALIASES_WITHOUT_ROOT: &str = "SELECT aliases.name, cids.cid FRO
      WHERE NOT EXISTS (SELECT 1 FROM blocks WHERE blocks.id = aliases.id) \
      AND NOT EXISTS (SELECT 1 FROM files WHERE files.id = aliases.id) ORDER BY 1";
 
-/// Seconds since the Unix epoch, for `added` / `retired.at`.
+/// Seconds since the Unix epoch, for `added` / `retired.at`. Never goes back within the
+/// process, even if the wall clock does: GC's sweep tells what was touched since its mark by a
+/// later `added` (`gc.rs`).
 pub(crate) fn now_secs() -> i64 {
-    std::time::SystemTime::now()
+    static LATEST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let before = LATEST.fetch_max(wall, std::sync::atomic::Ordering::Relaxed);
+    before.max(wall)
 }
 
 #[cfg(test)]

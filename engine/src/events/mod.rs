@@ -355,9 +355,50 @@ impl EventService {
         .await
     }
 
-    /// One garbage-collection step of at most `budget` blocks.
-    pub async fn gc_step(&self, budget: usize) -> Result<shoal_store::GcStats, EventsError> {
-        self.call(|reply| writer::Command::Gc { budget, reply })
+    /// Starts a GC round (see `maintenance.rs`).
+    pub(crate) async fn gc_start(&self) -> Result<shoal_store::GcStart, EventsError> {
+        self.call(|reply| writer::Command::GcStart { reply }).await
+    }
+
+    /// Finds up to `limit` garbage candidates on a read connection of its own, on a thread of
+    /// its own in `SCHED_BATCH` (the walk of the live set is CPU work that must not preempt
+    /// publishes): the writer goes on committing meanwhile.
+    pub(crate) async fn gc_mark(
+        &self,
+        start: shoal_store::GcStart,
+        limit: usize,
+    ) -> Result<shoal_store::GcMark, EventsError> {
+        let reader = self.reader()?;
+        let (tx, rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("shoal-gc-mark".into())
+            .spawn(move || {
+                yield_to_wakers();
+                let _ = tx.send(reader.gc_mark(start, limit));
+            })
+            .map_err(|e| EventsError::from(shoal_store::Error::Io(e)))?;
+        Ok(rx.await.map_err(|_| EventsError::Interrupted)??)
+    }
+
+    /// Deletes up to `budget` candidates of `mark` on the writer (one transaction).
+    pub(crate) async fn gc_sweep(
+        &self,
+        mark: shoal_store::GcMark,
+        budget: usize,
+    ) -> Result<(shoal_store::GcMark, shoal_store::GcStats), EventsError> {
+        let (mark, stats) = self
+            .call(|reply| writer::Command::GcSweep {
+                mark: Box::new(mark),
+                budget,
+                reply,
+            })
+            .await?;
+        Ok((*mark, stats))
+    }
+
+    /// Hands up to `pages` free pages back to the filesystem; whether some remain.
+    pub(crate) async fn gc_vacuum(&self, pages: u32) -> Result<bool, EventsError> {
+        self.call(|reply| writer::Command::GcVacuum { pages, reply })
             .await
     }
 
@@ -533,6 +574,20 @@ pub(crate) mod testing {
             writer,
             _shutdown: shutdown,
         }
+    }
+}
+
+/// Puts the calling thread (the packer, the GC mark) in `SCHED_BATCH`: the same share of CPU
+/// as before (its nice value is unchanged, so the packer keeps up: niced it fell behind, see
+/// the writer's module doc), but the kernel no longer lets its wake-ups preempt a running
+/// thread, and treats it as the CPU-bound work it is, so a waking writer or HTTP worker takes
+/// the core first (issue 18). Best effort: a kernel that refuses leaves the normal policy.
+fn yield_to_wakers() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 = the calling thread; `param` is a valid sched_param for SCHED_BATCH.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "SCHED_BATCH refused");
     }
 }
 

@@ -26,7 +26,7 @@ use crate::{
     cid::{self, Cid},
     error::{Error, Result},
     event::{Event, EventFilter, NewEvent, SharedStr, SourceId},
-    gc::{self, GcStats},
+    gc::{self, GcMark, GcStart, GcStats},
     schema::{self, now_secs},
     store::StoreConfig,
     tree::{self, EventQuery, EventTree, Key, SqliteReader, Staged, Stager, Staging, Value},
@@ -278,18 +278,47 @@ impl Writer {
         self.commit_blocks(blocks, None, true, false)
     }
 
-    /// Deletes at most `budget` unreachable blocks (see `gc.rs`).
+    /// Deletes at most `budget` unreachable blocks in one go: mark, sweep and vacuum on this
+    /// connection (see `gc.rs`). For tools and tests; the node marks on a reader
+    /// ([`Self::gc_start`], [`Reader::gc_mark`], [`Self::gc_sweep`], [`Self::gc_vacuum`]).
     pub fn gc(&mut self, budget: usize) -> Result<GcStats> {
+        let start = GcStart::exact(self.config.gc_grace);
+        let mut mark = gc::mark(&mut *lock(&self.conn)?, start, budget)?;
+        self.gc_sweep(&mut mark, usize::MAX)?;
+        if mark.freed().blocks_deleted > 0 {
+            self.gc_vacuum(gc::VACUUM_PAGES_PER_CALL)?;
+        }
+        Ok(mark.freed().clone())
+    }
+
+    /// Starts a GC round: what the mark's snapshot, taken after this returns, compares with
+    /// (see `gc.rs`).
+    pub fn gc_start(&self) -> GcStart {
+        GcStart::concurrent(self.config.gc_grace)
+    }
+
+    /// Deletes up to `budget` candidates of `mark` in one transaction (see `gc.rs`); returns
+    /// what this step freed. Call at least once per mark, also an empty one: the first step
+    /// expires retired roots, the last sweeps a block directory for files without a row.
+    pub fn gc_sweep(&mut self, mark: &mut GcMark, budget: usize) -> Result<GcStats> {
         let grace = self.config.gc_grace;
         let shard = self.sweep_shard;
-        self.sweep_shard = shard.wrapping_add(1);
-        let stats = gc::collect(&mut *lock(&self.conn)?, grace, budget, shard)?;
+        let stats = gc::sweep(&mut *lock(&self.conn)?, mark, budget, shard, grace)?;
+        if mark.is_swept() {
+            self.sweep_shard = shard.wrapping_add(1);
+        }
         if stats.blocks_deleted > 0 {
             self.forget_validated();
             self.written_since_checkpoint += stats.bytes_freed;
             self.maybe_checkpoint()?;
         }
         Ok(stats)
+    }
+
+    /// Hands up to `pages` free pages of the database file back to the filesystem; returns
+    /// whether free pages remain.
+    pub fn gc_vacuum(&mut self, pages: u32) -> Result<bool> {
+        gc::vacuum(&*lock(&self.conn)?, pages)
     }
 
     /// Pins `cid` under `name` (e.g. a blob), or unpins with `None`. Names starting with

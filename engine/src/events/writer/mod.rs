@@ -41,8 +41,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use shoal_store::blob::{BlobMeta, Freed};
 use shoal_store::{
-    Cid, Event, GcStats, Lamport, NewEvent, Offset, OffsetMap, Pruned, RetentionRule, SourceId,
-    Writer,
+    Cid, Event, GcMark, GcStart, GcStats, Lamport, NewEvent, Offset, OffsetMap, Pruned,
+    RetentionRule, SourceId, Writer,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -129,11 +129,17 @@ pub enum Command {
         replica_only: bool,
         reply: Reply<Option<Freed>>,
     },
-    /// One bounded garbage-collection step (see `maintenance.rs`).
-    Gc {
+    /// Starts a GC round; the mark's snapshot must be taken after the reply (see
+    /// `maintenance.rs`, `shoal_store::gc`).
+    GcStart { reply: Reply<GcStart> },
+    /// Deletes up to `budget` candidates of a mark made on a reader, in one transaction.
+    GcSweep {
+        mark: Box<GcMark>,
         budget: usize,
-        reply: Reply<GcStats>,
+        reply: Reply<(Box<GcMark>, GcStats)>,
     },
+    /// Hands up to `pages` free pages back to the filesystem; replies whether some remain.
+    GcVacuum { pages: u32, reply: Reply<bool> },
     /// Asks the store's checkpoint thread for a WAL checkpoint (it does not wait for it).
     Checkpoint { reply: Reply<()> },
     /// Applies retention rules to this node's own source (`retention.rs`).
@@ -318,8 +324,19 @@ impl State {
                     };
                     let _ = reply.send(freed.map_err(Into::into));
                 }
-                Command::Gc { budget, reply } => {
-                    let _ = reply.send(self.writer.gc(budget).map_err(Into::into));
+                Command::GcStart { reply } => {
+                    let _ = reply.send(Ok(self.writer.gc_start()));
+                }
+                Command::GcSweep {
+                    mut mark,
+                    budget,
+                    reply,
+                } => {
+                    let swept = self.writer.gc_sweep(&mut mark, budget);
+                    let _ = reply.send(swept.map(|stats| (mark, stats)).map_err(Into::into));
+                }
+                Command::GcVacuum { pages, reply } => {
+                    let _ = reply.send(self.writer.gc_vacuum(pages).map_err(Into::into));
                 }
                 Command::Checkpoint { reply } => {
                     let _ = reply.send(self.writer.request_checkpoint().map_err(Into::into));

@@ -21,7 +21,7 @@ impl Packer {
         let thread = std::thread::Builder::new()
             .name("shoal-packer".into())
             .spawn(move || {
-                yield_to_wakers();
+                crate::events::yield_to_wakers();
                 // Ends when the writer drops its sender (shutdown).
                 while let Ok(ticket) = tickets.recv() {
                     let started = std::time::Instant::now();
@@ -75,20 +75,6 @@ impl Packer {
                 None
             }
         }
-    }
-}
-
-/// Puts the calling thread in `SCHED_BATCH`: the same share of CPU as before (its nice value
-/// is unchanged, so the packer keeps up: niced it fell behind, see the writer's module doc),
-/// but the kernel no longer lets its wake-ups preempt a running thread, and treats it as the
-/// CPU-bound work it is, so a waking writer or HTTP worker takes the core first (issue 18).
-/// Best effort: a kernel that refuses leaves the normal policy.
-fn yield_to_wakers() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 = the calling thread; `param` is a valid sched_param for SCHED_BATCH.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
-    if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "packer: SCHED_BATCH refused");
     }
 }
 

@@ -19,6 +19,16 @@
 //!   peer's own heads and trees, so nearly all its look-ups hit. While a peer's bucket is
 //!   empty its Wants are answered at once with nothing (every CID deferred), costing no read.
 //!
+//! - Bytes of answers to a peer's `Want`s handed to its connection and not yet written
+//!   ([`MAX_BYTES_OUT_PER_PEER`], and [`MAX_BYTES_OUT`] for all peers together): a `Want`'s
+//!   slot frees when its answer is handed over, so a peer that asks and never reads would
+//!   otherwise pile answers of up to 6 MiB each into memory, one per sub-stream it opens.
+//!   Over budget its Wants are answered at once with nothing until the bytes are written.
+//! - Heads a peer brings, by gossip or in digest answers, per second (a token bucket,
+//!   [`HEAD_BURST`] and [`HEADS_PER_SEC`]): each costs a signature check. Over budget they are
+//!   dropped before the check (not forwarded, not penalised: the next digest catches up what
+//!   an honest peer's burst lost).
+//!
 //! When a budget is exceeded the log says so naming the peer, at most once a minute per
 //! budget (an attacker must not be able to flood the log either).
 //!
@@ -28,6 +38,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use libp2p::request_response::InboundRequestId;
 use libp2p::PeerId;
 
 /// `Want`s served for one peer at once (twice an honest requester's window).
@@ -40,6 +51,17 @@ pub const DIGESTS_PER_SEC: f64 = 4.0;
 pub const MISS_BURST: f64 = 8192.0;
 /// Look-ups of blocks not held per second a peer may cause on average.
 pub const MISSES_PER_SEC: f64 = 2048.0;
+/// Bytes of `Want` answers handed to one peer's connections and not yet written (an honest
+/// requester's window of 8 answers of ~2 MiB each fits twice).
+pub const MAX_BYTES_OUT_PER_PEER: usize = 32 << 20;
+/// The same, all peers together.
+pub const MAX_BYTES_OUT: usize = 128 << 20;
+/// Heads a peer may bring in a burst (a digest answer after a reconnect holds one per source
+/// the peer knows of, up to 1,000 of them).
+pub const HEAD_BURST: f64 = 4096.0;
+/// Heads per second a peer may bring on average (an honest peer relays one per commit of each
+/// source, and coalesces commits under load).
+pub const HEADS_PER_SEC: f64 = 2048.0;
 /// A budget exceeded is logged at most this often (per budget, all peers together).
 const WARN_PERIOD: Duration = Duration::from_secs(60);
 
@@ -52,7 +74,17 @@ struct PeerBudget {
     /// left, then refilled over time before its next Want is served.
     miss_tokens: f64,
     misses_refilled: Instant,
+    /// Bytes of answers handed to its connections, not yet written.
+    bytes_out: usize,
+    head_tokens: f64,
+    heads_refilled: Instant,
     connected: bool,
+}
+
+impl PeerBudget {
+    fn idle(&self) -> bool {
+        self.wants == 0 && self.bytes_out == 0
+    }
 }
 
 /// Which budget a peer ran out of.
@@ -61,6 +93,8 @@ pub(crate) enum Budget {
     Wants,
     Digests,
     Misses,
+    BytesOut,
+    Heads,
 }
 
 impl Budget {
@@ -71,20 +105,42 @@ impl Budget {
             Budget::Misses => {
                 "look-ups of blocks this node does not hold per second; further Wants are deferred"
             }
+            Budget::BytesOut => {
+                "bytes of answers not yet written to it (or all peers' together); further Wants \
+                 are deferred"
+            }
+            Budget::Heads => "heads per second; further heads are dropped unchecked",
         }
     }
 }
 
-/// The budgets of every connected peer.
-#[derive(Debug, Default)]
-pub(crate) struct Budgets {
+/// The budgets of every connected peer. `Id` identifies an answer being written (generic so
+/// that tests can make ids: libp2p's have no constructor).
+#[derive(Debug)]
+pub(crate) struct Budgets<Id = InboundRequestId> {
     peers: HashMap<PeerId, PeerBudget>,
+    /// Answers handed to connections and not yet written: their peer and size.
+    sending: HashMap<Id, (PeerId, usize)>,
+    /// Sum of the sizes in `sending`.
+    bytes_out: usize,
     warned: HashMap<Budget, Instant>,
     /// Requests refused for a budget since start (node info could show it).
     pub(crate) refused: u64,
 }
 
-impl Budgets {
+impl<Id> Default for Budgets<Id> {
+    fn default() -> Self {
+        Budgets {
+            peers: HashMap::new(),
+            sending: HashMap::new(),
+            bytes_out: 0,
+            warned: HashMap::new(),
+            refused: 0,
+        }
+    }
+}
+
+impl<Id: Eq + std::hash::Hash> Budgets<Id> {
     fn entry(&mut self, peer: PeerId, now: Instant) -> &mut PeerBudget {
         self.peers.entry(peer).or_insert_with(|| PeerBudget {
             wants: 0,
@@ -92,6 +148,9 @@ impl Budgets {
             refilled: now,
             miss_tokens: MISS_BURST,
             misses_refilled: now,
+            bytes_out: 0,
+            head_tokens: HEAD_BURST,
+            heads_refilled: now,
             connected: true,
         })
     }
@@ -100,11 +159,22 @@ impl Budgets {
         self.entry(peer, Instant::now()).connected = true;
     }
 
-    /// The last connection to `peer` closed: its entry goes once no work is in flight.
+    /// The last connection to `peer` closed: answers not yet written to it never will be, and
+    /// its entry goes once no work is in flight.
     pub(crate) fn disconnected(&mut self, peer: &PeerId) {
+        let mut dropped = 0usize;
+        self.sending.retain(|_, (p, bytes)| {
+            let keep = p != peer;
+            if !keep {
+                dropped = dropped.saturating_add(*bytes);
+            }
+            keep
+        });
+        self.bytes_out = self.bytes_out.saturating_sub(dropped);
         if let Some(b) = self.peers.get_mut(peer) {
+            b.bytes_out = 0;
             b.connected = false;
-            if b.wants == 0 {
+            if b.idle() {
                 self.peers.remove(peer);
             }
         }
@@ -117,9 +187,14 @@ impl Budgets {
     }
 
     fn start_want_at(&mut self, peer: PeerId, now: Instant) -> bool {
+        let total_out = self.bytes_out;
         let b = self.entry(peer, now);
         if b.wants >= MAX_WANTS_IN_FLIGHT {
             self.exceeded(peer, Budget::Wants, MAX_WANTS_IN_FLIGHT as f64);
+            return false;
+        }
+        if b.bytes_out >= MAX_BYTES_OUT_PER_PEER || total_out >= MAX_BYTES_OUT {
+            self.exceeded(peer, Budget::BytesOut, MAX_BYTES_OUT_PER_PEER as f64);
             return false;
         }
         let elapsed = now
@@ -140,10 +215,49 @@ impl Budgets {
         if let Some(b) = self.peers.get_mut(peer) {
             b.miss_tokens -= misses as f64;
             b.wants = b.wants.saturating_sub(1);
-            if b.wants == 0 && !b.connected {
+            if b.idle() && !b.connected {
                 self.peers.remove(peer);
             }
         }
+    }
+
+    /// An answer of `bytes` to `peer`'s request `id` was handed to its connection.
+    pub(crate) fn answer_queued(&mut self, id: Id, peer: PeerId, bytes: usize) {
+        let b = self.entry(peer, Instant::now());
+        b.bytes_out = b.bytes_out.saturating_add(bytes);
+        self.bytes_out = self.bytes_out.saturating_add(bytes);
+        self.sending.insert(id, (peer, bytes));
+    }
+
+    /// The answer to request `id` was written, or will never be (its stream failed).
+    pub(crate) fn answer_done(&mut self, id: &Id) {
+        let Some((peer, bytes)) = self.sending.remove(id) else {
+            return;
+        };
+        self.bytes_out = self.bytes_out.saturating_sub(bytes);
+        if let Some(b) = self.peers.get_mut(&peer) {
+            b.bytes_out = b.bytes_out.saturating_sub(bytes);
+            if b.idle() && !b.connected {
+                self.peers.remove(&peer);
+            }
+        }
+    }
+
+    /// Takes up to `n` head tokens for `peer`: how many of its `n` heads may be checked (the
+    /// rest are dropped, and that is logged).
+    pub(crate) fn take_heads(&mut self, peer: PeerId, n: usize, now: Instant) -> usize {
+        let b = self.entry(peer, now);
+        let elapsed = now
+            .saturating_duration_since(b.heads_refilled)
+            .as_secs_f64();
+        b.head_tokens = (b.head_tokens + elapsed * HEADS_PER_SEC).min(HEAD_BURST);
+        b.heads_refilled = now;
+        let allowed = (b.head_tokens.max(0.0) as usize).min(n);
+        b.head_tokens -= allowed as f64;
+        if allowed < n {
+            self.exceeded(peer, Budget::Heads, HEADS_PER_SEC);
+        }
+        allowed
     }
 
     /// Takes a digest token for `peer`; false (and logged) if it has none left.
@@ -190,7 +304,7 @@ mod tests {
     /// once; others are not affected, and answered Wants free their slots.
     #[test]
     fn wants_in_flight_are_capped_per_peer() {
-        let mut b = Budgets::default();
+        let mut b = Budgets::<u64>::default();
         let (flood, honest) = (PeerId::random(), PeerId::random());
         for _ in 0..MAX_WANTS_IN_FLIGHT {
             assert!(b.start_want(flood));
@@ -207,7 +321,7 @@ mod tests {
     /// more through; a peer whose look-ups hit is never limited by it.
     #[test]
     fn wants_that_miss_are_rate_limited_per_peer() {
-        let mut b = Budgets::default();
+        let mut b = Budgets::<u64>::default();
         let (flood, honest) = (PeerId::random(), PeerId::random());
         let t0 = Instant::now();
         let mut served = 0;
@@ -238,7 +352,7 @@ mod tests {
     /// Issue 12 item 6: digests are a token bucket per peer: a burst, then the refill rate.
     #[test]
     fn digests_are_rate_limited_per_peer() {
-        let mut b = Budgets::default();
+        let mut b = Budgets::<u64>::default();
         let peer = PeerId::random();
         let t0 = Instant::now();
         let taken = (0..100).filter(|_| b.take_digest(peer, t0)).count();
@@ -252,11 +366,52 @@ mod tests {
         );
     }
 
+    /// Issue 12 (bytes in flight): a peer whose answers are not being written (it asks and
+    /// never reads) gets its further Wants deferred once they pile up past its byte budget;
+    /// written answers free the budget, and other peers are not affected.
+    #[test]
+    fn answers_not_yet_written_are_capped_per_peer() {
+        let mut b = Budgets::<u64>::default();
+        let (slow, honest) = (PeerId::random(), PeerId::random());
+        let answer = 6 << 20; // a full Want answer: the response budget plus one large block
+        let mut ids = Vec::new();
+        let mut served = 0;
+        while b.start_want(slow) {
+            b.end_want(&slow, 0);
+            let id = served;
+            b.answer_queued(id, slow, answer);
+            ids.push(id);
+            served += 1;
+            assert!(served <= 100, "never limited");
+        }
+        assert_eq!(served as usize, MAX_BYTES_OUT_PER_PEER.div_ceil(answer));
+        assert!(b.start_want(honest), "another peer has its own budget");
+        b.end_want(&honest, 0);
+        b.answer_done(&ids[0]);
+        assert!(b.start_want(slow), "a written answer frees its bytes");
+    }
+
+    /// Issue 12 (heads): a peer's heads are a token bucket: a burst, then the refill rate;
+    /// other peers have their own.
+    #[test]
+    fn heads_are_rate_limited_per_peer() {
+        let mut b = Budgets::<u64>::default();
+        let peer = PeerId::random();
+        let t0 = Instant::now();
+        assert_eq!(b.take_heads(peer, 1_000, t0), 1_000);
+        assert_eq!(b.take_heads(peer, 10_000, t0), HEAD_BURST as usize - 1_000);
+        assert_eq!(b.take_heads(peer, 1, t0), 0);
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(b.take_heads(peer, 10_000, later), HEADS_PER_SEC as usize);
+        assert_eq!(b.take_heads(PeerId::random(), 10, later), 10);
+        assert_eq!(b.refused, 3);
+    }
+
     /// Entries of disconnected peers go once their work is done: the map stays bounded by the
     /// connections.
     #[test]
     fn disconnected_peers_are_forgotten_once_idle() {
-        let mut b = Budgets::default();
+        let mut b = Budgets::<u64>::default();
         let peer = PeerId::random();
         b.connected(peer);
         assert!(b.start_want(peer));

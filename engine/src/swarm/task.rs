@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self as rr, OutboundRequestId, ResponseChannel};
+use libp2p::request_response::{self as rr, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, mdns, ping, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -81,7 +81,12 @@ fn is_loopback(addr: &Multiaddr) -> bool {
 }
 
 /// A served `Want`: who asked, where the answer goes, the answer.
-type Served = (PeerId, ResponseChannel<Response>, Response);
+type Served = (
+    PeerId,
+    InboundRequestId,
+    ResponseChannel<Response>,
+    Response,
+);
 
 /// Bitswap wants of one peer read from the store: blocks, presences, wants left over for the
 /// next batch (the size budget), and how many CIDs were not here.
@@ -281,14 +286,18 @@ impl Task {
         loop {
             tokio::select! {
                 biased;
-                Some((peer, channel, response)) = self.served_rx.recv() => {
-                    let misses = match &response {
-                        Response::Blocks { have_not, .. } => have_not.len(),
-                        Response::Heads(_) => 0,
+                Some((peer, id, channel, response)) = self.served_rx.recv() => {
+                    let (misses, bytes) = match &response {
+                        Response::Blocks { blocks, have_not } => {
+                            (have_not.len(), blocks.iter().map(|(_, b)| b.len()).sum())
+                        }
+                        Response::Heads(_) => (0, 0),
                     };
                     self.budgets.end_want(&peer, misses);
                     // The requester may have gone away; nothing to do then.
-                    let _ = self.swarm.behaviour_mut().exchange.send_response(channel, response);
+                    if self.swarm.behaviour_mut().exchange.send_response(channel, response).is_ok() {
+                        self.budgets.answer_queued(id, peer, bytes);
+                    }
                 }
                 Some(served) = self.bitswap_rx.recv() => self.on_bitswap_served(served),
                 Some((peer, heads)) = self.verified_rx.recv() => self.on_verified_heads(peer, heads),
@@ -775,6 +784,14 @@ impl Task {
     }
 
     fn on_gossip(&mut self, from: PeerId, id: gossipsub::MessageId, data: &[u8]) {
+        // Over its head budget the message is dropped before its signature is checked.
+        if self.budgets.take_heads(from, 1, Instant::now()) == 0 {
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(&id, &from, gossipsub::MessageAcceptance::Ignore);
+            return;
+        }
         let acceptance = match gossip::decode(data) {
             Err(e) => {
                 tracing::warn!(peer = %from, error = %e, "dropped invalid gossip");
@@ -876,10 +893,12 @@ impl Task {
         match ev {
             rr::Event::Message { peer, message, .. } => match message {
                 rr::Message::Request {
-                    request, channel, ..
+                    request_id,
+                    request,
+                    channel,
                 } => match request {
                     Request::Want(cids) if self.budgets.start_want(peer) => {
-                        self.serve(peer, cids, channel)
+                        self.serve(peer, request_id, cids, channel)
                     }
                     Request::Want(_) => {
                         // Over budget: every CID deferred, at no cost (the requester asks
@@ -939,10 +958,16 @@ impl Task {
                 tracing::debug!(%peer, %error, "exchange request failed");
                 self.fetcher.on_failure(&RequestKey::Shoal(request_id));
             }
-            rr::Event::InboundFailure { peer, error, .. } => {
+            rr::Event::InboundFailure {
+                peer,
+                error,
+                request_id,
+                ..
+            } => {
+                self.budgets.answer_done(&request_id);
                 tracing::debug!(%peer, %error, "inbound exchange request failed");
             }
-            rr::Event::ResponseSent { .. } => {}
+            rr::Event::ResponseSent { request_id, .. } => self.budgets.answer_done(&request_id),
         }
     }
 
@@ -961,6 +986,9 @@ impl Task {
                 h.head.source == own || self.heads.is_unstored(&h.head.source, h.head.position())
             })
             .collect();
+        let allowed = self.budgets.take_heads(peer, heads.len(), Instant::now());
+        let mut heads = heads;
+        heads.truncate(allowed); // over budget: dropped unchecked
         if heads.is_empty() {
             return;
         }
@@ -1062,7 +1090,13 @@ impl Task {
 
     /// Answers a `Want` of `peer` off the swarm task (a slot of its budget is taken; the
     /// answer coming back through `served_rx` frees it).
-    fn serve(&mut self, peer: PeerId, cids: Vec<cid::Cid>, channel: ResponseChannel<Response>) {
+    fn serve(
+        &mut self,
+        peer: PeerId,
+        id: InboundRequestId,
+        cids: Vec<cid::Cid>,
+        channel: ResponseChannel<Response>,
+    ) {
         let blocks = self.blocks.clone();
         let tx = self.served_tx.clone();
         let limit = self.serve_limit.clone();
@@ -1080,7 +1114,7 @@ impl Task {
                     have_not: Vec::new(),
                 }
             });
-            let _ = tx.send((peer, channel, resp)).await;
+            let _ = tx.send((peer, id, channel, resp)).await;
         });
     }
 

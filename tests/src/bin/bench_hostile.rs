@@ -7,6 +7,9 @@
 //! took to converge after the attack, A's resident memory and its `swarm-heads` size.
 //!
 //! Run: `cargo run --release -p shoal-tests --bin bench_hostile [-- --runs 3 --secs 60 --rate 200]`.
+//! To see where a slow publish went: `--dump DIR` writes, per run, A's attacked-phase publishes
+//! (`run<N>-latency.tsv`: send time in Unix seconds, then the round trip in ms) and A's
+//! log (`run<N>-a.log`); `--log FILTER` sets A's `RUST_LOG` (e.g. `shoal_engine=debug`).
 //! Latency is one publish request's round trip (sent → 201) from a client on the same machine;
 //! requests go out on their own tasks at the rate, so a slow answer does not delay the next.
 
@@ -22,6 +25,8 @@ struct Settings {
     runs: usize,
     secs: u64,
     rate: u64,
+    dump: Option<std::path::PathBuf>,
+    log: Option<String>,
 }
 
 fn settings() -> Result<Settings> {
@@ -29,20 +34,24 @@ fn settings() -> Result<Settings> {
         runs: 3,
         secs: 60,
         rate: 200,
+        dump: None,
+        log: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let value: u64 = it
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?
-            .parse()
-            .with_context(|| format!("{flag} needs a number"))?;
+        let text = it.next().with_context(|| format!("{flag} needs a value"))?;
+        let number = || -> Result<u64> {
+            text.parse()
+                .with_context(|| format!("{flag} needs a number"))
+        };
         match flag.as_str() {
-            "--runs" => s.runs = (value as usize).max(1),
-            "--secs" => s.secs = value.max(1),
-            "--rate" => s.rate = value.clamp(1, 10_000),
-            other => bail!("unknown flag {other}; use --runs, --secs or --rate"),
+            "--runs" => s.runs = (number()? as usize).max(1),
+            "--secs" => s.secs = number()?.max(1),
+            "--rate" => s.rate = number()?.clamp(1, 10_000),
+            "--dump" => s.dump = Some(text.into()),
+            "--log" => s.log = Some(text.clone()),
+            other => bail!("unknown flag {other}; use --runs, --secs, --rate, --dump or --log"),
         }
     }
     Ok(s)
@@ -52,8 +61,15 @@ fn peer(of: &Node) -> NodeOptions {
     NodeOptions::default().arg("--peer").arg(of.swarm.clone())
 }
 
-/// Publishes single events on `node` at `rate`/s for `secs`; the sorted request latencies.
-async fn publish_for(node: &Node, name: &str, rate: u64, secs: u64) -> Result<Vec<Duration>> {
+/// Publishes single events on `node` at `rate`/s for `secs`; each request's send time (since
+/// the start) and round trip, in send order.
+async fn publish_for(
+    node: &Node,
+    name: &str,
+    rate: u64,
+    secs: u64,
+) -> Result<Vec<(Duration, Duration)>> {
+    let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let until = Instant::now() + Duration::from_secs(secs);
@@ -72,7 +88,7 @@ async fn publish_for(node: &Node, name: &str, rate: u64, secs: u64) -> Result<Ve
             if resp.status().as_u16() != 201 {
                 bail!("publish answered {}", resp.status());
             }
-            Ok(sent.elapsed())
+            Ok((sent - start, sent.elapsed()))
         });
         while let Some(done) = tasks.try_join_next() {
             latencies.push(done.context("publish task")??);
@@ -85,8 +101,15 @@ async fn publish_for(node: &Node, name: &str, rate: u64, secs: u64) -> Result<Ve
     Ok(latencies)
 }
 
-/// One phase: A at the rate, B and C at a tenth of it; A's latencies.
-async fn phase(nodes: &[Node; 3], name: &str, s: &Settings) -> Result<Vec<Duration>> {
+/// The round trips of `timed`, sorted.
+fn sorted(timed: &[(Duration, Duration)]) -> Vec<Duration> {
+    let mut out: Vec<Duration> = timed.iter().map(|(_, l)| *l).collect();
+    out.sort();
+    out
+}
+
+/// One phase: A at the rate, B and C at a tenth of it; A's publishes.
+async fn phase(nodes: &[Node; 3], name: &str, s: &Settings) -> Result<Vec<(Duration, Duration)>> {
     let background = (s.rate / 10).max(1);
     let (a, b, c) = tokio::join!(
         publish_for(&nodes[0], name, s.rate, s.secs),
@@ -144,18 +167,24 @@ async fn main() -> Result<()> {
     );
     let (mut idle99, mut attacked99, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=s.runs {
-        let a = Node::start()?;
+        let mut a_options = NodeOptions::default();
+        if let Some(filter) = &s.log {
+            a_options.env.push(("RUST_LOG".into(), filter.clone()));
+        }
+        let a = Node::start_with(a_options)?;
         let b = Node::start_with(peer(&a))?;
         let c = Node::start_with(peer(&b))?;
         let nodes = [a, b, c];
         converge(&nodes).await?;
 
-        let idle = phase(&nodes, "idle", &s).await?;
+        let idle = sorted(&phase(&nodes, "idle", &s).await?);
         let victims: Vec<String> = nodes.iter().map(|n| n.source.clone()).collect();
         let hostile =
             Hostile::start(&[nodes[0].swarm.clone(), nodes[1].swarm.clone()], &victims).await?;
         let gc_before = gc_rounds(&nodes[0]);
-        let attacked = phase(&nodes, "attacked", &s).await?;
+        let attacked_at = std::time::SystemTime::now();
+        let timed = phase(&nodes, "attacked", &s).await?;
+        let attacked = sorted(&timed);
         let gc_during = gc_rounds(&nodes[0]) - gc_before;
         let rss = nodes[0]
             .pid()
@@ -181,6 +210,20 @@ async fn main() -> Result<()> {
             heads >> 10
         );
         println!("  attacker: {tally:?}");
+        if let Some(dir) = &s.dump {
+            std::fs::create_dir_all(dir)?;
+            let tsv: String = timed
+                .iter()
+                .map(|(at, l)| {
+                    let wall = (attacked_at + *at)
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    format!("{:.3}\t{:.3}\n", wall.as_secs_f64(), l.as_secs_f64() * 1e3)
+                })
+                .collect();
+            std::fs::write(dir.join(format!("run{run}-latency.tsv")), tsv)?;
+            std::fs::write(dir.join(format!("run{run}-a.log")), nodes[0].log())?;
+        }
         idle99.push(i99);
         attacked99.push(a99);
         ratios.push(a99 / i99);

@@ -274,15 +274,23 @@ pub(crate) fn sweep(
     Ok(stats)
 }
 
-/// Hands up to `pages` free pages back to the filesystem (a no-op on databases created before
-/// auto_vacuum=INCREMENTAL was set). Returns whether free pages remain.
+/// Hands up to `pages` free pages back to the filesystem. Returns whether another call would
+/// hand back more: free pages remain and this call freed some (on a database created before
+/// auto_vacuum=INCREMENTAL was set the pragma frees nothing, so this is false at once).
 pub(crate) fn vacuum(conn: &Connection, pages: u32) -> Result<bool> {
+    let free = |conn: &Connection| -> Result<i64> {
+        Ok(conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?)
+    };
+    let before = free(conn)?;
+    if before == 0 {
+        return Ok(false);
+    }
     // Stepped to completion: each step of this pragma frees pages.
     let mut stmt = conn.prepare(&format!("PRAGMA incremental_vacuum({pages})"))?;
     let mut rows = stmt.query([])?;
     while rows.next()?.is_some() {}
-    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-    Ok(free > 0)
+    let after = free(conn)?;
+    Ok(after > 0 && after < before)
 }
 
 /// Free pages returned to the filesystem per [`crate::Writer::gc`] call (16 MiB at 4 KiB pages).

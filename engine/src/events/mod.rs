@@ -396,7 +396,8 @@ impl EventService {
         Ok((*mark, stats))
     }
 
-    /// Hands up to `pages` free pages back to the filesystem; whether some remain.
+    /// Hands up to `pages` free pages back to the filesystem; whether another call would free
+    /// more.
     pub(crate) async fn gc_vacuum(&self, pages: u32) -> Result<bool, EventsError> {
         self.call(|reply| writer::Command::GcVacuum { pages, reply })
             .await

@@ -316,7 +316,7 @@ impl Writer {
     }
 
     /// Hands up to `pages` free pages of the database file back to the filesystem; returns
-    /// whether free pages remain.
+    /// whether another call would hand back more.
     pub fn gc_vacuum(&mut self, pages: u32) -> Result<bool> {
         gc::vacuum(&*lock(&self.conn)?, pages)
     }

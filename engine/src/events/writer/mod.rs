@@ -138,7 +138,8 @@ pub enum Command {
         budget: usize,
         reply: Reply<(Box<GcMark>, GcStats)>,
     },
-    /// Hands up to `pages` free pages back to the filesystem; replies whether some remain.
+    /// Hands up to `pages` free pages back to the filesystem; replies whether another step
+    /// would free more.
     GcVacuum { pages: u32, reply: Reply<bool> },
     /// Asks the store's checkpoint thread for a WAL checkpoint (it does not wait for it).
     Checkpoint { reply: Reply<()> },

@@ -366,10 +366,11 @@ impl Writer {
         self.maybe_checkpoint()
     }
 
-    /// Call between two bulk commits (blob batches): parks while the checkpoint thread restarts
-    /// the WAL when enough was written since its last restart (`checkpoint.rs`), so the WAL
-    /// stays bounded under back-to-back commits. A store without the thread checkpoints inline.
-    pub(crate) fn restart_wal_if_due(&mut self) {
+    /// Call between two commits (blob batches, the node's writer between commands): parks while
+    /// the checkpoint thread restarts the WAL when enough was written since its last restart
+    /// (`checkpoint.rs`), so the WAL stays bounded under back-to-back commits. A store without
+    /// the thread checkpoints inline.
+    pub fn restart_wal_if_due(&mut self) {
         if let Some(c) = &self.checkpointer {
             c.restart_if_due();
         }
@@ -389,8 +390,13 @@ impl Writer {
 
     fn maybe_checkpoint(&mut self) -> Result<()> {
         if let Some(c) = &self.checkpointer {
-            // The checkpointer counts bytes itself; commits never checkpoint.
-            c.written(std::mem::take(&mut self.written_since_checkpoint));
+            // The checkpointer counts bytes itself; commits never checkpoint. What the WAL
+            // grew by is SQLite's count of pages written: a single-event append writes a few
+            // hundred bytes of blocks but tens of KiB of pages (tree nodes, indexes); blob
+            // chunks kept as files count by their bytes.
+            let blocks = std::mem::take(&mut self.written_since_checkpoint);
+            let wal = crate::checkpoint::wal_bytes_written(&*lock(&self.conn)?);
+            c.written(blocks.max(wal));
             return Ok(());
         }
         if self.written_since_checkpoint >= self.config.checkpoint_after_bytes {

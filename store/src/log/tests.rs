@@ -273,6 +273,47 @@ fn the_checkpoint_thread_checkpoints_the_wal() {
     }
 }
 
+/// Single-event appends, with the writer parking for restarts between commits as the node's
+/// writer does: the WAL stays within its limit. Each append writes a few hundred bytes of
+/// blocks but several pages; counted by block bytes, the restart came after ~100 times the
+/// limit, and the WAL grew to hundreds of MB in the node (cut back by a long TRUNCATE).
+#[test]
+fn single_event_appends_keep_the_wal_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sqlite");
+    let limit = 1u64 << 20;
+    let config = StoreConfig {
+        wal_size_limit: limit,
+        ..StoreConfig::debug()
+    };
+    let store = Store::open(&path, config).unwrap();
+    let mut w = store.writer().unwrap();
+    let wal = dir.path().join("s.sqlite-wal");
+    let source = SourceId::new("steady");
+    let mut largest = 0;
+    let mut blocks = 0u64;
+    for i in 0..1_000u64 {
+        let appended = w.append(&source, vec![ev(i)]).unwrap();
+        blocks += appended
+            .new_blocks
+            .iter()
+            .map(|(_, b)| b.len() as u64)
+            .sum::<u64>();
+        w.restart_wal_if_due();
+        largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+    }
+    assert!(
+        blocks < limit,
+        "the test needs appends whose blocks are below the limit: {blocks}"
+    );
+    // A restart is due after 5/8 of the limit and the writer parks for it at 7/8 at the latest;
+    // frames add their headers.
+    assert!(
+        largest <= limit + limit / 4,
+        "the WAL grew to {largest} bytes (limit {limit})"
+    );
+}
+
 fn tagged(i: u64, tag: &str) -> NewEvent {
     NewEvent {
         tags: vec![tag.to_string()],

@@ -356,6 +356,10 @@ impl State {
                     return;
                 }
             }
+            // Between commands, no transaction open: the one place where the writer parks for
+            // a WAL restart when one is due (`shoal_store::checkpoint`), so that the WAL stays
+            // bounded at a steady publish rate without a long TRUNCATE.
+            self.writer.restart_wal_if_due();
             if pending.is_none() && rx.is_empty() {
                 // Idle: a good moment to make lamports seen from peers durable.
                 if self.clock.current() > self.lamport_covered {

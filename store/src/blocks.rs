@@ -129,18 +129,40 @@ pub(crate) fn cid_id(conn: &Connection, cid: &Cid) -> Result<Option<i64>> {
 /// The bytes of `cid`, if present (read from its file for a block stored as one; a file
 /// deleted since its row was read counts as absent).
 pub(crate) fn get(conn: &Connection, cid: &Cid) -> Result<Option<Vec<u8>>> {
+    match locate(conn, cid)? {
+        Some(found) => found.read(cid),
+        None => Ok(None),
+    }
+}
+
+/// Where a present block's bytes are: in its row, or in a file (read it with
+/// [`Located::read`], which needs no connection: a reader reads files without holding its
+/// connection, so reads of several chunks overlap).
+pub(crate) enum Located {
+    Inline(Vec<u8>),
+    File(BlockFiles, i64),
+}
+
+impl Located {
+    pub(crate) fn read(self, cid: &Cid) -> Result<Option<Vec<u8>>> {
+        match self {
+            Located::Inline(data) => Ok(Some(data)),
+            Located::File(dir, size) => dir.read(cid, size),
+        }
+    }
+}
+
+/// The row of `cid`: its bytes, or the file and size they are in; `None` when absent.
+pub(crate) fn locate(conn: &Connection, cid: &Cid) -> Result<Option<Located>> {
     let row: Option<(Option<Vec<u8>>, Option<i64>)> = conn
         .prepare_cached(schema::BLOCK_GET)?
         .query_row(params![cid.to_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    match row {
-        Some((Some(data), _)) => Ok(Some(data)),
-        Some((None, Some(size))) => match BlockFiles::of(conn) {
-            Some(dir) => dir.read(cid, size),
-            None => Ok(None),
-        },
-        Some((None, None)) | None => Ok(None),
-    }
+    Ok(match row {
+        Some((Some(data), _)) => Some(Located::Inline(data)),
+        Some((None, Some(size))) => BlockFiles::of(conn).map(|dir| Located::File(dir, size)),
+        Some((None, None)) | None => None,
+    })
 }
 
 /// What deleting one CID's rows freed.

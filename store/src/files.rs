@@ -149,18 +149,44 @@ impl BlockFiles {
         Ok(Some(data))
     }
 
-    /// Asks the kernel to start reading the files of `cids` into the page cache
-    /// (`POSIX_FADV_WILLNEED`), so a read of them soon after finds them there; returns at once.
-    /// CIDs without a file are skipped. Block files are written past the page cache
-    /// ([`write_flushed`]): a blob read right after its put reads the disk.
-    pub(crate) fn prefetch(&self, cids: &[Cid]) {
-        use std::os::fd::AsRawFd;
-        for cid in cids.iter().filter(|c| c.codec() == RAW) {
-            if let Ok(f) = std::fs::File::open(self.path(cid)) {
-                // SAFETY: plain syscall on a descriptor `f` owns; no memory is passed.
-                let _ =
-                    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
-            }
+    /// The bytes of `cid`'s file like [`BlockFiles::read`], for streaming them out: read with
+    /// `O_DIRECT` straight from the disk into the buffer ([`read_direct`]). Block files are
+    /// written past the page cache, so a buffered read of a fresh blob went to the disk one
+    /// kernel read-ahead at a time, and copied what it read once more.
+    pub(crate) fn read_bytes(&self, cid: &Cid, size: i64) -> Result<Option<bytes::Bytes>> {
+        let path = self.path(cid);
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(Error::BlockFile { path, source }),
+        };
+        let len = file
+            .metadata()
+            .map_err(|source| Error::BlockFile {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        if i64::try_from(len).ok() != Some(size) {
+            return Err(Error::Corrupt {
+                cid: *cid,
+                reason: format!(
+                    "its file {} holds {len} bytes, the store recorded {size}",
+                    path.display()
+                ),
+            });
+        }
+        match read_direct(&file, len as usize) {
+            Ok(data) if data.len() as u64 == len => Ok(Some(data)),
+            Ok(data) => Err(Error::Corrupt {
+                cid: *cid,
+                reason: format!(
+                    "its file {} ended after {} of {len} bytes",
+                    path.display(),
+                    data.len()
+                ),
+            }),
+            Err(source) => Err(Error::BlockFile { path, source }),
         }
     }
 
@@ -258,7 +284,7 @@ static DIRECT: AtomicBool = AtomicBool::new(true);
 /// With `O_DIRECT`: the bytes go from `data` to the disk without being copied into the page
 /// cache. That copy (and the page cache's allocation behind it) cost more CPU than hashing the
 /// chunk (BENCHMARKS.md, "Blobs"), and blob chunks are written once and read rarely soon after
-/// (a local read gets the kernel's read-ahead, [`BlockFiles::prefetch`]). `O_DIRECT` needs an
+/// (a read of them is direct too, [`BlockFiles::read_bytes`]). `O_DIRECT` needs an
 /// aligned buffer and length: `data` is used as it is when it starts on a [`DIRECT_ALIGN`]
 /// boundary and its length is a multiple of it (an upload's chunks are cut into such buffers),
 /// else copied into one, zero-padded and the file cut back to `data.len()` before the flush.
@@ -305,6 +331,67 @@ fn write_direct(path: &Path, data: &[u8]) -> std::io::Result<()> {
         f.set_len(data.len() as u64)?;
     }
     f.sync_data()
+}
+
+/// Reads the `len` bytes of `file` into an aligned buffer with `O_DIRECT` set on the
+/// descriptor, so the disk writes into the buffer with no copy and nothing is left in the page
+/// cache (as [`write_flushed`] leaves nothing). No probe of the page cache first: a buffered
+/// probe (`preadv2` with `RWF_NOWAIT`) starts the kernel's read-ahead when it misses, and the
+/// first read of a fresh blob then read the disk twice. A filesystem without `O_DIRECT` gets
+/// a buffered read. Returns what was read: shorter than `len` if the file was cut meanwhile.
+fn read_direct(file: &std::fs::File, len: usize) -> std::io::Result<bytes::Bytes> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let padded = len.next_multiple_of(DIRECT_ALIGN);
+    let mut buf: Vec<u8> = Vec::with_capacity(padded + DIRECT_ALIGN);
+    let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+    // SAFETY (every `unsafe` below): the reads write into `buf`'s spare capacity
+    // `start .. start + padded` (reserved by `with_capacity`), `set_len` covers only bytes a
+    // read filled, and the `fcntl`s only change the flags of a descriptor `file` owns.
+    let base = unsafe { buf.as_mut_ptr().add(start) };
+    let mut done = 0;
+    let mut direct = DIRECT.load(Ordering::Relaxed) && set_direct(fd, true);
+    while done < len {
+        // With O_DIRECT whole aligned blocks (the last one comes back short at the end of the
+        // file); without, exactly what is left.
+        let want = if direct { padded - done } else { len - done };
+        let n = unsafe { libc::pread(fd, base.add(done).cast(), want, done as libc::off_t) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EINVAL) if direct => {
+                    tracing::info!("no O_DIRECT reads here: block files are read through the page cache");
+                    DIRECT.store(false, Ordering::Relaxed);
+                    direct = false;
+                    set_direct(fd, false);
+                    continue;
+                }
+                _ => return Err(e),
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        done += n as usize;
+    }
+    let done = done.min(len);
+    unsafe { buf.set_len(start + done) };
+    Ok(bytes::Bytes::from(buf).slice(start..))
+}
+
+/// Sets or clears `O_DIRECT` on an open descriptor; `false` when the filesystem refuses it.
+fn set_direct(fd: std::os::fd::RawFd, on: bool) -> bool {
+    // SAFETY: plain syscalls on a descriptor the caller owns; no memory is passed.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        let want = if on {
+            flags | libc::O_DIRECT
+        } else {
+            flags & !libc::O_DIRECT
+        };
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, want) == 0
+    }
 }
 
 /// Length of the file at `path`, `None` if there is none.
@@ -541,6 +628,31 @@ mod tests {
                 "{from} {len}"
             );
             files.check(&cid, len as u64).unwrap();
+        }
+    }
+
+    /// A streamed read returns exactly the file's bytes whether they were written past the page
+    /// cache (`O_DIRECT`) or through it, for lengths that are a multiple of
+    /// the alignment or not; a gone file is absent, a file of the wrong length corrupt.
+    #[test]
+    fn streamed_reads_return_exact_bytes_however_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = BlockFiles::beside(&dir.path().join("s.sqlite"));
+        for (i, len) in [64 << 10, (20 << 10) + 123, 1 << 20].into_iter().enumerate() {
+            let data = bytes(len, 20 + i as u64);
+            let cid = cid_of(RAW, &data);
+            files.write(&cid, &data).unwrap(); // past the page cache
+            let got = files.read_bytes(&cid, len as i64).unwrap().unwrap();
+            assert_eq!(&got[..], &data[..], "direct {len}");
+            std::fs::write(files.path(&cid), &data).unwrap(); // through the page cache
+            let got = files.read_bytes(&cid, len as i64).unwrap().unwrap();
+            assert_eq!(&got[..], &data[..], "cached {len}");
+            assert!(matches!(
+                files.read_bytes(&cid, len as i64 + 1),
+                Err(Error::Corrupt { .. })
+            ));
+            std::fs::remove_file(files.path(&cid)).unwrap();
+            assert!(files.read_bytes(&cid, len as i64).unwrap().is_none());
         }
     }
 

@@ -241,7 +241,25 @@ impl Reader {
 
     /// The bytes of a block, if present.
     pub fn get_block(&self, cid: &Cid) -> Result<Option<Vec<u8>>> {
-        blocks::get(&*lock(&self.conn)?, cid)
+        // The connection is held for the row only, not while a file is read: clones of one
+        // reader read several chunk files at once (a blob read keeps some in flight).
+        let found = blocks::locate(&*lock(&self.conn)?, cid)?;
+        match found {
+            Some(found) => found.read(cid),
+            None => Ok(None),
+        }
+    }
+
+    /// The bytes of a block like [`Reader::get_block`], for streaming them out: a block file is
+    /// read with `O_DIRECT` unless the page cache holds it (`files.rs`), with no copy on the
+    /// way. Reads through clones of one reader overlap (the connection is held for the row only).
+    pub fn get_chunk(&self, cid: &Cid) -> Result<Option<bytes::Bytes>> {
+        let found = blocks::locate(&*lock(&self.conn)?, cid)?;
+        match found {
+            Some(blocks::Located::Inline(data)) => Ok(Some(data.into())),
+            Some(blocks::Located::File(dir, size)) => dir.read_bytes(cid, size),
+            None => Ok(None),
+        }
     }
 
     /// Every block of the DAG under `root` (root included), in no particular order (for

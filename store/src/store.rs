@@ -172,12 +172,6 @@ impl Store {
         Ok(true)
     }
 
-    /// Starts reading the files of `cids` (block files; others are skipped) into the page
-    /// cache in the background, for a read that needs them next (`files.rs`). Returns at once.
-    pub fn prefetch_blocks(&self, cids: &[Cid]) {
-        BlockFiles::beside(&self.path).prefetch(cids);
-    }
-
     /// Bytes the store takes on disk: the SQLite file, its WAL and shared-memory files, and
     /// the block files beside it (summed from their rows, not by listing the directory).
     pub fn disk_bytes(&self) -> Result<u64> {

@@ -125,6 +125,7 @@ impl Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let (config, log) = resolve(args)?;
     init_logging(log);
+    limit_malloc_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("shoal")
@@ -135,6 +136,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     result
 }
+
+/// glibc's malloc gives each thread that meets a locked arena a new one (up to 8 per core) and
+/// keeps what is freed in it for that arena's next allocation: a node's many blocking threads
+/// (hashing, writing and reading 1 MiB chunks) each held tens of MB of freed chunk buffers, and
+/// a node's peak RSS during `bench_blobs` was 145–173 MB, with two arenas 95–100 MB at the same
+/// throughput (BENCHMARKS.md, "Blobs"). Called before the runtime starts any thread, so it
+/// binds every arena made after it; `MALLOC_ARENA_MAX` in the environment still wins.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets a malloc parameter; no other thread runs yet.
+        if unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) } != 1 {
+            tracing::warn!("cannot limit malloc arenas: memory use may be higher");
+        }
+    }
+}
+
+/// Arenas glibc's malloc may use (see [`limit_malloc_arenas`]).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MALLOC_ARENAS: libc::c_int = 2;
 
 fn init_logging(filter: tracing_subscriber::EnvFilter) {
     use std::io::IsTerminal;

@@ -42,6 +42,10 @@ const WRITE_BATCH: usize = 8 << 20;
 const RETRY_PAUSE: Duration = Duration::from_millis(300);
 /// A progress line is logged every this many fetched bytes.
 const LOG_EVERY: u64 = 256 << 20;
+/// Local chunks of one read being read at once, ahead of the one being streamed: block files
+/// are read from the disk (`Reader::get_chunk`), and one chunk at a time left the disk idle
+/// between reads (BENCHMARKS.md, "Blobs"). Memory: this many chunks besides the stream's.
+const LOCAL_READS: usize = 8;
 
 /// An opened blob: what a GET/HEAD needs before sending headers.
 #[derive(Debug, Clone)]
@@ -182,7 +186,8 @@ pub(super) fn read_range(svc: BlobService, opened: Opened, start: u64, end: u64)
                 unwritten_bytes: 0,
                 fetched: 0,
                 started: Instant::now(),
-                prefetched: 0,
+                reading: VecDeque::new(),
+                next_read: 0,
             };
             let result = read.run(&opened, start, end).await;
             // Failed or the client went away: keep what arrived, so the next request resumes
@@ -221,8 +226,10 @@ struct Read {
     unwritten_bytes: usize,
     fetched: u64,
     started: Instant,
-    /// Chunks before this index were handed to the kernel's read-ahead ([`Read::prefetch`]).
-    prefetched: usize,
+    /// Local reads under way ([`Read::local_ahead`]): chunk index in the range, the read.
+    reading: VecDeque<(usize, JoinHandle<Result<Option<Bytes>, shoal_store::Error>>)>,
+    /// Chunks before this index had a local read started (or were skipped for one).
+    next_read: usize,
 }
 
 impl LinkSource for Read {
@@ -276,13 +283,10 @@ impl Read {
                     let local = if self.requested.contains(&c.cid) {
                         None
                     } else {
-                        self.local(c.cid).await?
+                        self.local_ahead(&window, i).await?
                     };
                     match local {
-                        Some(d) => {
-                            self.prefetch(&window, i);
-                            d
-                        }
+                        Some(d) => d,
                         None => {
                             self.ask_ahead(&window, i, i).await?;
                             if !self.requested.contains(&c.cid) {
@@ -332,28 +336,44 @@ impl Read {
         Ok(())
     }
 
-    /// Starts the kernel reading the local files of the chunks after `window`'s front (chunk
-    /// `i`) into the page cache (they were written past it), to the window's end
-    /// (`read_ahead` chunks): one chunk read at a time from a cold disk is far slower than
-    /// the disk with many reads queued (BENCHMARKS.md, "Blobs").
-    fn prefetch(&mut self, window: &VecDeque<ChunkRef>, i: usize) {
-        let from = self.prefetched.max(i + 1);
-        let to = i + window.len();
-        if from >= to {
-            return;
+    /// The local bytes of `window`'s front (chunk `i`), `None` if it is not here; first
+    /// starts local reads of the chunks after it, up to [`LOCAL_READS`] at once, so the disk
+    /// has several reads queued while the stream sends. Chunks already asked from peers or
+    /// fetched are not read; a chunk read ahead that is not here comes back `None` at its
+    /// turn and is fetched then.
+    async fn local_ahead(
+        &mut self,
+        window: &VecDeque<ChunkRef>,
+        i: usize,
+    ) -> Result<Option<Bytes>, BlobsError> {
+        while self.reading.front().is_some_and(|(at, _)| *at < i) {
+            self.reading.pop_front(); // streamed from elsewhere meanwhile
         }
-        let cids: Vec<Cid> = window.range(from - i..to - i).map(|c| c.cid).collect();
-        self.prefetched = to;
-        let store = self.svc.inner.store.clone();
-        drop(tokio::task::spawn_blocking(move || {
-            store.prefetch_blocks(&cids)
-        }));
+        self.next_read = self.next_read.max(i);
+        let end = i + window.len();
+        while self.next_read < end && self.reading.len() < LOCAL_READS {
+            let at = self.next_read;
+            self.next_read += 1;
+            let cid = window[at - i].cid;
+            if at > i && (self.requested.contains(&cid) || self.pending.contains_key(&cid)) {
+                continue;
+            }
+            let reader = self.reader.clone();
+            let read = tokio::task::spawn_blocking(move || reader.get_chunk(&cid));
+            self.reading.push_back((at, read));
+        }
+        match self.reading.front() {
+            Some((at, _)) if *at == i => match self.reading.pop_front() {
+                Some((_, read)) => Ok(read.await??),
+                None => Ok(None),
+            },
+            _ => self.local(window[0].cid).await,
+        }
     }
 
     async fn local(&self, cid: Cid) -> Result<Option<Bytes>, BlobsError> {
         let reader = self.reader.clone();
-        let data = tokio::task::spawn_blocking(move || reader.get_block(&cid)).await??;
-        Ok(data.map(Bytes::from))
+        Ok(tokio::task::spawn_blocking(move || reader.get_chunk(&cid)).await??)
     }
 
     /// Asks peers for the chunks in `from .. from + read_ahead` that are neither local, nor

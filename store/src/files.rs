@@ -361,7 +361,9 @@ fn read_direct(file: &std::fs::File, len: usize) -> std::io::Result<bytes::Bytes
             match e.raw_os_error() {
                 Some(libc::EINTR) => continue,
                 Some(libc::EINVAL) if direct => {
-                    tracing::info!("no O_DIRECT reads here: block files are read through the page cache");
+                    tracing::info!(
+                        "no O_DIRECT reads here: block files are read through the page cache"
+                    );
                     DIRECT.store(false, Ordering::Relaxed);
                     direct = false;
                     set_direct(fd, false);
@@ -638,7 +640,10 @@ mod tests {
     fn streamed_reads_return_exact_bytes_however_written() {
         let dir = tempfile::tempdir().unwrap();
         let files = BlockFiles::beside(&dir.path().join("s.sqlite"));
-        for (i, len) in [64 << 10, (20 << 10) + 123, 1 << 20].into_iter().enumerate() {
+        for (i, len) in [64 << 10, (20 << 10) + 123, 1 << 20]
+            .into_iter()
+            .enumerate()
+        {
             let data = bytes(len, 20 + i as u64);
             let cid = cid_of(RAW, &data);
             files.write(&cid, &data).unwrap(); // past the page cache

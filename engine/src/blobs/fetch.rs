@@ -209,6 +209,9 @@ pub(super) fn read_range(svc: BlobService, opened: Opened, start: u64, end: u64)
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
+/// A local chunk read on a blocking thread: its bytes, `None` if it is not here.
+type LocalRead = JoinHandle<Result<Option<Bytes>, shoal_store::Error>>;
+
 struct Read {
     svc: BlobService,
     reader: Reader,
@@ -227,7 +230,7 @@ struct Read {
     fetched: u64,
     started: Instant,
     /// Local reads under way ([`Read::local_ahead`]): chunk index in the range, the read.
-    reading: VecDeque<(usize, JoinHandle<Result<Option<Bytes>, shoal_store::Error>>)>,
+    reading: VecDeque<(usize, LocalRead)>,
     /// Chunks before this index had a local read started (or were skipped for one).
     next_read: usize,
 }

@@ -203,8 +203,8 @@ impl Checkpointer {
 }
 
 /// Bytes of pages `conn` wrote (to the WAL) since the last call: SQLite's own count
-/// (`SQLITE_DBSTATUS_CACHE_WRITE`, reset by each call), times the page size.
-pub(crate) fn wal_bytes_written(conn: &Connection) -> u64 {
+/// (`SQLITE_DBSTATUS_CACHE_WRITE`, reset by each call), times `page_size`.
+pub(crate) fn wal_bytes_written(conn: &Connection, page_size: u64) -> u64 {
     let (mut pages, mut highwater) = (0, 0);
     // SAFETY: `conn.handle()` is the live database handle `conn` owns, used on this thread
     // only for this call; the two out-pointers are valid for writes.
@@ -220,10 +220,7 @@ pub(crate) fn wal_bytes_written(conn: &Connection) -> u64 {
     if rc != rusqlite::ffi::SQLITE_OK {
         return 0;
     }
-    let page_size: i64 = conn
-        .pragma_query_value(None, "page_size", |r| r.get(0))
-        .unwrap_or(4096);
-    (pages.max(0) as u64).saturating_mul(page_size.max(512) as u64)
+    (pages.max(0) as u64).saturating_mul(page_size)
 }
 
 impl Drop for Checkpointer {

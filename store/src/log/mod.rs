@@ -127,6 +127,8 @@ pub struct Writer {
     validated: std::collections::HashSet<Cid>,
     /// The block directory the next GC call sweeps for files without a row (`files.rs`).
     sweep_shard: u8,
+    /// Of the database file, for [`crate::checkpoint::wal_bytes_written`].
+    page_size: u64,
     /// Makes this the only writing process of the store file (`lock.rs`); dropped last.
     _lock: WriterLock,
 }
@@ -149,6 +151,7 @@ impl Writer {
         roots: RootCache,
     ) -> Result<Writer> {
         let checkpointer = Checkpointer::spawn(&conn, &config)?;
+        let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
         // Writes a previous process left half done (only this process writes block files now).
         if let Some(files) = crate::files::BlockFiles::of(&conn) {
             files.clear_tmp();
@@ -167,6 +170,7 @@ impl Writer {
             checkpointer,
             validated: Default::default(),
             sweep_shard: 0,
+            page_size: page_size.max(512) as u64,
             _lock: lock,
         })
     }
@@ -395,7 +399,7 @@ impl Writer {
             // hundred bytes of blocks but tens of KiB of pages (tree nodes, indexes); blob
             // chunks kept as files count by their bytes.
             let blocks = std::mem::take(&mut self.written_since_checkpoint);
-            let wal = crate::checkpoint::wal_bytes_written(&*lock(&self.conn)?);
+            let wal = crate::checkpoint::wal_bytes_written(&*lock(&self.conn)?, self.page_size);
             c.written(blocks.max(wal));
             return Ok(());
         }

@@ -137,14 +137,7 @@ impl BlockFiles {
             Err(source) => return Err(Error::BlockFile { path, source }),
         };
         if data.len() as i64 != size {
-            return Err(Error::Corrupt {
-                cid: *cid,
-                reason: format!(
-                    "its file {} holds {} bytes, the store recorded {size}",
-                    path.display(),
-                    data.len()
-                ),
-            });
+            return Err(wrong_length(cid, &path, data.len() as u64, size));
         }
         Ok(Some(data))
     }
@@ -168,13 +161,7 @@ impl BlockFiles {
             })?
             .len();
         if i64::try_from(len).ok() != Some(size) {
-            return Err(Error::Corrupt {
-                cid: *cid,
-                reason: format!(
-                    "its file {} holds {len} bytes, the store recorded {size}",
-                    path.display()
-                ),
-            });
+            return Err(wrong_length(cid, &path, len, size));
         }
         match read_direct(&file, len as usize) {
             Ok(data) if data.len() as u64 == len => Ok(Some(data)),
@@ -393,6 +380,17 @@ fn set_direct(fd: std::os::fd::RawFd, on: bool) -> bool {
             flags & !libc::O_DIRECT
         };
         flags >= 0 && libc::fcntl(fd, libc::F_SETFL, want) == 0
+    }
+}
+
+/// A block file whose length is not the `size` its row records.
+fn wrong_length(cid: &Cid, path: &Path, len: u64, size: i64) -> Error {
+    Error::Corrupt {
+        cid: *cid,
+        reason: format!(
+            "its file {} holds {len} bytes, the store recorded {size}",
+            path.display()
+        ),
     }
 }
 

@@ -152,7 +152,7 @@ pub(crate) fn mark(conn: &mut Connection, start: GcStart, limit: usize) -> Resul
     drop(tx);
     Ok(GcMark {
         cutoff: start.cutoff,
-        order: sweep_order(&dead, parents),
+        order: sweep_order(&dead, &candidates, parents),
         next: 0,
         kept: HashSet::new(),
         freed: GcStats {
@@ -162,10 +162,14 @@ pub(crate) fn mark(conn: &mut Connection, start: GcStart, limit: usize) -> Resul
     })
 }
 
-/// Orders `dead` parents before children (Kahn's algorithm over the links among them), leaving
-/// out every candidate with a parent outside `dead`, and everything below it.
-fn sweep_order(dead: &[i64], mut parents: HashMap<i64, Vec<i64>>) -> Vec<(i64, Vec<i64>)> {
-    let candidates: HashSet<i64> = dead.iter().copied().collect();
+/// Orders `dead` (as a set: `candidates`) parents before children (Kahn's algorithm over the
+/// links among them), leaving out every candidate with a parent outside it, and everything
+/// below it.
+fn sweep_order(
+    dead: &[i64],
+    candidates: &HashSet<i64>,
+    mut parents: HashMap<i64, Vec<i64>>,
+) -> Vec<(i64, Vec<i64>)> {
     let mut children: HashMap<i64, Vec<i64>> = HashMap::new();
     let mut waiting: HashMap<i64, usize> = HashMap::new();
     let mut ready: Vec<i64> = Vec::new();
@@ -307,6 +311,14 @@ mod tests {
     use libipld::{cbor::DagCborCodec, codec::Codec, Ipld};
     use std::collections::HashMap;
 
+    /// A store with small trees and no GC grace, its file's path, and its directory.
+    fn open() -> (tempfile::TempDir, std::path::PathBuf, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let store = Store::open(&path, StoreConfig::debug()).unwrap();
+        (dir, path, store)
+    }
+
     /// A dag-cbor block linking to `children`.
     fn node(children: &[Cid]) -> (Cid, Vec<u8>) {
         let ipld = Ipld::List(
@@ -325,7 +337,8 @@ mod tests {
     fn the_sweep_order_puts_parents_first_and_leaves_out_what_has_other_parents() {
         // 1 -> 2 -> 3; 4 -> 5 with 5 also linked from 9 (not a candidate); 5 -> 6.
         let parents = HashMap::from([(2, vec![1]), (3, vec![2]), (5, vec![4, 9]), (6, vec![5])]);
-        let order: Vec<i64> = sweep_order(&[3, 6, 5, 2, 4, 1], parents)
+        let dead = [3, 6, 5, 2, 4, 1];
+        let order: Vec<i64> = sweep_order(&dead, &dead.into_iter().collect(), parents)
             .into_iter()
             .map(|(id, _)| id)
             .collect();
@@ -343,9 +356,7 @@ mod tests {
     /// everything below it (which the new write did not touch); other candidates go.
     #[test]
     fn a_candidate_linked_to_after_the_mark_is_kept_with_everything_below_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.sqlite");
-        let store = Store::open(&path, StoreConfig::debug()).unwrap();
+        let (_dir, path, store) = open();
         let mut w = store.writer().unwrap();
         let leaf = b"leaf".to_vec();
         let leaf_cid = cid_of(RAW, &leaf);
@@ -390,8 +401,7 @@ mod tests {
     /// whose root was stored before its children (a fetched blob): the mark goes top down.
     #[test]
     fn a_small_limit_works_off_a_tree_stored_root_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.sqlite"), StoreConfig::debug()).unwrap();
+        let (_dir, _, store) = open();
         let mut w = store.writer().unwrap();
         let leaves: Vec<(Cid, Vec<u8>)> = (0..50u32)
             .map(|i| {
@@ -416,9 +426,7 @@ mod tests {
 
     #[test]
     fn gc_shrinks_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.sqlite");
-        let store = Store::open(&path, StoreConfig::debug()).unwrap();
+        let (_dir, path, store) = open();
         let mut w = store.writer().unwrap();
         let source = SourceId::new("s");
         for i in 0..300u64 {

@@ -4,8 +4,8 @@
 //! A peer holding the swarm key can send requests as fast as it likes; the libp2p limits
 //! (connections, sub-streams per connection) bound how many are open, these bound the work:
 //!
-//! - `Want`s being served for one peer at once ([`MAX_WANTS_IN_FLIGHT`]): more are answered at
-//!   once with nothing (every CID deferred), which costs no read. An honest requester keeps at
+//! - `Want`s being served for one peer at once ([`MAX_WANTS_IN_FLIGHT`]): more are answered
+//!   with nothing (every CID deferred), which costs no read. An honest requester keeps at
 //!   most `exchange::fetch::PEER_WINDOW` in flight per peer, so it never meets the limit.
 //! - `Digest`s answered per peer per second (a token bucket, [`DIGEST_BURST`] and
 //!   [`DIGESTS_PER_SEC`]): an answer scans every stored head, so a flood of digests would keep
@@ -17,17 +17,20 @@
 //!   and a peer asking for CIDs nobody has (random ones) makes the node search its store for
 //!   nothing as fast as it can ask. An honest requester asks for blocks it learned of from the
 //!   peer's own heads and trees, so nearly all its look-ups hit. While a peer's bucket is
-//!   empty its Wants are answered at once with nothing (every CID deferred), costing no read.
+//!   empty its Wants are answered with nothing (every CID deferred), costing no read.
 //!
 //! - Bytes of answers to a peer's `Want`s handed to its connection and not yet written
 //!   ([`MAX_BYTES_OUT_PER_PEER`], and [`MAX_BYTES_OUT`] for all peers together): a `Want`'s
 //!   slot frees when its answer is handed over, so a peer that asks and never reads would
 //!   otherwise pile answers of up to 6 MiB each into memory, one per sub-stream it opens.
-//!   Over budget its Wants are answered at once with nothing until the bytes are written.
+//!   Over budget its Wants are answered with nothing until the bytes are written.
 //! - Heads a peer brings, by gossip or in digest answers, per second (a token bucket,
 //!   [`HEAD_BURST`] and [`HEADS_PER_SEC`]): each costs a signature check. Over budget they are
 //!   dropped before the check (not forwarded, not penalised: the next digest catches up what
 //!   an honest peer's burst lost).
+//!
+//! A refused request's empty answer is held for `task::REFUSAL_DELAY` (1 s) before it is sent,
+//! so a flooding peer's open streams fill instead of being freed for its next request.
 //!
 //! When a budget is exceeded the log says so naming the peer, at most once a minute per
 //! budget (an attacker must not be able to flood the log either).

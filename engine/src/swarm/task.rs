@@ -2,7 +2,7 @@
 //! over finished local work (served `Want`s), commands, swarm events and timers, in that order
 //! (finish local work before taking new peer work).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,6 +29,15 @@ use crate::head::SignedHead;
 const SERVE_CONCURRENCY: usize = 4;
 /// Heads per digest answer (the response must stay under its size cap).
 const MAX_HEADS_PER_ANSWER: usize = 1000;
+/// How long a request refused for its peer's budget waits for its empty answer. Answered at
+/// once, a flooding peer simply asked again: its streams are limited, not its requests, so
+/// the node decrypted and decoded every request of a flood (a peer's 512-CID Wants at
+/// ~800/s, issue 12). Held, the peer's open streams fill and its flood slows to what they
+/// allow. Well below the requesters' [`exchange::REQUEST_TIMEOUT`].
+pub(super) const REFUSAL_DELAY: Duration = Duration::from_secs(1);
+/// Refusals held at once (every inbound stream of the 256 connections allowed); past it a
+/// refusal is answered at once.
+const MAX_HELD_REFUSALS: usize = 256 * exchange::MAX_INBOUND_STREAMS;
 
 /// Milliseconds since `timestamp` (µs since the epoch) for logs; 0 if in the future.
 pub(crate) fn age_ms(timestamp: u64) -> f64 {
@@ -171,6 +180,9 @@ pub(super) struct Task {
     forks: Forks,
     /// What each connected peer may make us do (Wants in flight, digests per second).
     budgets: Budgets,
+    /// Answers to requests refused for their peer's budget, with when each is due (in that
+    /// order): see [`REFUSAL_DELAY`].
+    refusals: VecDeque<(Instant, ResponseChannel<Response>, Response)>,
     /// Resuming the own source after a lost store (`crate::resume`).
     resume: crate::resume::Resume,
 }
@@ -240,6 +252,7 @@ impl Task {
             status_limit_warned: None,
             forks: Forks::default(),
             budgets: Budgets::default(),
+            refusals: VecDeque::new(),
             resume: config.resume,
         })
     }
@@ -316,6 +329,7 @@ impl Task {
                 }
                 _ = redial.tick() => {
                     self.redial();
+                    self.answer_due_refusals(Instant::now());
                     // Peers whose wants waited for their miss budget to refill.
                     for peer in self.swarm.behaviour().bitswap.peers_with_wants() {
                         self.serve_bitswap(peer);
@@ -907,24 +921,20 @@ impl Task {
                             blocks: Vec::new(),
                             have_not: Vec::new(),
                         };
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .exchange
-                            .send_response(channel, nothing);
+                        self.refuse(channel, nothing);
                     }
                     Request::Digest(entries) => {
                         self.note_digest(peer, &entries);
-                        let answer = if self.budgets.take_digest(peer, Instant::now()) {
-                            self.answer_digest(&entries)
+                        if self.budgets.take_digest(peer, Instant::now()) {
+                            let answer = self.answer_digest(&entries);
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .exchange
+                                .send_response(channel, answer);
                         } else {
-                            Response::Heads(Vec::new())
-                        };
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .exchange
-                            .send_response(channel, answer);
+                            self.refuse(channel, Response::Heads(Vec::new()));
+                        }
                     }
                 },
                 rr::Message::Response {
@@ -1085,6 +1095,34 @@ impl Task {
                 "this node knows as many sources as it keeps; new sources replace those never \
                  stored here, or are dropped when all are stored (not logged again for a minute)"
             );
+        }
+    }
+
+    /// Answers a request refused for its peer's budget with `nothing`, [`REFUSAL_DELAY`] from
+    /// now (at once when too many are held).
+    fn refuse(&mut self, channel: ResponseChannel<Response>, nothing: Response) {
+        if self.refusals.len() < MAX_HELD_REFUSALS {
+            self.refusals
+                .push_back((Instant::now() + REFUSAL_DELAY, channel, nothing));
+        } else {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .exchange
+                .send_response(channel, nothing);
+        }
+    }
+
+    /// Sends the held refusals that are due (a requester gone by then is no matter).
+    fn answer_due_refusals(&mut self, now: Instant) {
+        while self.refusals.front().is_some_and(|(due, ..)| *due <= now) {
+            if let Some((_, channel, nothing)) = self.refusals.pop_front() {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .exchange
+                    .send_response(channel, nothing);
+            }
         }
     }
 

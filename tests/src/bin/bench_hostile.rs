@@ -12,6 +12,13 @@
 //! log (`run<N>-a.log`); `--log FILTER` sets A's `RUST_LOG` (e.g. `shoal_engine=debug`).
 //! Latency is one publish request's round trip (sent → 201) from a client on the same machine;
 //! requests go out on their own tasks at the rate, so a slow answer does not delay the next.
+//!
+//! In a swarm every node and the attacker are separate devices; here they share two cores, and
+//! a publish on A then waits whenever B serving the attacker and the attacker itself hold both
+//! (seen with `perf sched`: A's writer runnable but not running for 2–5 ms while B and the
+//! attacker ran). So by default A runs on core 0 and B, C and the attacker on core 1, in both
+//! phases, and the ratio measures what handling the attack costs A itself. The publishing
+//! client is A's app and is not pinned. `--shared-cores` runs everything on both cores.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +34,8 @@ struct Settings {
     rate: u64,
     dump: Option<std::path::PathBuf>,
     log: Option<String>,
+    /// A on core 0, B, C and the attacker on core 1 (see [`Placement`]).
+    pinned: bool,
 }
 
 fn settings() -> Result<Settings> {
@@ -36,10 +45,15 @@ fn settings() -> Result<Settings> {
         rate: 200,
         dump: None,
         log: None,
+        pinned: true,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
+        if flag == "--shared-cores" {
+            s.pinned = false;
+            continue;
+        }
         let text = it.next().with_context(|| format!("{flag} needs a value"))?;
         let number = || -> Result<u64> {
             text.parse()
@@ -51,10 +65,64 @@ fn settings() -> Result<Settings> {
             "--rate" => s.rate = number()?.clamp(1, 10_000),
             "--dump" => s.dump = Some(text.into()),
             "--log" => s.log = Some(text.clone()),
-            other => bail!("unknown flag {other}; use --runs, --secs, --rate, --dump or --log"),
+            other => bail!(
+                "unknown flag {other}; use --runs, --secs, --rate, --dump, --log or --shared-cores"
+            ),
         }
     }
     Ok(s)
+}
+
+/// Where the processes run: a node started while the bench's current thread is pinned to a
+/// core inherits that core for all its threads.
+#[derive(Clone, Copy)]
+enum Placement {
+    /// A's core.
+    Victim,
+    /// The other nodes' and the attacker's core.
+    Others,
+    /// Every core (and the bench's threads after each start).
+    Anywhere,
+}
+
+/// Pins the calling thread per `placement` (the bench's cores are 0 and 1); a no-op when
+/// `pinned` is off. Fails on a machine with fewer than two cores.
+fn place(placement: Placement, pinned: bool) -> Result<()> {
+    if !pinned {
+        return Ok(());
+    }
+    // Online cores, not `available_parallelism` (that one shrinks with this thread's pinning).
+    // SAFETY: sysconf only reads a system value.
+    let cores = usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1);
+    if cores < 2 {
+        bail!("pinning needs two cores, this machine has {cores}: run with --shared-cores");
+    }
+    let chosen: Vec<usize> = match placement {
+        Placement::Victim => vec![0],
+        Placement::Others => vec![1],
+        Placement::Anywhere => (0..cores).collect(),
+    };
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes within it for cores below
+    // CPU_SETSIZE; sched_setaffinity(0) applies to the calling thread only.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for core in chosen {
+            libc::CPU_SET(core, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        bail!("cannot pin to cores: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Starts a node with the calling thread placed per `placement`, then unpins the thread.
+fn start_placed(options: NodeOptions, placement: Placement, pinned: bool) -> Result<Node> {
+    place(placement, pinned)?;
+    let node = Node::start_with(options);
+    place(Placement::Anywhere, pinned)?;
+    node
 }
 
 fn peer(of: &Node) -> NodeOptions {
@@ -171,9 +239,9 @@ async fn main() -> Result<()> {
         if let Some(filter) = &s.log {
             a_options.env.push(("RUST_LOG".into(), filter.clone()));
         }
-        let a = Node::start_with(a_options)?;
-        let b = Node::start_with(peer(&a))?;
-        let c = Node::start_with(peer(&b))?;
+        let a = start_placed(a_options, Placement::Victim, s.pinned)?;
+        let b = start_placed(peer(&a), Placement::Others, s.pinned)?;
+        let c = start_placed(peer(&b), Placement::Others, s.pinned)?;
         let nodes = [a, b, c];
         converge(&nodes).await?;
 

@@ -29,6 +29,7 @@ pub mod identity;
 mod maintenance;
 pub mod metrics;
 pub mod node;
+mod own_runtime;
 pub mod remote;
 pub mod replication;
 pub mod resume;

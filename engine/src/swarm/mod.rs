@@ -1,6 +1,6 @@
 //! The swarm: one task owns the libp2p `Swarm` (see `task.rs`) and talks to the rest of the
-//! node only through messages. It runs on a runtime of its own (threads `shoal-swarm`), so
-//! peers' traffic never queues in front of the node's HTTP requests ([`spawn`]).
+//! node only through messages. It runs on a runtime of its own (threads `shoal-swarm`,
+//! `crate::own_runtime`), so peers' traffic never queues in front of the node's HTTP requests.
 //!
 //! ```text
 //!   replication ──Command──▶ [swarm task] ──Event::Head──▶ replication
@@ -395,23 +395,28 @@ pub async fn spawn(
     let (tx, rx) = mpsc::channel(256);
     let (events_tx, events_rx) = mpsc::channel(1024);
     let (ready_tx, ready_rx) = oneshot::channel();
-    let (done_tx, done_rx) = oneshot::channel::<()>();
-    std::thread::Builder::new()
-        .name("shoal-swarm".into())
-        .spawn(move || {
-            run_on_own_threads(
-                move || task::Task::new(config, blocks, rx, events_tx, status_tx, book),
-                shutdown,
-                ready_tx,
-            );
-            drop(done_tx);
-        })
-        .map_err(Error::Threads)?;
+    let run = async move {
+        // Made on the swarm's runtime: libp2p's listeners register with the runtime that is
+        // current when they are made.
+        let made = task::Task::new(config, blocks, rx, events_tx, status_tx, book);
+        let mut task = match made {
+            Ok(task) => task,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
+        if let Err(e) = task.wait_listening().await {
+            let _ = ready_tx.send(Err(e));
+            return;
+        }
+        if ready_tx.send(Ok(())).is_ok() {
+            task.run(shutdown).await;
+        }
+    };
+    let task =
+        crate::own_runtime::spawn("shoal-swarm", SWARM_THREADS, run).map_err(Error::Threads)?;
     ready_rx.await.map_err(|_| Error::Stopped)??;
-    // Ends when the swarm's thread does (the sender is dropped there).
-    let task = tokio::spawn(async move {
-        let _ = done_rx.await;
-    });
     Ok(Spawned {
         handle: Handle { tx, status, local },
         events: events_rx,
@@ -420,56 +425,10 @@ pub async fn spawn(
     })
 }
 
-/// Worker threads of the swarm's runtime: two, so one connection's noise and yamux work (a
-/// blob transfer) does not hold up the others.
+/// Worker threads of the swarm's runtime (`crate::own_runtime`): two, so one connection's
+/// noise and yamux work (a blob transfer) does not hold up the others; with one, the mesh of
+/// `bench_swarm` beside a busy process on each core fell behind (p99 1.9 s instead of 0.17 s).
 const SWARM_THREADS: usize = 2;
-
-/// Runs the swarm task on a runtime of its own until it ends.
-///
-/// Why: on the node's runtime, every connection's task (decrypting, decoding, verifying heads)
-/// shared the two workers with the HTTP requests, and a publish request waited in the
-/// workers' queue behind a peer's flood: on a node under attack the publish p99 was 3.9–5.5×
-/// its unattacked figure, 1.6–2.2× with the swarm on its own threads, where the kernel shares
-/// the cores between them (BENCHMARKS.md, "A node under attack"). The same threads with
-/// `SCHED_BATCH` measured no better. `make` builds the task inside the runtime (libp2p's
-/// listeners register with the runtime that is current when they are made).
-fn run_on_own_threads(
-    make: impl FnOnce() -> Result<task::Task, Error> + Send + 'static,
-    shutdown: watch::Receiver<bool>,
-    ready: oneshot::Sender<Result<(), Error>>,
-) {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(SWARM_THREADS)
-        .thread_name("shoal-swarm")
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            let _ = ready.send(Err(Error::Threads(e)));
-            return;
-        }
-    };
-    let run = runtime.spawn(async move {
-        let mut task = match make() {
-            Ok(task) => task,
-            Err(e) => {
-                let _ = ready.send(Err(e));
-                return;
-            }
-        };
-        if let Err(e) = task.wait_listening().await {
-            let _ = ready.send(Err(e));
-            return;
-        }
-        if ready.send(Ok(())).is_ok() {
-            task.run(shutdown).await;
-        }
-    });
-    let _ = runtime.block_on(run);
-    // Block reads for peers still running get a moment; the store outlives them.
-    runtime.shutdown_timeout(Duration::from_secs(1));
-}
 
 #[cfg(test)]
 mod tests;

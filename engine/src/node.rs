@@ -219,7 +219,7 @@ impl Node {
             }
         };
         let swarm = spawned.handle;
-        let replication = match crate::replication::spawn(
+        let replication = crate::replication::spawn(
             events.clone(),
             swarm.clone(),
             spawned.events,
@@ -227,14 +227,7 @@ impl Node {
             spawned.resumed,
             resume.clone(),
             shutdown_rx.clone(),
-        ) {
-            Ok(replication) => replication,
-            Err(e) => {
-                let _ = shutdown.send(true);
-                writer.stop().await;
-                return Err(NodeError::Spawn(e));
-            }
-        };
+        );
         let (replicas, replica_inbox) = crate::blobs::replicas::channel();
         let blobs = BlobService::new(
             events.clone(),

@@ -1,7 +1,9 @@
-//! Subsystems that run on threads of their own: the swarm and the replicator take a peer's
-//! traffic, and on the node's runtime their tasks shared the workers' queue with the HTTP
-//! requests, so an app's publish waited behind a flooding peer's work (issue 12). On their own
-//! threads the kernel shares the cores between them instead.
+//! A subsystem on threads of its own: the swarm takes every peer's traffic, and on the node's
+//! runtime its tasks shared the workers' queue with the HTTP requests, so an app's publish
+//! waited behind a flooding peer's work (issue 12). On their own threads the kernel shares the
+//! cores between them instead. (The replicator on threads of its own was tried too: the
+//! 10-node mesh of `bench_swarm` then measured p99 113–153 ms instead of 81, 395 ms instead of
+//! 195 with a busy process on each core; BENCHMARKS.md, "A node under attack".)
 
 use std::future::Future;
 use std::time::Duration;

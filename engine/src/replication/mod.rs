@@ -87,7 +87,7 @@ pub fn spawn(
     resumed: Vec<SignedHead>,
     resume: crate::resume::Resume,
     shutdown: watch::Receiver<bool>,
-) -> std::io::Result<Spawned> {
+) -> Spawned {
     let (activity, sync_activity) = watch::channel(None);
     let mut replicator = Replicator::new(events, swarm, keypair, resume, activity);
     for head in resumed {
@@ -97,18 +97,15 @@ pub fn spawn(
     // Subscribed before this returns: an append right after `spawn` is gossiped too (one
     // before it is covered by `publish_own`).
     let updates = replicator.events.updates();
-    let run = async move {
+    let task = tokio::spawn(async move {
         replicator.publish_own().await;
         replicator.start_due();
         replicator.run(updates, heads, shutdown).await
-    };
-    // On its own thread (`crate::own_runtime`): every head a peer sends, honest or invented,
-    // costs the replicator work, which must not queue in front of HTTP requests.
-    let task = crate::own_runtime::spawn("shoal-replicator", 1, run)?;
-    Ok(Spawned {
+    });
+    Spawned {
         task,
         sync_activity,
-    })
+    }
 }
 
 #[derive(Default)]

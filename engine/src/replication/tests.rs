@@ -50,8 +50,7 @@ async fn half_with(dir: &std::path::Path, peers: Vec<libp2p::Multiaddr>, keypair
         spawned.resumed,
         crate::resume::Resume::done(),
         shutdown,
-    )
-    .unwrap();
+    );
     Half {
         parts,
         swarm: spawned.handle,

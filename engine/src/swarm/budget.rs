@@ -68,19 +68,40 @@ pub const HEADS_PER_SEC: f64 = 2048.0;
 /// A budget exceeded is logged at most this often (per budget, all peers together).
 const WARN_PERIOD: Duration = Duration::from_secs(60);
 
+/// A token bucket: tokens come back at a rate, up to a burst.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Bucket {
+    fn full(burst: f64, now: Instant) -> Self {
+        Bucket {
+            tokens: burst,
+            refilled: now,
+        }
+    }
+
+    /// Adds what `rate` earned since the last refill, up to `burst`; the tokens there are now.
+    fn refill(&mut self, now: Instant, rate: f64, burst: f64) -> f64 {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.refilled = now;
+        self.tokens
+    }
+}
+
 #[derive(Debug)]
 struct PeerBudget {
     wants: usize,
-    digest_tokens: f64,
-    refilled: Instant,
+    digests: Bucket,
     /// Misses the peer may still cause; below zero after a Want that missed more than was
     /// left, then refilled over time before its next Want is served.
-    miss_tokens: f64,
-    misses_refilled: Instant,
+    misses: Bucket,
     /// Bytes of answers handed to its connections, not yet written.
     bytes_out: usize,
-    head_tokens: f64,
-    heads_refilled: Instant,
+    heads: Bucket,
     connected: bool,
 }
 
@@ -147,13 +168,10 @@ impl<Id: Eq + std::hash::Hash> Budgets<Id> {
     fn entry(&mut self, peer: PeerId, now: Instant) -> &mut PeerBudget {
         self.peers.entry(peer).or_insert_with(|| PeerBudget {
             wants: 0,
-            digest_tokens: DIGEST_BURST,
-            refilled: now,
-            miss_tokens: MISS_BURST,
-            misses_refilled: now,
+            digests: Bucket::full(DIGEST_BURST, now),
+            misses: Bucket::full(MISS_BURST, now),
             bytes_out: 0,
-            head_tokens: HEAD_BURST,
-            heads_refilled: now,
+            heads: Bucket::full(HEAD_BURST, now),
             connected: true,
         })
     }
@@ -200,12 +218,7 @@ impl<Id: Eq + std::hash::Hash> Budgets<Id> {
             self.exceeded(peer, Budget::BytesOut, MAX_BYTES_OUT_PER_PEER as f64);
             return false;
         }
-        let elapsed = now
-            .saturating_duration_since(b.misses_refilled)
-            .as_secs_f64();
-        b.miss_tokens = (b.miss_tokens + elapsed * MISSES_PER_SEC).min(MISS_BURST);
-        b.misses_refilled = now;
-        if b.miss_tokens <= 0.0 {
+        if b.misses.refill(now, MISSES_PER_SEC, MISS_BURST) <= 0.0 {
             self.exceeded(peer, Budget::Misses, MISSES_PER_SEC);
             return false;
         }
@@ -216,7 +229,7 @@ impl<Id: Eq + std::hash::Hash> Budgets<Id> {
     /// A `Want` of `peer` was answered; `misses` of its CIDs were not held here.
     pub(crate) fn end_want(&mut self, peer: &PeerId, misses: usize) {
         if let Some(b) = self.peers.get_mut(peer) {
-            b.miss_tokens -= misses as f64;
+            b.misses.tokens -= misses as f64;
             b.wants = b.wants.saturating_sub(1);
             if b.idle() && !b.connected {
                 self.peers.remove(peer);
@@ -250,13 +263,9 @@ impl<Id: Eq + std::hash::Hash> Budgets<Id> {
     /// rest are dropped, and that is logged).
     pub(crate) fn take_heads(&mut self, peer: PeerId, n: usize, now: Instant) -> usize {
         let b = self.entry(peer, now);
-        let elapsed = now
-            .saturating_duration_since(b.heads_refilled)
-            .as_secs_f64();
-        b.head_tokens = (b.head_tokens + elapsed * HEADS_PER_SEC).min(HEAD_BURST);
-        b.heads_refilled = now;
-        let allowed = (b.head_tokens.max(0.0) as usize).min(n);
-        b.head_tokens -= allowed as f64;
+        let tokens = b.heads.refill(now, HEADS_PER_SEC, HEAD_BURST);
+        let allowed = (tokens.max(0.0) as usize).min(n);
+        b.heads.tokens -= allowed as f64;
         if allowed < n {
             self.exceeded(peer, Budget::Heads, HEADS_PER_SEC);
         }
@@ -266,14 +275,11 @@ impl<Id: Eq + std::hash::Hash> Budgets<Id> {
     /// Takes a digest token for `peer`; false (and logged) if it has none left.
     pub(crate) fn take_digest(&mut self, peer: PeerId, now: Instant) -> bool {
         let b = self.entry(peer, now);
-        let elapsed = now.saturating_duration_since(b.refilled).as_secs_f64();
-        b.digest_tokens = (b.digest_tokens + elapsed * DIGESTS_PER_SEC).min(DIGEST_BURST);
-        b.refilled = now;
-        if b.digest_tokens < 1.0 {
+        if b.digests.refill(now, DIGESTS_PER_SEC, DIGEST_BURST) < 1.0 {
             self.exceeded(peer, Budget::Digests, DIGESTS_PER_SEC);
             return false;
         }
-        b.digest_tokens -= 1.0;
+        b.digests.tokens -= 1.0;
         true
     }
 

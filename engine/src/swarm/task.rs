@@ -308,7 +308,7 @@ impl Task {
                     };
                     self.budgets.end_want(&peer, misses);
                     // The requester may have gone away; nothing to do then.
-                    if self.swarm.behaviour_mut().exchange.send_response(channel, response).is_ok() {
+                    if self.respond(channel, response) {
                         self.budgets.answer_queued(id, peer, bytes);
                     }
                 }
@@ -927,11 +927,7 @@ impl Task {
                         self.note_digest(peer, &entries);
                         if self.budgets.take_digest(peer, Instant::now()) {
                             let answer = self.answer_digest(&entries);
-                            let _ = self
-                                .swarm
-                                .behaviour_mut()
-                                .exchange
-                                .send_response(channel, answer);
+                            self.respond(channel, answer);
                         } else {
                             self.refuse(channel, Response::Heads(Vec::new()));
                         }
@@ -1098,6 +1094,15 @@ impl Task {
         }
     }
 
+    /// Sends an exchange answer; false if the requester is gone.
+    fn respond(&mut self, channel: ResponseChannel<Response>, response: Response) -> bool {
+        self.swarm
+            .behaviour_mut()
+            .exchange
+            .send_response(channel, response)
+            .is_ok()
+    }
+
     /// Answers a request refused for its peer's budget with `nothing`, [`REFUSAL_DELAY`] from
     /// now (at once when too many are held).
     fn refuse(&mut self, channel: ResponseChannel<Response>, nothing: Response) {
@@ -1105,11 +1110,7 @@ impl Task {
             self.refusals
                 .push_back((Instant::now() + REFUSAL_DELAY, channel, nothing));
         } else {
-            let _ = self
-                .swarm
-                .behaviour_mut()
-                .exchange
-                .send_response(channel, nothing);
+            self.respond(channel, nothing);
         }
     }
 
@@ -1117,11 +1118,7 @@ impl Task {
     fn answer_due_refusals(&mut self, now: Instant) {
         while self.refusals.front().is_some_and(|(due, ..)| *due <= now) {
             if let Some((_, channel, nothing)) = self.refusals.pop_front() {
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .exchange
-                    .send_response(channel, nothing);
+                self.respond(channel, nothing);
             }
         }
     }

@@ -355,7 +355,8 @@ impl Backup {
                     batch.push((cid, data));
                     progress(car.bytes());
                     if batch_bytes >= BATCH_BYTES {
-                        runtime.block_on(this.events.put_blocks(std::mem::take(&mut batch)))?;
+                        runtime
+                            .block_on(this.events.put_blocks(std::mem::take(&mut batch), false))?;
                         batch_bytes = 0;
                     }
                 }
@@ -391,6 +392,7 @@ impl Backup {
                 source: source.clone(),
                 root: head.head.root,
                 blocks,
+                checked: false,
             })
             .await?;
         let stored = self.events.offsets().get(&source);

@@ -326,13 +326,19 @@ impl EventService {
         outcomes.pop().ok_or(EventsError::Interrupted)
     }
 
-    /// Stores blocks fetched ahead of their import (hash-checked by the store).
+    /// Stores blocks fetched ahead of their import (hash-checked by the store); `checked` as
+    /// in [`ImportRequest::checked`].
     pub async fn put_blocks(
         &self,
         blocks: Vec<(shoal_store::Cid, Vec<u8>)>,
+        checked: bool,
     ) -> Result<(), EventsError> {
-        self.call(|reply| writer::Command::PutBlocks { blocks, reply })
-            .await
+        self.call(|reply| writer::Command::PutBlocks {
+            blocks,
+            checked,
+            reply,
+        })
+        .await
     }
 
     /// One blob write on the writer (see [`BlobWrite`]).

@@ -530,6 +530,7 @@ impl Replicator {
                 source: source_id(&source),
                 root: head.head.root,
                 blocks: stash,
+                checked: false,
             });
             heads.push((source, head));
         }

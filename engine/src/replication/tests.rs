@@ -288,3 +288,61 @@ async fn a_peer_that_holds_a_failed_target_makes_it_due_at_once() {
     assert_eq!(st.peers[0], holder, "the holder is asked first");
     parts.writer.stop().await;
 }
+
+/// A block a peer serves for a tree that is no tree node (issue 12: a hostile peer's 4 MiB byte
+/// string that hashes right) fails the sync before the writer sees it, and nothing of it is
+/// stored. It used to be put, read back and refused by the writer in one transaction (and kept
+/// until GC): ~10 ms of the writer per such block, while publishes waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_that_is_no_tree_node_never_reaches_the_writer() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let f = half(dirs[0].path(), vec![]).await;
+    let b = half(dirs[1].path(), vec![f.swarm.dialable_addr().unwrap()]).await;
+    f.parts.events.publish(vec![event(0)]).await.unwrap();
+    wait_offset(&b.parts.events, &f.source, 0).await;
+
+    let len = crate::exchange::MAX_BLOCK_SIZE - 16;
+    let mut bytes = vec![0x5a];
+    bytes.extend_from_slice(&(len as u32).to_be_bytes());
+    bytes.resize(5 + len, 0x42);
+    let cid = shoal_store::cid::cid_of(shoal_store::cid::DAG_CBOR, &bytes);
+    f.parts
+        .events
+        .put_blocks(vec![(cid, bytes)], false)
+        .await
+        .unwrap();
+    let head = Head {
+        source: f.keypair.public().to_peer_id(),
+        root: cid,
+        offset: 5,
+        lamport: 5,
+        timestamp: 0,
+        pruned: 0,
+    }
+    .sign(&f.keypair)
+    .unwrap();
+
+    let (activity, _) = watch::channel(None);
+    let peer = f.keypair.public().to_peer_id();
+    let result = tokio::time::timeout(
+        WAIT,
+        sync::sync(
+            &b.parts.events,
+            &b.swarm,
+            &activity,
+            &head,
+            vec![cid],
+            vec![peer],
+        ),
+    )
+    .await
+    .expect("the sync ends");
+    assert!(
+        matches!(&result, Err(SyncError::Invalid { cid: c, .. }) if *c == cid),
+        "{result:?}"
+    );
+    assert!(!b.parts.store.reader().unwrap().has_block(&cid).unwrap());
+    for h in [f, b] {
+        h.stop().await;
+    }
+}

@@ -176,6 +176,9 @@ impl Writer {
     /// After `source`'s alias moved to an imported tree: its nodes count as validated, and
     /// the cached builder and pack tickets of the old tree are void.
     fn imported(&mut self, source: &SourceId, validated: Vec<Cid>) {
+        for cid in &validated {
+            self.checked.remove(cid);
+        }
         self.validated.extend(validated);
         self.builders.remove(source);
         self.bump_epoch(source);
@@ -349,13 +352,10 @@ impl Writer {
                 missing.push(cid);
                 continue;
             };
-            if cid.codec() != DAG_CBOR {
-                return Err(Error::Corrupt {
-                    cid,
-                    reason: "a tree links only dag-cbor nodes".into(),
-                });
+            if !self.checked.contains(&cid) {
+                tree::validate_block(&cid, &data)
+                    .map_err(|reason| Error::Corrupt { cid, reason })?;
             }
-            tree::node::validate(&data).map_err(|reason| Error::Corrupt { cid, reason })?;
             stack.extend(blocks::links(&cid, &data)?);
             added.push(cid);
         }
@@ -364,6 +364,18 @@ impl Writer {
         }
         added.extend(trusted);
         Ok((missing, added))
+    }
+
+    /// Notes blocks the caller opened with [`crate::tree::validate_block`] (a replicator checks
+    /// a peer's blocks on its own threads, off the writer's): the import that adds one takes it
+    /// as a valid node without opening it again; until then the note is kept, across the
+    /// rounds of a sync. Blocks are content-addressed, so a noted block stays valid. A block
+    /// not noted is opened by the import as before.
+    pub fn note_checked(&mut self, cids: impl IntoIterator<Item = Cid>) {
+        if self.checked.len() > MAX_VALIDATED {
+            self.checked.clear();
+        }
+        self.checked.extend(cids);
     }
 
     /// Forgets which blocks were validated: called when blocks are deleted, since a validated

@@ -125,6 +125,9 @@ pub struct Writer {
     /// Tree nodes from peers already validated by an import (content-addressed, so they stay
     /// valid): later imports of the same source validate only what is new. Bounded.
     validated: std::collections::HashSet<Cid>,
+    /// Blocks the caller already opened as tree nodes ([`Writer::note_checked`]): an import
+    /// takes each as a valid node once, without opening it again. Bounded.
+    checked: std::collections::HashSet<Cid>,
     /// The block directory the next GC call sweeps for files without a row (`files.rs`).
     sweep_shard: u8,
     /// Of the database file, for [`crate::checkpoint::wal_bytes_written`].
@@ -169,6 +172,7 @@ impl Writer {
             written_since_checkpoint: 0,
             checkpointer,
             validated: Default::default(),
+            checked: Default::default(),
             sweep_shard: 0,
             page_size: page_size.max(512) as u64,
             _lock: lock,

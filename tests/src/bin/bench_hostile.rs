@@ -125,6 +125,23 @@ fn start_placed(options: NodeOptions, placement: Placement, pinned: bool) -> Res
     node
 }
 
+/// The attacker's own runtime. Its threads stand for another device: they run where the other
+/// nodes do and never delay the client that times A's publishes (the attacker signs a thousand
+/// heads per digest answer, and on the client's runtime that held the client's tasks).
+fn attacker_runtime(pinned: bool) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("attacker")
+        .enable_all()
+        .on_thread_start(move || {
+            if let Err(e) = place(Placement::Others, pinned) {
+                eprintln!("attacker thread not pinned: {e:#}");
+            }
+        })
+        .build()
+        .context("attacker runtime")
+}
+
 fn peer(of: &Node) -> NodeOptions {
     NodeOptions::default().arg("--peer").arg(of.swarm.clone())
 }
@@ -234,6 +251,7 @@ async fn main() -> Result<()> {
         (s.rate / 10).max(1)
     );
     let (mut idle99, mut attacked99, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let attacker = attacker_runtime(s.pinned)?;
     for run in 1..=s.runs {
         let mut a_options = NodeOptions::default();
         if let Some(filter) = &s.log {
@@ -247,8 +265,11 @@ async fn main() -> Result<()> {
 
         let idle = sorted(&phase(&nodes, "idle", &s).await?);
         let victims: Vec<String> = nodes.iter().map(|n| n.source.clone()).collect();
-        let hostile =
-            Hostile::start(&[nodes[0].swarm.clone(), nodes[1].swarm.clone()], &victims).await?;
+        let targets = [nodes[0].swarm.clone(), nodes[1].swarm.clone()];
+        let hostile = attacker
+            .spawn(async move { Hostile::start(&targets, &victims).await })
+            .await
+            .context("attacker start")??;
         let gc_before = gc_rounds(&nodes[0]);
         let attacked_at = std::time::SystemTime::now();
         let timed = phase(&nodes, "attacked", &s).await?;
@@ -302,5 +323,6 @@ async fn main() -> Result<()> {
         median(attacked99),
         median(ratios)
     );
+    attacker.shutdown_background();
     Ok(())
 }

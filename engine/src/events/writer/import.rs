@@ -17,6 +17,10 @@ pub struct ImportRequest {
     pub root: Cid,
     /// Blocks to put first (hash-verified by the store).
     pub blocks: Vec<(Cid, Vec<u8>)>,
+    /// Every one of `blocks` was opened as a tree node already
+    /// (`shoal_store::tree::validate_block`, as a fetching sync does): the import does not
+    /// open them again.
+    pub checked: bool,
 }
 
 /// What became of one [`ImportRequest`].
@@ -54,6 +58,9 @@ impl State {
         let mut blocks = Vec::new();
         let mut targets = Vec::with_capacity(imports.len());
         for r in imports {
+            if r.checked {
+                self.writer.note_checked(r.blocks.iter().map(|(c, _)| *c));
+            }
             blocks.extend(r.blocks);
             targets.push((r.source, r.root));
         }

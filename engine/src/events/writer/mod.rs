@@ -118,6 +118,8 @@ pub enum Command {
     /// Blocks fetched ahead of their import (a large sync), hash-checked by the store.
     PutBlocks {
         blocks: Vec<(Cid, Vec<u8>)>,
+        /// See [`ImportRequest::checked`].
+        checked: bool,
         reply: Reply<()>,
     },
     /// Blob bytes and pins (the blob service's writes).
@@ -307,7 +309,14 @@ impl State {
                 Command::RestoreImport { import, reply } => {
                     let _ = reply.send(self.import_batch(vec![import], true));
                 }
-                Command::PutBlocks { blocks, reply } => {
+                Command::PutBlocks {
+                    blocks,
+                    checked,
+                    reply,
+                } => {
+                    if checked {
+                        self.writer.note_checked(blocks.iter().map(|(c, _)| *c));
+                    }
                     let _ = reply.send(self.writer.put_blocks(&blocks).map_err(Into::into));
                 }
                 Command::Blob { write, reply } => {

@@ -71,6 +71,15 @@ impl Half {
     }
 }
 
+/// A on `a_dir` and B dialing it on `b_dir`, once A's first event (offset 0) reached B.
+async fn connected(a_dir: &std::path::Path, b_dir: &std::path::Path) -> (Half, Half) {
+    let a = half(a_dir, vec![]).await;
+    let b = half(b_dir, vec![a.swarm.dialable_addr().unwrap()]).await;
+    a.parts.events.publish(vec![event(0)]).await.unwrap();
+    wait_offset(&b.parts.events, &a.source, 0).await;
+    (a, b)
+}
+
 fn event(i: usize) -> PublishEvent {
     PublishEvent {
         semantics: "s".into(),
@@ -94,10 +103,7 @@ async fn wait_offset(events: &EventService, source: &SourceId, offset: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_replicate_through_the_replicator() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = half(da.path(), vec![]).await;
-    let b = half(db.path(), vec![a.swarm.dialable_addr().unwrap()]).await;
-    a.parts.events.publish(vec![event(0)]).await.unwrap();
-    wait_offset(&b.parts.events, &a.source, 0).await;
+    let (a, b) = connected(da.path(), db.path()).await;
     // Many events at once: too large to inline, so B fetches the blocks.
     let batch: Vec<_> = (1..=3000).map(event).collect();
     a.parts.events.publish(batch).await.unwrap();
@@ -154,10 +160,7 @@ async fn a_restarted_relay_serves_what_it_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heads_lamport_does_not_move_the_clock() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let a = half(dirs[0].path(), vec![]).await;
-    let b = half(dirs[1].path(), vec![a.swarm.dialable_addr().unwrap()]).await;
-    a.parts.events.publish(vec![event(0)]).await.unwrap();
-    wait_offset(&b.parts.events, &a.source, 0).await;
+    let (a, b) = connected(dirs[0].path(), dirs[1].path()).await;
     let root = a
         .parts
         .store
@@ -296,10 +299,7 @@ async fn a_peer_that_holds_a_failed_target_makes_it_due_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_that_is_no_tree_node_never_reaches_the_writer() {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let f = half(dirs[0].path(), vec![]).await;
-    let b = half(dirs[1].path(), vec![f.swarm.dialable_addr().unwrap()]).await;
-    f.parts.events.publish(vec![event(0)]).await.unwrap();
-    wait_offset(&b.parts.events, &f.source, 0).await;
+    let (f, b) = connected(dirs[0].path(), dirs[1].path()).await;
 
     let len = crate::exchange::MAX_BLOCK_SIZE - 16;
     let mut bytes = vec![0x5a];

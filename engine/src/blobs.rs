@@ -3,12 +3,12 @@
 //!
 //! Actors and what each owns:
 //! - an *upload* (one per `put` call) cuts the body into [`CHUNK_SIZE`] chunks and hashes each on
-//!   a blocking thread while it reads on (at most [`HASHES_IN_FLIGHT`] at once; the same thread
-//!   writes the chunk to its file beside the database, `Store::stage_block`), then hands
-//!   batches of about [`PUT_BATCH`] bytes to the writer thread (at most [`PUTS_IN_FLIGHT`]
-//!   queued; a chunk written as a file goes there as its CID and length, without its bytes):
-//!   reading, hashing and writing overlap, and memory per upload is bounded by about
-//!   `HASHES_IN_FLIGHT` chunks whatever the size. Each
+//!   a bulk thread (`bulk.rs`: below the priority of publishes) while it reads on (at most
+//!   [`HASHES_IN_FLIGHT`] at once; the same thread writes the chunk to its file beside the
+//!   database, `Store::stage_block`), then hands batches of about [`PUT_BATCH`] bytes to the
+//!   writer thread (at most [`PUTS_IN_FLIGHT`] queued; a chunk written as a file goes there as
+//!   its CID and length, without its bytes): reading, hashing and writing overlap, and memory
+//!   per upload is bounded by about `HASHES_IN_FLIGHT` chunks whatever the size. Each
 //!   batch also moves the upload's pin (see `shoal_store::blob`), so GC never takes its chunks;
 //!   the last batch pins the root. An upload that fails or is dropped leaves only unpinned blocks.
 //! - a *read* (`fetch.rs`, one task per GET) walks the UnixFS DAG for the asked range, then sends
@@ -24,6 +24,7 @@
 //!
 //! This module knows nothing of HTTP; the store does the bytes, the swarm moves blocks.
 
+mod bulk;
 mod fetch;
 pub mod replicas;
 mod walk;
@@ -217,6 +218,8 @@ struct Inner {
     /// conversion).
     init: tokio::sync::OnceCell<std::collections::HashMap<Cid, Cid>>,
     uploads: AtomicU64,
+    /// Threads for hashing and block files, below the priority of publishes.
+    bulk: bulk::Bulk,
     /// Uploads whose pin could not be dropped (disk full): retried before the next upload.
     unpin_later: Mutex<Vec<String>>,
 }
@@ -241,6 +244,7 @@ impl BlobService {
                 fetch,
                 init: tokio::sync::OnceCell::new(),
                 uploads: AtomicU64::new(0),
+                bulk: bulk::Bulk::new(),
                 unpin_later: Mutex::new(Vec::new()),
             }),
         }
@@ -642,11 +646,12 @@ impl Upload {
         // Hashed, then written to its file beside the database on this thread too (a no-op
         // for a chunk the store keeps inline), so the writer's commit only records it.
         let store = self.service.inner.store.clone();
-        self.hashing.push_back(tokio::task::spawn_blocking(move || {
-            let cid = cid_of(RAW, &chunk);
-            let staged = store.stage_block(&cid, &chunk)?;
-            Ok((cid, chunk, staged))
-        }));
+        self.hashing
+            .push_back(self.service.inner.bulk.spawn_blocking(move || {
+                let cid = cid_of(RAW, &chunk);
+                let staged = store.stage_block(&cid, &chunk)?;
+                Ok((cid, chunk, staged))
+            }));
         Ok(())
     }
 

@@ -34,7 +34,7 @@ pub type BlobStream = ByteStream;
 const FETCH_GROUP: usize = 2;
 /// Writes of fetched blocks queued at the writer at once: the read streams and fetches on
 /// while the writer pauses for a WAL restart (see [`super::PUTS_IN_FLIGHT`]).
-const WRITES_IN_FLIGHT: usize = 4;
+pub(super) const WRITES_IN_FLIGHT: usize = 4;
 /// Fetched bytes stored in one transaction (several exchange responses): fewer, larger
 /// commits; an interrupted read loses at most this much of what it fetched.
 const WRITE_BATCH: usize = 8 << 20;
@@ -531,7 +531,7 @@ impl Read {
 }
 
 /// Writes the fetched blocks the store keeps as files to their places, one after another on
-/// one blocking thread, so the writer's commit of them only records them
+/// one bulk thread (`bulk.rs`), so the writer's commit of them only records them
 /// (`Store::stage_block`). One thread per batch ([`WRITES_IN_FLIGHT`] batches at once), not
 /// one per block: each `O_DIRECT` write of a fetched (unaligned) block copies it into an
 /// aligned buffer, and with one thread per block (up to 32 at once) B's peak RSS in
@@ -541,7 +541,7 @@ impl Read {
 type Staged = (Vec<(Cid, u64)>, Vec<(Cid, Bytes)>);
 async fn stage(svc: &BlobService, blocks: Vec<(Cid, Bytes)>) -> Result<Staged, BlobsError> {
     let store = svc.inner.store.clone();
-    let job: JoinHandle<shoal_store::Result<Staged>> = tokio::task::spawn_blocking(move || {
+    let job: JoinHandle<shoal_store::Result<Staged>> = svc.inner.bulk.spawn_blocking(move || {
         let (mut staged, mut chunks) = (Vec::new(), Vec::new());
         for (cid, data) in blocks {
             if store.stage_block(&cid, &data)? {

@@ -11,8 +11,8 @@
 use tokio::runtime::{Builder, Runtime};
 use tokio::task::JoinHandle;
 
-/// Nice value of the bulk threads (0 is normal, 19 the lowest priority). At 10 a nice-0 thread
-/// gets ~9× their share of a contended core.
+/// How much nicer than the node the bulk threads run (nice values go up to 19, the lowest
+/// priority). 10 steps apart, a node thread gets ~9× a bulk thread's share of a contended core.
 pub(super) const NICE: i32 = 10;
 /// Most bulk threads at once (uploads hash [`super::HASHES_IN_FLIGHT`] chunks each, reads stage
 /// [`super::fetch::WRITES_IN_FLIGHT`] batches each); more wait for a free thread.
@@ -65,12 +65,46 @@ impl Drop for Bulk {
     }
 }
 
-/// Lowers the calling thread's priority to [`NICE`] (Linux's nice value is per thread). Best
-/// effort: a refusal leaves the thread at normal priority.
+/// Lowers the calling thread's priority to [`NICE`] below the node's main thread's (Linux's nice
+/// value is per thread; a new thread starts with its creator's, which may be a bulk thread
+/// already). Best effort: a refusal leaves the thread at the node's priority.
 fn lower_priority() {
-    // SAFETY: `who` 0 = the calling thread; no pointers are passed.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, 0, NICE) };
+    // SAFETY: `who` 0 = the calling thread, the pid = the main thread; no pointers are passed.
+    // (getpriority's -1 on error is also a valid nice value: a start either way.)
+    let rc = unsafe {
+        let node = libc::getpriority(libc::PRIO_PROCESS as _, libc::getpid() as _);
+        libc::setpriority(
+            libc::PRIO_PROCESS as _,
+            0,
+            node.saturating_add(NICE).min(19),
+        )
+    };
     if rc != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "bulk threads keep normal priority");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn own_nice() -> i32 {
+        // SAFETY: `who` 0 = the calling thread; no pointers are passed.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS as _, 0) }
+    }
+
+    #[tokio::test]
+    async fn bulk_work_runs_below_the_callers_priority() {
+        let caller = tokio::task::spawn_blocking(own_nice).await.unwrap();
+        let bulk = Bulk::new();
+        let niced = bulk.spawn_blocking(own_nice).await.unwrap();
+        assert_eq!(
+            niced,
+            (caller + NICE).min(19),
+            "bulk threads run at nice {NICE}"
+        );
+        // The node's own blocking threads keep their priority.
+        assert_eq!(tokio::task::spawn_blocking(own_nice).await.unwrap(), caller);
+        drop(bulk); // on an async thread: must not panic
     }
 }

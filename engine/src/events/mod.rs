@@ -14,6 +14,7 @@
 //! This file holds [`EventService`] (the handle), [`EventsError`] and [`start`]. It knows
 //! nothing of HTTP or peers.
 
+mod fanout;
 mod filter;
 pub mod lamport;
 mod publish;
@@ -154,7 +155,7 @@ struct Inner {
     source: SourceId,
     store: Arc<Store>,
     commands: mpsc::Sender<writer::Command>,
-    updates: broadcast::Sender<Arc<SourceUpdate>>,
+    updates: Arc<fanout::Fanout>,
     offsets: watch::Receiver<OffsetMap>,
     clock: Arc<LamportClock>,
     config: EventsConfig,
@@ -276,7 +277,7 @@ impl EventService {
     /// more than [`EventsConfig::update_channel`] updates behind gets `Lagged` and must re-read
     /// from the store.
     pub fn updates(&self) -> broadcast::Receiver<Arc<SourceUpdate>> {
-        self.inner.updates.subscribe()
+        self.inner.updates.all()
     }
 
     /// Raises the Lamport clock past a lamport seen from a peer.
@@ -297,7 +298,8 @@ impl EventService {
     /// Stored events above `lower`, then every new matching event as it is committed.
     /// Ends when the node shuts down or the stream is dropped.
     pub fn subscribe(&self, subscription: Subscription) -> EventStream {
-        subscribe::spawn(self.reads(), self.updates(), subscription)
+        let updates = self.inner.updates.matching(subscription.filter.clone());
+        subscribe::spawn(self.reads(), updates, subscription)
     }
 
     /// Replication, batched: one writer command that puts each request's blocks and imports

@@ -2,9 +2,11 @@
 //!
 //! One task per subscription. Guarantee (API.md): per source, offsets strictly ascend without
 //! gaps (among matching events) and nothing is delivered twice. How:
-//! 1. subscribe to the writer's update broadcast FIRST, then read the offsets present. The
+//! 1. subscribe to the writer's updates FIRST (a broadcast of this subscription's own, sent only
+//!    the updates that may match its filter; `fanout.rs`), then read the offsets present. The
 //!    writer raises the offsets before it broadcasts, so every commit is either in that snapshot
-//!    or arrives on the broadcast (or both — then it is skipped);
+//!    or arrives on the broadcast (or both — then it is skipped), or holds nothing that
+//!    matches (then the next update sent says so: [`Notice::clean_from`]);
 //! 2. catch up: read (lower, present] from the store in lamport order;
 //! 3. live: for each update, deliver the offsets above what this subscription has covered per
 //!    source (`covered`), from the shared events when the update carries them and starts at or
@@ -16,21 +18,18 @@
 //! this task, its broadcast receiver lags (the broadcast never waits for it, so publishing is
 //! not slowed) and it catches up from the store once the consumer reads again.
 
-use std::sync::Arc;
-
 use shoal_store::{Event, OffsetMap};
 use tokio::sync::{broadcast, mpsc};
 
+use super::fanout::Notice;
 use super::query::{read, Sink};
-use super::{
-    plan, ChunkSender, EventStream, Filter, Order, Plan, Reads, SourceUpdate, Subscription,
-};
+use super::{plan, ChunkSender, EventStream, Filter, Order, Plan, Reads, Subscription};
 
 /// Starts a subscription. `updates` must have been subscribed before this call's snapshot of
 /// the offsets, which happens inside.
 pub(crate) fn spawn(
     reads: Reads,
-    updates: broadcast::Receiver<Arc<SourceUpdate>>,
+    updates: broadcast::Receiver<Notice>,
     subscription: Subscription,
 ) -> EventStream {
     let (tx, rx) = mpsc::channel(reads.config.read_chunks_buffered.max(1));
@@ -40,7 +39,7 @@ pub(crate) fn spawn(
 
 async fn run(
     reads: Reads,
-    mut updates: broadcast::Receiver<Arc<SourceUpdate>>,
+    mut updates: broadcast::Receiver<Notice>,
     subscription: Subscription,
     tx: ChunkSender,
 ) {
@@ -59,8 +58,8 @@ async fn run(
             _ = tx.closed() => return,
             _ = shutdown.changed() => return,
             received = updates.recv() => match received {
-                Ok(update) => {
-                    if !deliver(&reads, &filter, &mut covered, &update, &tx).await {
+                Ok(notice) => {
+                    if !deliver(&reads, &filter, &mut covered, &notice, &tx).await {
                         return;
                     }
                 }
@@ -94,17 +93,23 @@ async fn catch_up(
     true
 }
 
-/// Delivers what `update` adds beyond `covered`. False = stop.
+/// Delivers what the notice's update adds beyond `covered`. False = stop.
 async fn deliver(
     reads: &Reads,
     filter: &Filter,
     covered: &mut OffsetMap,
-    update: &SourceUpdate,
+    notice: &Notice,
     tx: &ChunkSender,
 ) -> bool {
-    let next = covered.get(&update.source).map_or(0, |c| c + 1);
+    let update = &notice.update;
+    let mut next = covered.get(&update.source).map_or(0, |c| c + 1);
     if update.last < next {
         return true;
+    }
+    // The updates the fanout did not send hold nothing for this filter: no store read.
+    if notice.clean_from <= next && update.first > next {
+        covered.update(update.source.clone(), update.first - 1);
+        next = update.first;
     }
     match &update.events {
         Some(events) if update.first <= next => {

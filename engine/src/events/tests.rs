@@ -487,6 +487,59 @@ async fn subscribe_catches_up_then_goes_live_without_gap_or_duplicate() {
     }
 }
 
+/// A subscription is sent only the commits that may match its filter, each saying from where
+/// on the skipped offsets held nothing for it; it delivers exactly the matching events, live,
+/// and a matching event large enough to go uncarried is still delivered (from the store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_is_woken_only_by_commits_that_may_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path(), |c| c.events.inline_update_bytes = 1_000).await;
+    let events = node.events();
+    let only_a = Filter(vec![StreamSelector {
+        semantics: Some("a".into()),
+        ..StreamSelector::default()
+    }]);
+    let mut notices = events.inner.updates.matching(only_a.clone());
+    let mut sub = events.subscribe(Subscription {
+        lower: OffsetMap::new(),
+        filter: only_a,
+    });
+    let big = format!("\"{}\"", "x".repeat(2_000));
+    // One commit each (each publish is awaited): offsets 0..=7.
+    for (semantics, payload) in [
+        ("b", "1"),
+        ("b", "2"),
+        ("a", "3"),
+        ("b", "4"),
+        ("b", "5"),
+        ("a", "6"),
+        ("b", big.as_str()),
+        ("a", big.as_str()),
+    ] {
+        events
+            .publish(vec![ev(semantics, "n", payload)])
+            .await
+            .unwrap();
+    }
+    let got = take(&mut sub, 3).await;
+    assert_eq!(
+        got.iter().map(|e| e.offset).collect::<Vec<_>>(),
+        vec![2, 5, 7]
+    );
+    assert_eq!(got[2].payload.get(), big);
+    // Sent: the two small matching commits, then the two big ones (not carried: they may match).
+    let mut sent = Vec::new();
+    while let Ok(n) = notices.try_recv() {
+        sent.push((n.update.first, n.clean_from));
+    }
+    assert_eq!(sent, vec![(2, 0), (5, 3), (6, 6), (7, 7)]);
+    // Nothing more is pending: a new matching event is the very next one delivered.
+    events.publish(vec![ev("b", "n", "9")]).await.unwrap();
+    events.publish(vec![ev("a", "n", "10")]).await.unwrap();
+    assert_eq!(take(&mut sub, 1).await[0].offset, 9);
+    node.shutdown().await;
+}
+
 /// A subscriber that never reads must neither block publishing nor lose events: once it reads
 /// again it gets everything, from the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

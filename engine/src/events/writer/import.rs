@@ -157,7 +157,7 @@ impl State {
             root,
             origin: Origin::Replicated,
         };
-        let _ = self.updates.send(Arc::new(update));
+        self.updates.send(Arc::new(update));
         ImportOutcome::Imported(imported)
     }
 }

@@ -44,8 +44,9 @@ use shoal_store::{
     Cid, Event, GcMark, GcStart, GcStats, Lamport, NewEvent, Offset, OffsetMap, Pruned,
     RetentionRule, SourceId, Writer,
 };
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
+use super::fanout::Fanout;
 use super::lamport::{self, LamportClock};
 use super::EventsConfig;
 use super::{EventsError, PublishEvent};
@@ -188,7 +189,7 @@ pub enum BlobWrite {
 /// The channel ends the rest of the engine keeps.
 pub(crate) struct Handles {
     pub commands: mpsc::Sender<Command>,
-    pub updates: broadcast::Sender<Arc<SourceUpdate>>,
+    pub updates: Arc<Fanout>,
     pub offsets: watch::Receiver<OffsetMap>,
     pub clock: Arc<LamportClock>,
 }
@@ -210,7 +211,7 @@ pub(crate) fn spawn(
     } = recovered;
     let clock = Arc::new(clock);
     let (commands, rx) = mpsc::channel(config.command_queue.max(1));
-    let (updates, _) = broadcast::channel(config.update_channel.max(1));
+    let updates = Arc::new(Fanout::new(config.update_channel));
     let (offsets_tx, offsets_rx) = watch::channel(offsets);
     let persisted = clock.current();
     let packer = Packer::spawn(packer)?;
@@ -248,7 +249,7 @@ struct State {
     source: SourceId,
     clock: Arc<LamportClock>,
     offsets: watch::Sender<OffsetMap>,
-    updates: broadcast::Sender<Arc<SourceUpdate>>,
+    updates: Arc<Fanout>,
     config: EventsConfig,
     /// What this thread commits, counted for `/metrics`.
     counters: EventCounters,
@@ -488,8 +489,7 @@ impl State {
                         new_blocks,
                     },
                 };
-                // No receivers is fine (no subscriber, no swarm yet).
-                let _ = self.updates.send(Arc::new(update));
+                self.updates.send(Arc::new(update));
                 let mut i = 0usize;
                 for (count, reply) in waiters {
                     let stamps = (i..i + count)

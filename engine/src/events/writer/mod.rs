@@ -7,9 +7,10 @@
 //! append (one transaction, one tree append); then every waiter is answered.
 //!
 //! After each commit, in this order: the offsets watch is raised, one `Arc<SourceUpdate>` is
-//! sent on the update broadcast, the waiters are answered. The broadcast is the single path by
-//! which subscribers (and the swarm) learn of new events, local ([`Command::Append`]) or
-//! replicated ([`Command::ImportBatch`], `import.rs`). Raising the offsets first means a subscriber that reads the
+//! sent through the fanout (`fanout.rs`: to the replicator, and to each subscription whose
+//! filter it may match), the waiters are answered. The fanout is the single path by which
+//! subscribers (and the swarm) learn of new events, local ([`Command::Append`]) or replicated
+//! ([`Command::ImportBatch`], `import.rs`). Raising the offsets first means a subscriber that reads the
 //! offsets after subscribing to the broadcast cannot miss a commit (see `subscribe.rs`).
 //!
 //! It runs on its own OS thread, not a tokio worker: SQLite calls block, and a dedicated thread

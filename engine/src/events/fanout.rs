@@ -12,6 +12,11 @@
 //! A subscription must still learn that the skipped offsets hold nothing for it, or it would
 //! read them from the store before the next update it gets (`subscribe.rs` reads gaps). So each
 //! [`Notice`] says from which offset of its source on nothing matched: `clean_from`.
+//!
+//! Bounds: the writer checks at most [`CHECKED_EVENTS`] events per subscription and commit (a
+//! larger commit is sent), and a subscription's broadcast keeps at most [`RING`] updates for it
+//! while it is behind (further behind, it re-reads the store), so a stalled subscription holds
+//! at most `RING × EventsConfig::inline_update_bytes` of updates alive.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,6 +25,12 @@ use shoal_store::SourceId;
 use tokio::sync::broadcast;
 
 use super::{Filter, SourceUpdate};
+
+/// Events of one commit the writer checks against one subscription's filter; a commit with more
+/// is sent without checking (the subscription filters it).
+const CHECKED_EVENTS: usize = 64;
+/// Updates a subscription's broadcast keeps for it (at most `update_channel`).
+const RING: usize = 32;
 
 /// One update sent to a subscription.
 #[derive(Debug, Clone)]
@@ -40,17 +51,19 @@ struct Matching {
 pub(crate) struct Fanout {
     all: broadcast::Sender<Arc<SourceUpdate>>,
     matching: Mutex<Vec<Matching>>,
-    capacity: usize,
+    /// Updates each subscription's broadcast keeps.
+    ring: usize,
 }
 
 impl Fanout {
-    /// Broadcasts that keep up to `capacity` updates for a receiver that is behind.
+    /// Broadcasts that keep up to `capacity` updates for a receiver that is behind (each
+    /// subscription's at most [`RING`]).
     pub(crate) fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         Self {
             all: broadcast::channel(capacity).0,
             matching: Mutex::new(Vec::new()),
-            capacity,
+            ring: capacity.min(RING),
         }
     }
 
@@ -61,7 +74,7 @@ impl Fanout {
 
     /// The commits from now on that may hold events matching `filter` (see the module doc).
     pub(crate) fn matching(&self, filter: Filter) -> broadcast::Receiver<Notice> {
-        let (tx, rx) = broadcast::channel(self.capacity);
+        let (tx, rx) = broadcast::channel(self.ring);
         self.lock().push(Matching {
             filter,
             tx,
@@ -100,14 +113,14 @@ impl Fanout {
     }
 }
 
-/// Whether `update` may hold an event `filter` matches: checked on the events it carries, else
-/// assumed (the subscription reads them from the store).
+/// Whether `update` may hold an event `filter` matches: checked on the events it carries (up to
+/// [`CHECKED_EVENTS`]), else assumed.
 fn may_match(filter: &Filter, update: &SourceUpdate) -> bool {
     if filter.for_source(&update.source).is_none() {
         return false;
     }
     match &update.events {
-        Some(events) => events.iter().any(|e| filter.matches(e)),
-        None => true,
+        Some(events) if events.len() <= CHECKED_EVENTS => events.iter().any(|e| filter.matches(e)),
+        _ => true,
     }
 }

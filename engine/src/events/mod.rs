@@ -46,12 +46,13 @@ pub struct EventsConfig {
     pub max_commit_events: usize,
     /// Writer command queue (requests waiting for the writer). Publishers wait when it is full.
     pub command_queue: usize,
-    /// Committed updates kept for subscribers that have not caught up yet. A subscriber further
-    /// behind re-reads the store instead.
+    /// Committed updates kept for the replicator when it has not caught up yet (for each
+    /// subscription at most 32 of its own, `fanout.rs`). One further behind re-reads the
+    /// store instead.
     pub update_channel: usize,
     /// Updates whose events total more payload bytes than this are broadcast without their
-    /// events (subscribers read them from the store): bounds the broadcast ring's memory to
-    /// about `update_channel * inline_update_bytes`.
+    /// events (subscribers read them from the store): bounds the memory a receiver that is
+    /// behind holds to about `update_channel * inline_update_bytes` (32 × for a subscription).
     pub inline_update_bytes: usize,
     /// Events per chunk handed from a store reader thread to a query or subscription stream.
     pub read_chunk: usize,

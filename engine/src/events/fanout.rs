@@ -114,13 +114,10 @@ impl Fanout {
 }
 
 /// Whether `update` may hold an event `filter` matches: checked on the events it carries (up to
-/// [`CHECKED_EVENTS`]), else assumed.
+/// [`CHECKED_EVENTS`]), else on its source alone. Allocates nothing: it runs on the writer.
 fn may_match(filter: &Filter, update: &SourceUpdate) -> bool {
-    if filter.for_source(&update.source).is_none() {
-        return false;
-    }
     match &update.events {
         Some(events) if events.len() <= CHECKED_EVENTS => events.iter().any(|e| filter.matches(e)),
-        _ => true,
+        _ => filter.selects_source(&update.source),
     }
 }

@@ -27,13 +27,19 @@ impl Filter {
         Filter(vec![StreamSelector::default()])
     }
 
+    /// Can events of `source` match? (Without building the store filter: the writer asks this
+    /// per commit, `fanout.rs`.)
+    pub fn selects_source(&self, source: &SourceId) -> bool {
+        self.0.iter().any(|s| selects(s, source))
+    }
+
     /// The store filter for one source, `None` when nothing of `source` can match (its reads
     /// are skipped entirely).
     pub fn for_source(&self, source: &SourceId) -> Option<EventFilter> {
         let selectors: Vec<Selector> = self
             .0
             .iter()
-            .filter(|s| s.source.as_ref().is_none_or(|src| src == source))
+            .filter(|s| selects(s, source))
             .map(|s| Selector {
                 semantics: s.semantics.clone(),
                 name: s.name.clone(),
@@ -54,7 +60,7 @@ impl Filter {
     /// Does `event` match? (Live events are filtered in memory with the same rules.)
     pub fn matches(&self, event: &Event) -> bool {
         self.0.iter().any(|s| {
-            s.source.as_ref().is_none_or(|src| *src == event.source)
+            selects(s, &event.source)
                 && s.time.as_ref().is_none_or(|r| r.contains(&event.timestamp))
                 && s.semantics.as_deref().is_none_or(|x| x == event.semantics)
                 && s.name.as_deref().is_none_or(|x| x == event.name)
@@ -63,6 +69,11 @@ impl Filter {
                     .all(|t| event.tags.iter().any(|have| have == t))
         })
     }
+}
+
+/// Does `selector` admit events of `source`?
+fn selects(selector: &StreamSelector, source: &SourceId) -> bool {
+    selector.source.as_ref().is_none_or(|src| src == source)
 }
 
 /// Result order of a query.

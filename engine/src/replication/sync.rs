@@ -45,6 +45,10 @@ pub(super) enum SyncError {
     Invalid { cid: Cid, reason: String },
     #[error("the swarm stopped")]
     SwarmStopped,
+    /// The blocking check of fetched blocks ended without an answer: it panicked, or the node
+    /// is shutting down.
+    #[error("the check of fetched blocks did not finish")]
+    CheckInterrupted(#[source] tokio::task::JoinError),
     #[error(transparent)]
     Events(#[from] EventsError),
 }
@@ -117,7 +121,7 @@ async fn checked(blocks: Vec<(Cid, Vec<u8>)>) -> Result<Vec<(Cid, Vec<u8>)>, Syn
     }
     tokio::task::spawn_blocking(move || check(blocks))
         .await
-        .map_err(|_| SyncError::SwarmStopped)?
+        .map_err(SyncError::CheckInterrupted)?
 }
 
 /// Fetches `cids` through the swarm. Puts what arrives in batches of [`PUT_BATCH_BYTES`] and

@@ -593,33 +593,12 @@ pub(crate) mod testing {
 /// thread, and treats it as the CPU-bound work it is, so a waking writer or HTTP worker takes
 /// the core first (issue 18). Best effort: a kernel that refuses leaves the normal policy.
 fn yield_to_wakers() {
-    set_policy(0, libc::SCHED_BATCH);
-}
-
-/// Sets the scheduling policy of thread `tid` (0: the calling thread) to `policy`, one of the
-/// normal-priority ones (`SCHED_OTHER`, `SCHED_BATCH`, `SCHED_IDLE`). Best effort: returns
-/// whether the kernel agreed.
-fn set_policy(tid: libc::pid_t, policy: libc::c_int) -> bool {
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid sched_param for these policies (priority 0); a `tid` that
-    // is gone or not ours only makes the call fail.
-    let rc = unsafe { libc::sched_setscheduler(tid, policy, &param) };
+    // SAFETY: pid 0 = the calling thread; `param` is a valid sched_param for SCHED_BATCH.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
     if rc != 0 {
-        tracing::debug!(tid, policy, error = %std::io::Error::last_os_error(), "scheduling policy refused");
+        tracing::debug!(error = %std::io::Error::last_os_error(), "SCHED_BATCH refused");
     }
-    rc == 0
-}
-
-/// Whether a thread of this process may leave `SCHED_IDLE` again (root, `CAP_SYS_NICE`, or an
-/// `RLIMIT_NICE` of 20 or more), tried on a thread of its own: the kernel does not let an
-/// unprivileged thread back out of it.
-fn idle_policy_is_reversible() -> bool {
-    std::thread::Builder::new()
-        .name("shoal-probe".into())
-        .spawn(|| set_policy(0, libc::SCHED_IDLE) && set_policy(0, libc::SCHED_OTHER))
-        .ok()
-        .and_then(|probe| probe.join().ok())
-        .unwrap_or(false)
 }
 
 #[cfg(test)]

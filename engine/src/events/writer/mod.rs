@@ -28,10 +28,8 @@
 //! whose cost grows with the last leaf, follows once compactions stack up (see
 //! `Writer::pack_ticket`). One pack is in flight at a time. The store still packs inline if the
 //! chain ever gets twice as deep as `max_unpacked_depth` (a backstop for a stuck or starved
-//! packer). The packer keeps its normal share of the CPU on purpose: niced (10) on a loaded
-//! machine it fell behind, and the inline backstop stalled commits for 13-88 ms (measured). It
-//! gives way to waking threads instead (`SCHED_BATCH`, or `SCHED_IDLE` raised when late: see
-//! `packer.rs`).
+//! packer). The packer runs at normal priority on purpose: niced (10) on a loaded machine it
+//! fell behind, and the inline backstop stalled commits for 13-88 ms (measured).
 
 mod import;
 mod packer;
@@ -455,7 +453,6 @@ impl State {
                 self.packer.start(ticket);
             }
         }
-        self.packer.nudge(n);
         match result {
             Ok(appended) => {
                 if appended.first != next_offset || appended.last + 1 - appended.first != n {

@@ -96,10 +96,12 @@ impl Fanout {
                     update: update.clone(),
                     clean_from,
                 });
-            } else {
-                m.skipped
-                    .entry(update.source.clone())
-                    .or_insert(update.first);
+            } else if !m.skipped.contains_key(&update.source)
+                && m.filter.selects_source(&update.source)
+            {
+                // Only the first skip since the last notice allocates. A source the filter
+                // cannot select is never sent, so nothing is kept for it.
+                m.skipped.insert(update.source.clone(), update.first);
             }
         }
         drop(matching);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
-use shoal_tests::{event, within, Node, TIMEOUT};
+use shoal_tests::{event, free_port, shoal_bin, within, Node, TIMEOUT};
 
 #[tokio::test]
 async fn restart_keeps_source_events_and_lamport_order() {
@@ -210,4 +210,57 @@ async fn durability_power_is_accepted_and_bad_values_are_refused() {
         Err(e) => format!("{e:#}"),
     };
     assert!(err.contains("invalid durability `disk`"), "{err}");
+}
+
+/// A SIGTERM that arrives while the node is still starting (systemd stopping a node it just
+/// started, a test restarting one right after its ready line) is a clean shutdown too: the
+/// process exits 0 instead of being killed by the signal's default action.
+#[test]
+fn sigterm_during_start_up_exits_cleanly() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(shoal_bin())
+        .arg("run")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--api-addr", "127.0.0.1:0", "--store-addr", "127.0.0.1:0"])
+        .args(["--console-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--swarm-addr", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The store's start-up check is logged from inside the node's start, before it serves.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("store start-up check passed") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(TIMEOUT).is_err() {
+        let _ = child.kill();
+        panic!("the node never logged its store check");
+    }
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on our own child, not reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the node did not exit within {TIMEOUT:?} of a SIGTERM during start-up");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "SIGTERM during start-up: {status}");
 }

@@ -207,6 +207,9 @@ fn resolve(args: Args) -> anyhow::Result<(Config, tracing_subscriber::EnvFilter)
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // Watched from the start: a SIGTERM that arrives while the node starts (or right after it
+    // printed `shoal ready`) would otherwise kill it with the default action, uncleanly.
+    let signals = Signals::watch()?;
     let api_addr = config.api_addr;
     let data_dir = config.data_dir.clone();
     let node = match Node::start(config).await {
@@ -285,7 +288,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = out.flush();
     }
     tracing::info!(api = %api.local_addr(), "serving");
-    wait_for_signal().await?;
+    signals.wait().await;
     tracing::info!("shutting down");
     // Subscriptions end first, so the server's grace period is not spent on them.
     node.signal_shutdown();
@@ -296,13 +299,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, both meaning "shut down cleanly".
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn watch() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+        })
     }
-    Ok(())
+
+    /// Until one of them arrives (also one that arrived before this call).
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

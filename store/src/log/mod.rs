@@ -48,7 +48,7 @@ mod pack;
 mod prune;
 mod staged;
 
-use pack::Base;
+use pack::{Base, Tail};
 pub use pack::{PackTicket, Packed, PreparedPack};
 pub use prune::{Pruned, RetentionRule};
 use staged::{guarded, load_builder, root_of, to_entries, StagedTxn};
@@ -118,6 +118,9 @@ pub struct Writer {
     /// Per source with a cached builder: the tree its unpacked appends sit on (none = every
     /// event is in unpacked appends, e.g. a new source).
     bases: HashMap<SourceId, Base>,
+    /// Per source, the events appended since its base, while they are few (`pack::Tail`): a
+    /// compaction ticket carries them, so the packer need not read them back.
+    tails: HashMap<SourceId, Tail>,
     written_since_checkpoint: u64,
     /// Checkpoints the WAL on its own connection and thread, so commits never run one (file
     /// stores only; an in-memory store checkpoints inline).
@@ -169,6 +172,7 @@ impl Writer {
             builders: HashMap::new(),
             epochs: HashMap::new(),
             bases: HashMap::new(),
+            tails: HashMap::new(),
             written_since_checkpoint: 0,
             checkpointer,
             validated: Default::default(),
@@ -235,7 +239,10 @@ impl Writer {
             }
         }
         let first = builder.count();
-        txn.extend(&mut builder, to_entries(events))?;
+        let epoch_before = self.epoch(source);
+        let entries = to_entries(events);
+        let kept = self.tail_room(source, &entries).then(|| entries.clone());
+        txn.extend(&mut builder, entries)?;
         let packed = builder.level() > self.backstop_depth();
         if packed {
             // Backstop: keeps reads fast when no background packer keeps up (see
@@ -271,6 +278,7 @@ impl Writer {
         if packed || replaced {
             self.bump_epoch(source);
         }
+        self.advance_tail(source, epoch_before, first, kept);
         Ok(Appended {
             root,
             first,

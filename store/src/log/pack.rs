@@ -36,7 +36,63 @@ pub(super) enum PackKind {
     Full,
     /// The unpacked appends after `root` (holding `count` events) merged into one leaf on top
     /// of it: costs only the merged events. Each compaction adds one level above `root`.
-    Compact { root: Cid, count: u64 },
+    /// `events` are those appends' events when the writer still held them (see [`Tail`]);
+    /// else the packer reads them from the tree.
+    Compact {
+        root: Cid,
+        count: u64,
+        events: Option<Vec<(Key, Value)>>,
+    },
+}
+
+/// Most events a [`Tail`] keeps, and most bytes (payloads plus a per-event allowance); past
+/// either the tail is dropped and the packer reads the events from the tree, as it always
+/// can. Keeping costs the writer a copy of every event appended: worth it for small appends,
+/// whose read-back is expensive per event, not for batches (a batch of 100 reads back cheaply
+/// per event; uncapped, batches of 100 measured 0.83× the rate without tails in one set).
+pub(super) const TAIL_MAX_EVENTS: usize = 1024;
+pub(super) const TAIL_MAX_BYTES: usize = 1 << 20;
+
+/// The events appended to a source since its [`Base`], in order: what a compaction merges.
+/// Reading them back from the unpacked appends (one small branch and leaf per append, each a
+/// block lookup and a decompression) was most of the packer's work (BENCHMARKS.md, issue 18).
+/// Valid while `epoch` is the source's epoch (nothing replaced the tree since) and it spans
+/// exactly `base.count..builder.count()`; [`Writer::pack_ticket`] checks both.
+#[derive(Debug)]
+pub(super) struct Tail {
+    epoch: u64,
+    from: u64,
+    events: Vec<(Key, Value)>,
+    bytes: usize,
+}
+
+impl Tail {
+    fn empty(epoch: u64, from: u64) -> Tail {
+        Tail {
+            epoch,
+            from,
+            events: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    fn end(&self) -> u64 {
+        self.from + self.events.len() as u64
+    }
+
+    /// Drops the events before offset `from` (now in the base).
+    fn drain_to(&mut self, from: u64) {
+        let n = from.saturating_sub(self.from).min(self.events.len() as u64) as usize;
+        for (_, payload) in self.events.drain(..n) {
+            self.bytes = self.bytes.saturating_sub(event_bytes(payload.len()));
+        }
+        self.from += n as u64;
+    }
+}
+
+/// What an event counts against [`TAIL_MAX_BYTES`].
+fn event_bytes(payload: usize) -> usize {
+    payload.saturating_add(128)
 }
 
 /// A source's tree as of its last pack or compaction: what the unpacked appends sit on.
@@ -116,6 +172,15 @@ impl Writer {
             Some(b) if b.level <= half => PackKind::Compact {
                 root: b.root,
                 count: b.count,
+                events: self
+                    .tails
+                    .get(source)
+                    .filter(|t| {
+                        t.epoch == self.epoch(source)
+                            && t.from == b.count
+                            && t.end() == builder.count()
+                    })
+                    .map(|t| t.events.clone()),
             },
             _ => PackKind::Full,
         };
@@ -156,9 +221,12 @@ impl Writer {
             self.builders.insert(source, current);
             return Err(e);
         }
+        let epoch_before = self.epoch(&source);
+        let count = builder.count();
         self.builders.insert(source.clone(), builder);
         self.bases.insert(source.clone(), base);
         self.bump_epoch(&source);
+        self.advance_tail(&source, epoch_before, count, None);
         Ok(Some(Packed {
             root: Some(root),
             changed: true,
@@ -229,6 +297,60 @@ impl Writer {
         *self.epochs.entry(source.clone()).or_insert(0) += 1;
     }
 
+    pub(super) fn epoch(&self, source: &SourceId) -> u64 {
+        self.epochs.get(source).copied().unwrap_or(0)
+    }
+
+    /// Whether `events`, about to be appended to `source`, still fit its tail.
+    pub(super) fn tail_room(&self, source: &SourceId, events: &[(Key, Value)]) -> bool {
+        let (kept, bytes) = self
+            .tails
+            .get(source)
+            .map_or((0, 0), |t| (t.events.len(), t.bytes));
+        if kept.saturating_add(events.len()) > TAIL_MAX_EVENTS {
+            return false;
+        }
+        let adding = events.iter().fold(0usize, |sum, (_, payload)| {
+            sum.saturating_add(event_bytes(payload.len()))
+        });
+        bytes.saturating_add(adding) <= TAIL_MAX_BYTES
+    }
+
+    /// Brings `source`'s tail up to date after its tree grew from `first` events (its epoch
+    /// was `epoch_before`) by `appended` (`None`: nothing appended, or too much to keep),
+    /// and its base may have moved. A tail that cannot say which events follow the base is
+    /// dropped: tickets then leave the reading to the packer.
+    pub(super) fn advance_tail(
+        &mut self,
+        source: &SourceId,
+        epoch_before: u64,
+        first: u64,
+        appended: Option<Vec<(Key, Value)>>,
+    ) {
+        let base = self.bases.get(source).map_or(0, |b| b.count);
+        let count = self.builders.get(source).map_or(0, |b| b.count());
+        let mut tail = match self.tails.remove(source) {
+            Some(mut t) if t.epoch == epoch_before && t.from <= base && base <= t.end() => {
+                t.drain_to(base);
+                t
+            }
+            // Nothing follows the base yet (a new source, or everything was just packed).
+            _ if base == first || base == count => Tail::empty(epoch_before, base),
+            _ => return,
+        };
+        tail.epoch = self.epoch(source);
+        if tail.end() == first && first < count {
+            let Some(events) = appended else { return };
+            for event in events {
+                tail.bytes = tail.bytes.saturating_add(event_bytes(event.1.len()));
+                tail.events.push(event);
+            }
+        }
+        if tail.end() == count {
+            self.tails.insert(source.clone(), tail);
+        }
+    }
+
     /// Packs every source whose tree is not packed.
     pub fn pack_all(&mut self) -> Result<Vec<(SourceId, Packed)>> {
         let sources = self.reader().sources()?;
@@ -244,14 +366,36 @@ impl Writer {
 }
 
 impl Reader {
+    /// The events at `range` of the tree `root`, in order.
+    fn read_events(
+        &self,
+        root: &Cid,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<Vec<(Key, Value)>> {
+        let tree = self.load_tree(root)?;
+        let query = EventQuery::new(range, EventFilter::all());
+        let mut entries: Vec<(Key, Value)> = Vec::new();
+        for chunk in self.forest.iter_filtered_chunked(&tree, query, &|_| ()) {
+            let chunk = chunk.map_err(Error::from_tree)?;
+            entries.extend(chunk.data.into_iter().map(|(_, k, v)| (k, v)));
+        }
+        Ok(entries)
+    }
+
     /// Background packing, step 2 (anywhere but the writer's thread): computes the packed
     /// form of the tree a [`PackTicket`] names, writing nothing (the new blocks are kept in
     /// memory, at most one leaf per tree level plus branches). CPU-heavy: it recompresses
     /// every event since the last sealed leaf, at the pack level.
-    pub fn prepare_pack(&self, ticket: PackTicket) -> Result<PreparedPack> {
+    pub fn prepare_pack(&self, mut ticket: PackTicket) -> Result<PreparedPack> {
         let mut txn = StagedTxn::new(&self.forest);
-        if let PackKind::Compact { root, count } = &ticket.kind {
-            if ticket.count <= *count {
+        if let PackKind::Compact {
+            root,
+            count,
+            events,
+        } = &mut ticket.kind
+        {
+            let (root, count, events) = (*root, *count, events.take());
+            if ticket.count <= count {
                 let root = ticket.base;
                 return Ok(PreparedPack {
                     ticket,
@@ -259,16 +403,22 @@ impl Reader {
                     blocks: Vec::new(),
                 });
             }
-            // The events after the base, read from the ticket's tree (small unpacked leaves),
-            // appended to the base as one leaf.
-            let mut merged = txn.builder(self.tree_config.append(), root)?;
-            let tree = self.load_tree(&ticket.base)?;
-            let query = EventQuery::new(*count..=ticket.count - 1, EventFilter::all());
-            let mut entries: Vec<(Key, Value)> = Vec::new();
-            for chunk in self.forest.iter_filtered_chunked(&tree, query, &|_| ()) {
-                let chunk = chunk.map_err(Error::from_tree)?;
-                entries.extend(chunk.data.into_iter().map(|(_, k, v)| (k, v)));
-            }
+            // The events after the base, as the writer kept them or read from the ticket's tree
+            // (small unpacked leaves), appended to the base as one leaf.
+            let mut merged = txn.builder(self.tree_config.append(), &root)?;
+            let entries = match events {
+                // Debug builds (the tests) check them against the tree.
+                Some(events) if !cfg!(debug_assertions) => events,
+                _ => {
+                    let read = self.read_events(&ticket.base, count..=ticket.count - 1)?;
+                    if events.as_ref().is_some_and(|e| *e != read) {
+                        return Err(Error::Tree(
+                            "compacting: the writer's events differ from the tree's".into(),
+                        ));
+                    }
+                    read
+                }
+            };
             if entries.len() as u64 != ticket.count - count {
                 return Err(Error::Tree(format!(
                     "compacting: read {} of {} events",

@@ -219,6 +219,78 @@ fn compactions_then_full_packs_keep_the_tree_shallow() {
     assert_eq!(offsets_and_payloads(&r, &source), want);
 }
 
+/// A compaction ticket carries the events appended since the base (the writer's tail), so the
+/// packer reads nothing back; also when installs come late, alone or inside an append, and
+/// after an inline pack. Debug builds check every carried event against the tree in
+/// `prepare_pack`, so a wrong tail fails the `unwrap` below.
+#[test]
+fn compaction_tickets_carry_the_appended_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.sqlite"), StoreConfig::debug()).unwrap();
+    let mut w = store.writer().unwrap();
+    let r = store.reader().unwrap();
+    let source = SourceId::new("tail");
+    let (mut carried, mut read) = (0, 0);
+    let mut pending: Option<(PreparedPack, u64)> = None;
+    for i in 0..600u64 {
+        // Installed 0–3 appends after its ticket, alternately alone and inside the append.
+        let batch: Vec<NewEvent> = (0..1 + i % 2).map(|k| ev(i * 2 + k)).collect();
+        match pending.take() {
+            Some((p, due)) if due <= i && i % 2 == 0 => {
+                w.append_with_pack(&source, batch, p).unwrap();
+            }
+            Some((p, due)) if due <= i => {
+                w.install_pack(p).unwrap();
+                w.append(&source, batch).unwrap();
+            }
+            other => {
+                pending = other;
+                w.append(&source, batch).unwrap();
+            }
+        }
+        if pending.is_none() {
+            if let Some(ticket) = w.pack_ticket(&source) {
+                match &ticket.kind {
+                    PackKind::Compact {
+                        events: Some(_), ..
+                    } => carried += 1,
+                    PackKind::Compact { events: None, .. } => read += 1,
+                    PackKind::Full => {}
+                }
+                pending = Some((r.prepare_pack(ticket).unwrap(), i + i % 4));
+            }
+        }
+    }
+    assert!(carried > 10 && read == 0, "{carried} carried, {read} read");
+    // An inline pack (no packer) leaves a tail that the next compaction uses.
+    for i in 0..200u64 {
+        w.append(&source, vec![ev(2000 + i)]).unwrap();
+    }
+    let mut after_inline = 0;
+    for i in 0..100u64 {
+        w.append(&source, vec![ev(3000 + i)]).unwrap();
+        if let Some(ticket) = w.pack_ticket(&source) {
+            if matches!(
+                ticket.kind,
+                PackKind::Compact {
+                    events: Some(_),
+                    ..
+                }
+            ) {
+                after_inline += 1;
+            }
+            let p = r.prepare_pack(ticket).unwrap();
+            w.install_pack(p).unwrap();
+        }
+    }
+    assert!(after_inline > 0);
+    let got = offsets_and_payloads(&r, &source);
+    assert_eq!(got.len() as u64, w.builders[&source].count());
+    for (n, (offset, _)) in got.iter().enumerate() {
+        assert_eq!(*offset, n as u64);
+    }
+}
+
 /// Commits never checkpoint (`wal_autocheckpoint=0`); the checkpoint thread copies the WAL
 /// into the database file.
 #[test]

@@ -199,12 +199,7 @@ mod tests {
     fn only_a_sealed_leaf_gets_the_pack_level() {
         use banyan::store::ZstdDagCborSeq;
         let items: Vec<(u64, String)> = (0..2000u64)
-            .map(|i| {
-                (
-                    i,
-                    format!("{{\"machine\":\"m{}\",\"temp\":{}}}", i % 17, i * 7 % 91),
-                )
-            })
+            .map(|i| (i, format!("{{\"machine\":\"m{}\",\"temp\":{}}}", i % 17, i * 7 % 91)))
             .collect();
         let fill = |level: i32, max_keys: usize| {
             let mut from = items.clone().into_iter().peekable();
@@ -222,16 +217,8 @@ mod tests {
         let (sealed10, full, seq) = fill(10, 2000);
         assert!(full);
         let sealed3 = fill(3, 2000).0;
-        assert!(
-            sealed10.len() < sealed3.len(),
-            "{} vs {}",
-            sealed10.len(),
-            sealed3.len()
-        );
+        assert!(sealed10.len() < sealed3.len(), "{} vs {}", sealed10.len(), sealed3.len());
         let values: Vec<String> = seq.items().unwrap();
-        assert_eq!(
-            values,
-            items.into_iter().map(|(_, v)| v).collect::<Vec<_>>()
-        );
+        assert_eq!(values, items.into_iter().map(|(_, v)| v).collect::<Vec<_>>());
     }
 }

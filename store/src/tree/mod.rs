@@ -191,34 +191,4 @@ mod tests {
         };
         assert!(wraps.validate().is_err());
     }
-
-    /// The vendored banyan's patch (`vendor/banyan/README.shoal.md`): a leaf that is not full
-    /// is compressed at no more than zstd 3 whatever the asked level, since the next pack
-    /// rewrites it; a full (sealed) leaf at the asked level, and it decodes to its items.
-    #[test]
-    fn only_a_sealed_leaf_gets_the_pack_level() {
-        use banyan::store::ZstdDagCborSeq;
-        let items: Vec<(u64, String)> = (0..2000u64)
-            .map(|i| (i, format!("{{\"machine\":\"m{}\",\"temp\":{}}}", i % 17, i * 7 % 91)))
-            .collect();
-        let fill = |level: i32, max_keys: usize| {
-            let mut from = items.clone().into_iter().peekable();
-            let mut keys = Vec::new();
-            let (seq, full) =
-                ZstdDagCborSeq::fill(&[], &mut from, &mut keys, level, 1 << 20, 1 << 20, max_keys)
-                    .unwrap();
-            (seq.compressed().to_vec(), full, seq)
-        };
-        // Not full (all 2,000 items fit): level 10 writes what level 3 writes.
-        let (open10, full, _) = fill(10, 4096);
-        assert!(!full);
-        assert_eq!(open10, fill(3, 4096).0);
-        // Full at 2,000 keys: level 10 compresses harder than level 3, and decodes the same.
-        let (sealed10, full, seq) = fill(10, 2000);
-        assert!(full);
-        let sealed3 = fill(3, 2000).0;
-        assert!(sealed10.len() < sealed3.len(), "{} vs {}", sealed10.len(), sealed3.len());
-        let values: Vec<String> = seq.items().unwrap();
-        assert_eq!(values, items.into_iter().map(|(_, v)| v).collect::<Vec<_>>());
-    }
 }

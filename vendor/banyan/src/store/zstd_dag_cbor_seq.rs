@@ -115,12 +115,7 @@ impl ZstdDagCborSeq {
     ) -> anyhow::Result<(Self, bool)> {
         let mut links = BTreeSet::new();
         let t0 = Instant::now();
-        // shoal patch: a leaf that does not end up full is rewritten by the next pack, so it is
-        // compressed at no more than `UNSEALED_MAX_LEVEL`; a full (sealed) one is compressed
-        // once more at `zstd_level`, from `raw`. Packing recompressed the growing last leaf at
-        // the pack level (10, ~9x slower than 3) every time.
-        let mut encoder = Sink::new(zstd_level.min(UNSEALED_MAX_LEVEL));
-        let mut raw = (zstd_level > UNSEALED_MAX_LEVEL).then(Vec::new);
+        let mut encoder = Sink::new(zstd_level);
         // decompress into the encoder, if necessary
         //
         // also init decompressed size
@@ -130,9 +125,6 @@ impl ZstdDagCborSeq {
                 decompress_and_transform(compressed, &mut |decompressed| -> anyhow::Result<()> {
                     scrape_links(decompressed, &mut links)?;
                     encoder.write_all(decompressed)?;
-                    if let Some(raw) = raw.as_mut() {
-                        raw.extend_from_slice(decompressed);
-                    }
                     Ok(())
                 })?;
             data?;
@@ -164,16 +156,13 @@ impl ZstdDagCborSeq {
             let (key, _) = from.next().unwrap();
             size += bytes.len();
             encoder.write_all(&bytes)?;
-            if let Some(raw) = raw.as_mut() {
-                raw.extend_from_slice(&bytes);
-            }
             keys.push(key);
             if encoder.compressed_len() >= compressed_size {
                 break;
             }
         }
         // call finish to write the zstd frame
-        let mut data = encoder.finish()?;
+        let data = encoder.finish()?;
         // log elapsed time and compression rate
         tracing::trace!(
             "ZstdArray::fill elapsed={} compressed={} uncompressed={}",
@@ -184,12 +173,6 @@ impl ZstdDagCborSeq {
         full |= data.len() >= compressed_size;
         full |= keys.len() >= max_keys;
         full |= size >= uncompressed_size;
-        if let (true, Some(raw)) = (full, raw) {
-            // The same path as a large node at `zstd_level` took before the patch.
-            let mut sealed = zstd::Encoder::new(Vec::new(), zstd_level)?;
-            sealed.write_all(&raw)?;
-            data = sealed.finish()?;
-        }
         Ok((Self::new(data, links.into_iter().collect()), full))
     }
 
@@ -375,10 +358,6 @@ fn scrape_links<C: Extend<Cid>>(data: &[u8], c: &mut C) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// shoal patch: the highest zstd level a leaf is compressed at while it is not full (see
-/// `fill`). zstd 3 is the level of the packing an append does itself.
-const UNSEALED_MAX_LEVEL: i32 = 3;
 
 /// Nodes up to this many uncompressed bytes are compressed in one call. It is below zstd's
 /// largest block (128 KiB), before which a streaming encoder emits nothing until `finish`, so

@@ -5,7 +5,6 @@
 use std::io::{BufRead, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -52,20 +51,11 @@ pub fn cli(args: &[&str], stdin: Option<&[u8]>) -> Result<CliOutput> {
         let _ = err.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "`shoal {}` did not finish within {TIMEOUT:?}",
-                args.join(" ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let Some(status) = crate::wait_within(&mut child, TIMEOUT)? else {
+        bail!(
+            "`shoal {}` did not finish within {TIMEOUT:?}",
+            args.join(" ")
+        );
     };
     Ok(CliOutput {
         status,

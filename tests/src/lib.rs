@@ -43,7 +43,7 @@ pub use http::{expect_error, expect_status, raw_http, within, Ndjson};
 use std::io::BufRead;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -135,6 +135,23 @@ fn is_fresh(bin: &Path, workspace: &Path) -> bool {
         }
     }
     built >= newest
+}
+
+/// Waits for `child` to exit, at most `timeout`. Past it the child is killed and reaped and
+/// the answer is `None`.
+pub fn wait_within(child: &mut Child, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the OS does not hand it out again soon).
@@ -344,17 +361,9 @@ impl Node {
         unsafe {
             libc::kill(pid, libc::SIGTERM);
         }
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status.success());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("node did not exit within {TIMEOUT:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match wait_within(&mut child, TIMEOUT)? {
+            Some(status) => Ok(status.success()),
+            None => bail!("node did not exit within {TIMEOUT:?} of SIGTERM"),
         }
     }
 

@@ -385,17 +385,9 @@ fn publish_without_arguments_on_a_terminal_says_what_to_type() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + shoal_tests::TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("`shoal events publish` on a terminal waited for input");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
+    let status = shoal_tests::wait_within(&mut child, shoal_tests::TIMEOUT)
+        .unwrap()
+        .unwrap_or_else(|| panic!("`shoal events publish` on a terminal waited for input"));
     drop(master);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
-use shoal_tests::{event, free_port, shoal_bin, within, Node, TIMEOUT};
+use shoal_tests::{event, free_port, shoal_bin, wait_within, within, Node, TIMEOUT};
 
 #[tokio::test]
 async fn restart_keeps_source_events_and_lamport_order() {
@@ -251,16 +251,10 @@ fn sigterm_during_start_up_exits_cleanly() {
     let pid = libc::pid_t::try_from(child.id()).unwrap();
     // SAFETY: kill(2) on our own child, not reaped yet.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the node did not exit within {TIMEOUT:?} of a SIGTERM during start-up");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let status = wait_within(&mut child, TIMEOUT)
+        .unwrap()
+        .unwrap_or_else(|| {
+            panic!("the node did not exit within {TIMEOUT:?} of a SIGTERM during start-up")
+        });
     assert!(status.success(), "SIGTERM during start-up: {status}");
 }

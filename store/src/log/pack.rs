@@ -188,7 +188,7 @@ impl Writer {
             source: source.clone(),
             base: cid::from_ipld(&builder.link()?).ok()?,
             count: builder.count(),
-            epoch: self.epochs.get(source).copied().unwrap_or(0),
+            epoch: self.epoch(source),
             kind,
         })
     }
@@ -251,7 +251,7 @@ impl Writer {
         } = prepared;
         let count = current.count();
         if packed_root == ticket.base
-            || self.epochs.get(&ticket.source).copied().unwrap_or(0) != ticket.epoch
+            || self.epoch(&ticket.source) != ticket.epoch
             || count < ticket.count
         {
             return Ok(None);
